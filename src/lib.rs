@@ -1,0 +1,11 @@
+//! tracelab: a declarative experiment orchestrator for training small tool-calling students from
+//! noisy production traces. The binary (`src/main.rs`) is a thin CLI over this library.
+//!
+//! Reading order: [`conversation`] and [`tools`] (the data model), [`steps`] (the step trait and
+//! the `STEPS` list), then the engine: [`config`] → [`dag`] → [`cache`] → [`executor`] →
+//! [`events`] / [`reporter`].
+
+pub mod conversation;
+pub mod steps;
+pub mod task;
+pub mod tools;

@@ -1,0 +1,273 @@
+//! The step trait, the artifacts steps exchange, and `STEPS`: the one list of step kinds.
+//!
+//! Adding a step kind means one new file in this folder implementing [`Step`] and one line in
+//! [`STEPS`]. A step never sees the DAG or the cache: it gets its canonical parameters, the
+//! directories of its inputs by artifact, and a fresh directory to write its outputs into.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// Every step kind tracelab knows, in pipeline order. The experiment file names them by `kind()`.
+pub static STEPS: &[&dyn Step] = &[];
+
+/// Looks a step kind up by its name.
+pub fn find(kind: &str) -> Option<&'static dyn Step> {
+    STEPS.iter().copied().find(|s| s.kind() == kind)
+}
+
+/// A typed product of a step. Every artifact lives in a fixed file name inside its producer's
+/// cache entry, so consumers find it without knowing who produced it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Artifact {
+    /// Conversations in OpenAI chat JSONL (`traces.jsonl`).
+    Traces,
+    /// The target tool schemas in OpenAI tools format (`tools.json`).
+    Tools,
+    /// The task description with its structured front matter (`task.md`).
+    Task,
+    /// Held-out evaluation pairs (`pairs.jsonl`).
+    Pairs,
+    /// A trained tokenizer (`tokenizer.json`).
+    Tokenizer,
+    /// A trained student (`model/`).
+    Model,
+    /// Predictions next to their references (`predictions.jsonl`).
+    Predictions,
+    /// Judge verdicts and per-cell metrics (`verdicts.jsonl`, `metrics.json`).
+    Verdicts,
+    /// Result tables (`table.md`, `table.csv`, `long.csv`).
+    Table,
+}
+
+impl Artifact {
+    /// The file (or directory) name the artifact has inside its producer's output directory.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Artifact::Traces => "traces.jsonl",
+            Artifact::Tools => "tools.json",
+            Artifact::Task => "task.md",
+            Artifact::Pairs => "pairs.jsonl",
+            Artifact::Tokenizer => "tokenizer.json",
+            Artifact::Model => "model",
+            Artifact::Predictions => "predictions.jsonl",
+            Artifact::Verdicts => "metrics.json",
+            Artifact::Table => "table.csv",
+        }
+    }
+
+    /// Human name used in error messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Artifact::Traces => "traces",
+            Artifact::Tools => "tool schemas",
+            Artifact::Task => "a task description",
+            Artifact::Pairs => "evaluation pairs",
+            Artifact::Tokenizer => "a tokenizer",
+            Artifact::Model => "a trained model",
+            Artifact::Predictions => "predictions",
+            Artifact::Verdicts => "verdicts",
+            Artifact::Table => "a result table",
+        }
+    }
+}
+
+/// What a step occupies while it runs; the executor limits each class separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    /// Ordinary CPU work: takes `slots` of the `--jobs` budget.
+    Cpu { slots: usize },
+    /// Mostly waiting on HTTP: one job slot, its own concurrency limit inside.
+    Http,
+    /// Needs the GPU: takes the device semaphore (and one job slot).
+    Gpu,
+}
+
+/// Errors a step reports. The executor records the message as the failure's cause.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Input data is malformed (the message names file and line).
+    #[error("{0}")]
+    Data(String),
+    /// A parameter is invalid in a way the type check could not see.
+    #[error("parameter {key}: {message}")]
+    Param { key: String, message: String },
+    /// An external process (the student worker) failed.
+    #[error("{0}")]
+    External(String),
+    /// The run was interrupted (Ctrl-C).
+    #[error("interrupted")]
+    Cancelled,
+}
+
+impl StepError {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        StepError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// A parameter error found before anything runs: `path` is the dotted key inside the step's
+/// table (empty for the table itself), so the config layer can point at file, line and column.
+#[derive(Debug, Clone)]
+pub struct ParamError {
+    /// Dotted path inside the step's parameter table.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Validates `params` against `P` and returns its canonical form: every field present (defaults
+/// filled in), so an explicit default and an omitted key hash the same.
+pub fn canonicalize<P: DeserializeOwned + Serialize>(params: &Value) -> Result<Value, ParamError> {
+    let typed: P = serde_path_to_error::deserialize(params).map_err(|e| {
+        let path = e.path().to_string();
+        ParamError {
+            path: if path == "." { String::new() } else { path },
+            message: e.into_inner().to_string(),
+        }
+    })?;
+    serde_json::to_value(&typed).map_err(|e| ParamError {
+        path: String::new(),
+        message: e.to_string(),
+    })
+}
+
+/// Reads canonical parameters back into the step's typed struct.
+pub fn typed<P: DeserializeOwned>(params: &Value) -> Result<P, StepError> {
+    serde_json::from_value(params.clone()).map_err(|e| StepError::Param {
+        key: String::new(),
+        message: e.to_string(),
+    })
+}
+
+/// One kind of pipeline step.
+pub trait Step: Sync {
+    /// The name experiment files use (`"train"`).
+    fn kind(&self) -> &'static str;
+    /// Implementation version: bump it whenever the step's output for the same inputs changes,
+    /// which invalidates every cached entry of this kind.
+    fn version(&self) -> u32;
+    /// One line for `tracelab steps` and error messages.
+    fn about(&self) -> &'static str;
+    /// Artifacts this step needs, wired from the most recent producer in its cell.
+    fn consumes(&self) -> &'static [Artifact];
+    /// Artifacts this step writes into its output directory.
+    fn produces(&self) -> &'static [Artifact];
+    /// Whether the cell's seed is part of this step's parameters.
+    fn seeded(&self) -> bool {
+        false
+    }
+    /// Checks the parameters and returns their canonical form (see [`canonicalize`]).
+    fn canonical_params(&self, params: &Value) -> Result<Value, ParamError>;
+    /// What the step occupies while running, given its canonical parameters and the job budget.
+    fn resource(&self, _params: &Value, _jobs: usize) -> Resource {
+        Resource::Cpu { slots: 1 }
+    }
+    /// Files outside the cache this step reads, relative to the project root: their content is
+    /// part of the cache key.
+    fn external_files(&self, _params: &Value, _root: &Path) -> Result<Vec<PathBuf>, StepError> {
+        Ok(Vec::new())
+    }
+    /// Does the work: read inputs through `ctx`, write outputs into `ctx.out_dir`.
+    fn run(&self, ctx: &mut StepContext<'_>) -> Result<(), StepError>;
+}
+
+/// Progress of a long step, forwarded to the reporter as an event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    /// Units done so far.
+    pub done: u64,
+    /// Units in all, when known.
+    pub total: Option<u64>,
+    /// Short status (e.g. `loss 1.23, 4.1k tok/s`).
+    pub message: String,
+}
+
+/// The inputs of one step run: producer output directories, by artifact, plus the labelled list
+/// of all inputs (for steps such as `report` that take many).
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    /// Output directory of the producer of each consumed artifact.
+    pub by_artifact: BTreeMap<Artifact, PathBuf>,
+    /// Every input as (node label, output directory), in a stable order.
+    pub all: Vec<(String, PathBuf)>,
+}
+
+/// Everything a running step may use.
+pub struct StepContext<'a> {
+    /// Canonical parameters.
+    pub params: &'a Value,
+    /// Input directories.
+    pub inputs: &'a Inputs,
+    /// The directory to write outputs into (a temporary directory inside the cache).
+    pub out_dir: &'a Path,
+    /// The project root relative paths resolve against.
+    pub root: &'a Path,
+    /// How many threads this step may use.
+    pub threads: usize,
+    /// Statistics to record in the manifest (`tracelab inspect` prints them).
+    pub stats: Map<String, Value>,
+    /// Set when the run is interrupted; long steps poll it through [`StepContext::check_cancelled`].
+    pub cancel: &'a AtomicBool,
+    /// Receives progress updates.
+    pub progress: &'a (dyn Fn(Progress) + Sync),
+}
+
+impl StepContext<'_> {
+    /// Path of a consumed artifact's file, e.g. `…/<key>/out/traces.jsonl`.
+    pub fn input(&self, artifact: Artifact) -> Result<PathBuf, StepError> {
+        self.inputs
+            .by_artifact
+            .get(&artifact)
+            .map(|d| d.join(artifact.file_name()))
+            .ok_or_else(|| StepError::Data(format!("internal: no input for {}", artifact.noun())))
+    }
+
+    /// Path where this step writes an artifact it produces.
+    pub fn output(&self, artifact: Artifact) -> PathBuf {
+        self.out_dir.join(artifact.file_name())
+    }
+
+    /// Resolves a path from the experiment against the project root.
+    pub fn resolve(&self, path: &str) -> PathBuf {
+        self.root.join(path)
+    }
+
+    /// Records one statistic for the manifest.
+    pub fn stat(&mut self, key: &str, value: impl Into<Value>) {
+        self.stats.insert(key.to_string(), value.into());
+    }
+
+    /// Reports progress.
+    pub fn report(&self, done: u64, total: Option<u64>, message: impl Into<String>) {
+        (self.progress)(Progress {
+            done,
+            total,
+            message: message.into(),
+        });
+    }
+
+    /// Returns `Err(Cancelled)` once the run has been interrupted.
+    pub fn check_cancelled(&self) -> Result<(), StepError> {
+        if self.cancel.load(Ordering::Relaxed) {
+            Err(StepError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
