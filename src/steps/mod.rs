@@ -178,6 +178,11 @@ pub trait Step: Sync {
     fn resource(&self, _params: &Value, _jobs: usize) -> Resource {
         Resource::Cpu { slots: 1 }
     }
+    /// Trace pools by role that this step reads besides its artifacts (e.g. a scenario that mixes
+    /// in `foreign` traces). Each role's `traces.jsonl` arrives in [`Inputs::roles`].
+    fn roles(&self, _params: &Value) -> Vec<String> {
+        Vec::new()
+    }
     /// Files outside the cache this step reads, relative to the project root: their content is
     /// part of the cache key.
     fn external_files(&self, _params: &Value, _root: &Path) -> Result<Vec<PathBuf>, StepError> {
@@ -204,6 +209,8 @@ pub struct Progress {
 pub struct Inputs {
     /// Output directory of the producer of each consumed artifact.
     pub by_artifact: BTreeMap<Artifact, PathBuf>,
+    /// Trace pools by role (`sister`, `foreign`, …) for steps that declare [`Step::roles`].
+    pub roles: BTreeMap<String, PathBuf>,
     /// Every input as (node label, output directory), in a stable order.
     pub all: Vec<(String, PathBuf)>,
 }
@@ -218,6 +225,10 @@ pub struct StepContext<'a> {
     pub out_dir: &'a Path,
     /// The project root relative paths resolve against.
     pub root: &'a Path,
+    /// A durable directory shared by all runs for per-request records (teacher and judge
+    /// responses keyed by blake3 of their request), so an interrupted step resumes without
+    /// repeating a paid call. Only complete, successful responses may be stored there.
+    pub responses: &'a Path,
     /// How many threads this step may use.
     pub threads: usize,
     /// Statistics to record in the manifest (`tracelab inspect` prints them).
@@ -241,6 +252,19 @@ impl StepContext<'_> {
     /// Path where this step writes an artifact it produces.
     pub fn output(&self, artifact: Artifact) -> PathBuf {
         self.out_dir.join(artifact.file_name())
+    }
+
+    /// Path of a role's trace pool (`…/traces.jsonl`), for steps that declared the role.
+    pub fn role_input(&self, role: &str) -> Result<PathBuf, StepError> {
+        self.inputs
+            .roles
+            .get(role)
+            .map(|d| d.join(Artifact::Traces.file_name()))
+            .ok_or_else(|| {
+                StepError::Data(format!(
+                    "no trace pool for role {role:?}: add [data.roles.{role}]"
+                ))
+            })
     }
 
     /// Resolves a path from the experiment against the project root.

@@ -1,3 +1,4 @@
+//! `tracelab-student`: the worker process the orchestrator runs for student steps.
 fn main() {
     let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
     println!(

@@ -1,0 +1,2 @@
+//! The student: tokenizer, transformer, training and schema-constrained prediction in tch.
+//! Only this crate links libtorch; the orchestrator runs it as the `tracelab-student` worker.
