@@ -5,6 +5,7 @@
 //! [`judge_rows`] for rows already in memory. Output: `verdicts.jsonl`, one line per input row in
 //! order (`{"id", "verdict": 0|1, "reason", …}`), and `metrics.json`.
 
+pub mod cli;
 pub mod context;
 pub mod metrics;
 pub mod normalize;

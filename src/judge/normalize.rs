@@ -633,7 +633,7 @@ pub const DEFAULT_SYNONYMS: &[(&str, &[&str])] = &[
     ),
     (
         "inexpensive",
-        &["cheap", "affordable", "budget", "low cost", "low priced"],
+        &["cheap", "budget", "low cost", "low priced"],
     ),
     (
         "moderate",

@@ -148,29 +148,10 @@ pub struct Rubric<'a> {
 
 /// Words negating a fact mentioned after them in the same clause.
 const NEGATIONS: &[&str] = &[
-    "no",
-    "not",
-    "dont",
-    "doesnt",
-    "didnt",
-    "isnt",
-    "arent",
-    "wasnt",
-    "werent",
-    "wont",
-    "cant",
-    "cannot",
-    "couldnt",
-    "without",
-    "never",
-    "neither",
-    "nor",
-    "none",
-    "lacks",
-    "lack",
-    "non",
-    "nope",
-    "unfortunately not",
+    "no", "not", "dont", "doesnt", "didnt", "isnt", "arent", "wasnt", "werent", "wont", "cant",
+    "cannot", "couldnt", "without", "never", "neither", "nor", "none", "lacks", "lack", "non",
+    "nope", // "don t" / "can t" where the apostrophe was typed as a space.
+    "t",
 ];
 
 /// Words that start a new clause: a negation before them does not reach past them.
@@ -399,13 +380,29 @@ impl<'a> Rubric<'a> {
         if message.trim().is_empty() {
             return Verdict::bad("the reply has no message");
         }
+        // Names are masked before a reply is read for facts, so "Wine" in "Baan Thai House &
+        // Wine Bar" is no claim about alcohol and "8" in "8 Immortals" no count.
+        let mut names: Vec<String> = ctx
+            .records()
+            .flat_map(|r| r.iter())
+            .filter(|(k, _)| k.to_lowercase().contains("name"))
+            .map(|(_, v)| fold(&value_text(v)))
+            .filter(|n| !n.is_empty())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let folded = fold(&message);
+        let ws: Vec<&str> = folded.split(' ').collect();
+        names.extend(self.lexicon.mentions(&ws));
+        names.sort_by_key(|n| std::cmp::Reverse(n.split(' ').count()));
+        let clauses = claims(&message, &names);
         let checks = [
-            self.check_booleans(ctx, &message),
-            self.check_categories(ctx, &message),
+            self.check_booleans(ctx, &message, &clauses),
+            self.check_categories(ctx, &message, &clauses),
             self.check_phones(ctx, &message),
             self.check_addresses(ctx, &message),
-            self.check_booking(ctx, &message),
-            self.check_search_outcome(ctx, &message),
+            self.check_booking(ctx, &message, &clauses),
+            self.check_search_outcome(ctx, &clauses),
             self.check_names(ctx, &message),
         ];
         let problems: Vec<String> = checks.into_iter().flatten().collect();
@@ -424,18 +421,19 @@ impl<'a> Rubric<'a> {
     }
 
     /// Yes/no facts: any field whose values are `True`/`False`.
-    fn check_booleans(&self, ctx: &Context, message: &str) -> Option<String> {
+    fn check_booleans(&self, ctx: &Context, message: &str, clauses: &[Clause]) -> Option<String> {
         let fields = fields_where(ctx, |v| {
             matches!(fold(&value_text(v)).as_str(), "true" | "false")
         });
         for field in fields {
             let phrases = self.topic_phrases(&field);
-            for clause in claims(message) {
+            for clause in clauses {
                 let ws: Vec<&str> = clause.words.iter().map(String::as_str).collect();
-                let Some(at) = phrases.iter().find_map(|p| find_phrase(&ws, p)) else {
+                if !phrases.iter().any(|p| find_phrase(&ws, p).is_some()) {
                     continue;
-                };
-                let said = !ws[..at].iter().any(|w| NEGATIONS.contains(w));
+                }
+                // "They don't serve alcohol" and "alcohol isn't served" both deny it.
+                let said = !ws.iter().any(|w| NEGATIONS.contains(w));
                 let Some((who, value)) = self.fact(ctx, message, &clause, &field) else {
                     continue;
                 };
@@ -454,7 +452,7 @@ impl<'a> Rubric<'a> {
     }
 
     /// Categorical facts: fields with a non-numeric, non-boolean `enum` in the tool schema.
-    fn check_categories(&self, ctx: &Context, message: &str) -> Option<String> {
+    fn check_categories(&self, ctx: &Context, message: &str, clauses: &[Clause]) -> Option<String> {
         let present = fields_where(ctx, |_| true);
         for field in present {
             let Some(values) = self.enum_of(&field) else {
@@ -468,8 +466,12 @@ impl<'a> Rubric<'a> {
                 }
             }
             phrases.sort_by_key(|(p, _)| std::cmp::Reverse(p.split(' ').count()));
-            for clause in claims(message) {
+            for clause in clauses {
                 let ws: Vec<&str> = clause.words.iter().map(String::as_str).collect();
+                // "neither pricey nor cheap" asserts neither category.
+                if ws.iter().any(|w| NEGATIONS.contains(w)) {
+                    continue;
+                }
                 let mut said: Vec<&str> = Vec::new();
                 let mut taken = vec![false; ws.len()];
                 for (p, v) in &phrases {
@@ -532,9 +534,10 @@ impl<'a> Rubric<'a> {
         clause: &Clause,
         field: &str,
     ) -> Option<(String, String)> {
-        let clause_text = clause.words.join(" ");
-        let named = self
-            .named_record(ctx, &clause_text)
+        let named = clause
+            .names
+            .iter()
+            .find_map(|n| self.named_record(ctx, n))
             .or_else(|| self.named_record(ctx, &fold(message)))
             .or_else(|| {
                 ctx.turns
@@ -631,7 +634,7 @@ impl<'a> Rubric<'a> {
     /// Booking success or failure must match the latest transaction's result: no record means
     /// it failed, a record agreeing with every argument means it succeeded (anything else is
     /// left undecided, as SGD sometimes books a nearby time).
-    fn check_booking(&self, ctx: &Context, message: &str) -> Option<String> {
+    fn check_booking(&self, ctx: &Context, message: &str, clauses: &[Clause]) -> Option<String> {
         // Without a transaction function there is nothing a booking claim could be checked on.
         self.tools.of_kind(FunctionKind::Transaction).next()?;
         let latest = ctx.results.iter().rev().find(|b| {
@@ -642,8 +645,12 @@ impl<'a> Rubric<'a> {
             })
         });
         let direct = latest.is_some_and(|b| b.turn + 1 == ctx.turns.len());
+        // "Please confirm: table booked at 6 pm for 2" states what is about to be booked.
+        let asks_to_confirm = words_of(message)
+            .iter()
+            .any(|w| CONFIRMATION_CUES.contains(&w.as_str()));
         let (mut success, mut failure) = (false, false);
-        for clause in claims(message) {
+        for clause in clauses {
             let ws: Vec<&str> = clause.words.iter().map(String::as_str).collect();
             let about_booking = direct || ws.iter().any(|w| BOOKING_WORDS.contains(w));
             if !about_booking {
@@ -652,15 +659,15 @@ impl<'a> Rubric<'a> {
             let failed = FAILURE_PHRASES
                 .iter()
                 .any(|p| find_phrase(&ws, p).is_some());
-            let succeeded = ws.iter().enumerate().any(|(i, w)| {
-                SUCCESS_WORDS.contains(w) && !ws[..i].iter().any(|x| NEGATIONS.contains(x))
-            });
-            let negated_success = ws.iter().enumerate().any(|(i, w)| {
-                SUCCESS_WORDS.contains(w) && ws[..i].iter().any(|x| NEGATIONS.contains(x))
-            });
-            if failed || negated_success {
+            let claims_success = SUCCESS_PHRASES
+                .iter()
+                .any(|p| find_phrase(&ws, p).is_some());
+            // "made without errors" is no denial.
+            let negated = ws.iter().any(|w| NEGATIONS.contains(w) && *w != "without");
+            let tentative = ws.iter().any(|w| TENTATIVE.contains(w));
+            if failed || (claims_success && negated) {
                 failure = true;
-            } else if succeeded {
+            } else if claims_success && !tentative && !asks_to_confirm {
                 success = true;
             }
         }
@@ -700,7 +707,7 @@ impl<'a> Rubric<'a> {
 
     /// When the reply reports on a search that just returned: "nothing found" needs an empty
     /// result, "found N" needs N records, and an empty result cannot be reported as found.
-    fn check_search_outcome(&self, ctx: &Context, message: &str) -> Option<String> {
+    fn check_search_outcome(&self, ctx: &Context, clauses: &[Clause]) -> Option<String> {
         if !ctx.ends_with_result() {
             return None;
         }
@@ -714,7 +721,7 @@ impl<'a> Rubric<'a> {
             return None;
         }
         let n = block.records.len();
-        for clause in claims(message) {
+        for clause in clauses {
             let ws: Vec<&str> = clause.words.iter().map(String::as_str).collect();
             let more = ws
                 .iter()
@@ -751,18 +758,34 @@ impl<'a> Rubric<'a> {
             .flat_map(|r| r.values().map(|v| fold(&value_text(v))))
             .chain(ctx.turns.iter().map(|t| fold(&t.text)))
             .collect();
+        let user: BTreeSet<String> = ctx.user_text().flat_map(words_of).collect();
         mentions
             .into_iter()
             .find(|m| {
                 let mw: Vec<&str> = m.split(' ').collect();
-                !seen.iter().any(|s| {
+                let in_results = seen.iter().any(|s| {
                     let sw: Vec<&str> = s.split(' ').collect();
                     find_words(&sw, &mw).is_some()
-                })
+                });
+                // A place the user named by a short form ("Katsu" for "Katsu Los Gatos") is
+                // the user's, not invented.
+                let distinct: Vec<&&str> = mw
+                    .iter()
+                    .filter(|w| !GENERIC_NAME_WORDS.contains(w))
+                    .collect();
+                let user_named = match distinct.as_slice() {
+                    [first, ..] if first.len() >= 3 => user.contains(**first),
+                    [a, b, ..] => user.contains(**a) && user.contains(**b),
+                    _ => false,
+                };
+                !in_results && !user_named
             })
             .map(|m| format!("names {m:?}, which no result in this conversation contains"))
     }
 }
+
+/// Stands in for a masked name (never a folded word, which has no punctuation).
+const NAME_MASK: &str = "<name>";
 
 /// Words that put a clause on the subject of a booking.
 const BOOKING_WORDS: &[&str] = &[
@@ -777,16 +800,26 @@ const BOOKING_WORDS: &[&str] = &[
     "table",
     "room",
 ];
-/// Words that claim a booking went through (unless negated).
-const SUCCESS_WORDS: &[&str] = &[
+/// Phrases that claim a booking went through (unless negated). Future or tentative wording
+/// ("the reservation will be set", "confirming your booking") is no claim.
+const SUCCESS_PHRASES: &[&str] = &[
     "successful",
     "successfully",
     "confirmed",
     "booked",
     "reserved",
-    "made",
-    "set",
     "succeeded",
+    "all set",
+    "been made",
+    "is made",
+    "was made",
+    "went through",
+];
+/// Words of a reply that asks the user to confirm details rather than reporting a result.
+const CONFIRMATION_CUES: &[&str] = &["confirm", "confirmation", "verify", "correct", "review"];
+/// Words that make a clause about a booking tentative ("will be booked", "being reserved").
+const TENTATIVE: &[&str] = &[
+    "will", "being", "would", "shall", "going", "should", "can", "could",
 ];
 /// Phrases that claim a booking failed.
 const FAILURE_PHRASES: &[&str] = &[
@@ -852,12 +885,15 @@ fn fields_where(ctx: &Context, pred: impl Fn(&Value) -> bool) -> Vec<String> {
 
 /// One clause of a reply that states something (questions are not claims).
 struct Clause {
+    /// Folded words, each known name replaced by [`NAME_MASK`].
     words: Vec<String>,
+    /// The names the clause mentions (folded), in order.
+    names: Vec<String>,
 }
 
 /// The reply split into sentences, questions dropped, and each sentence into clauses at commas
 /// and contrast words, so a negation only reaches the facts of its own clause.
-fn claims(message: &str) -> Vec<Clause> {
+fn claims(message: &str, names: &[String]) -> Vec<Clause> {
     let mut out = Vec::new();
     let mut sentence = String::new();
     let chars: Vec<char> = message.chars().collect();
@@ -869,35 +905,58 @@ fn claims(message: &str) -> Vec<Clause> {
         };
         if end {
             if c != '?' {
-                push_clauses(&sentence, &mut out);
+                push_clauses(&sentence, names, &mut out);
             }
             sentence.clear();
         } else {
             sentence.push(c);
         }
     }
-    push_clauses(&sentence, &mut out);
+    push_clauses(&sentence, names, &mut out);
     out
 }
 
-fn push_clauses(sentence: &str, out: &mut Vec<Clause>) {
+/// `names` must be folded and sorted longest first.
+fn push_clauses(sentence: &str, names: &[String], out: &mut Vec<Clause>) {
     let lower = fold(sentence);
     if lower.starts_with("if ") || lower.starts_with("would you") || lower.starts_with("do you") {
         return;
     }
     for part in sentence.split([',', ':', '(', ')']) {
-        let mut words: Vec<String> = Vec::new();
-        for w in words_of(part) {
-            if CLAUSE_BREAKS.contains(&w.as_str()) && !words.is_empty() {
-                out.push(Clause {
-                    words: std::mem::take(&mut words),
-                });
-            } else {
-                words.push(w);
+        // Mask names first, so "and" inside "Chili's Grill & Bar" does not split a clause.
+        let mut ws: Vec<String> = words_of(part);
+        let mut found: Vec<Option<String>> = vec![None; ws.len()];
+        for name in names {
+            let nw: Vec<&str> = name.split(' ').collect();
+            let mut i = 0;
+            while i + nw.len() <= ws.len() {
+                if ws[i..i + nw.len()].iter().zip(&nw).all(|(a, b)| a == b) {
+                    ws.splice(i..i + nw.len(), [NAME_MASK.to_string()]);
+                    found.splice(i..i + nw.len(), [Some(name.clone())]);
+                }
+                i += 1;
             }
         }
-        if !words.is_empty() {
-            out.push(Clause { words });
+        let mut clause = Clause {
+            words: Vec::new(),
+            names: Vec::new(),
+        };
+        for (w, name) in ws.into_iter().zip(found) {
+            if CLAUSE_BREAKS.contains(&w.as_str()) && !clause.words.is_empty() {
+                out.push(std::mem::replace(
+                    &mut clause,
+                    Clause {
+                        words: Vec::new(),
+                        names: Vec::new(),
+                    },
+                ));
+            } else {
+                clause.words.push(w);
+                clause.names.extend(name);
+            }
+        }
+        if !clause.words.is_empty() {
+            out.push(clause);
         }
     }
 }
