@@ -434,7 +434,7 @@ impl<'a> Rubric<'a> {
                 }
                 // "They don't serve alcohol" and "alcohol isn't served" both deny it.
                 let said = !ws.iter().any(|w| NEGATIONS.contains(w));
-                let Some((who, value)) = self.fact(ctx, message, &clause, &field) else {
+                let Some((who, value)) = self.fact(ctx, message, clause, &field) else {
                     continue;
                 };
                 if let Some(actual) = parse_bool(&value) {
@@ -488,7 +488,7 @@ impl<'a> Rubric<'a> {
                 if said.is_empty() {
                     continue;
                 }
-                let Some((who, value)) = self.fact(ctx, message, &clause, &field) else {
+                let Some((who, value)) = self.fact(ctx, message, clause, &field) else {
                     continue;
                 };
                 let actual = fold(&value);
