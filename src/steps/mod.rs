@@ -12,8 +12,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+pub mod report;
 /// Every step kind tracelab knows, in pipeline order. The experiment file names them by `kind()`.
-pub static STEPS: &[&dyn Step] = &[];
+pub static STEPS: &[&dyn Step] = &[&report::Report];
 
 /// Looks a step kind up by its name.
 pub fn find(kind: &str) -> Option<&'static dyn Step> {
