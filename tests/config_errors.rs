@@ -60,7 +60,7 @@ fn unknown_top_level_key() {
     expect(
         &format!("bogus = 1\n{GOOD}"),
         &[],
-        &["e.toml:1:7", "key `bogus`", "unknown key"],
+        &["e.toml:1:9", "key `bogus`", "unknown key"],
     );
 }
 
