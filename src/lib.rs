@@ -6,6 +6,7 @@
 //! [`events`] / [`reporter`].
 
 pub mod conversation;
+pub mod formats;
 pub mod steps;
 pub mod task;
 pub mod tools;
