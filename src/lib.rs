@@ -11,6 +11,7 @@ pub mod conversation;
 pub mod dag;
 pub mod events;
 pub mod executor;
+pub mod formats;
 pub mod reporter;
 pub mod steps;
 pub mod task;
