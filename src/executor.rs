@@ -101,6 +101,9 @@ pub fn load_state(cache: &Cache, experiment: &str) -> State {
 fn save_state(cache: &Cache, experiment: &str, update: &State) {
     let path = state_path(cache, experiment);
     let mut state = load_state(cache, experiment);
+    if update.iter().all(|(k, v)| state.get(k) == Some(v)) {
+        return; // a no-op run writes nothing
+    }
     state.extend(update.iter().map(|(k, v)| (k.clone(), v.clone())));
     let _ = std::fs::create_dir_all(path.parent().expect("has parent"));
     let tmp = path.with_extension(format!("json.{}", std::process::id()));
