@@ -6,6 +6,9 @@
 //! [`events`] / [`reporter`].
 
 pub mod conversation;
+pub mod llm;
+pub mod llm_mock;
 pub mod steps;
 pub mod task;
+pub mod teacher;
 pub mod tools;
