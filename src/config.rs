@@ -219,6 +219,8 @@ pub struct DataSpec {
     /// Extra trace pools scenarios draw from, by role (`sister`, `foreign`).
     #[serde(default)]
     pub roles: BTreeMap<String, RoleSpec>,
+    /// Where to fetch the data from when `path` is absent (checked by blake3).
+    pub download: Option<crate::download::DownloadSpec>,
 }
 
 /// A trace pool other than the target's.
@@ -466,7 +468,7 @@ impl Experiment {
         ] {
             if let Some(rel) = rel {
                 let p = root.join(rel);
-                if !p.exists() {
+                if !p.exists() && !(key == "data.path" && head.data.download.is_some()) {
                     return Err(locate(
                         key,
                         format!(

@@ -127,6 +127,17 @@ struct Loaded {
 
 fn load(args: &ExpArgs, cache_dir: Option<&Path>) -> Result<Loaded> {
     let exp = Experiment::load(&args.experiment, &args.sets)?;
+    if let Some(spec) = &exp.data.download {
+        let dest = exp.root.join(&exp.data.path);
+        if !dest.exists() {
+            eprintln!(
+                "data: {} is absent; downloading {}",
+                dest.display(),
+                spec.url
+            );
+            tracelab::download::ensure(spec, &dest)?;
+        }
+    }
     let dag = dag::build(&exp)?;
     let dir = cache_dir.map_or_else(|| exp.root.join("cache"), Path::to_path_buf);
     let cache = Cache::open(&dir)?;
