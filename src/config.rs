@@ -468,7 +468,8 @@ impl Experiment {
         ] {
             if let Some(rel) = rel {
                 let p = root.join(rel);
-                if !p.exists() && !(key == "data.path" && head.data.download.is_some()) {
+                let will_download = key == "data.path" && head.data.download.is_some();
+                if !will_download && !p.exists() {
                     return Err(locate(
                         key,
                         format!(
