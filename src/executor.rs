@@ -637,6 +637,7 @@ fn execute(
         }
     }
     let pending = cache.begin(&launch.key)?;
+    tracing::info!(label = %node.label, key = %launch.key.short(), dir = %pending.dir.display(), "running");
     let started_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
@@ -693,5 +694,6 @@ fn execute(
     if launch.forced {
         cache.remove(&launch.key)?;
     }
+    tracing::info!(label = %node.label, seconds = manifest.duration_s, "publishing");
     Ok(cache.publish(pending, manifest)?)
 }
