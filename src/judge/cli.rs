@@ -4,18 +4,21 @@
 use std::path::PathBuf;
 
 use crate::judge::{
-    judge_file, Bootstrap, JudgeError, JudgeFiles, JudgeKind, JudgeOptions, Metrics,
+    judge_file, Bootstrap, JudgeError, JudgeFiles, JudgeKind, JudgeOptions, LlmJudgeConfig, Metrics,
 };
+use crate::llm::LlmConfig;
 
 /// Which judge, on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum JudgeArg {
     /// The offline rubric judge.
     Rubric,
+    /// A model behind an OpenAI-compatible endpoint (`--base-url`, `--model`).
+    Llm,
 }
 
 /// `tracelab judge --tools TOOLS.json --predictions FILE.jsonl --out VERDICTS.jsonl
-/// [--task TASK.md] [--judge rubric]`.
+/// [--task TASK.md] [--judge rubric|llm]`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct JudgeArgs {
     /// Tool schemas (OpenAI tools JSON).
@@ -39,6 +42,27 @@ pub struct JudgeArgs {
     /// Seed of the bootstrap interval.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// LLM judge: base URL of the OpenAI-compatible API, e.g. `http://127.0.0.1:8000/v1`.
+    #[arg(long, required_if_eq("judge", "llm"))]
+    pub base_url: Option<String>,
+    /// LLM judge: model name.
+    #[arg(long, required_if_eq("judge", "llm"))]
+    pub model: Option<String>,
+    /// LLM judge: environment variable holding the API key (none: no key is sent).
+    #[arg(long)]
+    pub api_key_env: Option<String>,
+    /// LLM judge: sampling temperature.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// LLM judge: requests in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// LLM judge: answers asked per pair before an unparseable answer counts as unanswered.
+    #[arg(long, default_value_t = 3)]
+    pub attempts: u32,
+    /// LLM judge: response cache directory (reruns never repeat an answered request).
+    #[arg(long, default_value = "cache/responses/judge")]
+    pub responses: PathBuf,
 }
 
 impl JudgeArgs {
@@ -66,6 +90,20 @@ impl JudgeArgs {
         let options = JudgeOptions {
             kind: match self.judge {
                 JudgeArg::Rubric => JudgeKind::Rubric,
+                JudgeArg::Llm => {
+                    let mut llm = LlmConfig::new(
+                        self.base_url.clone().unwrap_or_default(),
+                        self.model.clone().unwrap_or_default(),
+                    );
+                    llm.api_key_env = self.api_key_env.clone();
+                    llm.temperature = self.temperature;
+                    llm.concurrency = self.concurrency;
+                    JudgeKind::Llm(LlmJudgeConfig {
+                        llm,
+                        attempts: self.attempts,
+                        responses: self.responses.clone(),
+                    })
+                }
             },
             bootstrap: Bootstrap {
                 seed: self.seed,

@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod context;
+pub mod llm;
 pub mod metrics;
 pub mod normalize;
 pub mod rubric;
@@ -14,6 +15,7 @@ pub mod rubric;
 use std::collections::BTreeSet;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use serde_json::{json, Value};
 
@@ -22,6 +24,7 @@ use crate::task::{Task, TaskError, TaskSettings};
 use crate::tools::{ToolSet, ToolsError};
 
 pub use context::{parse_call, Context};
+pub use llm::{LlmJudge, LlmJudgeConfig, LlmJudgeError, LlmVerdict};
 pub use metrics::{Bootstrap, Metrics, PairScore};
 pub use normalize::Normalizer;
 pub use rubric::{Lexicon, Rubric, Verdict};
@@ -62,6 +65,9 @@ pub enum JudgeError {
     /// A task setting the judge needs is invalid.
     #[error("task settings: {0}")]
     Settings(String),
+    /// The LLM judge failed (after the client's retries) or was interrupted.
+    #[error(transparent)]
+    Llm(#[from] LlmJudgeError),
 }
 
 /// Which judge gives the verdicts.
@@ -69,6 +75,8 @@ pub enum JudgeError {
 pub enum JudgeKind {
     /// The offline rubric judge.
     Rubric,
+    /// A model behind an OpenAI-compatible endpoint.
+    Llm(LlmJudgeConfig),
 }
 
 impl JudgeKind {
@@ -76,6 +84,7 @@ impl JudgeKind {
     pub fn label(&self) -> String {
         match self {
             JudgeKind::Rubric => "rubric".to_string(),
+            JudgeKind::Llm(c) => format!("llm:{}", c.llm.model),
         }
     }
 }
@@ -249,6 +258,25 @@ pub fn judge_rows(
     options: &JudgeOptions,
     origin: &Path,
 ) -> Result<(Vec<Outcome>, Metrics), JudgeError> {
+    judge_rows_with(
+        rows,
+        setup,
+        options,
+        origin,
+        &|_| {},
+        &AtomicBool::new(false),
+    )
+}
+
+/// [`judge_rows`] with progress (pairs judged so far) and cancellation, for long LLM runs.
+pub fn judge_rows_with(
+    rows: &[Row],
+    setup: &JudgeSetup,
+    options: &JudgeOptions,
+    origin: &Path,
+    progress: &(dyn Fn(usize) + Sync),
+    cancel: &AtomicBool,
+) -> Result<(Vec<Outcome>, Metrics), JudgeError> {
     let respond = setup.settings.respond_function.as_str();
     let norm = Normalizer::new(&setup.settings.reference_date, &setup.settings.synonyms)
         .map_err(JudgeError::Settings)?;
@@ -263,18 +291,55 @@ pub fn judge_rows(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let rubric = Rubric::new(&setup.tools, &norm, respond, Lexicon::build(&contexts));
+    let unparseable = |why: &str| Verdict {
+        good: false,
+        reason: format!("unparseable prediction: {why}"),
+    };
+    let mut unanswered = 0usize;
     let verdicts: Vec<Verdict> = match &options.kind {
         JudgeKind::Rubric => rows
             .iter()
             .zip(&contexts)
             .map(|(r, ctx)| match &r.prediction {
                 Ok(pred) => rubric.judge(ctx, &r.answer, pred),
-                Err(why) => Verdict {
-                    good: false,
-                    reason: format!("unparseable prediction: {why}"),
-                },
+                Err(why) => unparseable(why),
             })
             .collect(),
+        JudgeKind::Llm(config) => {
+            let judge = LlmJudge::new(
+                config,
+                &setup.description,
+                &setup.settings.reference_date,
+                &setup.tools,
+            )?;
+            // Only parseable predictions go to the model; the rest are bad without asking.
+            let items: Vec<llm::LlmItem> = rows
+                .iter()
+                .filter_map(|r| {
+                    r.prediction.as_ref().ok().map(|p| llm::LlmItem {
+                        question: r.question.clone(),
+                        reference: r.answer.clone(),
+                        prediction: p.clone(),
+                    })
+                })
+                .collect();
+            let mut answers = judge.judge_all(&items, progress, cancel)?.into_iter();
+            rows.iter()
+                .map(|r| match &r.prediction {
+                    Err(why) => unparseable(why),
+                    Ok(_) => match answers.next().expect("one answer per item") {
+                        LlmVerdict::Answered(v) => v,
+                        LlmVerdict::Unanswered(why) => {
+                            unanswered += 1;
+                            Verdict {
+                                good: false,
+                                reason: format!("the judge gave no usable answer ({why})"),
+                            }
+                        }
+                    },
+                })
+                .collect()
+        }
     };
     let outcomes: Vec<Outcome> = rows
         .iter()
@@ -294,7 +359,8 @@ pub fn judge_rows(
         })
         .collect();
     let scores: Vec<PairScore> = outcomes.iter().map(|o| o.score.clone()).collect();
-    let metrics = Metrics::compute(&scores, respond, &options.kind.label(), options.bootstrap);
+    let mut metrics = Metrics::compute(&scores, respond, &options.kind.label(), options.bootstrap);
+    metrics.judge_unanswered = unanswered;
     Ok((outcomes, metrics))
 }
 
@@ -404,4 +470,178 @@ pub fn judge_file(files: &JudgeFiles, options: &JudgeOptions) -> Result<Metrics,
         write_metrics(m, &metrics)?;
     }
     Ok(metrics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::LlmConfig;
+    use crate::llm_mock::{MockRequest, MockServer, Reply};
+    use std::sync::Arc;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/judge")
+            .join(name)
+    }
+
+    fn expected() -> Vec<(String, u8)> {
+        std::fs::read_to_string(fixture("predictions.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                (
+                    v["id"].as_str().unwrap().to_string(),
+                    v["expect"].as_u64().unwrap() as u8,
+                )
+            })
+            .collect()
+    }
+
+    fn read_lines(path: &Path) -> Vec<Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn judge_file_scores_every_accepted_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = JudgeFiles {
+            tools: fixture("tools.json"),
+            task: Some(fixture("task.md")),
+            predictions: fixture("predictions.jsonl"),
+            verdicts: dir.path().join("verdicts.jsonl"),
+            metrics: Some(dir.path().join("metrics.json")),
+        };
+        let m = judge_file(&files, &JudgeOptions::default()).unwrap();
+        let lines = read_lines(&files.verdicts);
+        let want = expected();
+        assert_eq!(lines.len(), want.len(), "one verdict line per row");
+        for (line, (id, verdict)) in lines.iter().zip(&want) {
+            assert_eq!(line["id"], id.as_str());
+            assert_eq!(line["verdict"], *verdict, "{id}: {}", line["reason"]);
+            assert!(!line["reason"].as_str().unwrap().is_empty(), "{id}");
+        }
+        let unparseable = &lines[5];
+        assert!(unparseable["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("unparseable prediction"));
+        assert_eq!(lines[6]["predicted"], Value::Null);
+        assert_eq!(m.n, 12);
+        assert!((m.score - 7.0 / 12.0).abs() < 1e-12);
+        assert!((m.unparseable - 2.0 / 12.0).abs() < 1e-12);
+        assert!((m.function_accuracy - 9.0 / 12.0).abs() < 1e-12);
+        assert_eq!(m.service_calls.n, 10);
+        assert_eq!(m.confusion["FindRestaurants"][metrics::UNPARSEABLE], 2);
+        assert!((m.baseline.score - 2.0 / 12.0).abs() < 1e-12);
+        let written: Metrics =
+            serde_json::from_str(&std::fs::read_to_string(files.metrics.unwrap()).unwrap())
+                .unwrap();
+        assert_eq!(written, m);
+        assert!(m.to_string().contains("12 pairs"));
+    }
+
+    #[test]
+    fn bad_rows_name_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.jsonl");
+        std::fs::write(
+            &p,
+            "{\"question\": [], \"answer\": {\"name\": \"F\"}}\n\n{\"question\": []}\n",
+        )
+        .unwrap();
+        let e = read_rows(&p).unwrap_err().to_string();
+        assert!(
+            e.ends_with("p.jsonl:3: no \"answer\" (the reference call)"),
+            "{e}"
+        );
+        std::fs::write(&p, "[1]\n").unwrap();
+        assert!(read_rows(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("p.jsonl:1: not a JSON object"));
+        std::fs::write(&p, "").unwrap();
+        let files = JudgeFiles {
+            tools: fixture("tools.json"),
+            task: None,
+            predictions: p,
+            verdicts: dir.path().join("v.jsonl"),
+            metrics: None,
+        };
+        assert!(matches!(
+            judge_file(&files, &JudgeOptions::default()),
+            Err(JudgeError::Empty(_))
+        ));
+    }
+
+    /// The fake judge model: good when the predicted name is the reference's; garbage for any
+    /// call in Oakland; garbage on the first sample for a "Fish" search.
+    fn fake_judge(r: &MockRequest) -> Reply {
+        let user = r.body["messages"][1]["content"].as_str().unwrap_or("");
+        let pair: Value = serde_json::from_str(user).unwrap_or(Value::Null);
+        let args = &pair["prediction"]["arguments"];
+        if args["city"] == "Oakland" || (args["cuisine"] == "Fish" && r.body["seed"] == 0) {
+            return Reply::Content("I am not sure what to say.".into());
+        }
+        let good = pair["prediction"]["name"] == pair["reference"]["name"];
+        let text = json!({"verdict": if good { "good" } else { "bad" }, "reason": "fake judge"});
+        Reply::Content(text.to_string())
+    }
+
+    #[test]
+    fn llm_judge_against_a_local_server() {
+        let server = crate::steps::runtime()
+            .block_on(MockServer::start(0, Arc::new(fake_judge)))
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut llm = LlmConfig::new(server.base_url(), "fake-judge");
+        llm.temperature = 0.0;
+        llm.concurrency = 4;
+        let options = JudgeOptions {
+            kind: JudgeKind::Llm(LlmJudgeConfig {
+                llm,
+                attempts: 3,
+                responses: dir.path().join("responses"),
+            }),
+            bootstrap: Bootstrap::default(),
+        };
+        let files = JudgeFiles {
+            tools: fixture("tools.json"),
+            task: Some(fixture("task.md")),
+            predictions: fixture("predictions.jsonl"),
+            verdicts: dir.path().join("verdicts.jsonl"),
+            metrics: None,
+        };
+        let m = judge_file(&files, &options).unwrap();
+        // 10 parseable predictions: 8 answered at once, "Fish" on the second sample, Oakland
+        // never (3 attempts). Unparseable predictions are not sent.
+        assert_eq!(server.total(), 13);
+        assert_eq!(m.judge, "llm:fake-judge");
+        assert_eq!(m.judge_unanswered, 1);
+        let lines = read_lines(&files.verdicts);
+        let by_id = |id: &str| lines.iter().find(|l| l["id"] == id).unwrap().clone();
+        assert_eq!(by_id("obj-parameters")["verdict"], 1);
+        assert_eq!(by_id("obj-parameters")["reason"], "fake judge");
+        assert_eq!(by_id("wrong-function")["verdict"], 0);
+        assert_eq!(by_id("unparseable")["verdict"], 0);
+        let oakland = by_id("wrong-city");
+        assert_eq!(oakland["verdict"], 0);
+        assert!(
+            oakland["reason"]
+                .as_str()
+                .unwrap()
+                .contains("no usable answer"),
+            "{oakland}"
+        );
+        // A rerun answers from the response cache; only never-accepted requests go out again.
+        let again = judge_file(&files, &options).unwrap();
+        assert_eq!(server.total(), 13 + 1 + 3);
+        assert_eq!(again, m);
+        assert_eq!(read_lines(&files.verdicts), lines);
+    }
 }

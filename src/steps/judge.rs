@@ -6,8 +6,13 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::judge::{self, Bootstrap, JudgeError, JudgeKind, JudgeOptions, JudgeSetup};
-use crate::steps::{canonicalize, typed, Artifact, ParamError, Step, StepContext, StepError};
+use crate::judge::{
+    self, Bootstrap, JudgeError, JudgeKind, JudgeOptions, JudgeSetup, LlmJudgeConfig,
+};
+use crate::llm::LlmConfig;
+use crate::steps::{
+    canonicalize, typed, Artifact, ParamError, Resource, Step, StepContext, StepError,
+};
 
 /// File name of the per-pair verdicts inside the step's output directory.
 pub const VERDICTS_FILE: &str = "verdicts.jsonl";
@@ -19,6 +24,8 @@ pub enum JudgeChoice {
     /// The offline rubric judge.
     #[default]
     Rubric,
+    /// A model behind an OpenAI-compatible endpoint (`[judge.llm]`).
+    Llm,
 }
 
 /// Parameters of `[judge]`.
@@ -34,10 +41,21 @@ pub struct JudgeParams {
     /// Seed of the bootstrap (fixed, so the interval is reproducible).
     #[serde(default)]
     pub bootstrap_seed: u64,
+    /// Endpoint and model of the LLM judge (`[judge.llm]`: base_url, model, api_key_env,
+    /// temperature, concurrency, retries, …); used when `judge = "llm"`.
+    #[serde(default)]
+    pub llm: Option<LlmConfig>,
+    /// Answers asked per pair before an unparseable judge answer counts as unanswered.
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
 }
 
 fn default_samples() -> usize {
     1000
+}
+
+fn default_attempts() -> u32 {
+    3
 }
 
 /// The judge step.
@@ -66,21 +84,69 @@ impl Step for Judge {
 
     fn canonical_params(&self, params: &Value) -> Result<Value, ParamError> {
         let v = canonicalize::<JudgeParams>(params)?;
-        if v["bootstrap_samples"] == 0 {
+        let mut p: JudgeParams = serde_json::from_value(v).map_err(|e| ParamError {
+            path: String::new(),
+            message: e.to_string(),
+        })?;
+        if p.bootstrap_samples == 0 {
             return Err(ParamError {
                 path: "bootstrap_samples".into(),
                 message: "must be at least 1".into(),
             });
         }
-        Ok(v)
+        match p.judge {
+            JudgeChoice::Llm if p.llm.is_none() => {
+                return Err(ParamError {
+                    path: "llm".into(),
+                    message: "judge = \"llm\" needs a [judge.llm] table with base_url and model"
+                        .into(),
+                })
+            }
+            JudgeChoice::Llm if p.attempts == 0 => {
+                return Err(ParamError {
+                    path: "attempts".into(),
+                    message: "must be at least 1".into(),
+                })
+            }
+            JudgeChoice::Llm => {}
+            // An LLM table kept "one table away" must not change the rubric judge's cache key.
+            JudgeChoice::Rubric => {
+                p.llm = None;
+                p.attempts = default_attempts();
+            }
+        }
+        serde_json::to_value(&p).map_err(|e| ParamError {
+            path: String::new(),
+            message: e.to_string(),
+        })
+    }
+
+    fn resource(&self, params: &Value, _jobs: usize) -> Resource {
+        if params["judge"] == "llm" {
+            Resource::Http
+        } else {
+            Resource::Cpu { slots: 1 }
+        }
     }
 
     fn run(&self, ctx: &mut StepContext<'_>) -> Result<(), StepError> {
         let p: JudgeParams = typed(ctx.params)?;
+        let kind = match (p.judge, p.llm) {
+            (JudgeChoice::Rubric, _) => JudgeKind::Rubric,
+            (JudgeChoice::Llm, Some(llm)) => JudgeKind::Llm(LlmJudgeConfig {
+                llm,
+                attempts: p.attempts,
+                responses: ctx.responses.join("judge"),
+            }),
+            (JudgeChoice::Llm, None) => {
+                return Err(StepError::Param {
+                    key: "llm".into(),
+                    message: "judge = \"llm\" needs a [judge.llm] table".into(),
+                })
+            }
+        };
         let options = JudgeOptions {
-            kind: match p.judge {
-                JudgeChoice::Rubric => JudgeKind::Rubric,
-            },
+            kind,
             bootstrap: Bootstrap {
                 samples: p.bootstrap_samples,
                 seed: p.bootstrap_seed,
@@ -95,9 +161,21 @@ impl Step for Judge {
             return Err(step_error(JudgeError::Empty(predictions)));
         }
         ctx.check_cancelled()?;
-        let (outcomes, metrics) =
-            judge::judge_rows(&rows, &setup, &options, &predictions).map_err(step_error)?;
-        ctx.report(rows.len() as u64, Some(rows.len() as u64), "judged");
+        let total = rows.len() as u64;
+        let (outcomes, metrics) = {
+            let view: &StepContext<'_> = ctx;
+            let progress = |done: usize| view.report(done as u64, Some(total), "judged");
+            judge::judge_rows_with(
+                &rows,
+                &setup,
+                &options,
+                &predictions,
+                &progress,
+                view.cancel,
+            )
+            .map_err(step_error)?
+        };
+        ctx.report(total, Some(total), "judged");
         judge::write_verdicts(&ctx.out_dir.join(VERDICTS_FILE), &outcomes).map_err(step_error)?;
         judge::write_metrics(&ctx.output(Artifact::Verdicts), &metrics).map_err(step_error)?;
         ctx.stat("pairs", metrics.n);
@@ -108,6 +186,8 @@ impl Step for Judge {
         ctx.stat("baseline_macro_score", metrics.baseline.macro_score);
         ctx.stat("function_accuracy", metrics.function_accuracy);
         ctx.stat("unparseable", metrics.unparseable);
+        ctx.stat("judge", metrics.judge.clone());
+        ctx.stat("judge_unanswered", metrics.judge_unanswered);
         Ok(())
     }
 }
@@ -115,6 +195,8 @@ impl Step for Judge {
 fn step_error(e: JudgeError) -> StepError {
     match e {
         JudgeError::Io { path, source } => StepError::io(path, source),
+        JudgeError::Llm(judge::LlmJudgeError::Cancelled) => StepError::Cancelled,
+        JudgeError::Llm(other) => StepError::External(other.to_string()),
         other => StepError::Data(other.to_string()),
     }
 }
@@ -143,6 +225,24 @@ mod tests {
             .unwrap();
         assert_eq!(a, b);
         assert!(s.canonical_params(&json!({"judge": "oracle"})).is_err());
+        // An LLM table next to the rubric judge does not change its key; llm needs the table.
+        let with_table = s
+            .canonical_params(&json!({"llm": {"base_url": "http://x/v1", "model": "m"}}))
+            .unwrap();
+        assert_eq!(with_table, a);
+        assert_eq!(
+            s.canonical_params(&json!({"judge": "llm"}))
+                .unwrap_err()
+                .path,
+            "llm"
+        );
+        let llm = s
+            .canonical_params(
+                &json!({"judge": "llm", "llm": {"base_url": "http://x/v1", "model": "m"}}),
+            )
+            .unwrap();
+        assert_eq!(s.resource(&llm, 2), Resource::Http);
+        assert_eq!(s.resource(&a, 2), Resource::Cpu { slots: 1 });
         assert!(s.canonical_params(&json!({"bogus": 1})).is_err());
         let e = s
             .canonical_params(&json!({"bootstrap_samples": 0}))
