@@ -9,13 +9,15 @@
 
 use serde_json::{Map, Value};
 
-use crate::conversation::{Arguments, ToolCall};
+use crate::conversation::ToolCall;
 use crate::judge::normalize::value_text;
 
 /// Parses a call from any accepted shape: an object with `name` and `arguments`/`parameters`
-/// (object or JSON string), an OpenAI tool call (`{"function": {…}}`), an assistant message with
-/// `tool_calls`, a one-element list of those, or a string holding any of these as JSON, possibly
-/// wrapped in `<tool_call>…</tool_call>` or a Markdown code fence. The error says why not.
+/// (object or JSON string), an OpenAI tool call (`{"function": {…}}`) — both read by
+/// [`crate::formats::parse_call`] — plus what model outputs add: an assistant message with
+/// `tool_calls`, a one-element list, or a string holding any of these as JSON, possibly wrapped
+/// in `<tool_call>…</tool_call>` (after `<think>` text) or a Markdown code fence. The error says
+/// why not.
 pub fn parse_call(value: &Value) -> Result<ToolCall, String> {
     parse_call_depth(value, 0)
 }
@@ -32,32 +34,13 @@ fn parse_call_depth(value: &Value, depth: usize) -> Result<ToolCall, String> {
             [] => Err("empty list of calls".into()),
             _ => Err(format!("{} calls where one was expected", a.len())),
         },
-        Value::Object(o) => {
-            if let Some(f) = o.get("function").filter(|f| f.is_object()) {
-                return parse_call_depth(f, depth + 1);
-            }
-            if let Some(calls) = o.get("tool_calls").filter(|c| c.is_array()) {
-                return parse_call_depth(calls, depth + 1);
-            }
-            let name = match o.get("name") {
-                Some(Value::String(n)) if !n.trim().is_empty() => n.trim().to_string(),
-                Some(_) => return Err("\"name\" is not a non-empty string".into()),
-                None => return Err("no \"name\" in the call".into()),
-            };
-            let raw = o.get("arguments").or_else(|| o.get("parameters"));
-            let arguments = match raw {
-                None | Some(Value::Null) => Arguments::new(),
-                Some(Value::Object(m)) => m.clone(),
-                Some(Value::String(s)) if s.trim().is_empty() => Arguments::new(),
-                Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
-                    Ok(Value::Object(m)) => m,
-                    Ok(_) => return Err("arguments are not a JSON object".into()),
-                    Err(e) => return Err(format!("arguments are not valid JSON: {e}")),
-                },
-                Some(_) => return Err("arguments are not a JSON object".into()),
-            };
-            Ok(ToolCall::new(name, arguments))
-        }
+        Value::Object(o) => match o.get("tool_calls") {
+            // An assistant message: its (single) call.
+            Some(calls) if calls.is_array() => parse_call_depth(calls, depth + 1),
+            // Plain `{name, arguments|parameters}` or OpenAI `{function: {…}}`: the data
+            // model's reader handles both.
+            _ => crate::formats::parse_call(value),
+        },
         _ => Err(format!("a call cannot be {value}")),
     }
 }
@@ -279,13 +262,18 @@ mod tests {
             json!([{"name": "FindRestaurants", "arguments": {"city": "San Jose"}}]),
         ];
         for s in shapes {
-            assert_eq!(parse_call(&s).as_ref(), Ok(&want), "{s}");
+            let got = parse_call(&s).unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert_eq!(
+                (&got.name, &got.arguments),
+                (&want.name, &want.arguments),
+                "{s}"
+            );
         }
         for (bad, why) in [
             (json!(null), "empty"),
             (json!(""), "empty"),
             (json!("I think you should eat sushi"), "not a JSON call"),
-            (json!({"arguments": {}}), "no \"name\""),
+            (json!({"arguments": {}}), "without a name"),
             (
                 json!({"name": "F", "arguments": "{broken"}),
                 "not valid JSON",

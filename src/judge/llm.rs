@@ -7,6 +7,7 @@
 //! pair whose every answer was unparseable is counted bad and reported in
 //! `metrics.judge_unanswered`. Only parseable answers are cached, so a rerun asks again for those.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -132,7 +133,7 @@ impl LlmJudge {
         ]
     }
 
-    /// Judges every item concurrently (the client's limit applies), in input order.
+    /// Judges every item concurrently (the client's limit applies); answers in input order.
     /// `progress(done)` is called as answers arrive; `cancel` stops the run (answers stored so
     /// far stay in the response cache).
     pub fn judge_all(
@@ -141,12 +142,26 @@ impl LlmJudge {
         progress: &(dyn Fn(usize) + Sync),
         cancel: &AtomicBool,
     ) -> Result<Vec<LlmVerdict>, LlmJudgeError> {
-        let done = AtomicUsize::new(0);
-        crate::steps::runtime().block_on(async {
-            let mut set = tokio::task::JoinSet::new();
-            for (slot, item) in items.iter().enumerate() {
-                let client = self.client.clone();
+        // Identical prompts (the same prediction in different spellings) are asked once: that
+        // saves paid calls, and no two requests in flight share a cache entry.
+        let mut distinct: Vec<Vec<ChatMessage>> = Vec::new();
+        let mut index: BTreeMap<String, usize> = BTreeMap::new();
+        let slots: Vec<usize> = items
+            .iter()
+            .map(|item| {
                 let messages = self.prompt(item);
+                let key = serde_json::to_string(&messages).expect("serializes");
+                *index.entry(key).or_insert_with(|| {
+                    distinct.push(messages);
+                    distinct.len() - 1
+                })
+            })
+            .collect();
+        let done = AtomicUsize::new(0);
+        let answers: Vec<LlmVerdict> = crate::steps::runtime().block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for (slot, messages) in distinct.into_iter().enumerate() {
+                let client = self.client.clone();
                 let attempts = self.attempts;
                 set.spawn(async move {
                     let mut last = String::new();
@@ -163,7 +178,7 @@ impl LlmJudge {
                     (slot, Ok(LlmVerdict::Unanswered(last)))
                 });
             }
-            let mut out: Vec<Option<LlmVerdict>> = vec![None; items.len()];
+            let mut out: Vec<Option<LlmVerdict>> = vec![None; set.len()];
             while let Some(joined) = set.join_next().await {
                 let (slot, r) = joined.map_err(|e| LlmJudgeError::Task(e.to_string()))?;
                 out[slot] = Some(r?);
@@ -173,11 +188,13 @@ impl LlmJudge {
                     return Err(LlmJudgeError::Cancelled);
                 }
             }
-            Ok(out
-                .into_iter()
-                .map(|v| v.expect("every task joined"))
-                .collect())
-        })
+            Ok::<_, LlmJudgeError>(
+                out.into_iter()
+                    .map(|v| v.expect("every task joined"))
+                    .collect(),
+            )
+        })?;
+        Ok(slots.into_iter().map(|i| answers[i].clone()).collect())
     }
 
     /// Requests sent and cache hits so far.

@@ -618,9 +618,10 @@ mod tests {
             metrics: None,
         };
         let m = judge_file(&files, &options).unwrap();
-        // 10 parseable predictions: 8 answered at once, "Fish" on the second sample, Oakland
-        // never (3 attempts). Unparseable predictions are not sent.
-        assert_eq!(server.total(), 13);
+        // 10 parseable predictions, 8 distinct prompts (three rows are the same call in other
+        // shapes): 6 answered at once, "Fish" on the second sample, Oakland never (3 attempts).
+        // Unparseable predictions are not sent.
+        assert_eq!(server.total(), 11);
         assert_eq!(m.judge, "llm:fake-judge");
         assert_eq!(m.judge_unanswered, 1);
         let lines = read_lines(&files.verdicts);
@@ -640,7 +641,7 @@ mod tests {
         );
         // A rerun answers from the response cache; only never-accepted requests go out again.
         let again = judge_file(&files, &options).unwrap();
-        assert_eq!(server.total(), 13 + 1 + 3);
+        assert_eq!(server.total(), 11 + 1 + 3);
         assert_eq!(again, m);
         assert_eq!(read_lines(&files.verdicts), lines);
     }
