@@ -7,6 +7,8 @@
 
 pub mod conversation;
 pub mod formats;
+pub mod scenario;
+pub mod split;
 pub mod steps;
 pub mod task;
 pub mod tools;

@@ -4,6 +4,11 @@
 //! [`STEPS`]. A step never sees the DAG or the cache: it gets its canonical parameters, the
 //! directories of its inputs by artifact, and a fresh directory to write its outputs into.
 
+pub mod corrupt;
+pub mod ingest;
+pub mod schema;
+pub mod split;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +18,12 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 /// Every step kind tracelab knows, in pipeline order. The experiment file names them by `kind()`.
-pub static STEPS: &[&dyn Step] = &[];
+pub static STEPS: &[&dyn Step] = &[
+    &ingest::Ingest,
+    &schema::Schema,
+    &split::Split,
+    &corrupt::Corrupt,
+];
 
 /// Looks a step kind up by its name.
 pub fn find(kind: &str) -> Option<&'static dyn Step> {
