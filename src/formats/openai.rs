@@ -20,8 +20,9 @@
 //!   `respond_to_user` (the default name; tasks with another reply name rename it downstream).
 //!
 //! Errors (the reader adds `file:line`): bad JSON, missing `messages`, unknown role, a call without
-//! a name, arguments that are not an object, an assistant message with neither text nor call, a
-//! tool result with no call before it.
+//! a name, arguments that are not an object, an assistant message with neither text nor call.
+//! A tool result before any call is accepted: scenarios such as trace mixing shuffle messages on
+//! purpose, and their output must read back.
 
 use serde_json::{Map, Value};
 
@@ -79,8 +80,6 @@ pub fn parse_messages(v: &Value) -> Result<Vec<Message>, String> {
     let mut out = Vec::with_capacity(list.len());
     // Ids of service calls that still wait for their result, oldest first.
     let mut open_calls: Vec<String> = Vec::new();
-    // Whether any call was made yet (a tool result needs one before it).
-    let mut any_call = false;
     for (i, m) in list.iter().enumerate() {
         let at = |e: String| format!("message {i}: {e}");
         let obj = m.as_object().ok_or_else(|| at("not an object".into()))?;
@@ -131,11 +130,9 @@ pub fn parse_messages(v: &Value) -> Result<Vec<Message>, String> {
                     let mut args = Arguments::new();
                     args.insert("message".into(), Value::String(text));
                     calls.push(ToolCall::new(DEFAULT_RESPOND, args));
-                    any_call = true;
                     out.push(Message::call(calls.pop().expect("just pushed")));
                     continue;
                 }
-                any_call = true;
                 for (n, c) in calls.iter_mut().enumerate() {
                     if c.id.is_empty() {
                         // Give the call a provisional id now so a result can point at it;
@@ -152,9 +149,6 @@ pub fn parse_messages(v: &Value) -> Result<Vec<Message>, String> {
                 });
             }
             "tool" | "function" => {
-                if !any_call {
-                    return Err(at("tool result with no tool call before it".into()));
-                }
                 let id = match obj.get("tool_call_id") {
                     Some(Value::String(s)) => s.clone(),
                     None | Some(Value::Null) => {
