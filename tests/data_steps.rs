@@ -276,8 +276,16 @@ fn sgd_benchmark_data_by_hand() {
         .map(Path::to_path_buf)
         .unwrap_or(sgd.clone());
     let sgd_rel = sgd_rel.to_str().unwrap();
+    // TRACELAB_KEEP_DATA_TEST=1 keeps the outputs for a look (the path is printed).
     let tmp = tempfile::tempdir().unwrap();
-    let out = |n: &str| tmp.path().join(n);
+    let base = if std::env::var_os("TRACELAB_KEEP_DATA_TEST").is_some() {
+        let kept = tmp.keep();
+        eprintln!("outputs kept in {}", kept.display());
+        kept
+    } else {
+        tmp.path().to_path_buf()
+    };
+    let out = |n: &str| base.join(n);
     let mut all: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     let ingest = |service: &str, splits: &[&str], dir: &Path| {
         run_step(

@@ -477,15 +477,19 @@ pub fn function_kinds(c: &Conversation, tools: &ToolSet) -> BTreeMap<String, Fun
         .get("function_kinds")
         .and_then(|v| serde_json::from_value(v.clone()).ok())
         .unwrap_or_default();
+    // Only tools that state their kind count; a tools list without `x-kind` says nothing.
     let from_tools: BTreeMap<String, FunctionKind> = c
         .meta
         .get("tools")
-        .and_then(|v| ToolSet::from_openai(v, "\u{0}", &[], "meta.tools").ok())
-        .map(|t| {
-            t.functions
-                .into_iter()
-                .filter(|f| f.name != "\u{0}")
-                .map(|f| (f.name, f.kind))
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|t| {
+                    let f = t.get("function").unwrap_or(t);
+                    let name = f.get("name")?.as_str()?.to_string();
+                    let kind = serde_json::from_value(f.get("x-kind")?.clone()).ok()?;
+                    Some((name, kind))
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -550,6 +554,46 @@ mod tests {
         assert_eq!(apportion(10, &[1.0, 1.0, 1.0]), [4, 3, 3]);
         assert_eq!(apportion(7, &[1.0, 1.0]), [4, 3]);
         assert_eq!(apportion(5, &[0.0, 1.0]), [0, 5]);
+    }
+
+    #[test]
+    fn function_kinds_by_source() {
+        use crate::conversation::{Message, ToolCall};
+        let tools = ToolSet::from_openai(
+            &serde_json::json!([{"name": "FindX", "x-kind": "search"}]),
+            "respond_to_user",
+            &[],
+            "t",
+        )
+        .unwrap();
+        let mut c = Conversation::default();
+        for n in [
+            "FindX",
+            "BuyY",
+            "ListZ",
+            "Mystery",
+            "respond_to_user",
+            "Declared",
+        ] {
+            c.messages
+                .push(Message::call(ToolCall::new(n, Default::default())));
+        }
+        c.meta.insert(
+            "function_kinds".into(),
+            serde_json::json!({"Mystery": "transaction"}),
+        );
+        c.meta.insert(
+            "tools".into(),
+            serde_json::json!([{"type": "function", "function": {"name": "Declared", "x-kind": "transaction"}},
+                               {"type": "function", "function": {"name": "ListZ"}}]),
+        );
+        let k = function_kinds(&c, &tools);
+        assert_eq!(k["FindX"], FunctionKind::Search);
+        assert_eq!(k["BuyY"], FunctionKind::Transaction);
+        assert_eq!(k["ListZ"], FunctionKind::Search);
+        assert_eq!(k["Mystery"], FunctionKind::Transaction);
+        assert_eq!(k["Declared"], FunctionKind::Transaction);
+        assert_eq!(k["respond_to_user"], FunctionKind::Respond);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! the trace's service calls, or one seen elsewhere, made at this turn) and
 //! `replace_with_foreign_message` (a reply from a foreign-pool trace). A corruption that cannot
 //! apply to a call (e.g. no second argument to permute) falls back to the next of its group and
-//! is counted as a fallback, so the rate stays exact.
+//! is counted as a fallback, so the rate stays exact. Each corrupted trace lists its changes in
+//! `meta.corruptions` as `{"turn": <assistant turn index>, "op", "from": <original function>}`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -196,7 +197,13 @@ pub(super) fn noisy_calls(
                 ch.add(&format!("fallback_{}_to_{}", op.name(), applied.name()), 1);
             }
             ch.add(applied.name(), 1);
-            notes.push(json!({"message": mi, "op": applied.name(), "from": from}));
+            // Assistant turns are never added or removed, so the turn index stays valid after a
+            // result message is dropped (message indices would shift).
+            let turn = orig.messages[..mi]
+                .iter()
+                .filter(|x| matches!(x, Message::Assistant { .. }))
+                .count();
+            notes.push(json!({"turn": turn, "op": applied.name(), "from": from}));
         }
         notes.reverse();
         work[t]
