@@ -134,7 +134,7 @@ pub fn content_key(c: &Conversation) -> String {
             }
             Message::Tool { content, .. } => {
                 // Results compare as JSON when they are JSON, so formatting does not matter.
-                match serde_json::from_str::<Value>(content) {
+                match content.parse::<Value>() {
                     Ok(v) => format!("t:{}", sorted(&v)),
                     Err(_) => format!("t:{}", text(content)),
                 }

@@ -31,7 +31,9 @@ use crate::tools::DEFAULT_RESPOND;
 
 /// Parses one JSONL line into a conversation; `default_id` is used when the line has no `id`.
 pub fn parse_line(line: &str, default_id: &str) -> Result<Conversation, String> {
-    let v: Value = serde_json::from_str(line).map_err(|e| format!("bad JSON: {e}"))?;
+    let v: Value = line
+        .parse()
+        .map_err(|e: serde_json::Error| format!("bad JSON: {e}"))?;
     parse_conversation(&v, default_id)
 }
 
@@ -96,8 +98,8 @@ pub fn parse_messages(v: &Value) -> Result<Vec<Message>, String> {
             }
             "user" => {
                 let text = content.unwrap_or_default();
-                let is_result = !open_calls.is_empty()
-                    && serde_json::from_str::<Value>(&text).is_ok_and(|v| v.is_array());
+                let is_result =
+                    !open_calls.is_empty() && text.parse::<Value>().is_ok_and(|v| v.is_array());
                 if is_result {
                     out.push(Message::Tool {
                         tool_call_id: open_calls.remove(0),
@@ -236,7 +238,7 @@ pub fn parse_call(value: &Value) -> Result<ToolCall, String> {
         None | Some(Value::Null) => Arguments::new(),
         Some(Value::Object(m)) => m.clone(),
         Some(Value::String(s)) if s.trim().is_empty() => Arguments::new(),
-        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+        Some(Value::String(s)) => match s.parse::<Value>() {
             Ok(Value::Object(m)) => m,
             Ok(other) => {
                 return Err(format!(

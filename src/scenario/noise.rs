@@ -438,7 +438,7 @@ fn earlier_value(c: &Conversation, mi: usize, key: &str) -> Option<Value> {
     for msg in c.messages[..mi].iter().rev() {
         match msg {
             Message::Tool { content, .. } => {
-                if let Ok(Value::Array(records)) = serde_json::from_str::<Value>(content) {
+                if let Ok(Value::Array(records)) = content.parse::<Value>() {
                     if let Some(v) = records.iter().find_map(|r| r.get(key)) {
                         return Some(v.clone());
                     }
