@@ -1,0 +1,1570 @@
+//! The offline teacher: a schema-guided dialogue simulator that needs no model.
+//!
+//! What is *correct* comes only from the tool schema and the task policy: which functions exist,
+//! their required and optional arguments, search as soon as the search function's required
+//! arguments are known, ask for missing ones with the reply function, present results, let the
+//! user change a value or search again, call the transaction once the user confirms and its
+//! required arguments are known, then close. The traces supply only domain signal ([`Domain`]):
+//! argument values, result records, and user/assistant phrasings delexicalized into templates and
+//! refilled with other values. Which function a trace called, when, and under which name is never
+//! copied: the simulator writes every call itself from the schema.
+//!
+//! Nothing here knows about restaurants: search vs transaction comes from
+//! [`FunctionKind`](crate::tools::FunctionKind), the "entity" field (the name a transaction
+//! books) is the transaction's required argument that search results carry and search does not
+//! take.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde_json::{Map, Value};
+
+use super::{Context, Failure, Job, Outcome, Teacher, TeacherError};
+use crate::conversation::{Conversation, Message, ToolCall};
+use crate::tools::{Function, FunctionKind, ToolSet};
+
+/// A result record: field name → value as text (SGD results are all strings).
+pub type Record = BTreeMap<String, String>;
+
+/// One argument of a target function, with what the simulator needs to fill it.
+struct Arg {
+    name: String,
+    schema: Value,
+    validator: jsonschema::Validator,
+    /// Text → JSON conversion and validation result cache is cheap enough to do per value.
+    is_flag: bool,
+    /// The phrase a user says to ask for a true flag ("has live music").
+    predicate: String,
+}
+
+impl Arg {
+    fn new(name: &str, schema: &Value) -> Arg {
+        let validator = jsonschema::validator_for(schema).unwrap_or_else(|_| {
+            jsonschema::validator_for(&Value::Bool(true)).expect("true is a schema")
+        });
+        let enums: Vec<String> = schema
+            .get("enum")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(value_text).collect())
+            .unwrap_or_default();
+        let is_flag = schema.get("type").and_then(Value::as_str) == Some("boolean")
+            || (!enums.is_empty()
+                && enums
+                    .iter()
+                    .all(|e| e.eq_ignore_ascii_case("true") || e.eq_ignore_ascii_case("false")));
+        let description = schema
+            .get("description")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        Arg {
+            name: name.to_string(),
+            schema: schema.clone(),
+            validator,
+            is_flag,
+            predicate: flag_predicate(name, description),
+        }
+    }
+
+    /// The JSON value for a text, if it fits the argument's schema.
+    fn json(&self, text: &str) -> Option<Value> {
+        let types: Vec<&str> = match self.schema.get("type") {
+            Some(Value::String(s)) => vec![s.as_str()],
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+            _ => vec!["string"],
+        };
+        let mut candidates = Vec::new();
+        for t in types {
+            match t {
+                "integer" => {
+                    if let Ok(i) = text.trim().parse::<i64>() {
+                        candidates.push(Value::from(i));
+                    }
+                }
+                "number" => {
+                    if let Ok(f) = text.trim().parse::<f64>() {
+                        if let Some(n) = serde_json::Number::from_f64(f) {
+                            candidates.push(Value::Number(n));
+                        }
+                    }
+                }
+                "boolean" => match text.trim().to_ascii_lowercase().as_str() {
+                    "true" => candidates.push(Value::Bool(true)),
+                    "false" => candidates.push(Value::Bool(false)),
+                    _ => {}
+                },
+                _ => candidates.push(Value::String(text.to_string())),
+            }
+        }
+        candidates.into_iter().find(|v| self.validator.is_valid(v))
+    }
+}
+
+/// "Boolean flag indicating if the restaurant has live music" → "has live music".
+fn flag_predicate(name: &str, description: &str) -> String {
+    let lower = description.to_lowercase();
+    for marker in [" if the ", " whether the ", " if it ", " whether it "] {
+        if let Some(p) = lower.find(marker) {
+            let rest = &description[p + marker.len()..];
+            // Skip the subject noun after "the" ("restaurant has …" → "has …").
+            let rest = if marker.ends_with("the ") {
+                rest.split_once(' ').map(|x| x.1).unwrap_or(rest)
+            } else {
+                rest
+            };
+            let rest = rest.trim().trim_end_matches('.');
+            if !rest.is_empty() {
+                return rest.to_string();
+            }
+        }
+    }
+    format!("has {}", human(name))
+}
+
+/// `street_address` → `street address`.
+fn human(name: &str) -> String {
+    name.replace('_', " ")
+}
+
+/// A JSON scalar as the text a person would say.
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A schema function prepared for simulation.
+struct Func {
+    name: String,
+    required: Vec<usize>,
+    optional: Vec<usize>,
+    args: Vec<Arg>,
+}
+
+impl Func {
+    fn new(f: &Function) -> Func {
+        let required: BTreeSet<&str> = f.required().into_iter().collect();
+        let args: Vec<Arg> = f
+            .parameter_names()
+            .into_iter()
+            .map(|n| Arg::new(n, f.parameter(n).expect("listed")))
+            .collect();
+        let (req, opt): (Vec<usize>, Vec<usize>) =
+            (0..args.len()).partition(|i| required.contains(args[*i].name.as_str()));
+        Func {
+            name: f.name.clone(),
+            required: req,
+            optional: opt,
+            args,
+        }
+    }
+
+    fn arg(&self, name: &str) -> Option<&Arg> {
+        self.args.iter().find(|a| a.name == name)
+    }
+}
+
+/// Phrasing templates, with `{arg}` placeholders, learned from traces.
+#[derive(Debug, Default, Clone)]
+pub struct Templates {
+    /// User messages giving values, keyed by the sorted set of placeholders they contain.
+    pub inform: BTreeMap<Vec<String>, Vec<String>>,
+    /// Value-free first user messages ("I'm hungry, find me a place to eat.").
+    pub opener: Vec<String>,
+    /// Assistant questions for one argument.
+    pub ask: BTreeMap<String, Vec<String>>,
+    /// Assistant messages presenting a search result (contain the entity placeholder).
+    pub present: Vec<String>,
+    /// User questions about one result field.
+    pub detail_q: BTreeMap<String, Vec<String>>,
+    /// Assistant answers giving one result field.
+    pub detail_a: BTreeMap<String, Vec<String>>,
+    /// Assistant confirmations before a transaction.
+    pub confirm_a: Vec<String>,
+    /// Value-free user confirmations.
+    pub confirm_u: Vec<String>,
+    /// Assistant messages after a successful transaction.
+    pub success: Vec<String>,
+    /// Value-free user closings.
+    pub thanks: Vec<String>,
+    /// Assistant closings.
+    pub close: Vec<String>,
+}
+
+/// The domain signal extracted from traces: values per argument, result records, phrasings.
+#[derive(Debug, Default, Clone)]
+pub struct Domain {
+    /// Distinct accepted values per target argument name (sorted).
+    pub values: BTreeMap<String, Vec<String>>,
+    /// Search result records.
+    pub records: Vec<Record>,
+    /// Phrasing templates.
+    pub templates: Templates,
+    /// Name of the result field that identifies what a transaction books, if any.
+    pub entity: Option<String>,
+}
+
+/// A message of a trace reduced to what extraction needs.
+enum Event<'a> {
+    User(&'a str),
+    Say(&'a str),
+    Call(&'a ToolCall, FunctionKind),
+    Results(Vec<Record>),
+}
+
+fn parse_records(text: &str) -> Option<Vec<Record>> {
+    let v: Value = serde_json::from_str(text.trim()).ok()?;
+    let list = match v {
+        Value::Array(a) => a,
+        Value::Object(o) => vec![Value::Object(o)],
+        _ => return None,
+    };
+    list.iter()
+        .map(|r| {
+            r.as_object().map(|o| {
+                o.iter()
+                    .filter(|(_, v)| !v.is_null() && !v.is_object() && !v.is_array())
+                    .map(|(k, v)| (k.clone(), value_text(v)))
+                    .collect()
+            })
+        })
+        .collect()
+}
+
+fn events<'a>(c: &'a Conversation, tools: &ToolSet, respond_arg: &str) -> Vec<Event<'a>> {
+    let mut out = Vec::new();
+    let mut after_service_call = false;
+    for m in &c.messages {
+        match m {
+            Message::User { content } => {
+                // Some trace files carry results as a user message holding a JSON list.
+                match after_service_call.then(|| parse_records(content)).flatten() {
+                    Some(r) => out.push(Event::Results(r)),
+                    None => out.push(Event::User(content)),
+                }
+                after_service_call = false;
+            }
+            Message::Assistant { tool_calls, .. } => {
+                after_service_call = false;
+                for call in tool_calls {
+                    match tools.get(&call.name).map(|f| f.kind) {
+                        Some(FunctionKind::Respond) => {
+                            if let Some(t) = call.arguments.get(respond_arg).and_then(Value::as_str)
+                            {
+                                out.push(Event::Say(t));
+                            }
+                        }
+                        Some(kind) => {
+                            out.push(Event::Call(call, kind));
+                            after_service_call = true;
+                        }
+                        None => {}
+                    }
+                }
+            }
+            Message::Tool { content, .. } => {
+                if let Some(r) = parse_records(content) {
+                    out.push(Event::Results(r));
+                }
+            }
+            Message::System { .. } => {}
+        }
+    }
+    out
+}
+
+/// Replaces verbatim, word-bounded occurrences of `values` (placeholder, text) by `{placeholder}`.
+fn delexicalize(text: &str, values: &[(String, String)]) -> String {
+    let mut sorted: Vec<&(String, String)> = values.iter().filter(|(_, v)| !v.is_empty()).collect();
+    sorted.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
+    let mut out = text.to_string();
+    for (name, value) in sorted {
+        let mut result = String::with_capacity(out.len());
+        let mut rest = out.as_str();
+        while let Some(p) = rest.find(value.as_str()) {
+            let before = rest[..p].chars().next_back();
+            let after = rest[p + value.len()..].chars().next();
+            let bounded = !before.is_some_and(|c| c.is_alphanumeric() || c == '{')
+                && !after.is_some_and(|c| c.is_alphanumeric() || c == '}');
+            result.push_str(&rest[..p]);
+            if bounded {
+                result.push('{');
+                result.push_str(name);
+                result.push('}');
+            } else {
+                result.push_str(value);
+            }
+            rest = &rest[p + value.len()..];
+        }
+        result.push_str(rest);
+        out = result;
+    }
+    out
+}
+
+/// Placeholder names in a template, sorted and distinct.
+fn placeholders(t: &str) -> Vec<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = t;
+    while let Some(a) = rest.find('{') {
+        let Some(b) = rest[a..].find('}') else { break };
+        out.insert(rest[a + 1..a + b].to_string());
+        rest = &rest[a + b + 1..];
+    }
+    out.into_iter().collect()
+}
+
+/// Fills `{name}` placeholders; `None` if one has no value.
+fn fill(t: &str, values: &BTreeMap<String, String>) -> Option<String> {
+    let mut out = String::with_capacity(t.len() + 32);
+    let mut rest = t;
+    while let Some(a) = rest.find('{') {
+        let b = rest[a..].find('}')?;
+        out.push_str(&rest[..a]);
+        out.push_str(values.get(&rest[a + 1..a + b])?);
+        rest = &rest[a + b + 1..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// A template is usable when nothing value-like is left in it: digits mean a time, count or
+/// number that was said in a form the call did not use, so refilling would contradict the call.
+fn clean_template(t: &str, leftovers: &BTreeSet<String>) -> bool {
+    let outside: String = {
+        let mut s = String::new();
+        let mut depth = 0;
+        for c in t.chars() {
+            match c {
+                '{' => depth += 1,
+                '}' => depth -= 1,
+                c if depth == 0 => s.push(c),
+                _ => {}
+            }
+        }
+        s
+    };
+    !outside.chars().any(|c| c.is_ascii_digit())
+        && !t.contains("{}")
+        && t.len() <= 400
+        && !leftovers.iter().any(|v| {
+            outside
+                .match_indices(v.as_str())
+                .any(|(p, _)| word_bounded(&outside, p, v.len()))
+        })
+}
+
+fn word_bounded(s: &str, p: usize, len: usize) -> bool {
+    !s[..p]
+        .chars()
+        .next_back()
+        .is_some_and(char::is_alphanumeric)
+        && !s[p + len..]
+            .chars()
+            .next()
+            .is_some_and(char::is_alphanumeric)
+}
+
+fn push_unique(v: &mut Vec<String>, t: String) {
+    if !v.contains(&t) {
+        v.push(t);
+    }
+}
+
+impl Domain {
+    /// Extracts domain signal from traces whose calls already use the target schema's names
+    /// (the filter relabels them). Values are accepted per argument only where they agree with
+    /// the result records (a call value for an argument that results also carry must occur there),
+    /// so permuted or foreign values in noisy calls are ignored.
+    pub fn extract(ctx: &Context<'_>) -> Domain {
+        let tools = ctx.tools;
+        let respond = tools.respond();
+        let respond_arg = respond
+            .and_then(|f| f.required().first().map(|s| s.to_string()))
+            .unwrap_or_else(|| "message".into());
+        let traces: Vec<Vec<Event<'_>>> = ctx
+            .traces
+            .iter()
+            .map(|c| events(c, tools, &respond_arg))
+            .collect();
+        let target_args: BTreeSet<&str> = tools
+            .functions
+            .iter()
+            .filter(|f| f.kind != FunctionKind::Respond)
+            .flat_map(|f| f.parameter_names())
+            .collect();
+
+        // Pass 1: result records (the reliable part of a trace) and their field values.
+        let mut records = Vec::new();
+        let mut field_values: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for ev in &traces {
+            let mut last_kind = None;
+            for e in ev {
+                match e {
+                    Event::Call(_, k) => last_kind = Some(*k),
+                    Event::Results(rs) if last_kind == Some(FunctionKind::Search) => {
+                        for r in rs {
+                            for (k, v) in r {
+                                field_values.entry(k.clone()).or_default().insert(v.clone());
+                            }
+                            records.push(r.clone());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        records.sort();
+        records.dedup();
+
+        // Pass 2: call values that fit the schema and agree with the records.
+        let funcs: Vec<Func> = tools
+            .functions
+            .iter()
+            .filter(|f| f.kind != FunctionKind::Respond)
+            .map(Func::new)
+            .collect();
+        let accept = |fname: &str, arg: &str, text: &str| -> bool {
+            let Some(a) = funcs
+                .iter()
+                .find(|f| f.name == fname)
+                .and_then(|f| f.arg(arg))
+            else {
+                return false;
+            };
+            a.json(text).is_some()
+                && field_values
+                    .get(arg)
+                    .is_none_or(|vals| vals.contains(text) || a.is_flag)
+        };
+        let mut values: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut local: Vec<Vec<(String, String)>> = Vec::with_capacity(traces.len());
+        for ev in &traces {
+            let mut mine = Vec::new();
+            for e in ev {
+                if let Event::Call(c, _) = e {
+                    for (k, v) in &c.arguments {
+                        let text = value_text(v);
+                        if accept(&c.name, k, &text) {
+                            values.entry(k.clone()).or_default().insert(text.clone());
+                            if !funcs
+                                .iter()
+                                .find(|f| f.name == c.name)
+                                .and_then(|f| f.arg(k))
+                                .is_some_and(|a| a.is_flag)
+                            {
+                                mine.push((k.clone(), text));
+                            }
+                        }
+                    }
+                }
+            }
+            local.push(mine);
+        }
+        // Result fields named like target arguments are values of those arguments too.
+        for (k, vals) in &field_values {
+            if target_args.contains(k.as_str()) {
+                for v in vals {
+                    if funcs
+                        .iter()
+                        .any(|f| f.arg(k).is_some_and(|a| a.json(v).is_some()))
+                    {
+                        values.entry(k.clone()).or_default().insert(v.clone());
+                    }
+                }
+            }
+        }
+
+        let entity = entity_field(tools, &records);
+        // Values that must not survive in a template outside a placeholder (long enough to be
+        // unambiguous): any known value of any field.
+        let leftovers: BTreeSet<String> = values
+            .values()
+            .flatten()
+            .chain(field_values.values().flatten())
+            .filter(|v| {
+                v.chars().count() >= 4
+                    && !v.eq_ignore_ascii_case("true")
+                    && !v.eq_ignore_ascii_case("false")
+            })
+            .cloned()
+            .collect();
+
+        let mut t = Templates::default();
+        for (ev, mine) in traces.iter().zip(&local) {
+            learn_templates(ev, mine, &entity, &leftovers, &mut t);
+        }
+        Domain {
+            values: values
+                .into_iter()
+                .map(|(k, v)| (k, v.into_iter().collect()))
+                .collect(),
+            records,
+            templates: t,
+            entity,
+        }
+    }
+}
+
+/// The field a transaction books by: a required transaction argument that search results carry
+/// and no search function takes.
+fn entity_field(tools: &ToolSet, records: &[Record]) -> Option<String> {
+    let search_args: BTreeSet<&str> = tools
+        .of_kind(FunctionKind::Search)
+        .flat_map(|f| f.parameter_names())
+        .collect();
+    let in_records = |n: &str| records.iter().any(|r| r.contains_key(n));
+    tools
+        .of_kind(FunctionKind::Transaction)
+        .flat_map(|f| f.required())
+        .find(|n| !search_args.contains(n) && in_records(n))
+        .map(str::to_string)
+}
+
+fn learn_templates(
+    ev: &[Event<'_>],
+    local: &[(String, String)],
+    entity: &Option<String>,
+    leftovers: &BTreeSet<String>,
+    t: &mut Templates,
+) {
+    let mut shown: Option<Record> = None;
+    let mut last_call: Option<(&ToolCall, FunctionKind)> = None;
+    let first_user = ev.iter().position(|e| matches!(e, Event::User(_)));
+    let last_user = ev.iter().rposition(|e| matches!(e, Event::User(_)));
+    let last_say = ev.iter().rposition(|e| matches!(e, Event::Say(_)));
+    // Values said in this trace: call values plus what was shown to the user.
+    let mut said: Vec<(String, String)> = local.to_vec();
+    for (i, e) in ev.iter().enumerate() {
+        match e {
+            Event::Call(c, k) => last_call = Some((c, *k)),
+            Event::Results(rs) => {
+                if let Some(r) = rs.first() {
+                    shown = Some(r.clone());
+                    for (k, v) in r {
+                        if !v.eq_ignore_ascii_case("true") && !v.eq_ignore_ascii_case("false") {
+                            said.push((k.clone(), v.clone()));
+                        }
+                    }
+                }
+            }
+            Event::User(text) => {
+                let d = delexicalize(text, &said);
+                if !clean_template(&d, leftovers) {
+                    continue;
+                }
+                let keys = placeholders(&d);
+                let next_is_transaction = matches!(
+                    ev.get(i + 1),
+                    Some(Event::Call(_, FunctionKind::Transaction))
+                );
+                if keys.is_empty() {
+                    if Some(i) == first_user {
+                        push_unique(&mut t.opener, d);
+                    } else if Some(i) == last_user {
+                        push_unique(&mut t.thanks, d);
+                    } else if next_is_transaction {
+                        push_unique(&mut t.confirm_u, d);
+                    } else if let Some(Event::Say(a)) = ev.get(i + 1) {
+                        // A value-free question answered by a field of the shown record.
+                        if let Some(r) = &shown {
+                            let pairs: Vec<(String, String)> = r
+                                .iter()
+                                .filter(|(k, v)| {
+                                    Some(*k) != entity.as_ref()
+                                        && v.chars().count() >= 3
+                                        && !v.eq_ignore_ascii_case("true")
+                                        && !v.eq_ignore_ascii_case("false")
+                                        && !local.iter().any(|(lk, _)| lk == *k)
+                                })
+                                .map(|(k, v)| (k.clone(), v.clone()))
+                                .collect();
+                            let da = delexicalize(a, &said);
+                            let ka = placeholders(&da);
+                            if let [(field, _)] = pairs
+                                .iter()
+                                .filter(|(k, _)| ka.contains(k))
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .as_slice()
+                            {
+                                if clean_template(&da, leftovers) {
+                                    push_unique(t.detail_q.entry(field.clone()).or_default(), d);
+                                    push_unique(t.detail_a.entry(field.clone()).or_default(), da);
+                                }
+                            }
+                        }
+                    }
+                } else {
+                    // The question right before a single-value answer asks for that value.
+                    if let ([key], Some(Event::Say(q))) =
+                        (keys.as_slice(), i.checked_sub(1).and_then(|p| ev.get(p)))
+                    {
+                        let dq = delexicalize(q, &said);
+                        if dq.contains('?')
+                            && placeholders(&dq).is_empty()
+                            && clean_template(&dq, leftovers)
+                        {
+                            push_unique(t.ask.entry(key.clone()).or_default(), dq);
+                        }
+                    }
+                    push_unique(t.inform.entry(keys).or_default(), d);
+                }
+            }
+            Event::Say(text) => {
+                let d = delexicalize(text, &said);
+                if !clean_template(&d, leftovers) {
+                    continue;
+                }
+                let keys = placeholders(&d);
+                let prev = i.checked_sub(1).and_then(|p| ev.get(p));
+                let after_results = matches!(prev, Some(Event::Results(_)));
+                match last_call {
+                    Some((_, FunctionKind::Search)) if after_results => {
+                        if entity.as_ref().is_some_and(|e| keys.contains(e)) {
+                            push_unique(&mut t.present, d);
+                        }
+                    }
+                    Some((_, FunctionKind::Transaction)) if after_results => {
+                        push_unique(&mut t.success, d);
+                    }
+                    _ => {
+                        let confirms = matches!(ev.get(i + 1), Some(Event::User(_)))
+                            && matches!(
+                                ev.get(i + 2),
+                                Some(Event::Call(_, FunctionKind::Transaction))
+                            );
+                        if confirms && !keys.is_empty() {
+                            push_unique(&mut t.confirm_a, d);
+                        } else if Some(i) == last_say && keys.is_empty() {
+                            push_unique(&mut t.close, d);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---- Simulation ----------------------------------------------------------------------------
+
+const BUILTIN_OPENER: &[&str] = &[
+    "Hi, I need some help finding something.",
+    "Hello, can you help me look something up?",
+    "Hi there, I'm looking for a recommendation.",
+    "Can you help me find a place?",
+];
+const BUILTIN_ANOTHER: &[&str] = &[
+    "Are there any other options?",
+    "What else do you have?",
+    "Can you suggest something else?",
+    "Anything else you can find?",
+];
+const BUILTIN_CONFIRM_U: &[&str] = &[
+    "Yes, please go ahead.",
+    "Yes, that's right.",
+    "That works, please book it.",
+    "Sounds good, yes.",
+];
+const BUILTIN_THANKS: &[&str] = &[
+    "Thanks, that's all I needed.",
+    "Thank you, that's everything.",
+    "Great, thanks for your help.",
+    "No, that will be all. Thanks!",
+];
+const BUILTIN_DECLINE: &[&str] = &[
+    "Not right now, thanks. That's all.",
+    "No need to book anything, thank you.",
+];
+const BUILTIN_CLOSE: &[&str] = &[
+    "You're welcome. Have a great day!",
+    "Glad I could help. Enjoy!",
+    "Happy to help. Goodbye!",
+];
+
+/// The offline teacher.
+pub struct OfflineTeacher {
+    respond_name: String,
+    respond_arg: String,
+    searches: Vec<Func>,
+    transactions: Vec<Func>,
+    domain: Domain,
+    /// Values per argument after synthesis widened the trace values.
+    pools: BTreeMap<String, Vec<String>>,
+}
+
+/// Widens value pools whose traces show a time (`HH:MM`) or ISO date format with more values of
+/// the same format, so the student sees many values and must copy rather than memorize.
+fn widen(values: &[String], reference_date: &str) -> Vec<String> {
+    let is_time = |v: &str| {
+        let b = v.as_bytes();
+        (b.len() == 5 && b[2] == b':' || b.len() == 4 && b[1] == b':')
+            && v.chars().filter(|c| c.is_ascii_digit()).count() == b.len() - 1
+    };
+    let is_date = |v: &str| {
+        let b = v.as_bytes();
+        b.len() == 10
+            && b[4] == b'-'
+            && b[7] == b'-'
+            && v.chars().filter(|c| c.is_ascii_digit()).count() == 8
+    };
+    let mut out: BTreeSet<String> = values.iter().cloned().collect();
+    if !values.is_empty() && values.iter().all(|v| is_time(v)) {
+        let padded = values.iter().all(|v| v.len() == 5);
+        for h in 10..23 {
+            for m in [0, 15, 30, 45] {
+                out.insert(if padded || h >= 10 {
+                    format!("{h:02}:{m:02}")
+                } else {
+                    format!("{h}:{m:02}")
+                });
+            }
+        }
+    } else if !values.is_empty() && values.iter().all(|v| is_date(v)) {
+        if let Some(start) = parse_date(reference_date) {
+            for d in 0..45 {
+                out.insert(format_date(start + d));
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Days since 1970-01-01 of an ISO date.
+fn parse_date(s: &str) -> Option<i64> {
+    let mut it = s.split('-');
+    let y: i64 = it.next()?.parse().ok()?;
+    let m: i64 = it.next()?.parse().ok()?;
+    let d: i64 = it.next()?.parse().ok()?;
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
+}
+
+fn format_date(z: i64) -> String {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The state of one conversation being written.
+struct Writer<'t> {
+    teacher: &'t OfflineTeacher,
+    rng: ChaCha8Rng,
+    messages: Vec<Message>,
+    turns: usize,
+}
+
+impl Writer<'_> {
+    fn user(&mut self, text: String) {
+        self.messages.push(Message::User { content: text });
+        self.turns += 1;
+    }
+
+    fn say(&mut self, text: String) {
+        let mut args = Map::new();
+        args.insert(self.teacher.respond_arg.clone(), Value::String(text));
+        self.messages.push(Message::call(ToolCall::new(
+            &self.teacher.respond_name,
+            args,
+        )));
+        self.turns += 1;
+    }
+
+    fn call(&mut self, name: &str, args: Map<String, Value>, results: &[Record]) {
+        self.messages.push(Message::call(ToolCall::new(name, args)));
+        self.turns += 1;
+        let list: Vec<Value> = results
+            .iter()
+            .map(|r| {
+                Value::Object(
+                    r.iter()
+                        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                        .collect(),
+                )
+            })
+            .collect();
+        self.messages.push(Message::Tool {
+            tool_call_id: String::new(),
+            content: Value::Array(list).to_string(),
+        });
+    }
+
+    fn pick<'a>(&mut self, learned: &'a [String], builtin: &'a [&'a str]) -> String {
+        // Mostly trace phrasings (domain signal), sometimes built-ins for variety and coverage.
+        if !learned.is_empty() && (builtin.is_empty() || self.rng.random_bool(0.8)) {
+            learned.choose(&mut self.rng).expect("non-empty").clone()
+        } else {
+            builtin
+                .choose(&mut self.rng)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        }
+    }
+
+    /// A user message stating `given` (argument → text); flags are said as predicates.
+    fn inform(&mut self, func: &Func, given: &[(String, String)], lead: Option<&str>) -> String {
+        let mut plain: Vec<(String, String)> = Vec::new();
+        let mut flags = Vec::new();
+        for (k, v) in given {
+            match func.arg(k) {
+                Some(a) if a.is_flag => {
+                    if v.eq_ignore_ascii_case("true") {
+                        flags.push(a.predicate.clone());
+                    } else {
+                        flags.push(format!("not {}", a.predicate));
+                    }
+                }
+                _ => plain.push((k.clone(), v.clone())),
+            }
+        }
+        let mut key: Vec<String> = plain.iter().map(|(k, _)| k.clone()).collect();
+        key.sort();
+        let values: BTreeMap<String, String> = plain.iter().cloned().collect();
+        let learned = self
+            .teacher
+            .domain
+            .templates
+            .inform
+            .get(&key)
+            .cloned()
+            .unwrap_or_default();
+        let mut text = if plain.is_empty() {
+            String::new()
+        } else if !learned.is_empty() && self.rng.random_bool(0.85) {
+            let t = learned.choose(&mut self.rng).expect("non-empty");
+            fill(t, &values).expect("keys match")
+        } else {
+            builtin_inform(&mut self.rng, &plain)
+        };
+        if let Some(lead) = lead {
+            text = if text.is_empty() {
+                lead.to_string()
+            } else {
+                format!("{lead} {text}")
+            };
+        }
+        if !flags.is_empty() {
+            let f = format!("I'd like a place that {}.", flags.join(" and "));
+            text = if text.is_empty() {
+                f
+            } else {
+                format!("{text} {f}")
+            };
+        }
+        text
+    }
+
+    fn ask(&mut self, arg: &str) -> String {
+        let learned = self
+            .teacher
+            .domain
+            .templates
+            .ask
+            .get(arg)
+            .cloned()
+            .unwrap_or_default();
+        let h = human(arg);
+        let builtin = [
+            format!("What {h} would you like?"),
+            format!("Which {h} do you have in mind?"),
+            format!("Could you tell me the {h}, please?"),
+        ];
+        let b: Vec<&str> = builtin.iter().map(String::as_str).collect();
+        self.pick(&learned, &b)
+    }
+}
+
+fn builtin_inform(rng: &mut ChaCha8Rng, plain: &[(String, String)]) -> String {
+    if let [(k, v)] = plain {
+        let h = human(k);
+        let forms = [
+            format!("{v}, please."),
+            format!("I'd prefer {v}."),
+            format!("Let's go with {v}."),
+            format!("The {h} should be {v}."),
+            format!("Make it {v}."),
+        ];
+        return forms.choose(rng).expect("non-empty").clone();
+    }
+    let parts: Vec<String> = plain
+        .iter()
+        .map(|(k, v)| format!("{} {v}", human(k)))
+        .collect();
+    let lead = ["I'm looking for", "Please find", "I need"]
+        .choose(rng)
+        .expect("non-empty");
+    format!("{lead} {}.", parts.join(" and "))
+}
+
+/// What the plan of one conversation looks like: counts that add up to the target length.
+struct Plan {
+    /// Required search arguments asked one by one (the rest are in the opener).
+    asked: usize,
+    /// Book at the end (otherwise the user declines and the assistant closes).
+    book: bool,
+    /// Required transaction-only arguments asked one by one (the rest are in the booking request).
+    asked_tx: usize,
+    /// Middle actions: 2 = a question or another option, 3 = a repeated search.
+    fillers: Vec<u8>,
+}
+
+impl OfflineTeacher {
+    /// Prepares the simulator: reads the schema's search and transaction functions and extracts
+    /// the domain from the traces. Fails when the traces lack a value for a required argument.
+    pub fn new(ctx: &Context<'_>) -> Result<OfflineTeacher, TeacherError> {
+        let tools = ctx.tools;
+        let respond = tools
+            .respond()
+            .ok_or_else(|| TeacherError::Context("the tool schema has no reply function".into()))?;
+        let respond_arg = respond
+            .required()
+            .first()
+            .map(|s| s.to_string())
+            .or_else(|| respond.parameter_names().first().map(|s| s.to_string()))
+            .ok_or_else(|| {
+                TeacherError::Context(format!("reply function {} takes no argument", respond.name))
+            })?;
+        let searches: Vec<Func> = tools.of_kind(FunctionKind::Search).map(Func::new).collect();
+        let transactions: Vec<Func> = tools
+            .of_kind(FunctionKind::Transaction)
+            .map(Func::new)
+            .collect();
+        if searches.is_empty() {
+            return Err(TeacherError::Context(
+                "the tool schema has no search function".into(),
+            ));
+        }
+        let domain = Domain::extract(ctx);
+        let mut pools = BTreeMap::new();
+        for (k, v) in &domain.values {
+            pools.insert(k.clone(), widen(v, &ctx.task.settings.reference_date));
+        }
+        let teacher = OfflineTeacher {
+            respond_name: respond.name.clone(),
+            respond_arg,
+            searches,
+            transactions,
+            domain,
+            pools,
+        };
+        for f in &teacher.searches {
+            for &i in &f.required {
+                teacher.check_pool(f, i)?;
+            }
+        }
+        for f in &teacher.transactions {
+            for &i in &f.required {
+                let a = &f.args[i].name;
+                let from_search = teacher.searches.iter().any(|s| s.arg(a).is_some());
+                if !from_search && teacher.domain.entity.as_deref() != Some(a) {
+                    teacher.check_pool(f, i)?;
+                }
+            }
+        }
+        Ok(teacher)
+    }
+
+    fn check_pool(&self, f: &Func, i: usize) -> Result<(), TeacherError> {
+        let a = &f.args[i];
+        if a.is_flag || self.pools.get(&a.name).is_some_and(|p| !p.is_empty()) {
+            Ok(())
+        } else {
+            Err(TeacherError::Context(format!(
+                "no usable value for required argument {}.{} in the filtered traces",
+                f.name, a.name
+            )))
+        }
+    }
+
+    /// The extracted domain (for statistics and tests).
+    pub fn domain(&self) -> &Domain {
+        &self.domain
+    }
+
+    fn draw(&self, rng: &mut ChaCha8Rng, arg: &Arg, avoid: Option<&str>) -> Option<String> {
+        if arg.is_flag {
+            let v = if rng.random_bool(0.75) {
+                "True"
+            } else {
+                "False"
+            };
+            // Schemas with real booleans take any case; SGD-style enums take "True"/"False".
+            return Some(v.to_string()).filter(|v| arg.json(v).is_some());
+        }
+        let pool = self.pools.get(&arg.name)?;
+        let candidates: Vec<&String> = pool.iter().filter(|v| Some(v.as_str()) != avoid).collect();
+        candidates.choose(rng).map(|v| v.to_string())
+    }
+
+    /// Search results for `args`: records drawn from the traces' records, with the searched
+    /// fields set to the searched values and entity names drawn independently, so names, cities
+    /// and other values recombine widely.
+    fn results(&self, rng: &mut ChaCha8Rng, args: &[(String, String)]) -> Vec<Record> {
+        let n = rng.random_range(1..=5usize);
+        let entity = self.domain.entity.as_deref();
+        let names = entity
+            .and_then(|e| self.pools.get(e))
+            .cloned()
+            .unwrap_or_default();
+        let mut out: Vec<Record> = Vec::with_capacity(n);
+        for _ in 0..n * 3 {
+            if out.len() == n {
+                break;
+            }
+            let mut r = match self.domain.records.choose(rng) {
+                Some(r) => r.clone(),
+                None => Record::new(),
+            };
+            for (k, v) in args {
+                r.insert(k.clone(), v.clone());
+            }
+            if let (Some(e), Some(name)) = (entity, names.choose(rng)) {
+                r.insert(e.to_string(), name.clone());
+            }
+            let key = entity.and_then(|e| r.get(e)).cloned();
+            if key.is_none()
+                || out
+                    .iter()
+                    .all(|o| entity.and_then(|e| o.get(e)) != key.as_ref())
+            {
+                out.push(r);
+            }
+        }
+        out
+    }
+
+    fn plan(
+        &self,
+        rng: &mut ChaCha8Rng,
+        target: usize,
+        search: &Func,
+        tx: Option<&Func>,
+        tx_missing: usize,
+    ) -> Option<Plan> {
+        for _ in 0..64 {
+            let asked = rng.random_range(0..=search.required.len());
+            let book = tx.is_some() && rng.random_bool(0.8);
+            let asked_tx = if book {
+                rng.random_range(0..=tx_missing)
+            } else {
+                0
+            };
+            let tail = if book { 7 + 2 * asked_tx } else { 2 };
+            let base = 1 + 2 * asked + 2 + tail;
+            if base > target || target - base == 1 {
+                continue;
+            }
+            let mut rem = target - base;
+            let mut fillers = Vec::new();
+            if rem % 2 == 1 {
+                fillers.push(3);
+                rem -= 3;
+            }
+            while rem >= 2 {
+                if rem >= 6 && rng.random_bool(0.3) {
+                    fillers.extend([3, 3]);
+                    rem -= 6;
+                } else {
+                    fillers.push(2);
+                    rem -= 2;
+                }
+            }
+            fillers.shuffle(rng);
+            return Some(Plan {
+                asked,
+                book,
+                asked_tx,
+                fillers,
+            });
+        }
+        None
+    }
+
+    /// Writes one conversation for `job`.
+    pub fn write(&self, job: &Job) -> Outcome {
+        let fail = |reason: String| Failure {
+            index: job.index,
+            reason,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(job.seed);
+        let (lo, hi) = (
+            job.topic.min_turns,
+            job.topic.max_turns.max(job.topic.min_turns),
+        );
+        let target = rng.random_range(lo..=hi);
+        let search = self.searches.choose(&mut rng).expect("checked non-empty");
+        let entity = self.domain.entity.clone();
+        // The transaction that books what this search finds: it takes the entity or shares args.
+        let tx: Option<&Func> = {
+            let fits: Vec<&Func> = self
+                .transactions
+                .iter()
+                .filter(|t| {
+                    entity.as_deref().is_some_and(|e| t.arg(e).is_some())
+                        || t.args.iter().any(|a| search.arg(&a.name).is_some())
+                })
+                .collect();
+            fits.choose(&mut rng).copied()
+        };
+        let tx_only: Vec<usize> = tx
+            .map(|t| {
+                t.required
+                    .iter()
+                    .copied()
+                    .filter(|&i| {
+                        let n = t.args[i].name.as_str();
+                        search.arg(n).is_none() && entity.as_deref() != Some(n)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let plan = self
+            .plan(&mut rng, target, search, tx, tx_only.len())
+            .ok_or_else(|| fail(format!("no dialogue plan fits {target} turns")))?;
+
+        let mut w = Writer {
+            teacher: self,
+            rng,
+            messages: Vec::new(),
+            turns: 0,
+        };
+        // The user's search goal: every required argument, some optional ones.
+        let mut goal: Vec<(String, String)> = Vec::new();
+        for &i in &search.required {
+            let v = self
+                .draw(&mut w.rng, &search.args[i], None)
+                .ok_or_else(|| fail(format!("no value for {}", search.args[i].name)))?;
+            goal.push((search.args[i].name.clone(), v));
+        }
+        for &i in &search.optional {
+            let a = &search.args[i];
+            let p = if a.is_flag { 0.12 } else { 0.2 };
+            if w.rng.random_bool(p) {
+                if let Some(v) = self.draw(&mut w.rng, a, None) {
+                    if !a.is_flag || v.eq_ignore_ascii_case("true") {
+                        goal.push((a.name.clone(), v));
+                    }
+                }
+            }
+        }
+        // Opener: everything but the asked required arguments (optional ones ride along).
+        let mut order: Vec<usize> = (0..search.required.len()).collect();
+        order.shuffle(&mut w.rng);
+        let asked: BTreeSet<usize> = order[..plan.asked].iter().copied().collect();
+        let opener_given: Vec<(String, String)> = goal
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !asked.contains(i))
+            .map(|(_, kv)| kv.clone())
+            .collect();
+        let opener = if opener_given.is_empty() {
+            w.pick(&self.domain.templates.opener, BUILTIN_OPENER)
+        } else {
+            w.inform(search, &opener_given, None)
+        };
+        w.user(opener);
+        for &i in order[..plan.asked].iter() {
+            let (k, v) = goal[i].clone();
+            let q = w.ask(&k);
+            w.say(q);
+            let a = w.inform(search, &[(k, v)], None);
+            w.user(a);
+        }
+        // Search at once: all required arguments are known now.
+        let mut current = goal.clone();
+        let mut shown = self.search_and_present(&mut w, search, &current)?;
+        let mut shown_at = 0usize;
+
+        for f in &plan.fillers {
+            if *f == 3 {
+                // Repeated search: change a value, or add an optional argument.
+                let optional_new: Vec<&Arg> = search
+                    .optional
+                    .iter()
+                    .map(|&i| &search.args[i])
+                    .filter(|a| !current.iter().any(|(k, _)| *k == a.name))
+                    .collect();
+                let change = if !optional_new.is_empty() && w.rng.random_bool(0.3) {
+                    let a = *optional_new.choose(&mut w.rng).expect("non-empty");
+                    self.draw(&mut w.rng, a, None)
+                        .filter(|v| !a.is_flag || v.eq_ignore_ascii_case("true"))
+                        .map(|v| (a.name.clone(), v))
+                } else {
+                    let idx = w.rng.random_range(0..current.len());
+                    let (k, old) = current[idx].clone();
+                    let a = search.arg(&k).expect("search arg");
+                    self.draw(&mut w.rng, a, Some(&old)).map(|v| (k, v))
+                };
+                let (k, v) = match change {
+                    Some(c) => c,
+                    None => {
+                        let (k, old) = current[0].clone();
+                        let v = self
+                            .draw(&mut w.rng, search.arg(&k).expect("arg"), None)
+                            .unwrap_or(old);
+                        (k, v)
+                    }
+                };
+                match current.iter_mut().find(|(ck, _)| *ck == k) {
+                    Some(slot) => slot.1 = v.clone(),
+                    None => current.push((k.clone(), v.clone())),
+                }
+                let lead = [
+                    "Actually,",
+                    "Hmm, how about",
+                    "Can you search again?",
+                    "Let's try something else.",
+                ]
+                .choose(&mut w.rng)
+                .map(|s| s.to_string());
+                let text = w.inform(search, &[(k, v)], lead.as_deref());
+                w.user(text);
+                shown = self.search_and_present(&mut w, search, &current)?;
+                shown_at = 0;
+            } else if shown.len() > shown_at + 1 && w.rng.random_bool(0.4) {
+                let q = w.pick(&[], BUILTIN_ANOTHER);
+                w.user(q);
+                shown_at += 1;
+                let text = self.present(
+                    &mut w,
+                    &shown[shown_at],
+                    shown.len() - shown_at,
+                    &current,
+                    false,
+                );
+                w.say(text);
+            } else {
+                self.detail(&mut w, &shown[shown_at]);
+            }
+        }
+
+        if let (true, Some(t)) = (plan.book, tx) {
+            let record = shown[shown_at].clone();
+            // Transaction-only values the user states: required ones always, optional sometimes.
+            let mut extra: Vec<(String, String)> = Vec::new();
+            for &i in &tx_only {
+                let v = self
+                    .draw(&mut w.rng, &t.args[i], None)
+                    .ok_or_else(|| fail(format!("no value for {}", t.args[i].name)))?;
+                extra.push((t.args[i].name.clone(), v));
+            }
+            let mut opt_extra: Vec<(String, String)> = Vec::new();
+            for &i in &t.optional {
+                let a = &t.args[i];
+                if search.arg(&a.name).is_none() && !a.is_flag && w.rng.random_bool(0.5) {
+                    if let Some(v) = self.draw(&mut w.rng, a, None) {
+                        opt_extra.push((a.name.clone(), v));
+                    }
+                }
+            }
+            let (asked_tx, in_request) = extra.split_at(plan.asked_tx);
+            let mut request: Vec<(String, String)> = in_request.to_vec();
+            request.extend(opt_extra.iter().cloned());
+            if let Some(e) = &entity {
+                if let Some(name) = record.get(e) {
+                    request.insert(0, (e.clone(), name.clone()));
+                }
+            }
+            let lead = [
+                "I'd like to make a reservation.",
+                "Let's book it.",
+                "I want to reserve a table.",
+                "Please make a booking.",
+            ]
+            .choose(&mut w.rng)
+            .map(|s| s.to_string());
+            let req_text = if request.is_empty() {
+                lead.unwrap_or_default()
+            } else {
+                let with_entity = w.inform(t, &request, None);
+                if entity
+                    .as_ref()
+                    .is_some_and(|e| request.iter().any(|(k, _)| k == e))
+                {
+                    with_entity
+                } else {
+                    format!("{} {with_entity}", lead.unwrap_or_default())
+                }
+            };
+            w.user(req_text);
+            for (k, v) in asked_tx.iter().cloned() {
+                let q = w.ask(&k);
+                w.say(q);
+                let a = w.inform(t, &[(k, v)], None);
+                w.user(a);
+            }
+            // The call's arguments: search values, the chosen record, what the user said.
+            let mut call_args = Map::new();
+            let mut said: BTreeMap<String, String> = BTreeMap::new();
+            for a in &t.args {
+                let text = current
+                    .iter()
+                    .chain(extra.iter())
+                    .chain(opt_extra.iter())
+                    .find(|(k, _)| *k == a.name)
+                    .map(|(_, v)| v.clone())
+                    .or_else(|| {
+                        (search.arg(&a.name).is_none())
+                            .then(|| record.get(&a.name).cloned())
+                            .flatten()
+                    });
+                if let Some(text) = text {
+                    if let Some(j) = a.json(&text) {
+                        call_args.insert(a.name.clone(), j);
+                        said.insert(a.name.clone(), text);
+                    }
+                }
+            }
+            if let Some(missing) = t
+                .required
+                .iter()
+                .find(|&&i| !call_args.contains_key(&t.args[i].name))
+            {
+                return Err(fail(format!(
+                    "no value for required {}.{}",
+                    t.name, t.args[*missing].name
+                )));
+            }
+            let confirm = self.confirm_text(&mut w, &said);
+            w.say(confirm);
+            let yes = w.pick(&self.domain.templates.confirm_u, BUILTIN_CONFIRM_U);
+            w.user(yes);
+            let mut outcome = record.clone();
+            outcome.extend(said.iter().map(|(k, v)| (k.clone(), v.clone())));
+            w.call(&t.name, call_args, std::slice::from_ref(&outcome));
+            let done = self.success_text(&mut w, &outcome);
+            w.say(done);
+            let thanks = w.pick(&self.domain.templates.thanks, BUILTIN_THANKS);
+            w.user(thanks);
+        } else {
+            let bye = w.pick(&[], BUILTIN_DECLINE);
+            w.user(bye);
+        }
+        let close = w.pick(&self.domain.templates.close, BUILTIN_CLOSE);
+        w.say(close);
+
+        if w.turns < lo || w.turns > hi {
+            return Err(fail(format!(
+                "wrote {} turns for bucket {}..{}",
+                w.turns, lo, hi
+            )));
+        }
+        let mut meta = Map::new();
+        meta.insert("teacher".into(), "offline".into());
+        meta.insert("topic".into(), job.topic.name.clone().into());
+        let mut c = Conversation {
+            id: format!("gen-{:05}", job.index),
+            messages: w.messages,
+            meta,
+        };
+        c.assign_call_ids();
+        Ok(c)
+    }
+
+    fn search_and_present(
+        &self,
+        w: &mut Writer<'_>,
+        search: &Func,
+        current: &[(String, String)],
+    ) -> Result<Vec<Record>, Failure> {
+        let mut args = Map::new();
+        for (k, v) in current {
+            let a = search.arg(k).expect("search arg");
+            let j = a.json(v).ok_or_else(|| Failure {
+                index: 0,
+                reason: format!("{k}={v} does not fit the schema"),
+            })?;
+            args.insert(k.clone(), j);
+        }
+        let results = self.results(&mut w.rng, current);
+        w.call(&search.name, args, &results);
+        let text = self.present(w, &results[0], results.len(), current, true);
+        w.say(text);
+        Ok(results)
+    }
+
+    fn present(
+        &self,
+        w: &mut Writer<'_>,
+        r: &Record,
+        count: usize,
+        current: &[(String, String)],
+        first: bool,
+    ) -> String {
+        let mut values: BTreeMap<String, String> = r.clone();
+        for (k, v) in current {
+            values.insert(k.clone(), v.clone());
+        }
+        values.insert("count".into(), count.to_string());
+        let usable: Vec<String> = self
+            .domain
+            .templates
+            .present
+            .iter()
+            .filter(|t| first || !t.contains("{count}"))
+            .filter(|t| placeholders(t).iter().all(|p| values.contains_key(p)))
+            .cloned()
+            .collect();
+        let name = self
+            .domain
+            .entity
+            .as_ref()
+            .and_then(|e| r.get(e))
+            .cloned()
+            .unwrap_or_else(|| "one option".into());
+        let builtin = if first {
+            vec![
+                format!("I found {count} options. How about {name}?"),
+                format!("There are {count} results. {name} is a good choice."),
+            ]
+        } else {
+            vec![
+                format!("Another option is {name}."),
+                format!("How about {name}?"),
+            ]
+        };
+        let b: Vec<&str> = builtin.iter().map(String::as_str).collect();
+        let t = w.pick(&usable, &b);
+        fill(&t, &values).unwrap_or(t)
+    }
+
+    fn detail(&self, w: &mut Writer<'_>, r: &Record) {
+        let tpl = &self.domain.templates;
+        let fields: Vec<&String> = tpl.detail_a.keys().filter(|f| r.contains_key(*f)).collect();
+        let entity = self.domain.entity.as_deref();
+        let fallback: Vec<&String> = r
+            .keys()
+            .filter(|k| {
+                Some(k.as_str()) != entity
+                    && !["true", "false"].contains(&r[*k].to_ascii_lowercase().as_str())
+            })
+            .collect();
+        let field = fields
+            .choose(&mut w.rng)
+            .or_else(|| fallback.choose(&mut w.rng))
+            .map(|s| s.to_string());
+        let Some(field) = field else {
+            let q = w.pick(&[], BUILTIN_ANOTHER);
+            w.user(q);
+            w.say("That is the only option I found.".into());
+            return;
+        };
+        let h = human(&field);
+        let q_builtin = [
+            format!("What is the {h}?"),
+            format!("Can you give me the {h}?"),
+        ];
+        let qb: Vec<&str> = q_builtin.iter().map(String::as_str).collect();
+        let learned_q = tpl.detail_q.get(&field).cloned().unwrap_or_default();
+        let q = w.pick(&learned_q, &qb);
+        w.user(q);
+        let a_builtin = [
+            format!("The {h} is {{{field}}}."),
+            format!("It's {{{field}}}."),
+        ];
+        let ab: Vec<&str> = a_builtin.iter().map(String::as_str).collect();
+        let learned_a: Vec<String> = tpl
+            .detail_a
+            .get(&field)
+            .map(|v| {
+                v.iter()
+                    .filter(|t| placeholders(t).iter().all(|p| r.contains_key(p)))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let t = w.pick(&learned_a, &ab);
+        let a = fill(&t, r).unwrap_or_else(|| format!("The {h} is {}.", r[&field]));
+        w.say(a);
+    }
+
+    fn confirm_text(&self, w: &mut Writer<'_>, said: &BTreeMap<String, String>) -> String {
+        let usable: Vec<String> = self
+            .domain
+            .templates
+            .confirm_a
+            .iter()
+            .filter(|t| placeholders(t).iter().all(|p| said.contains_key(p)))
+            .cloned()
+            .collect();
+        let listing: Vec<String> = said
+            .iter()
+            .map(|(k, v)| format!("{}: {v}", human(k)))
+            .collect();
+        let builtin = [
+            format!(
+                "Please confirm the details: {}. Is that right?",
+                listing.join(", ")
+            ),
+            format!("Just to confirm: {}. Shall I go ahead?", listing.join(", ")),
+        ];
+        let b: Vec<&str> = builtin.iter().map(String::as_str).collect();
+        let t = w.pick(&usable, &b);
+        fill(&t, said).unwrap_or(t)
+    }
+
+    fn success_text(&self, w: &mut Writer<'_>, outcome: &Record) -> String {
+        let usable: Vec<String> = self
+            .domain
+            .templates
+            .success
+            .iter()
+            .filter(|t| placeholders(t).iter().all(|p| outcome.contains_key(p)))
+            .cloned()
+            .collect();
+        let t = w.pick(
+            &usable,
+            &[
+                "Your booking is confirmed.",
+                "All set, the reservation is made.",
+            ],
+        );
+        fill(&t, outcome).unwrap_or(t)
+    }
+}
+
+impl Teacher for OfflineTeacher {
+    fn generate(
+        &self,
+        jobs: &[Job],
+        progress: &(dyn Fn(usize) + Sync),
+        cancel: &AtomicBool,
+    ) -> Result<Vec<Outcome>, TeacherError> {
+        let done = AtomicUsize::new(0);
+        let out: Vec<Outcome> = jobs
+            .par_iter()
+            .map(|j| {
+                let r = self.write(j).map_err(|f| Failure {
+                    index: j.index,
+                    ..f
+                });
+                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if n % 256 == 0 {
+                    progress(n);
+                }
+                r
+            })
+            .collect();
+        if cancel.load(Ordering::Relaxed) {
+            return Err(TeacherError::Cancelled);
+        }
+        progress(jobs.len());
+        Ok(out)
+    }
+}
