@@ -16,6 +16,8 @@ pub mod formats;
 pub mod llm;
 pub mod llm_mock;
 pub mod reporter;
+pub mod scenario;
+pub mod split;
 pub mod steps;
 pub mod task;
 pub mod teacher;

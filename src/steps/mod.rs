@@ -4,6 +4,11 @@
 //! [`STEPS`]. A step never sees the DAG or the cache: it gets its canonical parameters, the
 //! directories of its inputs by artifact, and a fresh directory to write its outputs into.
 
+pub mod corrupt;
+pub mod ingest;
+pub mod schema;
+pub mod split;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +19,13 @@ use serde_json::{Map, Value};
 
 pub mod report;
 /// Every step kind tracelab knows, in pipeline order. The experiment file names them by `kind()`.
-pub static STEPS: &[&dyn Step] = &[&report::Report];
+pub static STEPS: &[&dyn Step] = &[
+    &ingest::Ingest,
+    &schema::Schema,
+    &split::Split,
+    &corrupt::Corrupt,
+    &report::Report,
+];
 
 /// The tokio runtime every HTTP-bound step shares (teacher and judge calls), created on first
 /// use so runs that make no HTTP call never start it. Steps block on it from their worker thread
