@@ -6,9 +6,11 @@
 //! [`events`] / [`reporter`].
 
 pub mod conversation;
+pub mod filter;
 pub mod llm;
 pub mod llm_mock;
 pub mod steps;
 pub mod task;
 pub mod teacher;
 pub mod tools;
+pub mod validate;
