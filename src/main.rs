@@ -1,1 +1,408 @@
-fn main() {}
+//! `tracelab`: the command line. A thin layer over the library: parse flags, load the experiment,
+//! build the DAG, hand it to the executor or the planner, print what comes back.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use tracelab::cache::{Cache, StepKey};
+use tracelab::config::{Experiment, SetOverride};
+use tracelab::dag::{self, Dag};
+use tracelab::events::Reporter;
+use tracelab::executor::{self, RunOptions};
+use tracelab::reporter::{HumanReporter, JsonReporter};
+use tracelab::steps;
+
+#[derive(Parser)]
+#[command(
+    name = "tracelab",
+    version,
+    about = "Train small tool-calling students from noisy traces: experiments as cached, parallel DAGs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Print only failures and results.
+    #[arg(long, global = true)]
+    quiet: bool,
+    /// Print run events as JSON lines on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Cache directory (default: `cache/` in the project root).
+    #[arg(long, global = true, env = "TRACELAB_CACHE")]
+    cache: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ExpArgs {
+    /// The experiment file (TOML).
+    experiment: PathBuf,
+    /// Override any experiment value by its dotted path, e.g. `--set train.epochs=2`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<SetOverride>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an experiment: every step not in the cache runs, in parallel where possible.
+    Run {
+        #[command(flatten)]
+        exp: ExpArgs,
+        /// Parallel job slots (default: number of cores).
+        #[arg(long, short)]
+        jobs: Option<usize>,
+        /// Run only steps whose label matches (and what they need), e.g. `clean/*`.
+        #[arg(long, value_name = "GLOB")]
+        only: Vec<String>,
+        /// Ignore the cache for steps whose label matches.
+        #[arg(long, value_name = "GLOB")]
+        force: Vec<String>,
+        /// Show the plan instead of running.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List every step as cached or to-run, with the reason.
+    Plan {
+        #[command(flatten)]
+        exp: ExpArgs,
+    },
+    /// Print the DAG as Graphviz DOT or Mermaid.
+    Graph {
+        #[command(flatten)]
+        exp: ExpArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "dot")]
+        format: GraphFormat,
+    },
+    /// Print the result table of a finished run.
+    Show {
+        #[command(flatten)]
+        exp: ExpArgs,
+    },
+    /// Write the results in long format (experiment, scenario, pipeline, seed, metric, value).
+    Export {
+        #[command(flatten)]
+        exp: ExpArgs,
+        /// Destination CSV file.
+        #[arg(long, value_name = "FILE")]
+        csv: PathBuf,
+    },
+    /// Print the statistics a step recorded (traces, turns, calls per function, …).
+    Inspect {
+        #[command(flatten)]
+        exp: ExpArgs,
+        /// Step label or glob, e.g. `data/ingest` or `*/corrupt`.
+        #[arg(long)]
+        step: String,
+    },
+    /// Delete cache entries that no experiment under `experiments/` reaches.
+    Gc {
+        /// Project root (default: current directory).
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List the step kinds.
+    Steps,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+struct Loaded {
+    exp: Experiment,
+    dag: Dag,
+    cache: Cache,
+}
+
+fn load(args: &ExpArgs, cache_dir: Option<&Path>) -> Result<Loaded> {
+    let exp = Experiment::load(&args.experiment, &args.sets)?;
+    let dag = dag::build(&exp)?;
+    let dir = cache_dir.map_or_else(|| exp.root.join("cache"), Path::to_path_buf);
+    let cache = Cache::open(&dir)?;
+    Ok(Loaded { exp, dag, cache })
+}
+
+fn globs(patterns: &[String]) -> Result<Option<GlobSet>> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut b = GlobSetBuilder::new();
+    for p in patterns {
+        b.add(Glob::new(p).with_context(|| format!("bad glob {p:?}"))?);
+    }
+    Ok(Some(b.build()?))
+}
+
+fn gpus() -> usize {
+    if let Some(n) = std::env::var("TRACELAB_GPUS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
+    std::fs::read_dir("/proc/driver/nvidia/gpus").map_or(0, |d| d.count())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TRACELAB_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<ExitCode> {
+    let cache_dir = cli.cache.as_deref();
+    match &cli.command {
+        Command::Run {
+            exp,
+            jobs,
+            only,
+            force,
+            dry_run,
+        } => {
+            let l = load(exp, cache_dir)?;
+            if *dry_run {
+                return print_plan(&l, globs(force)?.as_ref());
+            }
+            let cancel = Arc::new(AtomicBool::new(false));
+            let flag = cancel.clone();
+            ctrlc::set_handler(move || {
+                if flag.swap(true, Ordering::SeqCst) {
+                    // Second Ctrl-C: leave now. Unpublished work sits in cache/.tmp and is
+                    // cleaned by the next run; published entries are complete.
+                    std::process::exit(130);
+                }
+                eprintln!("interrupted: finishing running steps (Ctrl-C again to quit now)");
+            })
+            .context("installing the Ctrl-C handler")?;
+            let opts = RunOptions {
+                jobs: jobs
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                gpus: gpus(),
+                only: globs(only)?,
+                force: globs(force)?,
+            };
+            let reporter: Box<dyn Reporter> = if cli.json {
+                Box::new(JsonReporter::new())
+            } else {
+                Box::new(HumanReporter::new(cli.quiet))
+            };
+            let summary = executor::run(
+                &l.exp.name,
+                &l.dag,
+                &l.cache,
+                &l.exp.root,
+                &opts,
+                reporter.as_ref(),
+                &cancel,
+            )?;
+            let failures = summary.failures();
+            if !failures.is_empty() {
+                eprintln!("\n{} step(s) failed:", failures.len());
+                for (label, cause) in &failures {
+                    eprintln!("  {label}: {cause}");
+                }
+            }
+            if let Some(dir) = l.dag.report.and_then(|n| summary.out_dirs.get(&n)) {
+                let results = publish_results(&l.exp, dir)?;
+                if !cli.json {
+                    print!("{}", std::fs::read_to_string(dir.join("table.md"))?);
+                    eprintln!("results: {}", results.display());
+                }
+            }
+            Ok(if summary.interrupted {
+                ExitCode::from(130)
+            } else if failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Plan { exp } => {
+            let l = load(exp, cache_dir)?;
+            print_plan(&l, None)
+        }
+        Command::Graph { exp, format } => {
+            let l = load(exp, cache_dir)?;
+            print!(
+                "{}",
+                match format {
+                    GraphFormat::Dot => l.dag.to_dot(),
+                    GraphFormat::Mermaid => l.dag.to_mermaid(),
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show { exp } => {
+            let l = load(exp, cache_dir)?;
+            let dir = report_dir(&l)?;
+            print!("{}", std::fs::read_to_string(dir.join("table.md"))?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export { exp, csv } => {
+            let l = load(exp, cache_dir)?;
+            let dir = report_dir(&l)?;
+            std::fs::copy(dir.join("long.csv"), csv)
+                .with_context(|| format!("writing {}", csv.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect { exp, step } => {
+            let l = load(exp, cache_dir)?;
+            let g = globs(std::slice::from_ref(step))?.expect("one pattern");
+            let lines = executor::plan(&l.dag, &l.cache, &l.exp.root, &l.exp.name, None)?;
+            let mut found = 0;
+            for line in lines.iter().filter(|x| g.is_match(&x.label)) {
+                found += 1;
+                match &line.cached {
+                    Some(key) => {
+                        let m = l.cache.lookup(key).context("entry vanished")?;
+                        println!(
+                            "{}  ({}, {:.1}s, key {})",
+                            line.label,
+                            m.parts.kind,
+                            m.duration_s,
+                            key.short()
+                        );
+                        for (k, v) in &m.stats {
+                            println!("  {k}: {}", serde_json::to_string(v)?);
+                        }
+                    }
+                    None => println!("{}  not run yet ({})", line.label, line.reason),
+                }
+            }
+            if found == 0 {
+                bail!(
+                    "no step label matches {step:?}; `tracelab plan {}` lists them",
+                    exp.experiment.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gc { root, dry_run } => gc(root, cache_dir, *dry_run),
+        Command::Steps => {
+            for s in steps::STEPS {
+                println!("{:<10} v{}  {}", s.kind(), s.version(), s.about());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_plan(l: &Loaded, force: Option<&GlobSet>) -> Result<ExitCode> {
+    let lines = executor::plan(&l.dag, &l.cache, &l.exp.root, &l.exp.name, force)?;
+    let width = lines.iter().map(|x| x.label.len()).max().unwrap_or(0);
+    for x in &lines {
+        match &x.cached {
+            Some(k) => println!("cached  {:<width$}  {}", x.label, k.short()),
+            None => println!("run     {:<width$}  {}", x.label, x.reason),
+        }
+    }
+    let cached = lines.iter().filter(|x| x.cached.is_some()).count();
+    eprintln!(
+        "{} steps: {cached} cached, {} to run",
+        lines.len(),
+        lines.len() - cached
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_dir(l: &Loaded) -> Result<PathBuf> {
+    let Some(report) = l.dag.report else {
+        bail!("this experiment's pipelines judge nothing, so it has no result table")
+    };
+    let lines = executor::plan(&l.dag, &l.cache, &l.exp.root, &l.exp.name, None)?;
+    let label = &l.dag.graph[report].label;
+    match lines
+        .iter()
+        .find(|x| &x.label == label)
+        .and_then(|x| x.cached.clone())
+    {
+        Some(key) => Ok(l.cache.out_dir(&key)),
+        None => bail!(
+            "no results for this experiment yet: run `tracelab run {}`",
+            l.exp.path.display()
+        ),
+    }
+}
+
+/// Copies the report's files to `results/<experiment>/` (each written atomically).
+fn publish_results(exp: &Experiment, report: &Path) -> Result<PathBuf> {
+    let dest = exp.root.join("results").join(&exp.name);
+    std::fs::create_dir_all(&dest)?;
+    for f in ["table.md", "table.csv", "long.csv", "chart.svg"] {
+        let tmp = dest.join(format!(".{f}.tmp"));
+        std::fs::copy(report.join(f), &tmp)?;
+        std::fs::rename(&tmp, dest.join(f))?;
+    }
+    Ok(dest)
+}
+
+fn gc(root: &Path, cache_dir: Option<&Path>, dry_run: bool) -> Result<ExitCode> {
+    let dir = cache_dir.map_or_else(|| root.join("cache"), Path::to_path_buf);
+    let cache = Cache::open(&dir)?;
+    let _lock = cache.lock_cache(true)?;
+    let mut keep: std::collections::BTreeSet<StepKey> = Default::default();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("experiments"))
+        .with_context(|| format!("{}: no experiments/ folder", root.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    for f in &files {
+        let args = ExpArgs {
+            experiment: f.clone(),
+            sets: Vec::new(),
+        };
+        let l = match load(&args, Some(&dir)) {
+            Ok(l) => l,
+            Err(e) => bail!(
+                "{}: {e:#}\n(gc keeps everything while an experiment cannot be read)",
+                f.display()
+            ),
+        };
+        for line in executor::plan(&l.dag, &cache, &l.exp.root, &l.exp.name, None)? {
+            keep.extend(line.cached);
+        }
+    }
+    let mut removed = 0;
+    for key in cache.keys()? {
+        if !keep.contains(&key) {
+            removed += 1;
+            if dry_run {
+                println!("would delete {key}");
+            } else {
+                cache.remove(&key)?;
+            }
+        }
+    }
+    cache.clean_stale_tmp();
+    eprintln!(
+        "{} entries kept, {removed} {}",
+        keep.len(),
+        if dry_run { "to delete" } else { "deleted" }
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -25,7 +25,7 @@ struct Report {
 }
 
 fn run(name: &str, traces: &[Conversation], n: usize) -> Report {
-    let tools = common::tools("Restaurants_1", "train");
+    let tools = common::tools("Restaurants_1");
     let task = Task {
         settings: TaskSettings::default(),
         description: "A restaurant assistant.".into(),

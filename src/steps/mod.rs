@@ -12,8 +12,24 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+pub mod report;
 /// Every step kind tracelab knows, in pipeline order. The experiment file names them by `kind()`.
-pub static STEPS: &[&dyn Step] = &[];
+pub static STEPS: &[&dyn Step] = &[&report::Report];
+
+/// The tokio runtime every HTTP-bound step shares (teacher and judge calls), created on first
+/// use so runs that make no HTTP call never start it. Steps block on it from their worker thread
+/// (`runtime().block_on(…)`); each client keeps its own concurrency limit inside.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("tracelab-http")
+            .enable_all()
+            .build()
+            .expect("tokio runtime starts")
+    })
+}
 
 /// Looks a step kind up by its name.
 pub fn find(kind: &str) -> Option<&'static dyn Step> {

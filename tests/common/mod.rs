@@ -1,5 +1,5 @@
-//! Test helpers: read SGD dialogues of one service into conversations and build its tool schema
-//! (the data helper's readers replace this once they land), plus simple scenario corruptions.
+//! Test helpers: SGD dialogues and schemas through `tracelab::formats::sgd`, and simple emulations
+//! of the study's scenario corruptions (the data helper's corrupt step is the real one).
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tracelab::conversation::{Conversation, Message, ToolCall};
+use tracelab::formats::sgd;
 use tracelab::tools::{ToolSet, DEFAULT_RESPOND};
 
 /// `$TRACELAB_SGD` or `<repo>/../shared/sgd`, if it exists.
@@ -24,122 +25,20 @@ pub fn sgd_dir() -> Option<PathBuf> {
     }
 }
 
-fn say(text: &str) -> Message {
-    let mut a = Map::new();
-    a.insert("message".into(), text.into());
-    Message::call(ToolCall::new(DEFAULT_RESPOND, a))
-}
-
-/// Single-service dialogues of `service` from `splits`, as conversations.
+/// Single-service dialogues of `service` from `splits`, through the data helper's SGD reader.
 pub fn load(service: &str, splits: &[&str]) -> Vec<Conversation> {
-    let dir = sgd_dir().expect("checked by caller");
-    let mut out = Vec::new();
-    for split in splits {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join(split))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .starts_with("dialogues_")
-            })
-            .collect();
-        files.sort();
-        for f in files {
-            let v: Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
-            for d in v.as_array().unwrap() {
-                if d["services"] != json!([service]) {
-                    continue;
-                }
-                let mut messages = Vec::new();
-                for t in d["turns"].as_array().unwrap() {
-                    let text = t["utterance"].as_str().unwrap();
-                    if t["speaker"] == "USER" {
-                        messages.push(Message::User {
-                            content: text.into(),
-                        });
-                        continue;
-                    }
-                    for fr in t["frames"].as_array().unwrap() {
-                        if let Some(sc) = fr.get("service_call") {
-                            let args = sc["parameters"].as_object().unwrap().clone();
-                            messages.push(Message::call(ToolCall::new(
-                                sc["method"].as_str().unwrap(),
-                                args,
-                            )));
-                            messages.push(Message::Tool {
-                                tool_call_id: String::new(),
-                                content: fr["service_results"].to_string(),
-                            });
-                        }
-                    }
-                    messages.push(say(text));
-                }
-                let mut c = Conversation {
-                    id: d["dialogue_id"].as_str().unwrap().into(),
-                    messages,
-                    meta: Map::new(),
-                };
-                c.assign_call_ids();
-                out.push(c);
-            }
-        }
-    }
-    out
+    let sel = sgd::Selection {
+        service: service.into(),
+        splits: splits.iter().map(|s| s.to_string()).collect(),
+        single_domain: true,
+    };
+    sgd::read_dialogues(&sgd_dir().expect("checked by caller"), &sel).unwrap()
 }
 
-/// The tool schema of `service` from SGD's schema.json (categorical slots as string enums).
-pub fn tools(service: &str, split: &str) -> ToolSet {
-    let dir = sgd_dir().expect("checked by caller");
-    let v: Value =
-        serde_json::from_slice(&std::fs::read(dir.join(split).join("schema.json")).unwrap())
-            .unwrap();
-    let s = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["service_name"] == service)
-        .unwrap();
-    let slot = |n: &str| {
-        s["slots"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["name"] == n)
-            .unwrap()
-            .clone()
-    };
-    let mut list = Vec::new();
-    for i in s["intents"].as_array().unwrap() {
-        let mut props = Map::new();
-        let req: Vec<String> = i["required_slots"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_str().unwrap().to_string())
-            .collect();
-        let opt: Vec<String> = i["optional_slots"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
-        for n in req.iter().chain(opt.iter()) {
-            let sl = slot(n);
-            let mut p = json!({"type": "string", "description": sl["description"]});
-            if sl["is_categorical"] == true {
-                p["enum"] = sl["possible_values"].clone();
-            }
-            props.insert(n.clone(), p);
-        }
-        list.push(json!({"type": "function", "function": {
-            "name": i["name"], "description": i["description"],
-            "parameters": {"type": "object", "properties": props, "required": req, "additionalProperties": false},
-            "x-kind": if i["is_transactional"] == true { "transaction" } else { "search" }}}));
-    }
-    ToolSet::from_openai(&Value::Array(list), DEFAULT_RESPOND, &[], "sgd").unwrap()
+/// The tool schema of `service`, converted by the data helper's schema reader.
+pub fn tools(service: &str) -> ToolSet {
+    let (_, s) = sgd::find_service_schema(&sgd_dir().expect("checked by caller"), service).unwrap();
+    sgd::service_to_toolset(&s, DEFAULT_RESPOND).unwrap()
 }
 
 /// Every value (≥ 4 chars, not a flag) in calls and results of `convs`.

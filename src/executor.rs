@@ -1,0 +1,697 @@
+//! Runs a DAG: every node starts as soon as its inputs exist, within the job, GPU and cache-lock
+//! limits; cached nodes are skipped; a failure fails only its descendants; Ctrl-C stops cleanly.
+//!
+//! The same key computation also serves `plan` ([`plan`]), which says for each node whether it is
+//! cached and, if not, why it will run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use globset::GlobSet;
+use petgraph::stable_graph::NodeIndex;
+use petgraph::visit::NodeIndexable;
+use serde_json::{Map, Value};
+
+use crate::cache::{Cache, CacheError, KeyParts, Manifest, StatCache, StepKey};
+use crate::dag::{Dag, InputRole};
+use crate::events::{Event, Reporter};
+use crate::steps::{Inputs, Progress, Resource, StepContext, StepError};
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Parallel job slots.
+    pub jobs: usize,
+    /// GPUs available to `Resource::Gpu` steps.
+    pub gpus: usize,
+    /// Run only nodes matching this (and what they need).
+    pub only: Option<GlobSet>,
+    /// Ignore the cache for nodes matching this.
+    pub force: Option<GlobSet>,
+}
+
+/// Outcome of one node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Taken from the cache.
+    Cached { key: StepKey, cut_off: bool },
+    /// Ran and was published.
+    Ran { key: StepKey, seconds: f64 },
+    /// Failed with this cause.
+    Failed(String),
+    /// Not run (an input failed, or interrupted).
+    Skipped(String),
+    /// Left out by `--only`.
+    Excluded,
+}
+
+/// What a run did.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Outcome per node label.
+    pub outcomes: Vec<(String, Outcome)>,
+    /// Whether Ctrl-C stopped it.
+    pub interrupted: bool,
+    /// Output directory per node (for nodes that are done).
+    pub out_dirs: BTreeMap<NodeIndex, PathBuf>,
+}
+
+impl Summary {
+    /// Failures as (label, cause).
+    pub fn failures(&self) -> Vec<(&str, &str)> {
+        self.outcomes
+            .iter()
+            .filter_map(|(l, o)| match o {
+                Outcome::Failed(e) => Some((l.as_str(), e.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Errors that stop the whole run (not one step).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The cache could not be used.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// An external file a step declared could not be read.
+    #[error("{label}: {error}")]
+    External { label: String, error: String },
+}
+
+/// The previous run's key parts per label (`cache/state/<experiment>.json`), for plan reasons.
+pub type State = BTreeMap<String, KeyParts>;
+
+fn state_path(cache: &Cache, experiment: &str) -> PathBuf {
+    cache.dir.join("state").join(format!("{experiment}.json"))
+}
+
+/// Loads the recorded state of an experiment (empty when absent or unreadable).
+pub fn load_state(cache: &Cache, experiment: &str) -> State {
+    std::fs::read(state_path(cache, experiment))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn save_state(cache: &Cache, experiment: &str, update: &State) {
+    let path = state_path(cache, experiment);
+    let mut state = load_state(cache, experiment);
+    if update.iter().all(|(k, v)| state.get(k) == Some(v)) {
+        return; // a no-op run writes nothing
+    }
+    state.extend(update.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let _ = std::fs::create_dir_all(path.parent().expect("has parent"));
+    let tmp = path.with_extension(format!("json.{}", std::process::id()));
+    if std::fs::write(&tmp, serde_json::to_vec_pretty(&state).expect("serializes")).is_ok() {
+        let _ = std::fs::rename(&tmp, &path);
+    }
+}
+
+/// Shared key computation for `run` and `plan`.
+pub struct Keys<'a> {
+    dag: &'a Dag,
+    root: &'a Path,
+    stat: Mutex<StatCache>,
+}
+
+impl<'a> Keys<'a> {
+    /// Prepares key computation for a DAG.
+    pub fn new(dag: &'a Dag, root: &'a Path, cache: &Cache) -> Self {
+        Keys {
+            dag,
+            root,
+            stat: Mutex::new(StatCache::load(cache)),
+        }
+    }
+
+    /// Key parts of a node, given its inputs' (label, output hash).
+    pub fn parts(
+        &self,
+        n: NodeIndex,
+        input_hashes: &BTreeMap<NodeIndex, String>,
+    ) -> Result<KeyParts, RunError> {
+        let node = &self.dag.graph[n];
+        let inputs = node
+            .inputs
+            .iter()
+            .map(|(role, from)| {
+                (
+                    role.name(),
+                    self.dag.graph[*from].label.clone(),
+                    input_hashes[from].clone(),
+                )
+            })
+            .collect();
+        let files = node
+            .step
+            .external_files(&node.params, self.root)
+            .map_err(|e| RunError::External {
+                label: node.label.clone(),
+                error: e.to_string(),
+            })?;
+        let mut external = Vec::with_capacity(files.len());
+        let mut stat = self.stat.lock().expect("stat cache lock");
+        for f in files {
+            let abs = self.root.join(&f);
+            let hash = stat.hash(&abs).map_err(|e| RunError::External {
+                label: node.label.clone(),
+                error: e.to_string(),
+            })?;
+            let shown = f
+                .strip_prefix(self.root)
+                .unwrap_or(&f)
+                .to_string_lossy()
+                .into_owned();
+            external.push((shown, hash));
+        }
+        external.sort();
+        Ok(KeyParts {
+            kind: node.step.kind().to_string(),
+            version: node.step.version(),
+            params: node.params.clone(),
+            inputs,
+            external,
+        })
+    }
+
+    /// Saves the stat cache.
+    pub fn finish(&self) {
+        self.stat.lock().expect("stat cache lock").save();
+    }
+}
+
+/// Nodes selected by `--only` (matches plus everything they need); all when no filter.
+pub fn selected(dag: &Dag, only: Option<&GlobSet>) -> Vec<bool> {
+    let mut sel = vec![only.is_none(); dag.graph.node_bound()];
+    if let Some(g) = only {
+        for &n in &dag.order {
+            if dag.graph[n].matches(&|l| g.is_match(l)) {
+                sel[n.index()] = true;
+                for a in dag.ancestors(n) {
+                    sel[a.index()] = true;
+                }
+            }
+        }
+    }
+    sel
+}
+
+/// One line of `tracelab plan`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanLine {
+    /// Node label.
+    pub label: String,
+    /// Cached (with key) or not.
+    pub cached: Option<StepKey>,
+    /// Why it will run (empty when cached).
+    pub reason: String,
+}
+
+/// Says for each node whether it is cached and, if not, why it will run.
+pub fn plan(
+    dag: &Dag,
+    cache: &Cache,
+    root: &Path,
+    experiment: &str,
+    force: Option<&GlobSet>,
+) -> Result<Vec<PlanLine>, RunError> {
+    let keys = Keys::new(dag, root, cache);
+    let state = load_state(cache, experiment);
+    let mut hashes: BTreeMap<NodeIndex, String> = BTreeMap::new();
+    let mut lines = Vec::new();
+    for &n in &dag.order {
+        let node = &dag.graph[n];
+        let pending: Vec<&str> = node
+            .inputs
+            .iter()
+            .filter(|(_, f)| !hashes.contains_key(f))
+            .map(|(_, f)| dag.graph[*f].label.as_str())
+            .collect();
+        if !pending.is_empty() {
+            let mut names = pending.clone();
+            names.dedup();
+            lines.push(PlanLine {
+                label: node.label.clone(),
+                cached: None,
+                reason: format!("after {} runs", names.join(", ")),
+            });
+            continue;
+        }
+        let parts = keys.parts(n, &hashes)?;
+        let key = parts.key();
+        let forced = force.is_some_and(|g| node.matches(&|l| g.is_match(l)));
+        match cache.lookup(&key) {
+            Some(m) if !forced => {
+                hashes.insert(n, m.output_hash);
+                lines.push(PlanLine {
+                    label: node.label.clone(),
+                    cached: Some(key),
+                    reason: String::new(),
+                });
+            }
+            _ => {
+                let reason = if forced {
+                    "forced".to_string()
+                } else {
+                    why(&parts, state.get(&node.label))
+                };
+                lines.push(PlanLine {
+                    label: node.label.clone(),
+                    cached: None,
+                    reason,
+                });
+            }
+        }
+    }
+    keys.finish();
+    Ok(lines)
+}
+
+/// Explains a cache miss by comparing with the parts recorded last time.
+fn why(now: &KeyParts, before: Option<&KeyParts>) -> String {
+    let Some(b) = before else { return "new".into() };
+    if b.version != now.version {
+        return format!("step version changed ({} → {})", b.version, now.version);
+    }
+    let mut reasons = Vec::new();
+    if b.params != now.params {
+        let (bo, no) = (b.params.as_object(), now.params.as_object());
+        let mut keys: Vec<&String> = bo
+            .into_iter()
+            .flat_map(|m| m.keys())
+            .chain(no.into_iter().flat_map(|m| m.keys()))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        for k in keys {
+            let (x, y) = (b.params.get(k), now.params.get(k));
+            if x != y {
+                let show = |v: Option<&Value>| v.map_or("unset".to_string(), short);
+                reasons.push(format!("parameter {k} changed ({} → {})", show(x), show(y)));
+            }
+        }
+        if reasons.is_empty() {
+            reasons.push("parameters changed".into());
+        }
+    }
+    for (i, (role, label, hash)) in now.inputs.iter().enumerate() {
+        if b.inputs
+            .get(i)
+            .is_none_or(|(r, _, h)| r != role || h != hash)
+        {
+            reasons.push(format!("input {label} changed"));
+        }
+    }
+    if b.inputs.len() > now.inputs.len() {
+        reasons.push("inputs changed".into());
+    }
+    if b.external != now.external {
+        let changed: Vec<&str> = now
+            .external
+            .iter()
+            .filter(|e| !b.external.contains(e))
+            .map(|(p, _)| p.as_str())
+            .take(3)
+            .collect();
+        reasons.push(if changed.is_empty() {
+            "external files changed".into()
+        } else {
+            format!("file {} changed", changed.join(", "))
+        });
+    }
+    if reasons.is_empty() {
+        "cache entry missing".into()
+    } else {
+        reasons.join("; ")
+    }
+}
+
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 40 {
+        format!("{}…", s.chars().take(40).collect::<String>())
+    } else {
+        s
+    }
+}
+
+enum Status {
+    Waiting,
+    Running,
+    Done { output_hash: String },
+    Failed,
+    Skipped,
+}
+
+struct Launch {
+    n: NodeIndex,
+    parts: KeyParts,
+    key: StepKey,
+    forced: bool,
+    slots: usize,
+    gpu: bool,
+}
+
+/// Runs the DAG.
+pub fn run(
+    experiment: &str,
+    dag: &Dag,
+    cache: &Cache,
+    root: &Path,
+    opts: &RunOptions,
+    reporter: &dyn Reporter,
+    cancel: &AtomicBool,
+) -> Result<Summary, RunError> {
+    let start = Instant::now();
+    let _shared = cache.lock_cache(false)?;
+    cache.clean_stale_tmp();
+    let keys = Keys::new(dag, root, cache);
+    let sel = selected(dag, opts.only.as_ref());
+    let jobs = opts.jobs.max(1);
+    reporter.event(&Event::RunStarted {
+        experiment: experiment.to_string(),
+        steps: dag.order.iter().filter(|n| sel[n.index()]).count(),
+        jobs,
+    });
+
+    let mut status: Vec<Status> = (0..dag.graph.node_bound())
+        .map(|_| Status::Waiting)
+        .collect();
+    let mut summary = Summary::default();
+    let mut outcome: BTreeMap<NodeIndex, Outcome> = BTreeMap::new();
+    let mut new_state = State::new();
+    let (mut free_slots, mut free_gpus) = (jobs, opts.gpus);
+    let mut running = 0usize;
+    let (tx, rx) = mpsc::channel::<(NodeIndex, Result<Manifest, Failure>, usize, bool)>();
+    let mut ran_inputs: Vec<bool> = vec![false; dag.graph.node_bound()];
+
+    std::thread::scope(|scope| -> Result<(), RunError> {
+        loop {
+            let interrupted = cancel.load(Ordering::Relaxed);
+            // Resolve every waiting node whose inputs are settled; launch what fits.
+            let mut progressed = true;
+            while progressed {
+                progressed = false;
+                for &n in &dag.order {
+                    if !sel[n.index()] || !matches!(status[n.index()], Status::Waiting) {
+                        continue;
+                    }
+                    let node = &dag.graph[n];
+                    let inputs = &node.inputs;
+                    if let Some((_, bad)) = inputs.iter().find(|(_, f)| {
+                        matches!(status[f.index()], Status::Failed | Status::Skipped)
+                    }) {
+                        let reason = format!("input {} did not complete", dag.graph[*bad].label);
+                        reporter.event(&Event::StepSkipped {
+                            label: node.label.clone(),
+                            reason: reason.clone(),
+                        });
+                        status[n.index()] = Status::Skipped;
+                        outcome.insert(n, Outcome::Skipped(reason));
+                        progressed = true;
+                        continue;
+                    }
+                    if !inputs
+                        .iter()
+                        .all(|(_, f)| matches!(status[f.index()], Status::Done { .. }))
+                    {
+                        continue;
+                    }
+                    let hashes: BTreeMap<NodeIndex, String> = inputs
+                        .iter()
+                        .map(|(_, f)| match &status[f.index()] {
+                            Status::Done { output_hash } => (*f, output_hash.clone()),
+                            _ => unreachable!("checked above"),
+                        })
+                        .collect();
+                    let parts = match keys.parts(n, &hashes) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            reporter.event(&Event::StepFailed {
+                                label: node.label.clone(),
+                                error: e.to_string(),
+                            });
+                            status[n.index()] = Status::Failed;
+                            outcome.insert(n, Outcome::Failed(e.to_string()));
+                            progressed = true;
+                            continue;
+                        }
+                    };
+                    let key = parts.key();
+                    let forced = opts
+                        .force
+                        .as_ref()
+                        .is_some_and(|g| node.matches(&|l| g.is_match(l)));
+                    if !forced {
+                        if let Some(m) = cache.lookup(&key) {
+                            let cut_off = inputs.iter().any(|(_, f)| ran_inputs[f.index()]);
+                            reporter.event(&Event::StepCached {
+                                label: node.label.clone(),
+                                key: key.0.clone(),
+                                cut_off,
+                            });
+                            summary.out_dirs.insert(n, cache.out_dir(&key));
+                            status[n.index()] = Status::Done {
+                                output_hash: m.output_hash,
+                            };
+                            outcome.insert(n, Outcome::Cached { key, cut_off });
+                            new_state.insert(node.label.clone(), parts);
+                            progressed = true;
+                            continue;
+                        }
+                    }
+                    if interrupted {
+                        continue;
+                    }
+                    let (slots, gpu) = match node.step.resource(&node.params, jobs) {
+                        Resource::Cpu { slots } => (slots.clamp(1, jobs), false),
+                        Resource::Http => (1, false),
+                        Resource::Gpu => (1, opts.gpus > 0),
+                    };
+                    if slots > free_slots || (gpu && free_gpus == 0) {
+                        continue;
+                    }
+                    free_slots -= slots;
+                    if gpu {
+                        free_gpus -= 1;
+                    }
+                    running += 1;
+                    status[n.index()] = Status::Running;
+                    let inputs_dirs = input_dirs(dag, n, &summary.out_dirs);
+                    let launch = Launch {
+                        n,
+                        parts,
+                        key,
+                        forced,
+                        slots,
+                        gpu,
+                    };
+                    reporter.event(&Event::StepStarted {
+                        label: node.label.clone(),
+                        key: launch.key.0.clone(),
+                    });
+                    let tx = tx.clone();
+                    scope.spawn(move || {
+                        let result =
+                            execute(dag, cache, root, &launch, &inputs_dirs, reporter, cancel);
+                        let _ = tx.send((launch.n, result, launch.slots, launch.gpu));
+                        drop(launch.parts);
+                    });
+                    progressed = true;
+                }
+            }
+            if running == 0 {
+                break;
+            }
+            let (n, result, slots, gpu) = rx.recv().expect("a worker is running");
+            running -= 1;
+            free_slots += slots;
+            if gpu {
+                free_gpus += 1;
+            }
+            let node = &dag.graph[n];
+            match result {
+                Ok(m) => {
+                    reporter.event(&Event::StepFinished {
+                        label: node.label.clone(),
+                        key: m.key.0.clone(),
+                        seconds: m.duration_s,
+                    });
+                    summary.out_dirs.insert(n, cache.out_dir(&m.key));
+                    ran_inputs[n.index()] = true;
+                    new_state.insert(node.label.clone(), m.parts.clone());
+                    outcome.insert(
+                        n,
+                        Outcome::Ran {
+                            key: m.key.clone(),
+                            seconds: m.duration_s,
+                        },
+                    );
+                    status[n.index()] = Status::Done {
+                        output_hash: m.output_hash,
+                    };
+                }
+                Err(Failure::Cancelled) => {
+                    reporter.event(&Event::StepSkipped {
+                        label: node.label.clone(),
+                        reason: "interrupted".into(),
+                    });
+                    outcome.insert(n, Outcome::Skipped("interrupted".into()));
+                    status[n.index()] = Status::Skipped;
+                }
+                Err(Failure::Error(e)) => {
+                    reporter.event(&Event::StepFailed {
+                        label: node.label.clone(),
+                        error: e.clone(),
+                    });
+                    outcome.insert(n, Outcome::Failed(e));
+                    status[n.index()] = Status::Failed;
+                }
+            }
+        }
+        Ok(())
+    })?;
+
+    summary.interrupted = cancel.load(Ordering::Relaxed);
+    for &n in &dag.order {
+        let o = if !sel[n.index()] {
+            Outcome::Excluded
+        } else {
+            outcome
+                .remove(&n)
+                .unwrap_or_else(|| Outcome::Skipped("interrupted".into()))
+        };
+        summary.outcomes.push((dag.graph[n].label.clone(), o));
+    }
+    keys.finish();
+    save_state(cache, experiment, &new_state);
+    let count = |f: fn(&Outcome) -> bool| summary.outcomes.iter().filter(|(_, o)| f(o)).count();
+    reporter.event(&Event::RunFinished {
+        ran: count(|o| matches!(o, Outcome::Ran { .. })),
+        cached: count(|o| matches!(o, Outcome::Cached { .. })),
+        failed: count(|o| matches!(o, Outcome::Failed(_))),
+        skipped: count(|o| matches!(o, Outcome::Skipped(_))),
+        interrupted: summary.interrupted,
+        seconds: start.elapsed().as_secs_f64(),
+    });
+    Ok(summary)
+}
+
+fn input_dirs(dag: &Dag, n: NodeIndex, out_dirs: &BTreeMap<NodeIndex, PathBuf>) -> Inputs {
+    let mut inputs = Inputs::default();
+    for (role, from) in &dag.graph[n].inputs {
+        let dir = out_dirs[from].clone();
+        match role {
+            InputRole::Artifact(a) => {
+                inputs.by_artifact.insert(*a, dir.clone());
+            }
+            InputRole::Role(r) => {
+                inputs.roles.insert(r.clone(), dir.clone());
+            }
+            InputRole::Item(_) => {}
+        }
+        let label = match role {
+            InputRole::Item(l) => l.clone(),
+            _ => dag.graph[*from].label.clone(),
+        };
+        inputs.all.push((label, dir));
+    }
+    inputs
+}
+
+/// Why a node did not produce an entry.
+enum Failure {
+    /// The run was interrupted while it ran.
+    Cancelled,
+    /// It failed with this cause.
+    Error(String),
+}
+
+impl From<CacheError> for Failure {
+    fn from(e: CacheError) -> Self {
+        Failure::Error(e.to_string())
+    }
+}
+
+/// Runs one node in a worker thread: lock its key, re-check the cache, run, publish.
+fn execute(
+    dag: &Dag,
+    cache: &Cache,
+    root: &Path,
+    launch: &Launch,
+    inputs: &Inputs,
+    reporter: &dyn Reporter,
+    cancel: &AtomicBool,
+) -> Result<Manifest, Failure> {
+    let node = &dag.graph[launch.n];
+    // Another run may be computing the same key: wait for it instead of doing the work twice.
+    let _lock = cache.lock_key(&launch.key)?;
+    if !launch.forced {
+        if let Some(m) = cache.lookup(&launch.key) {
+            return Ok(m);
+        }
+    }
+    let pending = cache.begin(&launch.key)?;
+    let started_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let t0 = Instant::now();
+    let responses = cache.responses_dir();
+    let label = node.label.clone();
+    let progress = move |p: Progress| {
+        reporter.event(&Event::StepProgress {
+            label: label.clone(),
+            done: p.done,
+            total: p.total,
+            message: p.message,
+        });
+    };
+    let mut ctx = StepContext {
+        params: &node.params,
+        inputs,
+        out_dir: &pending.out_dir,
+        root,
+        responses: &responses,
+        threads: launch.slots,
+        stats: Map::new(),
+        cancel,
+        progress: &progress,
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.step.run(&mut ctx)));
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(StepError::Cancelled)) => return Err(Failure::Cancelled),
+        Ok(Err(e)) => return Err(Failure::Error(e.to_string())),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+            return Err(Failure::Error(format!(
+                "step panicked: {}",
+                msg.unwrap_or_default()
+            )));
+        }
+    }
+    let stats = std::mem::take(&mut ctx.stats);
+    let manifest = Manifest {
+        key: launch.key.clone(),
+        label: node.label.clone(),
+        parts: launch.parts.clone(),
+        outputs: Vec::new(),
+        output_hash: String::new(),
+        tracelab_version: env!("CARGO_PKG_VERSION").to_string(),
+        started_at,
+        duration_s: t0.elapsed().as_secs_f64(),
+        stats,
+    };
+    if launch.forced {
+        cache.remove(&launch.key)?;
+    }
+    Ok(cache.publish(pending, manifest)?)
+}

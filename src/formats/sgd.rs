@@ -1,0 +1,282 @@
+//! The Schema-Guided Dialogue dataset in its original layout (`<split>/dialogues_NNN.json`,
+//! `<split>/schema.json`): dialogues of one service as traces, and a service's schema as tools.
+//!
+//! Conversion of a dialogue: a user turn → a user message. A system turn → for each frame with a
+//! `service_call`, an assistant call `method(parameters)` followed by a `tool` message holding the
+//! `service_results` as a JSON list; then the system utterance as `respond_to_user(message)`.
+//! Values keep SGD's canonical form (dates `2019-03-01`, times `18:30`); "today" in SGD is
+//! 2019-03-01 (the task file's `reference_date`).
+//!
+//! Conversion of a schema: each intent → a function (required slots required, optional slots
+//! optional, categorical slots with possible values → `enum`, slot descriptions → descriptions,
+//! `x-kind` from `is_transactional`), plus the reply function.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value};
+
+use super::FormatError;
+use crate::conversation::{Arguments, Conversation, Message, ToolCall};
+use crate::tools::{Function, FunctionKind, ToolSet};
+
+/// Which dialogues to take from the dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    /// Service name, e.g. `Restaurants_1`.
+    pub service: String,
+    /// Splits to read, e.g. `["train"]` or `["dev", "test"]`.
+    pub splits: Vec<String>,
+    /// Only dialogues whose `services` is exactly this service.
+    pub single_domain: bool,
+}
+
+/// The dialogue files of the given splits, sorted by name within each split (the read order).
+pub fn dialogue_files(root: &Path, splits: &[String]) -> Result<Vec<PathBuf>, FormatError> {
+    let mut out = Vec::new();
+    for split in splits {
+        let dir = root.join(split);
+        let entries = std::fs::read_dir(&dir).map_err(|e| FormatError::io(&dir, e))?;
+        let mut files = Vec::new();
+        for e in entries {
+            let e = e.map_err(|e| FormatError::io(&dir, e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("dialogues_") && name.ends_with(".json") {
+                files.push(e.path());
+            }
+        }
+        if files.is_empty() {
+            return Err(FormatError::Invalid {
+                file: dir.display().to_string(),
+                line: 1,
+                message: "no dialogues_NNN.json files in this SGD split".into(),
+            });
+        }
+        files.sort();
+        out.extend(files);
+    }
+    Ok(out)
+}
+
+/// Reads the dialogues of `sel.service` from the selected splits, converted to conversations, in
+/// split and file order. Ids are `<split>/<dialogue_id>` (SGD ids restart in every split).
+pub fn read_dialogues(root: &Path, sel: &Selection) -> Result<Vec<Conversation>, FormatError> {
+    let mut out = Vec::new();
+    for split in &sel.splits {
+        for file in dialogue_files(root, std::slice::from_ref(split))? {
+            let text = std::fs::read_to_string(&file).map_err(|e| FormatError::io(&file, e))?;
+            let fname = file.display().to_string();
+            let dialogues: Value =
+                serde_json::from_str(&text).map_err(|e| FormatError::Invalid {
+                    file: fname.clone(),
+                    line: e.line(),
+                    message: format!("bad JSON: {e}"),
+                })?;
+            let list = dialogues.as_array().ok_or_else(|| FormatError::Invalid {
+                file: fname.clone(),
+                line: 1,
+                message: "expected a list of dialogues".into(),
+            })?;
+            for (i, d) in list.iter().enumerate() {
+                let invalid = |message: String| FormatError::Invalid {
+                    file: fname.clone(),
+                    line: 1,
+                    message: format!("dialogue {i}: {message}"),
+                };
+                let services: Vec<&str> = d
+                    .get("services")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| invalid("no \"services\" list".into()))?
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let selected = if sel.single_domain {
+                    services == [sel.service.as_str()]
+                } else {
+                    services.contains(&sel.service.as_str())
+                };
+                if !selected {
+                    continue;
+                }
+                let mut c = dialogue_to_conversation(d).map_err(invalid)?;
+                c.id = format!("{split}/{}", c.id);
+                c.meta.insert("source".into(), "sgd".into());
+                c.meta.insert("service".into(), sel.service.clone().into());
+                c.meta.insert("split".into(), split.clone().into());
+                out.push(c);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Converts one SGD dialogue (see the module documentation). The id is the `dialogue_id`.
+pub fn dialogue_to_conversation(d: &Value) -> Result<Conversation, String> {
+    let id = d
+        .get("dialogue_id")
+        .and_then(Value::as_str)
+        .ok_or("no \"dialogue_id\"")?
+        .to_string();
+    let turns = d
+        .get("turns")
+        .and_then(Value::as_array)
+        .ok_or_else(|| format!("{id}: no \"turns\" list"))?;
+    let mut messages = Vec::new();
+    for (t, turn) in turns.iter().enumerate() {
+        let at = |e: &str| format!("{id}: turn {t}: {e}");
+        let utterance = turn
+            .get("utterance")
+            .and_then(Value::as_str)
+            .ok_or_else(|| at("no utterance"))?
+            .to_string();
+        match turn.get("speaker").and_then(Value::as_str) {
+            Some("USER") => messages.push(Message::User { content: utterance }),
+            Some("SYSTEM") => {
+                let frames = turn
+                    .get("frames")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| at("no frames"))?;
+                for f in frames {
+                    let Some(sc) = f.get("service_call") else {
+                        continue;
+                    };
+                    let method = sc
+                        .get("method")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| at("service_call without a method"))?;
+                    let params = sc
+                        .get("parameters")
+                        .and_then(Value::as_object)
+                        .cloned()
+                        .ok_or_else(|| at("service_call parameters are not an object"))?;
+                    let results = f.get("service_results").cloned().unwrap_or(json!([]));
+                    messages.push(Message::call(ToolCall::new(method, params)));
+                    messages.push(Message::Tool {
+                        tool_call_id: String::new(),
+                        content: results.to_string(),
+                    });
+                }
+                let mut args = Arguments::new();
+                args.insert("message".into(), Value::String(utterance));
+                messages.push(Message::call(ToolCall::new(
+                    crate::tools::DEFAULT_RESPOND,
+                    args,
+                )));
+            }
+            other => return Err(at(&format!("unknown speaker {other:?}"))),
+        }
+    }
+    let mut c = Conversation {
+        id,
+        messages,
+        meta: Map::new(),
+    };
+    c.assign_call_ids();
+    Ok(c)
+}
+
+/// Finds a service's schema in the first split (train, dev, test order) whose `schema.json` lists
+/// it; returns the file it came from and the service object.
+pub fn find_service_schema(root: &Path, service: &str) -> Result<(PathBuf, Value), FormatError> {
+    for split in ["train", "dev", "test"] {
+        let path = root.join(split).join("schema.json");
+        if !path.exists() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| FormatError::io(&path, e))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| FormatError::Invalid {
+            file: path.display().to_string(),
+            line: e.line(),
+            message: format!("bad JSON: {e}"),
+        })?;
+        let found = v.as_array().and_then(|a| {
+            a.iter()
+                .find(|s| s.get("service_name").and_then(Value::as_str) == Some(service))
+        });
+        if let Some(s) = found {
+            return Ok((path, s.clone()));
+        }
+    }
+    Err(FormatError::Invalid {
+        file: root.display().to_string(),
+        line: 1,
+        message: format!("no schema.json under train/dev/test lists service {service:?}"),
+    })
+}
+
+/// Converts one SGD service schema into tools (see the module documentation); the reply function
+/// `respond_name` is appended.
+pub fn service_to_toolset(service: &Value, respond_name: &str) -> Result<ToolSet, String> {
+    let name = service
+        .get("service_name")
+        .and_then(Value::as_str)
+        .unwrap_or("?");
+    let slots = service
+        .get("slots")
+        .and_then(Value::as_array)
+        .ok_or_else(|| format!("{name}: no slots"))?;
+    let slot_schema = |slot: &str| -> Result<Value, String> {
+        let s = slots
+            .iter()
+            .find(|s| s.get("name").and_then(Value::as_str) == Some(slot))
+            .ok_or_else(|| format!("{name}: intent uses unknown slot {slot:?}"))?;
+        let mut p = json!({"type": "string"});
+        if let Some(d) = s.get("description").and_then(Value::as_str) {
+            p["description"] = d.into();
+        }
+        let categorical = s.get("is_categorical").and_then(Value::as_bool) == Some(true);
+        let values = s.get("possible_values").and_then(Value::as_array);
+        if let Some(v) = values.filter(|v| categorical && !v.is_empty()) {
+            p["enum"] = Value::Array(v.clone());
+        }
+        Ok(p)
+    };
+    let intents = service
+        .get("intents")
+        .and_then(Value::as_array)
+        .ok_or_else(|| format!("{name}: no intents"))?;
+    let mut functions = Vec::new();
+    for intent in intents {
+        let iname = intent
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("{name}: intent without a name"))?;
+        let required: Vec<&str> = intent
+            .get("required_slots")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let optional: Vec<&str> = intent
+            .get("optional_slots")
+            .and_then(Value::as_object)
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        let mut props = Map::new();
+        for s in required.iter().chain(&optional) {
+            props.insert(s.to_string(), slot_schema(s)?);
+        }
+        let kind = if intent.get("is_transactional").and_then(Value::as_bool) == Some(true) {
+            FunctionKind::Transaction
+        } else {
+            FunctionKind::Search
+        };
+        functions.push(Function {
+            name: iname.to_string(),
+            description: intent
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            parameters: json!({
+                "type": "object",
+                "properties": props,
+                "required": required,
+                "additionalProperties": false
+            }),
+            kind,
+        });
+    }
+    // Search first, then transactions: the order a conversation uses them (and BENCHMARK.md's).
+    functions.sort_by_key(|f| f.kind);
+    functions.push(ToolSet::respond_function(respond_name));
+    Ok(ToolSet { functions })
+}
