@@ -12,9 +12,17 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+pub mod filter;
+pub mod generate;
 pub mod report;
+pub mod validate;
 /// Every step kind tracelab knows, in pipeline order. The experiment file names them by `kind()`.
-pub static STEPS: &[&dyn Step] = &[&report::Report];
+pub static STEPS: &[&dyn Step] = &[
+    &filter::Filter,
+    &generate::Generate,
+    &validate::Validate,
+    &report::Report,
+];
 
 /// The tokio runtime every HTTP-bound step shares (teacher and judge calls), created on first
 /// use so runs that make no HTTP call never start it. Steps block on it from their worker thread
