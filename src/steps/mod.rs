@@ -4,11 +4,6 @@
 //! [`STEPS`]. A step never sees the DAG or the cache: it gets its canonical parameters, the
 //! directories of its inputs by artifact, and a fresh directory to write its outputs into.
 
-pub mod corrupt;
-pub mod ingest;
-pub mod schema;
-pub mod split;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,13 +12,24 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+pub mod corrupt;
+pub mod filter;
+pub mod generate;
+pub mod ingest;
 pub mod report;
+pub mod schema;
+pub mod split;
+pub mod validate;
+
 /// Every step kind tracelab knows, in pipeline order. The experiment file names them by `kind()`.
 pub static STEPS: &[&dyn Step] = &[
     &ingest::Ingest,
     &schema::Schema,
     &split::Split,
     &corrupt::Corrupt,
+    &filter::Filter,
+    &generate::Generate,
+    &validate::Validate,
     &report::Report,
 ];
 
