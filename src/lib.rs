@@ -14,6 +14,7 @@ pub mod events;
 pub mod executor;
 pub mod filter;
 pub mod formats;
+pub mod judge;
 pub mod llm;
 pub mod llm_mock;
 pub mod reporter;

@@ -4,6 +4,7 @@
 //! [`STEPS`]. A step never sees the DAG or the cache: it gets its canonical parameters, the
 //! directories of its inputs by artifact, and a fresh directory to write its outputs into.
 
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +17,7 @@ pub mod corrupt;
 pub mod filter;
 pub mod generate;
 pub mod ingest;
+pub mod judge;
 pub mod report;
 pub mod schema;
 pub mod split;
@@ -30,6 +32,7 @@ pub static STEPS: &[&dyn Step] = &[
     &filter::Filter,
     &generate::Generate,
     &validate::Validate,
+    &judge::Judge,
     &report::Report,
 ];
 
