@@ -109,6 +109,8 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Score any JSONL of `{question, answer, prediction}` rows and print the metrics.
+    Judge(tracelab::judge::cli::JudgeArgs),
     /// List the step kinds.
     Steps,
 }
@@ -312,6 +314,12 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Gc { root, dry_run } => gc(root, cache_dir, *dry_run),
+        Command::Judge(args) => {
+            let metrics = args.run()?;
+            print!("{metrics}");
+            eprintln!("verdicts: {}; metrics: {}", args.out.display(), args.metrics_path().display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Steps => {
             for s in steps::STEPS {
                 println!("{:<10} v{}  {}", s.kind(), s.version(), s.about());
