@@ -317,7 +317,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Command::Judge(args) => {
             let metrics = args.run()?;
             print!("{metrics}");
-            eprintln!("verdicts: {}; metrics: {}", args.out.display(), args.metrics_path().display());
+            eprintln!(
+                "verdicts: {}; metrics: {}",
+                args.out.display(),
+                args.metrics_path().display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Steps => {
