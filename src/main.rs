@@ -109,8 +109,7 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Score a JSONL of `{question, answer, prediction}` rows (any system's outputs): writes one
-    /// verdict line per row and `<out stem>.metrics.json`, and prints the metrics.
+    /// Score any JSONL of `{question, answer, prediction}` rows and print the metrics.
     Judge(tracelab::judge::cli::JudgeArgs),
     /// List the step kinds.
     Steps,
@@ -319,7 +318,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             let metrics = args.run()?;
             print!("{metrics}");
             eprintln!(
-                "verdicts: {}   metrics: {}",
+                "verdicts: {}; metrics: {}",
                 args.out.display(),
                 args.metrics_path().display()
             );

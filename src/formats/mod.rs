@@ -135,7 +135,9 @@ pub fn read_pairs(path: &Path) -> Result<Vec<EvalPair>, FormatError> {
             line: i + 1,
             message,
         };
-        let v: Value = serde_json::from_str(line).map_err(|e| invalid(format!("bad JSON: {e}")))?;
+        let v: Value = line
+            .parse()
+            .map_err(|e: serde_json::Error| invalid(format!("bad JSON: {e}")))?;
         let id = v
             .get("id")
             .and_then(Value::as_str)

@@ -12,11 +12,28 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+pub mod corrupt;
+pub mod filter;
+pub mod generate;
+pub mod ingest;
 pub mod judge;
 pub mod report;
+pub mod schema;
+pub mod split;
+pub mod validate;
 
 /// Every step kind tracelab knows, in pipeline order. The experiment file names them by `kind()`.
-pub static STEPS: &[&dyn Step] = &[&judge::Judge, &report::Report];
+pub static STEPS: &[&dyn Step] = &[
+    &ingest::Ingest,
+    &schema::Schema,
+    &split::Split,
+    &corrupt::Corrupt,
+    &filter::Filter,
+    &generate::Generate,
+    &validate::Validate,
+    &judge::Judge,
+    &report::Report,
+];
 
 /// The tokio runtime every HTTP-bound step shares (teacher and judge calls), created on first
 /// use so runs that make no HTTP call never start it. Steps block on it from their worker thread

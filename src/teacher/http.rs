@@ -280,14 +280,9 @@ impl Teacher for HttpTeacher {
         progress: &(dyn Fn(usize) + Sync),
         cancel: &AtomicBool,
     ) -> Result<Vec<Outcome>, TeacherError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(|e| TeacherError::Context(format!("cannot start the HTTP runtime: {e}")))?;
         let done = Arc::new(AtomicUsize::new(0));
         let tools = Arc::new(self.tools.clone());
-        let outcomes = runtime.block_on(async {
+        let outcomes = crate::steps::runtime().block_on(async {
             let mut set = tokio::task::JoinSet::new();
             for (slot, job) in jobs.iter().enumerate() {
                 let client = self.client.clone();

@@ -494,9 +494,49 @@ impl Domain {
             .cloned()
             .collect();
 
+        // Words the domain uses: what users say, values, records, the schema's own words. An
+        // assistant phrasing outside it (a reply from another service in a noisy trace) is not
+        // learned.
+        let mut vocabulary = BTreeSet::new();
+        for ev in &traces {
+            for e in ev {
+                if let Event::User(t) = e {
+                    vocabulary.extend(words(t));
+                }
+            }
+        }
+        for v in leftovers.iter() {
+            vocabulary.extend(words(v));
+        }
+        for f in &tools.functions {
+            vocabulary.extend(words(&f.name));
+            vocabulary.extend(words(&f.description));
+            vocabulary.extend(words(&f.parameters.to_string()));
+        }
+        let mut values_vocabulary: BTreeSet<String> =
+            leftovers.iter().flat_map(|v| words(v)).collect();
+        for f in &tools.functions {
+            values_vocabulary.extend(words(&f.name));
+            values_vocabulary.extend(words(&f.description));
+            values_vocabulary.extend(words(&f.parameters.to_string()));
+        }
+        // Flags are only ever said through the simulator's own predicate phrases: a learned
+        // phrasing that mentions one ("they do not serve alcohol") could contradict the results.
+        let flag_words: BTreeSet<String> = funcs
+            .iter()
+            .flat_map(|f| f.args.iter())
+            .filter(|a| a.is_flag)
+            .flat_map(|a| words(&a.predicate).collect::<Vec<_>>())
+            .collect();
+        let guards = Guards {
+            leftovers,
+            vocabulary,
+            values_vocabulary,
+            flag_words,
+        };
         let mut t = Templates::default();
         for (ev, mine) in traces.iter().zip(&local) {
-            learn_templates(ev, mine, &entity, &leftovers, &mut t);
+            learn_templates(ev, mine, &entity, &guards, &mut t);
         }
         Domain {
             values: values
@@ -525,11 +565,92 @@ fn entity_field(tools: &ToolSet, records: &[Record]) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Lowercase alphabetic words of at least 4 letters (the content words a domain check needs).
+fn words(t: &str) -> impl Iterator<Item = String> + '_ {
+    t.split(|c: char| !c.is_alphabetic())
+        .filter(|w| w.chars().count() >= 4)
+        .map(str::to_lowercase)
+}
+
+/// What a learned template must pass.
+struct Guards {
+    /// Known values that may not remain outside placeholders.
+    leftovers: BTreeSet<String>,
+    /// Content words of the domain.
+    vocabulary: BTreeSet<String>,
+    /// Words of known values and of the schema: the only proper nouns a template may keep.
+    values_vocabulary: BTreeSet<String>,
+    /// Words of flag predicates.
+    flag_words: BTreeSet<String>,
+}
+
+impl Guards {
+    /// No value-like leftovers, no flag talk, no proper noun that is not a known value.
+    fn user(&self, t: &str) -> bool {
+        if !clean_template(t, &self.leftovers) {
+            return false;
+        }
+        let mut sentence_start = true;
+        for w in t.split_inclusive(|c: char| !c.is_alphanumeric() && c != '{' && c != '}') {
+            let word: String = w.chars().take_while(|c| c.is_alphabetic()).collect();
+            let lower = word.to_lowercase();
+            if self.flag_words.contains(&lower) {
+                return false;
+            }
+            if !sentence_start
+                && word.chars().count() >= 2
+                && word.chars().next().is_some_and(char::is_uppercase)
+                && !self.values_vocabulary.contains(&lower)
+            {
+                return false;
+            }
+            let tail = w.trim_end();
+            if tail.ends_with(['.', '!', '?']) {
+                sentence_start = true;
+            } else if !word.is_empty() || w.contains('{') {
+                sentence_start = false;
+            }
+        }
+        true
+    }
+
+    /// Assistant phrasings must also stay in the domain's words: no unknown proper noun, and at
+    /// most a quarter unknown content words.
+    fn assistant(&self, t: &str) -> bool {
+        if !self.user(t) {
+            return false;
+        }
+        let mut total = 0usize;
+        let mut unknown = 0usize;
+        for (i, w) in t
+            .split(|c: char| !c.is_alphabetic() && c != '{' && c != '}')
+            .enumerate()
+        {
+            if w.contains('{') || w.chars().count() < 4 {
+                continue;
+            }
+            total += 1;
+            if !self.vocabulary.contains(&w.to_lowercase()) {
+                if i > 0 && w.chars().next().is_some_and(char::is_uppercase) {
+                    return false;
+                }
+                unknown += 1;
+            }
+        }
+        unknown * 4 <= total
+    }
+}
+
+/// A short reply without a question (confirmations, thanks): nothing in it needs an answer.
+fn short_statement(t: &str) -> bool {
+    !t.contains('?') && t.split_whitespace().count() <= 10
+}
+
 fn learn_templates(
     ev: &[Event<'_>],
     local: &[(String, String)],
     entity: &Option<String>,
-    leftovers: &BTreeSet<String>,
+    guards: &Guards,
     t: &mut Templates,
 ) {
     let mut shown: Option<Record> = None;
@@ -554,7 +675,7 @@ fn learn_templates(
             }
             Event::User(text) => {
                 let d = delexicalize(text, &said);
-                if !clean_template(&d, leftovers) {
+                if !guards.user(&d) {
                     continue;
                 }
                 let keys = placeholders(&d);
@@ -565,9 +686,9 @@ fn learn_templates(
                 if keys.is_empty() {
                     if Some(i) == first_user {
                         push_unique(&mut t.opener, d);
-                    } else if Some(i) == last_user {
+                    } else if short_statement(&d) && Some(i) == last_user {
                         push_unique(&mut t.thanks, d);
-                    } else if next_is_transaction {
+                    } else if short_statement(&d) && next_is_transaction {
                         push_unique(&mut t.confirm_u, d);
                     } else if let Some(Event::Say(a)) = ev.get(i + 1) {
                         // A value-free question answered by a field of the shown record.
@@ -592,7 +713,7 @@ fn learn_templates(
                                 .collect::<Vec<_>>()
                                 .as_slice()
                             {
-                                if clean_template(&da, leftovers) {
+                                if guards.assistant(&da) {
                                     push_unique(t.detail_q.entry(field.clone()).or_default(), d);
                                     push_unique(t.detail_a.entry(field.clone()).or_default(), da);
                                 }
@@ -605,9 +726,9 @@ fn learn_templates(
                         (keys.as_slice(), i.checked_sub(1).and_then(|p| ev.get(p)))
                     {
                         let dq = delexicalize(q, &said);
-                        if dq.contains('?')
+                        if dq.matches('?').count() == 1
                             && placeholders(&dq).is_empty()
-                            && clean_template(&dq, leftovers)
+                            && guards.assistant(&dq)
                         {
                             push_unique(t.ask.entry(key.clone()).or_default(), dq);
                         }
@@ -617,7 +738,7 @@ fn learn_templates(
             }
             Event::Say(text) => {
                 let d = delexicalize(text, &said);
-                if !clean_template(&d, leftovers) {
+                if !guards.assistant(&d) {
                     continue;
                 }
                 let keys = placeholders(&d);
@@ -629,7 +750,9 @@ fn learn_templates(
                             push_unique(&mut t.present, d);
                         }
                     }
-                    Some((_, FunctionKind::Transaction)) if after_results => {
+                    // A transaction with no result record failed: its reply is no success message.
+                    Some((_, FunctionKind::Transaction)) if matches!(prev, Some(Event::Results(r)) if !r.is_empty()) =>
+                    {
                         push_unique(&mut t.success, d);
                     }
                     _ => {
@@ -638,7 +761,8 @@ fn learn_templates(
                                 ev.get(i + 2),
                                 Some(Event::Call(_, FunctionKind::Transaction))
                             );
-                        if confirms && !keys.is_empty() {
+                        let names_entity = entity.as_ref().is_none_or(|e| keys.contains(e));
+                        if confirms && names_entity {
                             push_unique(&mut t.confirm_a, d);
                         } else if Some(i) == last_say && keys.is_empty() {
                             push_unique(&mut t.close, d);
@@ -1226,10 +1350,10 @@ impl OfflineTeacher {
                     None => current.push((k.clone(), v.clone())),
                 }
                 let lead = [
-                    "Actually,",
-                    "Hmm, how about",
-                    "Can you search again?",
+                    "Actually, let me change that.",
+                    "Hmm, can you search again?",
                     "Let's try something else.",
+                    "Could you look again?",
                 ]
                 .choose(&mut w.rng)
                 .map(|s| s.to_string());
@@ -1500,7 +1624,8 @@ impl OfflineTeacher {
             .templates
             .confirm_a
             .iter()
-            .filter(|t| placeholders(t).iter().all(|p| said.contains_key(p)))
+            // A confirmation states exactly what will be booked: every value, nothing else.
+            .filter(|t| placeholders(t).into_iter().eq(said.keys().cloned()))
             .cloned()
             .collect();
         let listing: Vec<String> = said

@@ -1,0 +1,329 @@
+//! Test helpers: SGD dialogues and schemas through `tracelab::formats::sgd`, and simple emulations
+//! of the study's scenario corruptions (the data helper's corrupt step is the real one).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{Map, Value};
+use tracelab::conversation::{Conversation, Message, ToolCall};
+use tracelab::formats::sgd;
+use tracelab::tools::{ToolSet, DEFAULT_RESPOND};
+
+/// `$TRACELAB_SGD` or `<repo>/../shared/sgd`, if it exists.
+pub fn sgd_dir() -> Option<PathBuf> {
+    let p = std::env::var_os("TRACELAB_SGD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/sgd"));
+    if p.is_dir() {
+        Some(p)
+    } else {
+        eprintln!("SKIP: SGD not found at {} (set TRACELAB_SGD)", p.display());
+        None
+    }
+}
+
+/// Single-service dialogues of `service` from `splits`, through the data helper's SGD reader.
+pub fn load(service: &str, splits: &[&str]) -> Vec<Conversation> {
+    let sel = sgd::Selection {
+        service: service.into(),
+        splits: splits.iter().map(|s| s.to_string()).collect(),
+        single_domain: true,
+    };
+    sgd::read_dialogues(&sgd_dir().expect("checked by caller"), &sel).unwrap()
+}
+
+/// The tool schema of `service`, converted by the data helper's schema reader.
+pub fn tools(service: &str) -> ToolSet {
+    let s = sgd::find_service_schema(&sgd_dir().expect("checked by caller"), service).unwrap();
+    sgd::service_to_toolset(&s.service, DEFAULT_RESPOND).unwrap()
+}
+
+/// Every value (≥ 4 chars, not a flag) in calls and results of `convs`.
+pub fn values(convs: &[Conversation]) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut add = |v: &Value| {
+        let s = match v {
+            Value::String(s) => s.clone(),
+            o => o.to_string(),
+        };
+        if s.len() >= 4 && !s.eq_ignore_ascii_case("true") && !s.eq_ignore_ascii_case("false") {
+            out.insert(s);
+        }
+    };
+    for c in convs {
+        for m in &c.messages {
+            for call in m.tool_calls() {
+                if call.name != DEFAULT_RESPOND {
+                    call.arguments.values().for_each(&mut add);
+                }
+            }
+            if let Message::Tool { content, .. } = m {
+                if let Ok(Value::Array(a)) = serde_json::from_str::<Value>(content) {
+                    for r in a {
+                        r.as_object().unwrap().values().for_each(&mut add);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn rename_calls(c: &mut Conversation, f: &mut dyn FnMut(&mut ToolCall)) {
+    for m in &mut c.messages {
+        if let Message::Assistant { tool_calls, .. } = m {
+            tool_calls.iter_mut().for_each(&mut *f);
+        }
+    }
+}
+
+/// Schema drift: Restaurants_2 traces with renamed functions, Restaurants_1 traces with function
+/// and parameter names renamed per trace from alternatives.
+pub fn drift(r1: &[Conversation], r2: &[Conversation], seed: u64) -> Vec<Conversation> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    for c in r2 {
+        let mut c = c.clone();
+        rename_calls(&mut c, &mut |call| {
+            call.name = match call.name.as_str() {
+                "FindRestaurants" => "SearchDining".into(),
+                "ReserveRestaurant" => "BookDining".into(),
+                _ => "send_user_message".into(),
+            }
+        });
+        out.push(c);
+    }
+    let fns: &[(&str, &[&str])] = &[
+        (
+            "FindRestaurants",
+            &[
+                "search_restaurants",
+                "LookupEateries",
+                "find_places_to_eat",
+                "RestaurantSearch",
+                "queryDining",
+                "get_restaurants",
+            ],
+        ),
+        (
+            "ReserveRestaurant",
+            &[
+                "book_table",
+                "MakeReservation",
+                "reserve_table",
+                "TableBooking",
+                "createBooking",
+                "book_restaurant",
+            ],
+        ),
+        (
+            DEFAULT_RESPOND,
+            &[
+                "reply",
+                "send_message",
+                "say_to_user",
+                "respond",
+                "message_user",
+                "answer_user",
+            ],
+        ),
+    ];
+    let params: &[(&str, &[&str])] = &[
+        (
+            "city",
+            &["location", "town", "city_name", "area", "place", "where"],
+        ),
+        (
+            "cuisine",
+            &[
+                "food_type",
+                "category",
+                "cuisine_type",
+                "kind_of_food",
+                "style",
+                "food",
+            ],
+        ),
+        (
+            "restaurant_name",
+            &[
+                "name",
+                "venue",
+                "place_name",
+                "restaurant",
+                "venue_name",
+                "eatery",
+            ],
+        ),
+        (
+            "time",
+            &[
+                "reservation_time",
+                "at",
+                "hour",
+                "booking_time",
+                "slot",
+                "when",
+            ],
+        ),
+        (
+            "date",
+            &[
+                "day",
+                "reservation_date",
+                "on",
+                "booking_date",
+                "when_day",
+                "dt",
+            ],
+        ),
+        (
+            "party_size",
+            &[
+                "guests",
+                "people",
+                "num_people",
+                "seats",
+                "group_size",
+                "covers",
+            ],
+        ),
+        (
+            "price_range",
+            &[
+                "price",
+                "budget",
+                "cost",
+                "price_level",
+                "pricing",
+                "expense",
+            ],
+        ),
+        (
+            "message",
+            &["text", "content", "msg", "body", "utterance", "reply"],
+        ),
+    ];
+    for c in r1.iter().take(146) {
+        let mut c = c.clone();
+        let k = rng.random_range(0..6);
+        rename_calls(&mut c, &mut |call| {
+            if let Some((_, alts)) = fns.iter().find(|(n, _)| *n == call.name) {
+                call.name = alts[k].to_string();
+            }
+            call.arguments = std::mem::take(&mut call.arguments)
+                .into_iter()
+                .map(|(a, v)| {
+                    (
+                        params
+                            .iter()
+                            .find(|(n, _)| *n == a)
+                            .map(|(_, alts)| alts[k].to_string())
+                            .unwrap_or(a),
+                        v,
+                    )
+                })
+                .collect();
+        });
+        out.push(c);
+    }
+    out
+}
+
+/// Trace mixing: hotel traces with functions renamed to the target's and messages shuffled,
+/// plus a few target traces.
+pub fn mixing(r1: &[Conversation], hotels: &[Conversation], seed: u64) -> Vec<Conversation> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    for h in hotels {
+        let mut c = h.clone();
+        rename_calls(&mut c, &mut |call| {
+            call.name = match call.name.as_str() {
+                "SearchHotel" => "FindRestaurants".into(),
+                "ReserveHotel" => "ReserveRestaurant".into(),
+                other => other.into(),
+            }
+        });
+        c.messages.shuffle(&mut rng);
+        out.push(c);
+    }
+    out.extend(r1.iter().take(36).cloned());
+    out
+}
+
+/// Noisy labels: half of the assistant calls corrupted (swap tool, swap params, reply instead of
+/// a call; replies replaced by a service call or a hotel message), 10% of traces kept clean.
+pub fn noisy(r1: &[Conversation], seed: u64) -> Vec<Conversation> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let hotel_replies = [
+        "I found 3 hotels in London. The Savoy has 4 stars.",
+        "Your room at Hilton Garden Inn is booked for 2 nights.",
+    ];
+    r1.iter()
+        .map(|c| {
+            let mut c = c.clone();
+            if rng.random_bool(0.1) {
+                return c;
+            }
+            let last_args: Map<String, Value> = c
+                .calls()
+                .find(|x| x.name != DEFAULT_RESPOND)
+                .map(|x| x.arguments.clone())
+                .unwrap_or_default();
+            for m in &mut c.messages {
+                let Message::Assistant { tool_calls, .. } = m else {
+                    continue;
+                };
+                let call = &mut tool_calls[0];
+                if !rng.random_bool(0.5) {
+                    continue;
+                }
+                if call.name == DEFAULT_RESPOND {
+                    if rng.random_bool(0.5) {
+                        *call = ToolCall {
+                            id: call.id.clone(),
+                            name: "FindRestaurants".into(),
+                            arguments: last_args.clone(),
+                        };
+                    } else {
+                        call.arguments.insert(
+                            "message".into(),
+                            (*hotel_replies.choose(&mut rng).unwrap()).into(),
+                        );
+                    }
+                } else {
+                    match rng.random_range(0..3) {
+                        0 => {
+                            call.name = if call.name == "FindRestaurants" {
+                                "ReserveRestaurant".into()
+                            } else {
+                                "FindRestaurants".into()
+                            }
+                        }
+                        1 => {
+                            let vals: Vec<Value> = call.arguments.values().cloned().collect();
+                            let keys: Vec<String> = call.arguments.keys().cloned().collect();
+                            for (i, k) in keys.iter().enumerate() {
+                                call.arguments
+                                    .insert(k.clone(), vals[(i + 1) % vals.len()].clone());
+                            }
+                        }
+                        _ => {
+                            let mut a = Map::new();
+                            a.insert("message".into(), "Let me check that for you.".into());
+                            *call = ToolCall {
+                                id: call.id.clone(),
+                                name: DEFAULT_RESPOND.into(),
+                                arguments: a,
+                            };
+                        }
+                    }
+                }
+            }
+            c
+        })
+        .collect()
+}
