@@ -42,7 +42,7 @@ pub struct JudgeParams {
     #[serde(default)]
     pub bootstrap_seed: u64,
     /// Endpoint and model of the LLM judge (`[judge.llm]`: base_url, model, api_key_env,
-    /// temperature, concurrency, retries, …); used when `judge = "llm"`.
+    /// temperature (default 0 here), concurrency, retries, …); used when `judge = "llm"`.
     #[serde(default)]
     pub llm: Option<LlmConfig>,
     /// Answers asked per pair before an unparseable judge answer counts as unanswered.
@@ -67,7 +67,8 @@ impl Step for Judge {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: reasons for unparseable predictions come from `formats::parse_call`.
+        2
     }
 
     fn about(&self) -> &'static str {
@@ -83,7 +84,12 @@ impl Step for Judge {
     }
 
     fn canonical_params(&self, params: &Value) -> Result<Value, ParamError> {
-        let v = canonicalize::<JudgeParams>(params)?;
+        // A judge should be deterministic: its temperature defaults to 0, not the client's 0.7.
+        let mut params = params.clone();
+        if let Some(llm) = params.get_mut("llm").and_then(Value::as_object_mut) {
+            llm.entry("temperature").or_insert(Value::from(0.0));
+        }
+        let v = canonicalize::<JudgeParams>(&params)?;
         let mut p: JudgeParams = serde_json::from_value(v).map_err(|e| ParamError {
             path: String::new(),
             message: e.to_string(),
@@ -242,6 +248,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(s.resource(&llm, 2), Resource::Http);
+        assert_eq!(llm["llm"]["temperature"], 0.0);
         assert_eq!(s.resource(&a, 2), Resource::Cpu { slots: 1 });
         assert!(s.canonical_params(&json!({"bogus": 1})).is_err());
         let e = s
