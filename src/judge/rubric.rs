@@ -453,6 +453,13 @@ impl<'a> Rubric<'a> {
 
     /// Categorical facts: fields with a non-numeric, non-boolean `enum` in the tool schema.
     fn check_categories(&self, ctx: &Context, message: &str, clauses: &[Clause]) -> Option<String> {
+        // "Please confirm: 2 regular tickets" states what the user asked for, not a fact.
+        if words_of(message)
+            .iter()
+            .any(|w| CONFIRMATION_CUES.contains(&w.as_str()))
+        {
+            return None;
+        }
         let present = fields_where(ctx, |_| true);
         for field in present {
             let Some(values) = self.enum_of(&field) else {
@@ -721,6 +728,7 @@ impl<'a> Rubric<'a> {
             return None;
         }
         let n = block.records.len();
+        let mut counted = false;
         for clause in clauses {
             let ws: Vec<&str> = clause.words.iter().map(String::as_str).collect();
             let more = ws
@@ -734,7 +742,10 @@ impl<'a> Rubric<'a> {
                     "says nothing was found, but the search returned {n} results"
                 ));
             }
-            if let Some(claimed) = count_claim(&ws) {
+            // Only the first count reports the search ("there are 10 options … there are 4
+            // bedrooms" counts bedrooms second).
+            if let Some(claimed) = count_claim(&ws).filter(|_| !counted) {
+                counted = true;
                 if claimed != n {
                     return Some(format!(
                         "says it found {claimed}, but the search returned {n} results"
@@ -982,11 +993,17 @@ fn find_words(words: &[&str], pat: &[&str]) -> Option<usize> {
     (0..=words.len() - pat.len()).find(|&i| words[i..i + pat.len()] == *pat)
 }
 
-/// "found 5 restaurants", "there are 10 options", "I have 3 places": the count, when at least 2
-/// and followed by a plural noun (a lone "one" usually means "one of them").
+/// "found 5 restaurants", "there are 10 options", "located 9 hotels": the count, when at least 2
+/// and followed by a plural noun (a lone "one" usually means "one of them"). "I have three
+/// suggestions" is an offer of some results, not a count of all, so "have" does not count.
 fn count_claim(ws: &[&str]) -> Option<usize> {
     for i in 0..ws.len() {
-        if !matches!(ws[i], "found" | "have" | "are" | "got" | "returned" | "see") {
+        let counting = match ws[i] {
+            "found" | "located" | "returned" | "got" | "discovered" => true,
+            "are" => i > 0 && ws[i - 1] == "there",
+            _ => false,
+        };
+        if !counting {
             continue;
         }
         let mut j = i + 1;
@@ -1499,5 +1516,8 @@ mod tests {
         assert!(addresses("I have 2 options that way").is_empty());
         assert_eq!(count_claim(&["i", "found", "10", "restaurants"]), Some(10));
         assert_eq!(count_claim(&["i", "have", "one", "in", "oakland"]), None);
+        assert_eq!(count_claim(&["i", "have", "three", "suggestions"]), None);
+        assert_eq!(count_claim(&["there", "are", "4", "bedrooms"]), Some(4));
+        assert_eq!(count_claim(&["they", "are", "4", "stars"]), None);
     }
 }
