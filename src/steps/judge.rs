@@ -72,7 +72,7 @@ impl Step for Judge {
     }
 
     fn about(&self) -> &'static str {
-        "judge predictions against references (rubric judge) and compute the cell's metrics"
+        "judge predictions against references (rubric or LLM judge) and compute the cell's metrics"
     }
 
     fn consumes(&self) -> &'static [Artifact] {
