@@ -167,8 +167,8 @@ impl LoraAdapter {
 }
 
 /// The adapters attached to a model: their settings and the variable store an optimizer trains
-/// (`nn::AdamW::default().build(&lora.vs, lr)`). Variables are named like the module they adapt
-/// (`model.layers.0.self_attn.q_proj.lora_A`).
+/// (`nn::AdamW::default().build(&lora.vs, lr)`). The store holds one flat fp32 variable `lora`;
+/// every adapter's `A` and `B` are views of it.
 pub struct Lora {
     /// Hyper-parameters the adapters were built with.
     pub config: LoraConfig,
@@ -193,11 +193,6 @@ impl Lora {
             .map(|t| t.numel() as i64)
             .sum()
     }
-}
-
-/// The var-store path of a dotted module name (tch paths cannot hold dots in one component).
-fn module_path<'a>(root: nn::Path<'a>, module: &str) -> nn::Path<'a> {
-    module.split('.').fold(root, |p, part| p / part)
 }
 
 impl Qwen3 {
@@ -226,44 +221,62 @@ impl Qwen3 {
             return Err(LoraError::AlreadyAttached);
         }
         let targets = config.targets()?;
-        let vs = nn::VarStore::new(self.device());
+        let device = self.device();
         let r = config.rank;
-        for (l, layer) in self.layers.iter_mut().enumerate() {
-            for (name, linear) in layer.linears_mut() {
+        // Initial A and B of every adapted module, in layer order.
+        let mut pieces: Vec<Tensor> = Vec::new();
+        let mut shapes: Vec<(usize, &'static str, i64, i64)> = Vec::new();
+        for (l, layer) in self.layers.iter().enumerate() {
+            for (name, linear) in layer.linears() {
                 let short = name.rsplit('.').next().unwrap_or(name);
                 if !targets.contains(&short) {
                     continue;
                 }
                 let module = format!("model.layers.{l}.{name}");
                 let (inp, out) = (linear.in_features(), linear.out_features());
-                let p = module_path(vs.root(), &module);
                 let (a, b) = match init(&module, inp, out) {
-                    Some((a0, b0)) => {
-                        let a = p.var_copy("lora_A", &a0.to_kind(Kind::Float));
-                        let b = p.var_copy("lora_B", &b0.to_kind(Kind::Float));
-                        (a, b)
-                    }
+                    Some((a0, b0)) => (a0, b0),
                     None => {
                         let bound = 1.0 / (inp as f64).sqrt();
-                        let a = p.var(
-                            "lora_A",
-                            &[r, inp],
-                            nn::Init::Uniform {
-                                lo: -bound,
-                                up: bound,
-                            },
-                        );
-                        let b = p.var("lora_B", &[out, r], nn::Init::Const(0.0));
-                        (a, b)
+                        let a =
+                            Tensor::empty([r, inp], (Kind::Float, device)).uniform_(-bound, bound);
+                        (a, Tensor::zeros([out, r], (Kind::Float, device)))
                     }
                 };
-                linear.lora = Some(LoraAdapter {
-                    a,
-                    b,
-                    scaling: config.scaling(),
-                    dropout: config.dropout,
-                });
+                pieces.push(a.to_device(device).to_kind(Kind::Float).reshape([-1]));
+                pieces.push(b.to_device(device).to_kind(Kind::Float).reshape([-1]));
+                shapes.push((l, name, inp, out));
             }
+        }
+        // All adapters live in one flat fp32 variable, A and B being views of it: the optimizer
+        // then updates one tensor per step instead of two per module (hundreds of small kernel
+        // launches for a 28-layer model), and gradients of the views accumulate into it.
+        let vs = nn::VarStore::new(device);
+        if pieces.is_empty() {
+            return Err(LoraError::Invalid("no target modules".into()));
+        }
+        let flat = vs.root().var_copy("lora", &Tensor::cat(&pieces, 0));
+        let mut offset = 0;
+        let mut view = |shape: [i64; 2]| {
+            let t = flat.narrow(0, offset, shape[0] * shape[1]).view(shape);
+            offset += shape[0] * shape[1];
+            t
+        };
+        for (l, name, inp, out) in shapes {
+            let a = view([r, inp]);
+            let b = view([out, r]);
+            let layer = &mut self.layers[l];
+            let (_, linear) = layer
+                .linears_mut()
+                .into_iter()
+                .find(|(n, _)| *n == name)
+                .expect("module found in the first pass");
+            linear.lora = Some(LoraAdapter {
+                a,
+                b,
+                scaling: config.scaling(),
+                dropout: config.dropout,
+            });
         }
         Ok(Lora {
             config: config.clone(),
