@@ -4,7 +4,8 @@
 //! (`bench/qwen3_lora_gpu.py`); both print one JSON line with the same fields.
 //!
 //! Usage: `qwen3_lora_bench [--model-dir DIR] [--seq 2048] [--batch 4] [--steps 20] [--warmup 3]
-//! [--rank 64] [--peak-tflops 989] [--device cuda|cpu]`. Without `--model-dir` the weights are
+//! [--rank 64] [--peak-tflops 989] [--device cuda|cpu] [--checkpoint]` (`--checkpoint`: activation
+//! checkpointing per layer). Without `--model-dir` the weights are
 //! random (normal, std 0.02), which does not change the arithmetic.
 
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ struct Args {
     rank: i64,
     peak_tflops: f64,
     device: Device,
+    checkpoint: bool,
 }
 
 fn parse_args() -> Args {
@@ -40,6 +42,7 @@ fn parse_args() -> Args {
         // H100 SXM dense bf16 peak.
         peak_tflops: 989.0,
         device: Device::cuda_if_available(),
+        checkpoint: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -50,6 +53,7 @@ fn parse_args() -> Args {
                 .clone()
         };
         match flag.as_str() {
+            "--checkpoint" => a.checkpoint = true,
             "--model-dir" => a.model_dir = Some(PathBuf::from(value())),
             "--seq" => a.seq = value().parse().expect("--seq: integer"),
             "--batch" => a.batch = value().parse().expect("--batch: integer"),
@@ -140,10 +144,14 @@ fn main() {
         let ids = Tensor::randint(vocab, [args.batch, args.seq], (Kind::Int64, args.device));
         sync(args.device);
         let start = Instant::now();
-        let logits = model.forward_t(&ids, true);
-        let loss = causal_lm_loss(&logits, &ids);
         opt.zero_grad();
-        loss.backward();
+        let loss = if args.checkpoint {
+            model.backward_checkpointed(&ids, &ids, true)
+        } else {
+            let loss = causal_lm_loss(&model.forward_t(&ids, true), &ids);
+            loss.backward();
+            loss
+        };
         opt.step();
         let loss = loss.double_value(&[]);
         sync(args.device);
@@ -161,6 +169,7 @@ fn main() {
             "impl": "tracelab (tch)",
             "device": format!("{:?}", args.device),
             "dtype": format!("{kind:?}"),
+            "checkpoint": args.checkpoint,
             "seq": args.seq, "batch": args.batch, "steps": args.steps, "rank": args.rank,
             "params": model.config.parameter_count(),
             "lora_params": lora.parameter_count(),

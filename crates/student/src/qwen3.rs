@@ -743,6 +743,66 @@ impl Qwen3 {
         self.norm.forward(&x)
     }
 
+    /// One training forward and backward of [`causal_lm_loss`] with activation checkpointing per
+    /// decoder layer: only each layer's input is kept; each layer is recomputed, last to first,
+    /// when its gradient is needed. Gradients accumulate into the LoRA variables as with
+    /// `loss.backward()`; the returned loss is detached. Memory for activations drops from all
+    /// layers' to one layer's (plus the `[b, t, hidden]` inputs), for about one more forward.
+    ///
+    /// LoRA dropout draws the same masks in the recomputation as in the first pass: the global
+    /// generator is reseeded per layer from a seed drawn from it, so runs stay deterministic.
+    pub fn backward_checkpointed(
+        &self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        train: bool,
+    ) -> Tensor {
+        let t = input_ids.size()[1];
+        // [b, t] -> [b, t, hidden]; the embeddings are frozen, so no graph is needed here.
+        let embeds =
+            tch::no_grad(|| Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false));
+        let (cos, sin) = self.rotary.cos_sin(0, t, embeds.kind());
+        let base_seed = Tensor::randint(1 << 40, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]);
+        let reseed = |l: usize| {
+            if train {
+                tch::manual_seed(base_seed + l as i64);
+            }
+        };
+        // First pass without a graph, keeping every layer's input.
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let last = tch::no_grad(|| {
+            let mut x = embeds;
+            for (l, layer) in self.layers.iter().enumerate() {
+                inputs.push(x.shallow_clone());
+                reseed(l);
+                x = layer.forward_t(&x, &cos, &sin, None, train);
+            }
+            x
+        });
+        // Head and loss, from the last hidden state as a leaf.
+        let last = last.detach().set_requires_grad(true);
+        let loss = causal_lm_loss(&self.logits(&self.norm.forward(&last)), labels);
+        loss.backward();
+        let mut grad = last.grad();
+        // Layers last to first: recompute, then push the incoming gradient through
+        // (d/dθ of sum(out · g) is the vector-Jacobian product Jᵀg).
+        for (l, layer) in self.layers.iter().enumerate().rev() {
+            let x = inputs[l].detach();
+            let x = if l > 0 { x.set_requires_grad(true) } else { x };
+            reseed(l);
+            let out = layer.forward_t(&x, &cos, &sin, None, train);
+            (out * &grad).sum(Kind::Float).backward();
+            if l > 0 {
+                grad = x.grad();
+            }
+        }
+        if train {
+            // Move the global stream on, away from the per-layer seeds.
+            tch::manual_seed(base_seed + self.layers.len() as i64);
+        }
+        loss.detach()
+    }
+
     /// `hidden: [.., hidden] -> [.., vocab]` through `lm_head`.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
         hidden.linear::<Tensor>(&self.lm_head, None)
