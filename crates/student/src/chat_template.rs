@@ -76,6 +76,14 @@ pub enum TemplateError {
         /// What did not line up.
         why: String,
     },
+    /// Not even the last exchange of a conversation fits the context.
+    #[error("the conversation does not fit {max_tokens} tokens even cut to its last exchange with an assistant turn (shortest: {tokens} tokens)")]
+    TooLong {
+        /// Tokens of the shortest cut tried (`usize::MAX` when no cut kept an assistant turn).
+        tokens: usize,
+        /// The context.
+        max_tokens: usize,
+    },
     /// Tokenizing the rendered text failed.
     #[error("tokenizing the rendered conversation: {0}")]
     Tokenize(String),
@@ -109,6 +117,15 @@ impl Encoded {
             .map(|(&id, &m)| if m { id } else { crate::qwen3::IGNORE_INDEX })
             .collect()
     }
+}
+
+/// A conversation encoded within a context length.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fitted {
+    /// Tokens and loss mask of what was kept.
+    pub encoded: Encoded,
+    /// Number of messages cut from the left (after the leading system messages).
+    pub dropped: usize,
 }
 
 /// A compiled chat template with the special tokens it may refer to.
@@ -311,6 +328,50 @@ impl ChatTemplate {
     ) -> Result<Encoded, TemplateError> {
         let rendered = self.render(messages, tools)?;
         encode_rendered(tokenizer, &rendered)
+    }
+
+    /// Encodes the conversation within a context of `max_tokens`: when it is longer, whole
+    /// exchanges are cut from the left (at user messages; leading system messages, and so the
+    /// tool header, stay) until it fits. Fails when even the last exchange does not fit or the
+    /// part that fits holds no assistant message.
+    pub fn encode_within(
+        &self,
+        tokenizer: &tokenizers::Tokenizer,
+        messages: &[Message],
+        tools: Option<&ToolSet>,
+        max_tokens: usize,
+    ) -> Result<Fitted, TemplateError> {
+        let head = messages
+            .iter()
+            .take_while(|m| matches!(m, Message::System { .. }))
+            .count();
+        // Start of the body, then every later user message, are the places a cut may start.
+        let cuts = std::iter::once(head).chain(
+            (head + 1..messages.len()).filter(|&i| matches!(messages[i], Message::User { .. })),
+        );
+        let mut shortest = usize::MAX;
+        for cut in cuts {
+            let kept: Vec<Message> = messages[..head]
+                .iter()
+                .chain(&messages[cut..])
+                .cloned()
+                .collect();
+            if !kept.iter().any(|m| matches!(m, Message::Assistant { .. })) {
+                break;
+            }
+            let encoded = self.encode(tokenizer, &kept, tools)?;
+            if encoded.ids.len() <= max_tokens {
+                return Ok(Fitted {
+                    encoded,
+                    dropped: cut - head,
+                });
+            }
+            shortest = shortest.min(encoded.ids.len());
+        }
+        Err(TemplateError::TooLong {
+            tokens: shortest,
+            max_tokens,
+        })
     }
 
     fn render_values(

@@ -24,6 +24,14 @@ use tracelab_student::qwen3::{causal_lm_loss, Config, KvCache, Qwen3};
 
 const TOL: f64 = 1e-4;
 
+/// tch's random generator is global: tests that seed it and draw from it take this lock, so that
+/// parallel tests do not draw from each other's streams.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -271,6 +279,21 @@ fn qwen3_matches_transformers_and_peft() {
         "<think>\n\n</think>\n\n<tool_call>\n{\"name\": \"respond_to_user\", \"arguments\": {\"message\": \"You're welcome.\"}}\n</tool_call><|im_end|>",
     );
     assert_eq!(decoded, expected);
+
+    // 5. Too long for the context: whole exchanges are cut from the left, the tool header stays.
+    let full = encoded.ids.len();
+    let fitted = template
+        .encode_within(&tokenizer, &messages, Some(&tools), full - 1)
+        .unwrap();
+    assert_eq!(fitted.dropped, 4, "cut at the second user message");
+    let kept = [&messages[..1], &messages[5..]].concat();
+    assert_eq!(
+        fitted.encoded,
+        template.encode(&tokenizer, &kept, Some(&tools)).unwrap()
+    );
+    assert!(template
+        .encode_within(&tokenizer, &messages, Some(&tools), 10)
+        .is_err());
 }
 
 fn tiny_config() -> Config {
@@ -285,6 +308,7 @@ fn tiny_config() -> Config {
 
 #[test]
 fn kv_cache_decoding_equals_full_forward() {
+    let _rng = rng_lock();
     tch::manual_seed(3);
     let model = Qwen3::random(tiny_config(), Device::Cpu, Kind::Float).unwrap();
     let ids = Tensor::randint(50, [2, 9], (Kind::Int64, Device::Cpu));
@@ -304,6 +328,7 @@ fn kv_cache_decoding_equals_full_forward() {
 
 #[test]
 fn lora_starts_at_the_base_model_and_trains_only_adapters() {
+    let _rng = rng_lock();
     tch::manual_seed(4);
     let mut model = Qwen3::random(tiny_config(), Device::Cpu, Kind::Float).unwrap();
     let ids = Tensor::randint(50, [1, 7], (Kind::Int64, Device::Cpu));
@@ -346,6 +371,7 @@ fn lora_starts_at_the_base_model_and_trains_only_adapters() {
 
 #[test]
 fn unsupported_architecture_and_missing_files_are_named() {
+    let _rng = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let err = HfModelDir::open(dir).unwrap_err();
@@ -407,6 +433,7 @@ fn unsupported_architecture_and_missing_files_are_named() {
 
 #[test]
 fn checkpointed_backward_gives_the_same_gradients() {
+    let _rng = rng_lock();
     tch::manual_seed(6);
     let mut model = Qwen3::random(tiny_config(), Device::Cpu, Kind::Float).unwrap();
     let cfg = LoraConfig {
@@ -462,4 +489,45 @@ fn checkpointed_backward_gives_the_same_gradients() {
         grads.push(flat.grad().copy());
     }
     assert_eq!(max_abs_diff(&grads[0], &grads[1]), 0.0);
+}
+
+#[test]
+fn bf16_forward_and_lora_step_run_and_track_fp32() {
+    let _rng = rng_lock();
+    tch::manual_seed(8);
+    let config = tiny_config();
+    let model32 = Qwen3::random(config.clone(), Device::Cpu, Kind::Float).unwrap();
+    let mut weights: BTreeMap<String, Tensor> = model32
+        .named_weights()
+        .into_iter()
+        .map(|(n, t)| (n, t.copy()))
+        .collect();
+    let mut model16 =
+        Qwen3::from_weights(config, &mut weights, Device::Cpu, Kind::BFloat16).unwrap();
+    assert_eq!(model16.kind(), Kind::BFloat16);
+    let ids = Tensor::randint(50, [2, 9], (Kind::Int64, Device::Cpu));
+    let l32 = tch::no_grad(|| model32.forward(&ids));
+    let l16 = tch::no_grad(|| model16.forward(&ids));
+    assert_eq!(l16.kind(), Kind::BFloat16);
+    let d = max_abs_diff(&l16.to_kind(Kind::Float), &l32);
+    assert!(d < 0.05, "bf16 logits drift by {d}");
+    // LoRA in bf16: fp32 master weights receive fp32 gradients; a step changes the loss.
+    let lora = model16
+        .attach_lora(&LoraConfig {
+            rank: 4,
+            ..LoraConfig::default()
+        })
+        .unwrap();
+    let mut opt = nn::AdamW::default().build(&lora.vs, 1e-2).unwrap();
+    let loss0 = causal_lm_loss(&model16.forward_t(&ids, true), &ids);
+    assert_eq!(loss0.kind(), Kind::Float);
+    opt.zero_grad();
+    loss0.backward();
+    let flat = &lora.vs.trainable_variables()[0];
+    assert_eq!(flat.grad().kind(), Kind::Float);
+    opt.step();
+    let loss1 = tch::no_grad(|| causal_lm_loss(&model16.forward_t(&ids, false), &ids));
+    assert!(scalar(&loss1) != scalar(&loss0));
+    let ckpt = model16.backward_checkpointed(&ids, &ids, true);
+    assert!(scalar(&ckpt).is_finite());
 }
