@@ -254,7 +254,15 @@ impl Rotary {
         (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
     }
 
-    /// `x: [b, heads, t, d]` rotated by `cos`/`sin` of shape `[t, d]`.
+    /// `(cos, sin)`, each `[b, 1, t, head_dim]` in `kind`, for per-row positions `[b, t]` (int64).
+    pub fn cos_sin_at(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+        // [b, t, 1] * [d/2] -> [b, t, d/2], in fp32 as transformers computes it.
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
+        let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1); // [b, 1, t, d]
+        (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
+    }
+
+    /// `x: [b, heads, t, d]` rotated by `cos`/`sin` of shape `[t, d]` or `[b, 1, t, d]`.
     pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
         let d = x.size()[3];
         let x1 = x.narrow(3, 0, d / 2);
@@ -269,6 +277,8 @@ impl Rotary {
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     len: i64,
+    /// `[b, len]`, true where a real token (not padding) was cached; set by padded decoding.
+    padding: Option<Tensor>,
 }
 
 impl KvCache {
@@ -310,13 +320,15 @@ pub struct Attention {
 
 impl Attention {
     /// `x: [b, t, hidden] -> [b, t, hidden]`. With a cache, `x` holds the positions after the cached
-    /// ones and the cache is extended; `cos`/`sin` are `[t, head_dim]` for those positions.
+    /// ones and the cache is extended; `cos`/`sin` are `[t, head_dim]` (or `[b, 1, t, head_dim]`)
+    /// for those positions. `mask` (`[b, 1, t, past + t]`, true = visible) replaces causal masking.
     fn forward_t(
         &self,
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
+        mask: Option<&Tensor>,
         train: bool,
     ) -> Tensor {
         let (b, t) = (x.size()[0], x.size()[1]);
@@ -353,7 +365,9 @@ impl Attention {
             None => (k, v, 0),
         };
         // [b, heads, t, d]; the kernel broadcasts the kv heads over their query groups.
-        let out = if past == 0 {
+        let out = if let Some(mask) = mask {
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, true)
+        } else if past == 0 {
             Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, None, true)
         } else if t == 1 {
             Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, false, None, true)
@@ -409,12 +423,13 @@ impl DecoderLayer {
         cos: &Tensor,
         sin: &Tensor,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
+        mask: Option<&Tensor>,
         train: bool,
     ) -> Tensor {
-        let h =
-            x + self
-                .self_attn
-                .forward_t(&self.input_layernorm.forward(x), cos, sin, cache, train);
+        let normed = self.input_layernorm.forward(x);
+        let h = x + self
+            .self_attn
+            .forward_t(&normed, cos, sin, cache, mask, train);
         let out = self
             .mlp
             .forward_t(&self.post_attention_layernorm.forward(&h), train);
@@ -714,6 +729,49 @@ impl Qwen3 {
         self.logits(&hidden)
     }
 
+    /// Batched incremental decoding of sequences of different lengths, padded on the left:
+    /// `input_ids: [b, t]` follow the positions in `cache`; `attention_mask: [b, t]` is nonzero for
+    /// real tokens and zero for padding. Each row gets positions counting its real tokens only and
+    /// never attends to padding, so its logits equal those of the row decoded alone. Returns
+    /// `[b, t, vocab]` and extends the cache (use one cache per batch, with this method only).
+    pub fn forward_padded(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        cache: &mut KvCache,
+    ) -> Tensor {
+        let t = input_ids.size()[1];
+        let past = cache.len;
+        let device = input_ids.device();
+        let real = attention_mask.ne(0).to_device(device);
+        let full = match &cache.padding {
+            Some(p) => Tensor::cat(&[p, &real], 1),
+            None => real,
+        }; // [b, past + t]
+           // Position of a token = number of real tokens before it.
+        let positions = (full.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1)
+            .narrow(1, past, t)
+            .clamp_min(0);
+        // Query i (absolute past+i) sees real keys up to itself, and always itself, so that a
+        // padding query has a finite (ignored) output instead of NaN that would leak into V.
+        let qpos = Tensor::arange_start(past, past + t, (Kind::Int64, device)).view([1, t, 1]);
+        let kpos = Tensor::arange(past + t, (Kind::Int64, device)).view([1, 1, past + t]);
+        let mask = kpos
+            .le_tensor(&qpos)
+            .logical_and(&full.unsqueeze(1))
+            .logical_or(&kpos.eq_tensor(&qpos))
+            .unsqueeze(1); // [b, 1, t, past + t]
+        let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
+        let (cos, sin) = self.rotary.cos_sin_at(&positions, x.kind());
+        cache.layers.resize_with(self.layers.len(), || None);
+        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = layer.forward_t(&x, &cos, &sin, Some(slot), Some(&mask), false);
+        }
+        cache.len += t;
+        cache.padding = Some(full);
+        self.logits(&self.norm.forward(&x))
+    }
+
     /// Final hidden states `[b, t, hidden]` (after the last norm).
     pub fn hidden_states(
         &self,
@@ -730,13 +788,13 @@ impl Qwen3 {
             Some(cache) => {
                 cache.layers.resize_with(self.layers.len(), || None);
                 for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
-                    x = layer.forward_t(&x, &cos, &sin, Some(slot), train);
+                    x = layer.forward_t(&x, &cos, &sin, Some(slot), None, train);
                 }
                 cache.len += t;
             }
             None => {
                 for layer in &self.layers {
-                    x = layer.forward_t(&x, &cos, &sin, None, train);
+                    x = layer.forward_t(&x, &cos, &sin, None, None, train);
                 }
             }
         }
@@ -775,7 +833,7 @@ impl Qwen3 {
             for (l, layer) in self.layers.iter().enumerate() {
                 inputs.push(x.shallow_clone());
                 reseed(l);
-                x = layer.forward_t(&x, &cos, &sin, None, train);
+                x = layer.forward_t(&x, &cos, &sin, None, None, train);
             }
             x
         });
@@ -790,7 +848,7 @@ impl Qwen3 {
             let x = inputs[l].detach();
             let x = if l > 0 { x.set_requires_grad(true) } else { x };
             reseed(l);
-            let out = layer.forward_t(&x, &cos, &sin, None, train);
+            let out = layer.forward_t(&x, &cos, &sin, None, None, train);
             (out * &grad).sum(Kind::Float).backward();
             if l > 0 {
                 grad = x.grad();

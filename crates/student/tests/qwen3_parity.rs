@@ -531,3 +531,67 @@ fn bf16_forward_and_lora_step_run_and_track_fp32() {
     let ckpt = model16.backward_checkpointed(&ids, &ids, true);
     assert!(scalar(&ckpt).is_finite());
 }
+
+#[test]
+fn left_padded_batch_decodes_like_single_rows() {
+    let _rng = rng_lock();
+    tch::manual_seed(9);
+    let model = Qwen3::random(tiny_config(), Device::Cpu, Kind::Float).unwrap();
+    let long = Tensor::randint(50, [1, 9], (Kind::Int64, Device::Cpu));
+    let short = Tensor::randint(50, [1, 6], (Kind::Int64, Device::Cpu));
+    let next = Tensor::randint(50, [2, 1], (Kind::Int64, Device::Cpu));
+    // Row 0: 3 padding tokens then the short prompt; row 1: the long prompt.
+    let ids = Tensor::cat(
+        &[
+            Tensor::cat(
+                &[
+                    Tensor::zeros([1, 3], (Kind::Int64, Device::Cpu)),
+                    short.shallow_clone(),
+                ],
+                1,
+            ),
+            long.shallow_clone(),
+        ],
+        0,
+    );
+    let mask = Tensor::cat(
+        &[
+            Tensor::cat(
+                &[
+                    Tensor::zeros([1, 3], (Kind::Int64, Device::Cpu)),
+                    Tensor::ones([1, 6], (Kind::Int64, Device::Cpu)),
+                ],
+                1,
+            ),
+            Tensor::ones([1, 9], (Kind::Int64, Device::Cpu)),
+        ],
+        0,
+    );
+    let mut cache = KvCache::new();
+    let (prefill, step) = tch::no_grad(|| {
+        let prefill = model.forward_padded(&ids, &mask, &mut cache);
+        let step = model.forward_padded(
+            &next,
+            &Tensor::ones([2, 1], (Kind::Int64, Device::Cpu)),
+            &mut cache,
+        );
+        (prefill, step)
+    });
+    assert!(
+        !bool::try_from(prefill.isnan().any()).unwrap(),
+        "padding produced NaN"
+    );
+    for (row, prompt) in [(0i64, &short), (1, &long)] {
+        let mut alone = KvCache::new();
+        let (a_prefill, a_step) = tch::no_grad(|| {
+            let p = model.forward_cached(prompt, &mut alone);
+            let s = model.forward_cached(&next.narrow(0, row, 1), &mut alone);
+            (p, s)
+        });
+        let n = prompt.size()[1];
+        let d = max_abs_diff(&prefill.narrow(0, row, 1).narrow(1, 9 - n, n), &a_prefill);
+        assert!(d < 1e-5, "row {row} prompt logits differ by {d}");
+        let d = max_abs_diff(&step.narrow(0, row, 1), &a_step);
+        assert!(d < 1e-5, "row {row} next-token logits differ by {d}");
+    }
+}
