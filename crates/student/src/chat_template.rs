@@ -572,6 +572,26 @@ mod tests {
     }
 
     #[test]
+    fn template_and_special_tokens_come_from_tokenizer_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer_config.json");
+        let cfg = json!({
+            "chat_template": "{{ bos_token }}{% for m in messages %}{{ m.content }}{{ eos_token }}{% endfor %}",
+            "bos_token": "<s>",
+            "eos_token": {"content": "</s>", "special": true},
+        });
+        std::fs::write(&path, cfg.to_string()).unwrap();
+        let t = ChatTemplate::from_tokenizer_config(&path).unwrap();
+        let msgs = [Message::User {
+            content: "hi".into(),
+        }];
+        assert_eq!(t.render_text(&msgs, None, false).unwrap(), "<s>hi</s>");
+        std::fs::write(&path, "{}").unwrap();
+        let err = ChatTemplate::from_tokenizer_config(&path).unwrap_err();
+        assert!(matches!(err, TemplateError::Missing(_)), "{err}");
+    }
+
+    #[test]
     fn spans_cover_assistant_turns_only() {
         let src = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
                    {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";

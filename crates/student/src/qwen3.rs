@@ -725,6 +725,11 @@ impl Qwen3 {
     /// Incremental decoding: `input_ids: [b, t]` are the positions after those in `cache`
     /// (`start_pos = cache.len()`); returns `[b, t, vocab]` and extends the cache.
     pub fn forward_cached(&self, input_ids: &Tensor, cache: &mut KvCache) -> Tensor {
+        if cache.padding.is_some() {
+            // A cache filled by padded decoding must keep masking its padding.
+            let real = Tensor::ones(input_ids.size(), (Kind::Int64, input_ids.device()));
+            return self.forward_padded(input_ids, &real, cache);
+        }
         let hidden = self.hidden_states(input_ids, Some(cache), false);
         self.logits(&hidden)
     }
