@@ -213,6 +213,8 @@ pub struct DataSpec {
     pub task: String,
     /// A tools JSON file; when absent the schema is derived from SGD's `schema.json`.
     pub tools: Option<String>,
+    /// A held-out test set (OpenAI chat JSONL) instead of the seeded split.
+    pub test_file: Option<String>,
     /// `error` (default) or `skip` malformed traces.
     #[serde(default = "default_on_bad")]
     pub on_bad_trace: String,

@@ -217,7 +217,12 @@ pub fn build(exp: &Experiment) -> Result<Dag, ConfigError> {
         avail.insert(*a, ingest_node);
     }
     let split = b.data_step("split")?;
-    let split_params = b.canonical(split, &exp.params_for("split", None, None), &at("split"))?;
+    let mut split_raw = match &d.test_file {
+        Some(f) => json!({"test_file": f}),
+        None => json!({}),
+    };
+    merge(&mut split_raw, &exp.params_for("split", None, None));
+    let split_params = b.canonical(split, &split_raw, &at("split"))?;
     let split_inputs = b.wire(split, &avail, &|m| exp.source.error("split", m))?;
     let split_node = b.add(split, split_params, split_inputs, "data/split".into());
     for a in split.produces() {

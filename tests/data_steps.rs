@@ -162,6 +162,47 @@ fn jsonl_pipeline_by_hand() {
     assert_eq!(stats["service_functions"], 2);
     Task::load(&sch.join("task.md")).unwrap();
 
+    // Tools declared per line in a JSONL trace file (the study's form) are a schema source too.
+    let tools = generated::tools().to_openai(false);
+    let line = |t: &Value| {
+        json!({"tools": t, "messages": [{"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"}]})
+        .to_string()
+    };
+    std::fs::write(
+        root.join("declared.jsonl"),
+        format!("{}\n{}\n", line(&tools), line(&tools)),
+    )
+    .unwrap();
+    let stats = run_step(
+        "schema",
+        json!({"format": "jsonl", "path": "declared.jsonl", "task": "task.md"}),
+        Inputs::default(),
+        root,
+        &root.join("out/schema-jsonl"),
+    )
+    .unwrap();
+    assert_eq!(stats["functions"]["OrderItem"]["kind"], "transaction");
+    assert_eq!(stats["functions"]["SearchItems"]["kind"], "search");
+    let other = json!([{"type": "function", "function": {"name": "Other"}}]);
+    std::fs::write(
+        root.join("declared.jsonl"),
+        format!("{}\n{}\n", line(&tools), line(&other)),
+    )
+    .unwrap();
+    let e = run_step(
+        "schema",
+        json!({"format": "jsonl", "path": "declared.jsonl", "task": "task.md"}),
+        Inputs::default(),
+        root,
+        &root.join("out/schema-jsonl2"),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("declared.jsonl:2:") && e.contains("differ"),
+        "{e}"
+    );
+
     let spl = root.join("out/split");
     let stats = run_step(
         "split",
@@ -200,10 +241,11 @@ fn jsonl_pipeline_by_hand() {
             assert_eq!(stats["valid_share"], 1.0);
         }
         if name == "noisy-labels" {
-            let ch = &stats["changes"];
-            let corrupted = ch["0.noisy_calls.calls_corrupted"].as_f64().unwrap();
+            let corrupted = stats["changed.0.noisy_calls.calls_corrupted"]
+                .as_f64()
+                .unwrap();
             assert!((corrupted / stats["calls"].as_f64().unwrap() - 0.5).abs() < 0.01);
-            assert!(ch["0.noisy_calls.swap_tool"].as_u64().unwrap() > 0);
+            assert!(stats["changed.0.noisy_calls.swap_tool"].as_u64().unwrap() > 0);
             assert!(stats["valid_share"].as_f64().unwrap() < 1.0, "{stats:?}");
         }
     }
@@ -299,6 +341,7 @@ fn sgd_benchmark_data_by_hand() {
     };
     let s = ingest("Restaurants_1", &["train"], &out("target"));
     assert_eq!(s["traces"], 367);
+    assert_eq!(s["valid_share"], 1.0);
     all.insert("ingest target".into(), s);
     let s = ingest("Restaurants_2", &["dev", "test"], &out("sister"));
     assert_eq!(s["traces"], 146);

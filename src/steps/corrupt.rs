@@ -126,7 +126,10 @@ impl Step for Corrupt {
             .filter(|c| target_names.contains(&c.name.as_str()))
             .count();
         ctx.stat("calls_with_target_name", target_calls as u64);
-        ctx.stat("changes", json!(out.changes));
+        // One line per change in `tracelab inspect`: `changed.<op index>.<op>.<what>`.
+        for (k, v) in &out.changes {
+            ctx.stat(&format!("changed.{k}"), *v);
+        }
         Ok(())
     }
 }

@@ -119,6 +119,8 @@ impl Step for Ingest {
     fn run(&self, ctx: &mut StepContext<'_>) -> Result<(), StepError> {
         let p: IngestParams = typed(ctx.params)?;
         let path = ctx.resolve(&p.path);
+        // SGD pools validate against their own service's schema (a check of the conversion).
+        let mut own_tools = None;
         let (convs, skipped) = match p.format {
             TraceFormat::Jsonl => {
                 let r = formats::read_conversations(&path, p.on_bad_trace).map_err(data)?;
@@ -144,6 +146,7 @@ impl Step for Ingest {
                     c.meta
                         .insert("function_kinds".into(), Value::Object(kinds.clone()));
                 }
+                own_tools = Some(tools);
                 (convs, Vec::new())
             }
         };
@@ -155,7 +158,8 @@ impl Step for Ingest {
         }
         let out = ctx.output(Artifact::Traces);
         formats::write_conversations(&out, &convs).map_err(|e| StepError::io(&out, e))?;
-        for (k, v) in trace_stats(&convs, None) {
+        let validator = own_tools.as_ref().map(|t| t.validator());
+        for (k, v) in trace_stats(&convs, validator.as_ref()) {
             ctx.stat(&k, v);
         }
         ctx.stat("skipped", skipped.len() as u64);

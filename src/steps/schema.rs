@@ -1,7 +1,8 @@
 //! Step `schema`: the target tools (`tools.json`, OpenAI format with `x-kind`) and the task
 //! description (`task.md`, a checked copy of the task file).
 //!
-//! Parameters: `format = "sgd" | "tools"`, `path` (SGD root, or a tools JSON file), `service`
+//! Parameters: `format = "sgd" | "tools" | "jsonl"`, `path` (SGD root, a tools JSON file, or a
+//! trace JSONL file whose lines declare their `tools`), `service`
 //! (SGD only, required there), `task` (the task Markdown file). Paths are relative to the project
 //! root. The reply function and the transactional functions of a tools file without `x-kind`
 //! come from the task's front matter.
@@ -24,6 +25,8 @@ pub enum SchemaFormat {
     Sgd,
     /// A user-given OpenAI tools JSON file.
     Tools,
+    /// The `tools` the lines of an OpenAI chat JSONL trace file declare (all must agree).
+    Jsonl,
 }
 
 /// Parameters of `schema`.
@@ -75,7 +78,7 @@ impl Step for Schema {
         let p: SchemaParams = typed(params)?;
         let mut files = vec![PathBuf::from(&p.task)];
         match p.format {
-            SchemaFormat::Tools => files.push(PathBuf::from(&p.path)),
+            SchemaFormat::Tools | SchemaFormat::Jsonl => files.push(PathBuf::from(&p.path)),
             SchemaFormat::Sgd => {
                 let found = sgd::find_service_schema(
                     &root.join(&p.path),
@@ -111,6 +114,17 @@ impl Step for Schema {
             }
             SchemaFormat::Tools => ToolSet::load(&path, &respond, &task.settings.transactional)
                 .map_err(|e| StepError::Data(e.to_string()))?,
+            SchemaFormat::Jsonl => {
+                let declared = crate::formats::declared_tools(&path)
+                    .map_err(|e| StepError::Data(e.to_string()))?;
+                ToolSet::from_openai(
+                    &declared,
+                    &respond,
+                    &task.settings.transactional,
+                    &path.display().to_string(),
+                )
+                .map_err(|e| StepError::Data(e.to_string()))?
+            }
         };
         match tools.respond() {
             Some(f) if f.name == respond => {}
