@@ -626,7 +626,7 @@ fn input_dirs(dag: &Dag, n: NodeIndex, out_dirs: &BTreeMap<NodeIndex, PathBuf>) 
 /// Why a node did not produce an entry.
 enum Failure {
     /// Not a failure: another run published this key while we waited for its lock.
-    Reused(Manifest),
+    Reused(Box<Manifest>),
     /// The run was interrupted while it ran.
     Cancelled,
     /// It failed with this cause.
@@ -654,7 +654,7 @@ fn execute(
     let _lock = cache.lock_key(&launch.key)?;
     if !launch.forced {
         if let Some(m) = cache.lookup(&launch.key) {
-            return Err(Failure::Reused(m));
+            return Err(Failure::Reused(Box::new(m)));
         }
     }
     let pending = cache.begin(&launch.key)?;
