@@ -4,6 +4,10 @@
 //! [`STEPS`]. A step never sees the DAG or the cache: it gets its canonical parameters, the
 //! directories of its inputs by artifact, and a fresh directory to write its outputs into.
 
+pub mod predict;
+pub mod tokenizer;
+pub mod train;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +17,11 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 /// Every step kind tracelab knows, in pipeline order. The experiment file names them by `kind()`.
-pub static STEPS: &[&dyn Step] = &[];
+pub static STEPS: &[&dyn Step] = &[
+    &tokenizer::TokenizerStep,
+    &train::Train,
+    &predict::Predict,
+];
 
 /// Looks a step kind up by its name.
 pub fn find(kind: &str) -> Option<&'static dyn Step> {
