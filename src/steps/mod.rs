@@ -17,11 +17,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 /// Every step kind tracelab knows, in pipeline order. The experiment file names them by `kind()`.
-pub static STEPS: &[&dyn Step] = &[
-    &tokenizer::TokenizerStep,
-    &train::Train,
-    &predict::Predict,
-];
+pub static STEPS: &[&dyn Step] = &[&tokenizer::TokenizerStep, &train::Train, &predict::Predict];
 
 /// Looks a step kind up by its name.
 pub fn find(kind: &str) -> Option<&'static dyn Step> {

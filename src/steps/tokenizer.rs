@@ -70,7 +70,8 @@ impl Step for TokenizerStep {
             &out,
         )?;
         if let Some(path) = &p.path {
-            job.inputs.insert("user_tokenizer".into(), ctx.resolve(path));
+            job.inputs
+                .insert("user_tokenizer".into(), ctx.resolve(path));
         }
         let stats = run_worker(ctx, &job)?;
         for (k, v) in stats {

@@ -175,8 +175,11 @@ pub fn read_pairs(path: &Path) -> Result<Vec<EvalPair>, DataError> {
         };
         let v: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         let question = parse_messages(v.get("question")).map_err(bad)?;
-        let answer = parse_call(v.get("answer").ok_or_else(|| bad("missing \"answer\"".into()))?)
-            .map_err(bad)?;
+        let answer = parse_call(
+            v.get("answer")
+                .ok_or_else(|| bad("missing \"answer\"".into()))?,
+        )
+        .map_err(bad)?;
         out.push(EvalPair {
             id: v
                 .get("id")

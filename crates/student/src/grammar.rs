@@ -204,7 +204,10 @@ impl CallState {
             Phase::Done => {}
             Phase::Name => {
                 if token == tpl.sp.arg || token == tpl.sp.end {
-                    self.func = tpl.functions.iter().position(|f| f.name_tokens == self.item);
+                    self.func = tpl
+                        .functions
+                        .iter()
+                        .position(|f| f.name_tokens == self.item);
                     self.item.clear();
                     self.phase = if token == tpl.sp.arg {
                         Phase::Key

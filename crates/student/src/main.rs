@@ -83,7 +83,8 @@ fn run(job: &WorkerJob) -> Result<Value, WorkerError> {
             let p: TrainParams = params(job)?;
             let tools = tools(job)?;
             let tok = tokenizer::load(input(job, "tokenizer")?)?;
-            let tpl = ChatTemplate::new(tok, &tools, p.max_records).map_err(WorkerError::Invalid)?;
+            let tpl =
+                ChatTemplate::new(tok, &tools, p.max_records).map_err(WorkerError::Invalid)?;
             let convs = data::read_conversations(input(job, "traces")?)?;
             train::train(&p, &tpl, &convs, &job.output, &mut report)
         }
@@ -93,7 +94,12 @@ fn run(job: &WorkerJob) -> Result<Value, WorkerError> {
             let tok = tokenizer::load(input(job, "tokenizer")?)?;
             let dev = train::device(p.device)?;
             let probe = ChatTemplate::new(tok.clone(), &tools, 0).map_err(WorkerError::Invalid)?;
-            let (saved, _vs, model) = train::load(input(job, "model")?, &probe.is_special, dev)?;
+            let (saved, _vs, model) = train::load(
+                input(job, "model")?,
+                &probe.is_special,
+                [probe.sp.arg, probe.sp.end],
+                dev,
+            )?;
             let tpl =
                 ChatTemplate::new(tok, &tools, saved.max_records).map_err(WorkerError::Invalid)?;
             let pairs = data::read_pairs(input(job, "pairs")?)?;

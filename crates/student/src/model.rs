@@ -47,6 +47,26 @@ struct CopyHead {
     query: nn::Linear,
     key: nn::Linear,
     gate: nn::Linear,
+    /// Learned score bias per distance bucket (log2 of the distance back): lets the pointer
+    /// prefer the latest mention of a value.
+    recency: Tensor,
+    /// Per-query weights of the two span-continuation features (see [`Tiny::copy_scores`]).
+    span: nn::Linear,
+    /// Per-position stop probability: pointing at a position whose token does not continue the
+    /// value means "the value ends here" (the closer), so stopping is learned where copying is.
+    stop: nn::Linear,
+}
+
+/// Distance buckets of the copy head's recency bias.
+const RECENCY_BUCKETS: i64 = 16;
+
+/// Bucket of each distance (`floor(log2(d + 1))`, capped).
+fn buckets(dist: &Tensor) -> Tensor {
+    (dist.clamp_min(0).to_kind(Kind::Float) + 1.0)
+        .log2()
+        .floor()
+        .clamp_max((RECENCY_BUCKETS - 1) as f64)
+        .to_kind(Kind::Int64)
 }
 
 /// The model's outputs at one decoding step, for every sequence of the batch.
@@ -61,8 +81,10 @@ pub struct StepOutput {
 pub struct Cache {
     kv: Vec<(Tensor, Tensor)>,
     copy_keys: Option<Tensor>,
+    hidden: Option<Tensor>,
     tokens: Tensor,
     valid: Tensor,
+    pos: Tensor,
     next_pos: Tensor,
 }
 
@@ -77,6 +99,8 @@ pub struct Tiny {
     cos: Tensor,
     sin: Tensor,
     special: Tensor,
+    arg_id: i64,
+    end_id: i64,
 }
 
 fn rms_norm(x: &Tensor, w: &Tensor) -> Tensor {
@@ -86,7 +110,10 @@ fn rms_norm(x: &Tensor, w: &Tensor) -> Tensor {
 
 fn linear(p: nn::Path, i: i64, o: i64, std: f64) -> nn::Linear {
     let cfg = nn::LinearConfig {
-        ws_init: nn::Init::Randn { mean: 0.0, stdev: std },
+        ws_init: nn::Init::Randn {
+            mean: 0.0,
+            stdev: std,
+        },
         bs_init: None,
         bias: false,
     };
@@ -102,6 +129,19 @@ fn rotary(context: i64, dim: i64, device: Device) -> (Tensor, Tensor) {
     let t = Tensor::arange(context, (Kind::Float, device));
     let f = t.outer(&inv);
     (f.cos(), f.sin())
+}
+
+/// `x (B, T)` shifted right by `n` positions (zeros in front).
+fn shift(x: &Tensor, n: i64) -> Tensor {
+    let (b, t) = x.size2().expect("2-d");
+    let n = n.min(t);
+    Tensor::cat(
+        &[
+            Tensor::zeros([b, n], (x.kind(), x.device())),
+            x.narrow(1, 0, t - n),
+        ],
+        1,
+    )
 }
 
 /// Applies rotary positions to `x (B, H, T, D)` at positions `pos (B, T)`.
@@ -123,8 +163,9 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, pos: &Tensor) -> Tensor {
 
 impl Tiny {
     /// Creates the variables under `p` (deterministic given `tch::manual_seed`). `special` marks
-    /// token ids the copy head must never point at.
-    pub fn new(p: &nn::Path, cfg: TinyConfig, special: &[bool]) -> Tiny {
+    /// token ids the copy head must never point at; `closers` are the ids of the two tokens that
+    /// end a value (`<|arg|>`, `<|end|>`).
+    pub fn new(p: &nn::Path, cfg: TinyConfig, special: &[bool], closers: [u32; 2]) -> Tiny {
         let d = cfg.width;
         let std = 0.02;
         let resid_std = 0.02 / (2.0 * cfg.layers as f64).sqrt();
@@ -155,7 +196,10 @@ impl Tiny {
             CopyHead {
                 query: linear(&c / "query", 2 * d, cfg.copy_dim, std),
                 key: linear(&c / "key", 2 * d, cfg.copy_dim, std),
-                gate: nn::linear(&c / "gate", d, 1, Default::default()),
+                gate: nn::linear(&c / "gate", 2 * d, 1, Default::default()),
+                recency: c.var("recency", &[RECENCY_BUCKETS], nn::Init::Const(0.0)),
+                span: nn::linear(&c / "span", d, 2, Default::default()),
+                stop: nn::linear(&c / "stop", 2 * d, 1, Default::default()),
             }
         });
         let (cos, sin) = rotary(cfg.context, d / cfg.heads, p.device());
@@ -169,6 +213,8 @@ impl Tiny {
             cos,
             sin,
             special,
+            arg_id: closers[0] as i64,
+            end_id: closers[1] as i64,
         }
     }
 
@@ -178,6 +224,8 @@ impl Tiny {
 
     /// Runs the blocks. `mask` is a boolean attention mask (true = attend); without one the
     /// attention is causal. With `cache`, keys/values are appended to it.
+    // `x = x + y` on purpose: tch's `+=` is an in-place add, which autograd rejects here.
+    #[allow(clippy::assign_op_pattern)]
     fn hidden(
         &self,
         tokens: &Tensor,
@@ -241,6 +289,53 @@ impl Tiny {
         Tensor::cat(&[h, &self.embed(current)], -1).apply(&head.query)
     }
 
+    /// Pointer scores `(B, Tq, Tk)` of queries (hidden `h_q`, current tokens `q_tok`, the tokens
+    /// before them `q_prev`) over keys (`keys`, the tokens before each key `k_prev1`, the key
+    /// tokens `k_tok`), `dist` = query position − key position. Besides the learned dot product
+    /// and recency bias, two exact-match features make span continuation trivial: the key's
+    /// previous token equals the query's current token, and additionally the token before that
+    /// equals the query's previous token (a bigram match), each weighted per query.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_scores(
+        &self,
+        head: &CopyHead,
+        h_q: &Tensor,
+        q_tok: &Tensor,
+        q_prev: &Tensor,
+        keys: &Tensor,
+        k_tok: &Tensor,
+        dist: &Tensor,
+    ) -> (Tensor, Tensor) {
+        let queries = self.copy_queries(head, h_q, q_tok);
+        let k_prev1 = shift(k_tok, 1);
+        let k_prev2 = shift(k_tok, 2);
+        let m1 = k_prev1.unsqueeze(1).eq_tensor(&q_tok.unsqueeze(2));
+        let m2 = m1.logical_and(&k_prev2.unsqueeze(1).eq_tensor(&q_prev.unsqueeze(2)));
+        let w = h_q.apply(&head.span).to_kind(Kind::Float);
+        let bias = head
+            .recency
+            .index_select(0, &buckets(dist).reshape([-1]))
+            .reshape(dist.size())
+            .to_kind(Kind::Float);
+        let scores = queries
+            .matmul(&keys.transpose(1, 2))
+            .to_kind(Kind::Float)
+            .divide_scalar((self.cfg.copy_dim as f64).sqrt())
+            + bias
+            + m1.to_kind(Kind::Float) * w.narrow(2, 0, 1)
+            + m2.to_kind(Kind::Float) * w.narrow(2, 1, 1);
+        (scores, m1)
+    }
+
+    /// Log stop probabilities `(log s, log(1 − s))`, each `(B, T)`, of every key position.
+    fn stop_logs(&self, head: &CopyHead, h: &Tensor, tokens: &Tensor) -> (Tensor, Tensor) {
+        let z = Tensor::cat(&[h, &self.embed(tokens)], -1)
+            .apply(&head.stop)
+            .squeeze_dim(-1)
+            .to_kind(Kind::Float);
+        (z.log_sigmoid(), (-z).log_sigmoid())
+    }
+
     /// Training loss: mean negative log-likelihood of `targets (N)` predicted at flat positions
     /// `at (N)` (index into `B*T`); where `value (N)` is set the copy head is mixed in.
     pub fn loss(
@@ -267,35 +362,60 @@ impl Tiny {
         let Some(head) = &self.copy else {
             return -lp_vocab.mean(Kind::Float);
         };
-        let prev = Tensor::cat(
-            &[
-                Tensor::zeros([b, 1], (Kind::Int64, dev)),
-                tokens.narrow(1, 0, t - 1),
-            ],
-            1,
-        );
-        let keys = self.copy_keys(head, &h, &prev);
-        let queries = self.copy_queries(head, &h, tokens);
-        let scores = queries
-            .matmul(&keys.transpose(1, 2))
-            .to_kind(Kind::Float)
-            .divide_scalar((self.cfg.copy_dim as f64).sqrt())
-            .reshape([b * t, t])
-            .index_select(0, at);
-        let row_b = at.divide_scalar_mode(t, "floor");
-        let row_t = at.remainder(t);
-        let seq = tokens.index_select(0, &row_b);
-        let cand = self.special.index_select(0, &seq.reshape([-1])).reshape(seq.size()).logical_not();
-        let causal = Tensor::arange(t, (Kind::Int64, dev))
-            .unsqueeze(0)
-            .le_tensor(&row_t.unsqueeze(1));
+        let prev1 = shift(tokens, 1);
+        let keys = self.copy_keys(head, &h, &prev1);
+        let idx = Tensor::arange(t, (Kind::Int64, dev));
+        let dist = (idx.unsqueeze(1) - idx.unsqueeze(0)).unsqueeze(0);
+        let (scores, m1) = self.copy_scores(head, &h, tokens, &prev1, &keys, tokens, &dist);
+        let (log_stop, log_go) = self.stop_logs(head, &h, tokens);
+        let cand = self
+            .special
+            .index_select(0, &tokens.reshape([-1]))
+            .reshape([b, 1, t])
+            .logical_not();
+        let causal = dist.ge(0);
         let allowed = cand.logical_and(&causal);
         let lp_point = scores
             .masked_fill(&allowed.logical_not(), -1e9)
             .log_softmax(-1, Kind::Float);
-        let hit = seq.eq_tensor(&targets.unsqueeze(1)).logical_and(&allowed);
-        let lp_copy = lp_point.masked_fill(&hit.logical_not(), -1e9).logsumexp([-1], false);
-        let z = hs.apply(&head.gate).squeeze_dim(1).to_kind(Kind::Float);
+        // What the pointer would copy next, for the gate: the expected next-token embedding.
+        let expected = lp_point
+            .exp()
+            .matmul(&self.embed(tokens).to_kind(Kind::Float));
+        let rows = |x: &Tensor| {
+            let last = x.size()[2];
+            x.reshape([b * t, last]).index_select(0, at)
+        };
+        let lp_point = rows(&lp_point);
+        let row_b = at.divide_scalar_mode(t, "floor");
+        let seq = tokens.index_select(0, &row_b);
+        let allowed_rows = rows(&allowed.expand([b, t, t], false));
+        let hit = seq
+            .eq_tensor(&targets.unsqueeze(1))
+            .logical_and(&allowed_rows);
+        let copy_tok = (&lp_point + log_go.index_select(0, &row_b))
+            .masked_fill(&hit.logical_not(), -1e9)
+            .logsumexp([-1], false);
+        // A closer is a stop at a position continuing the copied span, split between the two
+        // closers as the vocabulary head splits them.
+        let closer = targets.eq(self.arg_id).logical_or(&targets.eq(self.end_id));
+        let stop_hit = rows(&m1.to_kind(Kind::Float))
+            .gt(0.5)
+            .logical_and(&allowed_rows);
+        let lp_all = logits.log_softmax(-1, Kind::Float);
+        let closers = Tensor::from_slice(&[self.arg_id, self.end_id]).to_device(dev);
+        let split = &lp_vocab - lp_all.index_select(1, &closers).logsumexp([-1], false);
+        let copy_stop = (&lp_point + log_stop.index_select(0, &row_b))
+            .masked_fill(&stop_hit.logical_not(), -1e9)
+            .logsumexp([-1], false)
+            + split;
+        let lp_copy = copy_stop.where_self(&closer, &copy_tok);
+        let gate_in = Tensor::cat(&[hs.to_kind(Kind::Float), rows(&expected)], -1);
+        let z = gate_in
+            .to_kind(hs.kind())
+            .apply(&head.gate)
+            .squeeze_dim(1)
+            .to_kind(Kind::Float);
         let mixed = Tensor::stack(
             &[z.log_sigmoid() + &lp_vocab, (-&z).log_sigmoid() + lp_copy],
             0,
@@ -314,12 +434,19 @@ impl Tiny {
                 vocab,
             };
         };
-        let q = self.copy_queries(head, &h_last.unsqueeze(1), &last_tok.unsqueeze(1));
-        let scores = q
-            .matmul(&keys.transpose(1, 2))
-            .squeeze_dim(1)
-            .to_kind(Kind::Float)
-            .divide_scalar((self.cfg.copy_dim as f64).sqrt());
+        let tk = cache.tokens.size()[1];
+        let q_prev = cache.tokens.narrow(1, tk - 2, 1);
+        let dist = (cache.next_pos.unsqueeze(1) - 1 - &cache.pos).unsqueeze(1);
+        let (scores, _) = self.copy_scores(
+            head,
+            &h_last.unsqueeze(1),
+            &last_tok.unsqueeze(1),
+            &q_prev,
+            keys,
+            &cache.tokens,
+            &dist,
+        );
+        let scores = scores.squeeze_dim(1);
         let cand = self
             .special
             .index_select(0, &cache.tokens.reshape([-1]))
@@ -329,8 +456,26 @@ impl Tiny {
         let w = scores
             .masked_fill(&cand.logical_not(), -1e9)
             .softmax(-1, Kind::Float);
-        let p_copy = Tensor::zeros_like(&vocab).scatter_add(1, &cache.tokens, &w);
-        let z = h_last.apply(&head.gate).to_kind(Kind::Float);
+        let h_keys = cache
+            .hidden
+            .as_ref()
+            .expect("copy head caches hidden states");
+        let (log_stop, log_go) = self.stop_logs(head, h_keys, &cache.tokens);
+        let p_copy = Tensor::zeros_like(&vocab).scatter_add(1, &cache.tokens, &(&w * log_go.exp()));
+        let p_stop = (&w * log_stop.exp()).sum_dim_intlist(-1, true, Kind::Float);
+        let closers = Tensor::from_slice(&[self.arg_id, self.end_id]).to_device(vocab.device());
+        let closer_p = vocab.exp().index_select(1, &closers);
+        let split = &closer_p / (closer_p.sum_dim_intlist(-1, true, Kind::Float) + 1e-30);
+        let p_copy = p_copy.index_add(1, &closers, &(split * p_stop));
+        let expected = w
+            .unsqueeze(1)
+            .matmul(&self.embed(&cache.tokens).to_kind(Kind::Float))
+            .squeeze_dim(1);
+        let gate_in = Tensor::cat(&[h_last.to_kind(Kind::Float), expected], -1);
+        let z = gate_in
+            .to_kind(h_last.kind())
+            .apply(&head.gate)
+            .to_kind(Kind::Float);
         let mixed = (z.sigmoid() * vocab.exp() + (-z).sigmoid() * p_copy + 1e-30).log();
         StepOutput { vocab, mixed }
     }
@@ -355,22 +500,18 @@ impl Tiny {
             .unsqueeze(1);
         let mut kv = Vec::new();
         let h = self.hidden(tokens, &pos, Some(&mask), Some(&mut kv), false);
-        let copy_keys = self.copy.as_ref().map(|head| {
-            let prev = Tensor::cat(
-                &[
-                    Tensor::zeros([b, 1], (Kind::Int64, dev)),
-                    tokens.narrow(1, 0, t - 1),
-                ],
-                1,
-            );
-            self.copy_keys(head, &h, &prev)
-        });
+        let copy_keys = self
+            .copy
+            .as_ref()
+            .map(|head| self.copy_keys(head, &h, &shift(tokens, 1)));
         let cache = Cache {
             kv,
+            hidden: copy_keys.as_ref().map(|_| h.shallow_clone()),
             copy_keys,
             tokens: tokens.shallow_clone(),
             valid,
             next_pos: pos.select(1, t - 1) + 1,
+            pos: pos.expand([b, t], false).contiguous(),
         };
         let last = h.select(1, t - 1);
         let out = self.outputs(&last, &cache, &tokens.select(1, t - 1));
@@ -391,8 +532,11 @@ impl Tiny {
             let prev = cache.tokens.narrow(1, t - 1, 1);
             let k = self.copy_keys(head, &h, &prev);
             cache.copy_keys = Some(Tensor::cat(&[keys, &k], 1));
+            let prev_h = cache.hidden.as_ref().expect("cached with the keys");
+            cache.hidden = Some(Tensor::cat(&[prev_h, &h], 1));
         }
         cache.tokens = Tensor::cat(&[&cache.tokens, &tok], 1);
+        cache.pos = Tensor::cat(&[&cache.pos, &pos], 1);
         cache.valid = valid;
         cache.next_pos = &cache.next_pos + 1;
         let last = h.select(1, 0);
@@ -401,6 +545,9 @@ impl Tiny {
 
     /// Number of trainable parameters.
     pub fn parameter_count(vs: &nn::VarStore) -> i64 {
-        vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+        vs.trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum()
     }
 }

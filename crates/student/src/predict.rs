@@ -29,7 +29,7 @@ pub fn predict(
     let context = model.cfg.context as usize;
     let prompts: Vec<Vec<u32>> = pairs
         .iter()
-        .map(|pair| tpl.prompt(&pair.question, context, lim.max_new_tokens))
+        .map(|pair| tpl.prompt(&pair.question, context, lim.max_new_tokens + 1))
         .collect();
     let mut order: Vec<usize> = (0..pairs.len()).collect();
     order.sort_by_key(|&i| prompts[i].len());
@@ -59,7 +59,10 @@ pub fn predict(
         "predict_seconds": (secs * 100.0).round() / 100.0,
         "pairs_per_second": ((pairs.len() as f64 / secs.max(1e-9)) * 100.0).round() / 100.0,
     });
-    (out.into_iter().map(|c| c.expect("decoded")).collect(), stats)
+    (
+        out.into_iter().map(|c| c.expect("decoded")).collect(),
+        stats,
+    )
 }
 
 /// Decodes one batch of prompts (each ends with `<|call|>`) into calls.
@@ -92,10 +95,10 @@ pub fn decode_batch(
         if states.iter().all(CallState::done) {
             break;
         }
-        let vocab: Vec<f32> = Vec::try_from(outp.vocab.to_kind(Kind::Float).reshape([-1]))
-            .expect("float scores");
-        let mixed: Vec<f32> = Vec::try_from(outp.mixed.to_kind(Kind::Float).reshape([-1]))
-            .expect("float scores");
+        let vocab: Vec<f32> =
+            Vec::try_from(outp.vocab.to_kind(Kind::Float).reshape([-1])).expect("float scores");
+        let mixed: Vec<f32> =
+            Vec::try_from(outp.mixed.to_kind(Kind::Float).reshape([-1])).expect("float scores");
         let mut next = Vec::with_capacity(b);
         for (i, st) in states.iter_mut().enumerate() {
             if st.done() {

@@ -316,7 +316,11 @@ impl ChatTemplate {
     /// Appends a call's tokens (after `<|call|>`): name, then `<|arg|> key <|val|> value` per
     /// argument, then `<|end|>`. The token closing a value is a `Value` target.
     fn call_tokens(&self, call: &ToolCall, r: &mut Rendered) {
-        self.push(r, &self.encode(&format!(" {}", call.name)), Target::Structure);
+        self.push(
+            r,
+            &self.encode(&format!(" {}", call.name)),
+            Target::Structure,
+        );
         let mut after_value = false;
         for (k, v) in &call.arguments {
             self.push(

@@ -162,13 +162,22 @@ pub fn train(
         layers: p.layers,
         width: p.width,
         heads: p.heads,
-        ffn: if p.ffn > 0 { p.ffn } else { default_ffn(p.width) },
+        ffn: if p.ffn > 0 {
+            p.ffn
+        } else {
+            default_ffn(p.width)
+        },
         context: p.context,
         dropout: p.dropout,
         copy_dim: p.copy_dim,
     };
     let vs = nn::VarStore::new(dev);
-    let model = Tiny::new(&vs.root(), cfg.clone(), &tpl.is_special);
+    let model = Tiny::new(
+        &vs.root(),
+        cfg.clone(),
+        &tpl.is_special,
+        [tpl.sp.arg, tpl.sp.end],
+    );
     let n_params = Tiny::parameter_count(&vs);
     let mut opt = nn::AdamW {
         wd: p.weight_decay,
@@ -244,10 +253,7 @@ pub fn train(
             progress(Progress {
                 done: (step + 1) as u64,
                 total: Some(total_steps as u64),
-                message: format!(
-                    "loss {avg:.3}, {:.1}k tok/s, ETA {eta:.0}s",
-                    tps / 1000.0
-                ),
+                message: format!("loss {avg:.3}, {:.1}k tok/s, ETA {eta:.0}s", tps / 1000.0),
             });
             window_loss = 0.0;
             window_n = 0;
@@ -299,6 +305,7 @@ pub fn save(
 pub fn load(
     dir: &Path,
     special: &[bool],
+    closers: [u32; 2],
     dev: Device,
 ) -> Result<(SavedConfig, nn::VarStore, Tiny), WorkerError> {
     let cfg_path = dir.join(CONFIG_FILE);
@@ -320,7 +327,7 @@ pub fn load(
         )));
     }
     let mut vs = nn::VarStore::new(dev);
-    let model = Tiny::new(&vs.root(), saved.model.clone(), special);
+    let model = Tiny::new(&vs.root(), saved.model.clone(), special, closers);
     vs.load(dir.join(WEIGHTS_FILE))
         .map_err(|e| WorkerError::Torch(format!("{}: {e}", dir.join(WEIGHTS_FILE).display())))?;
     Ok((saved, vs, model))
