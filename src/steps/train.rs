@@ -85,7 +85,7 @@ impl Default for TrainParams {
             context: 384,
             dropout: 0.1,
             copy_dim: 64,
-            epochs: 4.0,
+            epochs: 8.0,
             batch_tokens: 4096,
             grad_accum: 1,
             lr: 3e-3,
