@@ -4,6 +4,7 @@
 //! [`STEPS`]. A step never sees the DAG or the cache: it gets its canonical parameters, the
 //! directories of its inputs by artifact, and a fresh directory to write its outputs into.
 
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,9 +18,12 @@ pub mod filter;
 pub mod generate;
 pub mod ingest;
 pub mod judge;
+pub mod predict;
 pub mod report;
 pub mod schema;
 pub mod split;
+pub mod tokenizer;
+pub mod train;
 pub mod validate;
 
 /// Every step kind tracelab knows, in pipeline order. The experiment file names them by `kind()`.
@@ -31,6 +35,9 @@ pub static STEPS: &[&dyn Step] = &[
     &filter::Filter,
     &generate::Generate,
     &validate::Validate,
+    &tokenizer::TokenizerStep,
+    &train::Train,
+    &predict::Predict,
     &judge::Judge,
     &report::Report,
 ];

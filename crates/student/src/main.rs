@@ -1,9 +1,139 @@
-//! `tracelab-student`: the worker process the orchestrator runs for student steps.
+//! `tracelab-student`: the worker process the orchestrator runs for the `tokenizer`, `train` and
+//! `predict` steps. It is the only tracelab process that links libtorch.
+//!
+//! # Contract
+//!
+//! `tracelab-student JOB.json` where the job file is a `tracelab::steps::train::WorkerJob`:
+//!
+//! ```json
+//! {"task": "train", "params": {…canonical step params…},
+//!  "inputs": {"traces": "…/traces.jsonl", "tools": "…/tools.json", "tokenizer": "…/tokenizer.json"},
+//!  "output": "…/out/model", "threads": 2}
+//! ```
+//!
+//! | task | inputs | output | params |
+//! |---|---|---|---|
+//! | `tokenizer` | `traces`, `tools`, optional `user_tokenizer` | `tokenizer.json` | `TokenizerParams` |
+//! | `train` | `traces`, `tools`, `tokenizer` | `model/` (`config.json`, `model.safetensors`) | `TrainParams` |
+//! | `predict` | `model`, `tokenizer`, `pairs`, `tools` | `predictions.jsonl` | `PredictParams` |
+//!
+//! Stdout carries one JSON object a line: progress `{"done": n, "total": n|null, "message": "…"}`
+//! and, last, `{"stats": {…}}` (statistics for the step's manifest). Diagnostics go to stderr;
+//! a non-zero exit status means failure and stderr says why.
+//!
+//! Model families: `params.family` (train) and `family` in `model/config.json` (predict) select
+//! the implementation; this build knows `tiny`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use tracelab::steps::predict::PredictParams;
+use tracelab::steps::tokenizer::TokenizerParams;
+use tracelab::steps::train::{TrainParams, WorkerJob};
+use tracelab::tools::{ToolSet, DEFAULT_RESPOND};
+use tracelab_student::{
+    corpus_texts, data, predict, template::ChatTemplate, tokenizer, train, Progress, WorkerError,
+};
+
+fn emit(v: &Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+fn report(p: Progress) {
+    emit(&serde_json::to_value(p).expect("progress serializes"));
+}
+
+fn input<'a>(job: &'a WorkerJob, name: &str) -> Result<&'a Path, WorkerError> {
+    job.inputs
+        .get(name)
+        .map(PathBuf::as_path)
+        .ok_or_else(|| WorkerError::Invalid(format!("job lacks input {name:?}")))
+}
+
+fn params<T: serde::de::DeserializeOwned>(job: &WorkerJob) -> Result<T, WorkerError> {
+    serde_json::from_value(job.params.clone())
+        .map_err(|e| WorkerError::Invalid(format!("params: {e}")))
+}
+
+fn tools(job: &WorkerJob) -> Result<ToolSet, WorkerError> {
+    ToolSet::load(input(job, "tools")?, DEFAULT_RESPOND, &[])
+        .map_err(|e| WorkerError::Invalid(e.to_string()))
+}
+
+fn run(job: &WorkerJob) -> Result<Value, WorkerError> {
+    tch::set_num_threads(job.threads.max(1) as i32);
+    match job.task.as_str() {
+        "tokenizer" => {
+            let p: TokenizerParams = params(job)?;
+            let tok = match job.inputs.get("user_tokenizer") {
+                Some(path) => tokenizer::load(path)?,
+                None => {
+                    let convs = data::read_conversations(input(job, "traces")?)?;
+                    let texts = corpus_texts(&convs, &tools(job)?);
+                    tokenizer::train_bpe(&texts, p.vocab_size, p.min_frequency)?
+                }
+            };
+            tokenizer::save(&tok, &job.output)?;
+            Ok(json!({"vocab_size": tok.get_vocab_size(true)}))
+        }
+        "train" => {
+            let p: TrainParams = params(job)?;
+            let tools = tools(job)?;
+            let tok = tokenizer::load(input(job, "tokenizer")?)?;
+            let tpl =
+                ChatTemplate::new(tok, &tools, p.max_records).map_err(WorkerError::Invalid)?;
+            let convs = data::read_conversations(input(job, "traces")?)?;
+            train::train(&p, &tpl, &convs, &job.output, &mut report)
+        }
+        "predict" => {
+            let p: PredictParams = params(job)?;
+            let tools = tools(job)?;
+            let tok = tokenizer::load(input(job, "tokenizer")?)?;
+            let dev = train::device(p.device)?;
+            let probe = ChatTemplate::new(tok.clone(), &tools, 0).map_err(WorkerError::Invalid)?;
+            let (saved, _vs, model) = train::load(
+                input(job, "model")?,
+                &probe.is_special,
+                [probe.sp.arg, probe.sp.end],
+                dev,
+            )?;
+            let tpl =
+                ChatTemplate::new(tok, &tools, saved.max_records).map_err(WorkerError::Invalid)?;
+            let pairs = data::read_pairs(input(job, "pairs")?)?;
+            let (calls, stats) = predict::predict(&model, &tpl, &pairs, &p, dev, &mut report);
+            data::write_predictions(&job.output, &pairs, &calls)?;
+            Ok(stats)
+        }
+        other => Err(WorkerError::Invalid(format!(
+            "unknown task {other:?} (tokenizer, train, predict)"
+        ))),
+    }
+}
+
 fn main() {
-    let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
-    println!(
-        "{:?} cuda={}",
-        t.sum(tch::Kind::Float),
-        tch::Cuda::is_available()
-    );
+    let args: Vec<String> = std::env::args().collect();
+    let [_, job_path] = args.as_slice() else {
+        eprintln!("usage: tracelab-student JOB.json   (see the module docs for the job format)");
+        std::process::exit(2);
+    };
+    let job: WorkerJob = match std::fs::read_to_string(job_path)
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+    {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("{job_path}: {e}");
+            std::process::exit(2);
+        }
+    };
+    match run(&job) {
+        Ok(stats) => emit(&json!({ "stats": stats })),
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    }
 }

@@ -1,0 +1,553 @@
+//! The tiny student: a decoder-only transformer (RMSNorm, rotary positions, SwiGLU, causal
+//! attention through `scaled_dot_product_attention`) with an optional copy head.
+//!
+//! The copy head is a pointer over the context (a pointer-generator): at argument-value positions
+//! the next-token distribution is `g·p_vocab + (1−g)·p_copy`, where `p_copy` puts the pointer's
+//! attention weight on the token found at each earlier position. Keys see the hidden state at a
+//! position *and the token before it*, queries the hidden state *and the current token*, so
+//! "continue the span I am copying" is a single dot product (an induction head built in) and the
+//! model only has to learn where a value starts and when it ends. The template renders a name as
+//! the same tokens in utterances and in arguments, so copying is exact.
+
+use serde::{Deserialize, Serialize};
+use tch::nn;
+use tch::{Device, Kind, Tensor};
+
+/// Architecture of the tiny student (saved as `config.json` next to the weights).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TinyConfig {
+    /// Vocabulary size.
+    pub vocab: i64,
+    /// Transformer blocks.
+    pub layers: i64,
+    /// Model width.
+    pub width: i64,
+    /// Attention heads.
+    pub heads: i64,
+    /// SwiGLU hidden width.
+    pub ffn: i64,
+    /// Maximum sequence length (rotary table size).
+    pub context: i64,
+    /// Dropout on embeddings, attention and residual branches while training.
+    pub dropout: f64,
+    /// Width of the copy head's queries and keys; 0 disables the copy head.
+    pub copy_dim: i64,
+}
+
+struct Block {
+    attn_norm: Tensor,
+    qkv: nn::Linear,
+    out: nn::Linear,
+    mlp_norm: Tensor,
+    gate_up: nn::Linear,
+    down: nn::Linear,
+}
+
+struct CopyHead {
+    query: nn::Linear,
+    key: nn::Linear,
+    gate: nn::Linear,
+    /// Learned score bias per distance bucket (log2 of the distance back): lets the pointer
+    /// prefer the latest mention of a value.
+    recency: Tensor,
+    /// Per-query weights of the two span-continuation features (see [`Tiny::copy_scores`]).
+    span: nn::Linear,
+    /// Per-position stop probability: pointing at a position whose token does not continue the
+    /// value means "the value ends here" (the closer), so stopping is learned where copying is.
+    stop: nn::Linear,
+}
+
+/// Distance buckets of the copy head's recency bias.
+const RECENCY_BUCKETS: i64 = 16;
+
+/// Bucket of each distance (`floor(log2(d + 1))`, capped).
+fn buckets(dist: &Tensor) -> Tensor {
+    (dist.clamp_min(0).to_kind(Kind::Float) + 1.0)
+        .log2()
+        .floor()
+        .clamp_max((RECENCY_BUCKETS - 1) as f64)
+        .to_kind(Kind::Int64)
+}
+
+/// The model's outputs at one decoding step, for every sequence of the batch.
+pub struct StepOutput {
+    /// Log-probabilities from the vocabulary head, `(B, V)`.
+    pub vocab: Tensor,
+    /// Log-probabilities with the copy head mixed in, `(B, V)` (equal to `vocab` without one).
+    pub mixed: Tensor,
+}
+
+/// Per-sequence decoding state: attention keys/values, copy keys and the tokens seen.
+pub struct Cache {
+    kv: Vec<(Tensor, Tensor)>,
+    copy_keys: Option<Tensor>,
+    hidden: Option<Tensor>,
+    tokens: Tensor,
+    valid: Tensor,
+    pos: Tensor,
+    next_pos: Tensor,
+}
+
+/// The tiny transformer. Build it inside a `VarStore` so it can be trained and saved.
+pub struct Tiny {
+    /// Its architecture.
+    pub cfg: TinyConfig,
+    emb: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    copy: Option<CopyHead>,
+    cos: Tensor,
+    sin: Tensor,
+    special: Tensor,
+    arg_id: i64,
+    end_id: i64,
+}
+
+fn rms_norm(x: &Tensor, w: &Tensor) -> Tensor {
+    let var = x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+    (x * (var + 1e-6).rsqrt()).to_kind(x.kind()) * w
+}
+
+fn linear(p: nn::Path, i: i64, o: i64, std: f64) -> nn::Linear {
+    let cfg = nn::LinearConfig {
+        ws_init: nn::Init::Randn {
+            mean: 0.0,
+            stdev: std,
+        },
+        bs_init: None,
+        bias: false,
+    };
+    nn::linear(p, i, o, cfg)
+}
+
+/// Rotary tables `(context, dim/2)`.
+fn rotary(context: i64, dim: i64, device: Device) -> (Tensor, Tensor) {
+    let inv = Tensor::arange_start_step(0, dim, 2, (Kind::Float, device))
+        .divide_scalar(dim as f64)
+        .multiply_scalar(-(10000f64.ln()))
+        .exp();
+    let t = Tensor::arange(context, (Kind::Float, device));
+    let f = t.outer(&inv);
+    (f.cos(), f.sin())
+}
+
+/// `x (B, T)` shifted right by `n` positions (zeros in front).
+fn shift(x: &Tensor, n: i64) -> Tensor {
+    let (b, t) = x.size2().expect("2-d");
+    let n = n.min(t);
+    Tensor::cat(
+        &[
+            Tensor::zeros([b, n], (x.kind(), x.device())),
+            x.narrow(1, 0, t - n),
+        ],
+        1,
+    )
+}
+
+/// Applies rotary positions to `x (B, H, T, D)` at positions `pos (B, T)`.
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, pos: &Tensor) -> Tensor {
+    let (b, _, t, d) = x.size4().expect("4-d");
+    let flat = pos.reshape([-1]);
+    let c = cos
+        .index_select(0, &flat)
+        .reshape([b, 1, t, d / 2])
+        .to_kind(x.kind());
+    let s = sin
+        .index_select(0, &flat)
+        .reshape([b, 1, t, d / 2])
+        .to_kind(x.kind());
+    let x1 = x.narrow(-1, 0, d / 2);
+    let x2 = x.narrow(-1, d / 2, d / 2);
+    Tensor::cat(&[&x1 * &c - &x2 * &s, &x1 * &s + &x2 * &c], -1)
+}
+
+impl Tiny {
+    /// Creates the variables under `p` (deterministic given `tch::manual_seed`). `special` marks
+    /// token ids the copy head must never point at; `closers` are the ids of the two tokens that
+    /// end a value (`<|arg|>`, `<|end|>`).
+    pub fn new(p: &nn::Path, cfg: TinyConfig, special: &[bool], closers: [u32; 2]) -> Tiny {
+        let d = cfg.width;
+        let std = 0.02;
+        let resid_std = 0.02 / (2.0 * cfg.layers as f64).sqrt();
+        let emb = p.var(
+            "emb",
+            &[cfg.vocab, d],
+            nn::Init::Randn {
+                mean: 0.0,
+                stdev: std,
+            },
+        );
+        let blocks = (0..cfg.layers)
+            .map(|i| {
+                let b = p / format!("block{i}");
+                Block {
+                    attn_norm: b.var("attn_norm", &[d], nn::Init::Const(1.0)),
+                    qkv: linear(&b / "qkv", d, 3 * d, std),
+                    out: linear(&b / "out", d, d, resid_std),
+                    mlp_norm: b.var("mlp_norm", &[d], nn::Init::Const(1.0)),
+                    gate_up: linear(&b / "gate_up", d, 2 * cfg.ffn, std),
+                    down: linear(&b / "down", cfg.ffn, d, resid_std),
+                }
+            })
+            .collect();
+        let norm = p.var("norm", &[d], nn::Init::Const(1.0));
+        let copy = (cfg.copy_dim > 0).then(|| {
+            let c = p / "copy";
+            CopyHead {
+                query: linear(&c / "query", 2 * d, cfg.copy_dim, std),
+                key: linear(&c / "key", 2 * d, cfg.copy_dim, std),
+                gate: nn::linear(&c / "gate", 2 * d, 1, Default::default()),
+                recency: c.var("recency", &[RECENCY_BUCKETS], nn::Init::Const(0.0)),
+                span: nn::linear(&c / "span", d, 2, Default::default()),
+                stop: nn::linear(&c / "stop", 2 * d, 1, Default::default()),
+            }
+        });
+        let (cos, sin) = rotary(cfg.context, d / cfg.heads, p.device());
+        let special = Tensor::from_slice(special).to_device(p.device());
+        Tiny {
+            cfg,
+            emb,
+            blocks,
+            norm,
+            copy,
+            cos,
+            sin,
+            special,
+            arg_id: closers[0] as i64,
+            end_id: closers[1] as i64,
+        }
+    }
+
+    fn embed(&self, tokens: &Tensor) -> Tensor {
+        Tensor::embedding(&self.emb, tokens, -1, false, false)
+    }
+
+    /// Runs the blocks. `mask` is a boolean attention mask (true = attend); without one the
+    /// attention is causal. With `cache`, keys/values are appended to it.
+    // `x = x + y` on purpose: tch's `+=` is an in-place add, which autograd rejects here.
+    #[allow(clippy::assign_op_pattern)]
+    fn hidden(
+        &self,
+        tokens: &Tensor,
+        pos: &Tensor,
+        mask: Option<&Tensor>,
+        mut cache: Option<&mut Vec<(Tensor, Tensor)>>,
+        train: bool,
+    ) -> Tensor {
+        let (b, t) = tokens.size2().expect("2-d tokens");
+        let d = self.cfg.width;
+        let h = self.cfg.heads;
+        let hd = d / h;
+        let p = if train { self.cfg.dropout } else { 0.0 };
+        let mut x = self.embed(tokens).dropout(p, train);
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let n = rms_norm(&x, &blk.attn_norm);
+            let qkv = n
+                .apply(&blk.qkv)
+                .reshape([b, t, 3, h, hd])
+                .permute([2, 0, 3, 1, 4]);
+            let q = rope(&qkv.get(0), &self.cos, &self.sin, pos);
+            let mut k = rope(&qkv.get(1), &self.cos, &self.sin, pos);
+            let mut v = qkv.get(2);
+            if let Some(c) = cache.as_deref_mut() {
+                if let Some((pk, pv)) = c.get(i) {
+                    k = Tensor::cat(&[pk, &k], 2);
+                    v = Tensor::cat(&[pv, &v], 2);
+                }
+                if c.len() > i {
+                    c[i] = (k.shallow_clone(), v.shallow_clone());
+                } else {
+                    c.push((k.shallow_clone(), v.shallow_clone()));
+                }
+            }
+            let y = Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                mask,
+                if train { p } else { 0.0 },
+                mask.is_none(),
+                None,
+                false,
+            );
+            let y = y.transpose(1, 2).reshape([b, t, d]).apply(&blk.out);
+            x = x + y.dropout(p, train);
+            let n = rms_norm(&x, &blk.mlp_norm);
+            let gu = n.apply(&blk.gate_up).chunk(2, -1);
+            let m = (gu[0].silu() * &gu[1]).apply(&blk.down);
+            x = x + m.dropout(p, train);
+        }
+        rms_norm(&x, &self.norm)
+    }
+
+    /// Copy keys `(B, T, C)` for positions holding `tokens`, each seeing the token before it.
+    fn copy_keys(&self, head: &CopyHead, h: &Tensor, prev: &Tensor) -> Tensor {
+        Tensor::cat(&[h, &self.embed(prev)], -1).apply(&head.key)
+    }
+
+    fn copy_queries(&self, head: &CopyHead, h: &Tensor, current: &Tensor) -> Tensor {
+        Tensor::cat(&[h, &self.embed(current)], -1).apply(&head.query)
+    }
+
+    /// Pointer scores `(B, Tq, Tk)` of queries (hidden `h_q`, current tokens `q_tok`, the tokens
+    /// before them `q_prev`) over keys (`keys`, the tokens before each key `k_prev1`, the key
+    /// tokens `k_tok`), `dist` = query position − key position. Besides the learned dot product
+    /// and recency bias, two exact-match features make span continuation trivial: the key's
+    /// previous token equals the query's current token, and additionally the token before that
+    /// equals the query's previous token (a bigram match), each weighted per query.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_scores(
+        &self,
+        head: &CopyHead,
+        h_q: &Tensor,
+        q_tok: &Tensor,
+        q_prev: &Tensor,
+        keys: &Tensor,
+        k_tok: &Tensor,
+        dist: &Tensor,
+    ) -> (Tensor, Tensor) {
+        let queries = self.copy_queries(head, h_q, q_tok);
+        let k_prev1 = shift(k_tok, 1);
+        let k_prev2 = shift(k_tok, 2);
+        let m1 = k_prev1.unsqueeze(1).eq_tensor(&q_tok.unsqueeze(2));
+        let m2 = m1.logical_and(&k_prev2.unsqueeze(1).eq_tensor(&q_prev.unsqueeze(2)));
+        let w = h_q.apply(&head.span).to_kind(Kind::Float);
+        let bias = head
+            .recency
+            .index_select(0, &buckets(dist).reshape([-1]))
+            .reshape(dist.size())
+            .to_kind(Kind::Float);
+        let scores = queries
+            .matmul(&keys.transpose(1, 2))
+            .to_kind(Kind::Float)
+            .divide_scalar((self.cfg.copy_dim as f64).sqrt())
+            + bias
+            + m1.to_kind(Kind::Float) * w.narrow(2, 0, 1)
+            + m2.to_kind(Kind::Float) * w.narrow(2, 1, 1);
+        (scores, m1)
+    }
+
+    /// Log stop probabilities `(log s, log(1 − s))`, each `(B, T)`, of every key position.
+    fn stop_logs(&self, head: &CopyHead, h: &Tensor, tokens: &Tensor) -> (Tensor, Tensor) {
+        let z = Tensor::cat(&[h, &self.embed(tokens)], -1)
+            .apply(&head.stop)
+            .squeeze_dim(-1)
+            .to_kind(Kind::Float);
+        (z.log_sigmoid(), (-z).log_sigmoid())
+    }
+
+    /// Training loss: mean negative log-likelihood of `targets (N)` predicted at flat positions
+    /// `at (N)` (index into `B*T`); where `value (N)` is set the copy head is mixed in.
+    pub fn loss(
+        &self,
+        tokens: &Tensor,
+        at: &Tensor,
+        targets: &Tensor,
+        value: &Tensor,
+        train: bool,
+    ) -> Tensor {
+        let (b, t) = tokens.size2().expect("2-d tokens");
+        let dev = tokens.device();
+        let pos = Tensor::arange(t, (Kind::Int64, dev))
+            .unsqueeze(0)
+            .expand([b, t], false);
+        let h = self.hidden(tokens, &pos, None, None, train);
+        let d = self.cfg.width;
+        let hs = h.reshape([b * t, d]).index_select(0, at);
+        let logits = hs.matmul(&self.emb.tr()).to_kind(Kind::Float);
+        let lp_vocab = logits
+            .log_softmax(-1, Kind::Float)
+            .gather(1, &targets.unsqueeze(1), false)
+            .squeeze_dim(1);
+        let Some(head) = &self.copy else {
+            return -lp_vocab.mean(Kind::Float);
+        };
+        let prev1 = shift(tokens, 1);
+        let keys = self.copy_keys(head, &h, &prev1);
+        let idx = Tensor::arange(t, (Kind::Int64, dev));
+        let dist = (idx.unsqueeze(1) - idx.unsqueeze(0)).unsqueeze(0);
+        let (scores, m1) = self.copy_scores(head, &h, tokens, &prev1, &keys, tokens, &dist);
+        let (log_stop, log_go) = self.stop_logs(head, &h, tokens);
+        let cand = self
+            .special
+            .index_select(0, &tokens.reshape([-1]))
+            .reshape([b, 1, t])
+            .logical_not();
+        let causal = dist.ge(0);
+        let allowed = cand.logical_and(&causal);
+        let lp_point = scores
+            .masked_fill(&allowed.logical_not(), -1e9)
+            .log_softmax(-1, Kind::Float);
+        // What the pointer would copy next, for the gate: the expected next-token embedding.
+        let expected = lp_point
+            .exp()
+            .matmul(&self.embed(tokens).to_kind(Kind::Float));
+        let rows = |x: &Tensor| {
+            let last = x.size()[2];
+            x.reshape([b * t, last]).index_select(0, at)
+        };
+        let lp_point = rows(&lp_point);
+        let row_b = at.divide_scalar_mode(t, "floor");
+        let seq = tokens.index_select(0, &row_b);
+        let allowed_rows = rows(&allowed.expand([b, t, t], false));
+        let hit = seq
+            .eq_tensor(&targets.unsqueeze(1))
+            .logical_and(&allowed_rows);
+        let copy_tok = (&lp_point + log_go.index_select(0, &row_b))
+            .masked_fill(&hit.logical_not(), -1e9)
+            .logsumexp([-1], false);
+        // A closer is a stop at a position continuing the copied span, split between the two
+        // closers as the vocabulary head splits them.
+        let closer = targets.eq(self.arg_id).logical_or(&targets.eq(self.end_id));
+        let stop_hit = rows(&m1.to_kind(Kind::Float))
+            .gt(0.5)
+            .logical_and(&allowed_rows);
+        let lp_all = logits.log_softmax(-1, Kind::Float);
+        let closers = Tensor::from_slice(&[self.arg_id, self.end_id]).to_device(dev);
+        let split = &lp_vocab - lp_all.index_select(1, &closers).logsumexp([-1], false);
+        let copy_stop = (&lp_point + log_stop.index_select(0, &row_b))
+            .masked_fill(&stop_hit.logical_not(), -1e9)
+            .logsumexp([-1], false)
+            + split;
+        let lp_copy = copy_stop.where_self(&closer, &copy_tok);
+        let gate_in = Tensor::cat(&[hs.to_kind(Kind::Float), rows(&expected)], -1);
+        let z = gate_in
+            .to_kind(hs.kind())
+            .apply(&head.gate)
+            .squeeze_dim(1)
+            .to_kind(Kind::Float);
+        let mixed = Tensor::stack(
+            &[z.log_sigmoid() + &lp_vocab, (-&z).log_sigmoid() + lp_copy],
+            0,
+        )
+        .logsumexp([0], false);
+        let lp = mixed.where_self(value, &lp_vocab);
+        -lp.mean(Kind::Float)
+    }
+
+    fn outputs(&self, h_last: &Tensor, cache: &Cache, last_tok: &Tensor) -> StepOutput {
+        let logits = h_last.matmul(&self.emb.tr()).to_kind(Kind::Float);
+        let vocab = logits.log_softmax(-1, Kind::Float);
+        let (Some(head), Some(keys)) = (&self.copy, &cache.copy_keys) else {
+            return StepOutput {
+                mixed: vocab.shallow_clone(),
+                vocab,
+            };
+        };
+        let tk = cache.tokens.size()[1];
+        let q_prev = cache.tokens.narrow(1, tk - 2, 1);
+        let dist = (cache.next_pos.unsqueeze(1) - 1 - &cache.pos).unsqueeze(1);
+        let (scores, _) = self.copy_scores(
+            head,
+            &h_last.unsqueeze(1),
+            &last_tok.unsqueeze(1),
+            &q_prev,
+            keys,
+            &cache.tokens,
+            &dist,
+        );
+        let scores = scores.squeeze_dim(1);
+        let cand = self
+            .special
+            .index_select(0, &cache.tokens.reshape([-1]))
+            .reshape(cache.tokens.size())
+            .logical_not()
+            .logical_and(&cache.valid);
+        let w = scores
+            .masked_fill(&cand.logical_not(), -1e9)
+            .softmax(-1, Kind::Float);
+        let h_keys = cache
+            .hidden
+            .as_ref()
+            .expect("copy head caches hidden states");
+        let (log_stop, log_go) = self.stop_logs(head, h_keys, &cache.tokens);
+        let p_copy = Tensor::zeros_like(&vocab).scatter_add(1, &cache.tokens, &(&w * log_go.exp()));
+        let p_stop = (&w * log_stop.exp()).sum_dim_intlist(-1, true, Kind::Float);
+        let closers = Tensor::from_slice(&[self.arg_id, self.end_id]).to_device(vocab.device());
+        let closer_p = vocab.exp().index_select(1, &closers);
+        let split = &closer_p / (closer_p.sum_dim_intlist(-1, true, Kind::Float) + 1e-30);
+        let p_copy = p_copy.index_add(1, &closers, &(split * p_stop));
+        let expected = w
+            .unsqueeze(1)
+            .matmul(&self.embed(&cache.tokens).to_kind(Kind::Float))
+            .squeeze_dim(1);
+        let gate_in = Tensor::cat(&[h_last.to_kind(Kind::Float), expected], -1);
+        let z = gate_in
+            .to_kind(h_last.kind())
+            .apply(&head.gate)
+            .to_kind(Kind::Float);
+        let mixed = (z.sigmoid() * vocab.exp() + (-z).sigmoid() * p_copy + 1e-30).log();
+        StepOutput { vocab, mixed }
+    }
+
+    /// Runs left-padded prompts `tokens (B, T)` (`pad[b]` leading pad tokens each) and returns the
+    /// cache and the distributions for the next token.
+    pub fn prefill(&self, tokens: &Tensor, pad: &[i64]) -> (Cache, StepOutput) {
+        let (b, t) = tokens.size2().expect("2-d tokens");
+        let dev = tokens.device();
+        let pad_t = Tensor::from_slice(pad).to_device(dev).unsqueeze(1);
+        let idx = Tensor::arange(t, (Kind::Int64, dev)).unsqueeze(0);
+        let pos = (&idx - &pad_t).clamp_min(0);
+        let valid = idx.ge_tensor(&pad_t).expand([b, t], false).contiguous();
+        let qi = Tensor::arange(t, (Kind::Int64, dev)).unsqueeze(1);
+        let ki = Tensor::arange(t, (Kind::Int64, dev)).unsqueeze(0);
+        let causal = ki.le_tensor(&qi).unsqueeze(0);
+        let diag = ki.eq_tensor(&qi).unsqueeze(0);
+        // Pad queries attend to themselves only, so no row is empty (an empty row gives NaN).
+        let mask = causal
+            .logical_and(&valid.unsqueeze(1))
+            .logical_or(&diag)
+            .unsqueeze(1);
+        let mut kv = Vec::new();
+        let h = self.hidden(tokens, &pos, Some(&mask), Some(&mut kv), false);
+        let copy_keys = self
+            .copy
+            .as_ref()
+            .map(|head| self.copy_keys(head, &h, &shift(tokens, 1)));
+        let cache = Cache {
+            kv,
+            hidden: copy_keys.as_ref().map(|_| h.shallow_clone()),
+            copy_keys,
+            tokens: tokens.shallow_clone(),
+            valid,
+            next_pos: pos.select(1, t - 1) + 1,
+            pos: pos.expand([b, t], false).contiguous(),
+        };
+        let last = h.select(1, t - 1);
+        let out = self.outputs(&last, &cache, &tokens.select(1, t - 1));
+        (cache, out)
+    }
+
+    /// Feeds one token per sequence `next (B)` and returns the distributions for the following one.
+    pub fn step(&self, cache: &mut Cache, next: &Tensor) -> StepOutput {
+        let b = next.size()[0];
+        let dev = next.device();
+        let tok = next.reshape([b, 1]);
+        let pos = cache.next_pos.reshape([b, 1]);
+        let valid = Tensor::cat(&[&cache.valid, &Tensor::ones([b, 1], (Kind::Bool, dev))], 1);
+        let mask = valid.unsqueeze(1).unsqueeze(1);
+        let h = self.hidden(&tok, &pos, Some(&mask), Some(&mut cache.kv), false);
+        if let (Some(head), Some(keys)) = (&self.copy, &cache.copy_keys) {
+            let t = cache.tokens.size()[1];
+            let prev = cache.tokens.narrow(1, t - 1, 1);
+            let k = self.copy_keys(head, &h, &prev);
+            cache.copy_keys = Some(Tensor::cat(&[keys, &k], 1));
+            let prev_h = cache.hidden.as_ref().expect("cached with the keys");
+            cache.hidden = Some(Tensor::cat(&[prev_h, &h], 1));
+        }
+        cache.tokens = Tensor::cat(&[&cache.tokens, &tok], 1);
+        cache.pos = Tensor::cat(&[&cache.pos, &pos], 1);
+        cache.valid = valid;
+        cache.next_pos = &cache.next_pos + 1;
+        let last = h.select(1, 0);
+        self.outputs(&last, cache, next)
+    }
+
+    /// Number of trainable parameters.
+    pub fn parameter_count(vs: &nn::VarStore) -> i64 {
+        vs.trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum()
+    }
+}

@@ -1,0 +1,120 @@
+//! Prediction: batched greedy decoding with a KV cache, constrained by the tool schemas through
+//! [`crate::grammar`], with the copy head mixed in at argument-value positions.
+
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use tch::{Device, Kind, Tensor};
+use tracelab::conversation::{EvalPair, ToolCall};
+use tracelab::steps::predict::PredictParams;
+
+use crate::grammar::{digit_tokens, pick, CallState, Limits};
+use crate::model::Tiny;
+use crate::template::ChatTemplate;
+use crate::Progress;
+
+/// Predicts one call per pair. Pairs are decoded in batches of similar prompt length.
+pub fn predict(
+    model: &Tiny,
+    tpl: &ChatTemplate,
+    pairs: &[EvalPair],
+    p: &PredictParams,
+    dev: Device,
+    progress: &mut dyn FnMut(Progress),
+) -> (Vec<ToolCall>, Value) {
+    let lim = Limits {
+        max_value_tokens: p.max_value_tokens.max(1),
+        max_new_tokens: p.max_new_tokens.max(8),
+    };
+    let context = model.cfg.context as usize;
+    let prompts: Vec<Vec<u32>> = pairs
+        .iter()
+        .map(|pair| tpl.prompt(&pair.question, context, lim.max_new_tokens + 1))
+        .collect();
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    order.sort_by_key(|&i| prompts[i].len());
+    let digits = digit_tokens(tpl);
+    let mut out: Vec<Option<ToolCall>> = vec![None; pairs.len()];
+    let started = Instant::now();
+    let mut done = 0;
+    for chunk in order.chunks(p.batch_size.max(1)) {
+        let batch: Vec<&[u32]> = chunk.iter().map(|&i| prompts[i].as_slice()).collect();
+        let calls = tch::no_grad(|| decode_batch(model, tpl, &batch, &lim, &digits, dev));
+        for (&i, c) in chunk.iter().zip(calls) {
+            out[i] = Some(c);
+        }
+        done += chunk.len();
+        progress(Progress {
+            done: done as u64,
+            total: Some(pairs.len() as u64),
+            message: format!(
+                "{:.1} pairs/s",
+                done as f64 / started.elapsed().as_secs_f64().max(1e-9)
+            ),
+        });
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let stats = json!({
+        "pairs": pairs.len(),
+        "predict_seconds": (secs * 100.0).round() / 100.0,
+        "pairs_per_second": ((pairs.len() as f64 / secs.max(1e-9)) * 100.0).round() / 100.0,
+    });
+    (
+        out.into_iter().map(|c| c.expect("decoded")).collect(),
+        stats,
+    )
+}
+
+/// Decodes one batch of prompts (each ends with `<|call|>`) into calls.
+pub fn decode_batch(
+    model: &Tiny,
+    tpl: &ChatTemplate,
+    prompts: &[&[u32]],
+    lim: &Limits,
+    digits: &[bool],
+    dev: Device,
+) -> Vec<ToolCall> {
+    let b = prompts.len();
+    let t = prompts.iter().map(|p| p.len()).max().unwrap_or(1);
+    let mut flat = vec![tpl.sp.pad as i64; b * t];
+    let mut pad = Vec::with_capacity(b);
+    for (i, p) in prompts.iter().enumerate() {
+        let off = t - p.len();
+        pad.push(off as i64);
+        for (j, &tok) in p.iter().enumerate() {
+            flat[i * t + off + j] = tok as i64;
+        }
+    }
+    let tokens = Tensor::from_slice(&flat)
+        .reshape([b as i64, t as i64])
+        .to_device(dev);
+    let (mut cache, mut outp) = model.prefill(&tokens, &pad);
+    let mut states: Vec<CallState> = (0..b).map(|_| CallState::new()).collect();
+    let v = tpl.vocab;
+    for _ in 0..lim.max_new_tokens + 1 {
+        if states.iter().all(CallState::done) {
+            break;
+        }
+        let vocab: Vec<f32> =
+            Vec::try_from(outp.vocab.to_kind(Kind::Float).reshape([-1])).expect("float scores");
+        let mixed: Vec<f32> =
+            Vec::try_from(outp.mixed.to_kind(Kind::Float).reshape([-1])).expect("float scores");
+        let mut next = Vec::with_capacity(b);
+        for (i, st) in states.iter_mut().enumerate() {
+            if st.done() {
+                next.push(tpl.sp.pad as i64);
+                continue;
+            }
+            let scores = if st.in_value() { &mixed } else { &vocab };
+            let allowed = st.allowed(tpl, lim);
+            let tok = pick(&allowed, &scores[i * v..(i + 1) * v], tpl, digits);
+            st.push(tpl, tok);
+            next.push(tok as i64);
+        }
+        if states.iter().all(CallState::done) {
+            break;
+        }
+        outp = model.step(&mut cache, &Tensor::from_slice(&next).to_device(dev));
+    }
+    states.iter().map(|s| s.call(tpl)).collect()
+}

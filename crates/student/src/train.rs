@@ -1,0 +1,334 @@
+//! Training the tiny student: windows from the chat template, length-bucketed batches, AdamW with
+//! linear warm-up and cosine decay, gradient clipping and accumulation, bf16 autocast on GPU, and
+//! a safetensors checkpoint with its `config.json`.
+
+use std::path::Path;
+use std::time::Instant;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tch::{nn, nn::OptimizerConfig, Device, Tensor};
+use tracelab::conversation::Conversation;
+use tracelab::steps::train::TrainParams;
+
+use crate::model::{Tiny, TinyConfig};
+use crate::template::{ChatTemplate, Target, Window};
+use crate::{Progress, WorkerError};
+
+/// What `model/config.json` holds: the family, the architecture and the template settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SavedConfig {
+    /// Model family (`tiny`).
+    pub family: String,
+    /// Architecture.
+    pub model: TinyConfig,
+    /// Tool results keep at most this many records (as in training).
+    pub max_records: usize,
+}
+
+/// File names inside `model/`.
+pub const CONFIG_FILE: &str = "config.json";
+/// The weights file inside `model/`.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// One micro-batch as tensors.
+pub struct Batch {
+    /// Tokens `(B, T)`, right-padded.
+    pub tokens: Tensor,
+    /// Flat positions `(N)` whose next token is a target.
+    pub at: Tensor,
+    /// Target ids `(N)`.
+    pub targets: Tensor,
+    /// Whether each target is a value token `(N)`.
+    pub value: Tensor,
+    /// Real tokens in the batch.
+    pub real_tokens: usize,
+    /// Targets in the batch.
+    pub n_targets: usize,
+}
+
+/// Packs windows into a batch (right padding with `pad`).
+pub fn make_batch(windows: &[&Window], pad: u32, device: Device) -> Batch {
+    let t = windows.iter().map(|w| w.tokens.len()).max().unwrap_or(1);
+    let b = windows.len();
+    let mut tokens = vec![pad as i64; b * t];
+    let (mut at, mut targets, mut value) = (Vec::new(), Vec::new(), Vec::new());
+    let mut real = 0;
+    for (i, w) in windows.iter().enumerate() {
+        real += w.tokens.len();
+        for (j, &tok) in w.tokens.iter().enumerate() {
+            tokens[i * t + j] = tok as i64;
+            if j > 0 && w.targets[j] != Target::None {
+                at.push((i * t + j - 1) as i64);
+                targets.push(tok as i64);
+                value.push(w.targets[j] == Target::Value);
+            }
+        }
+    }
+    let n = at.len();
+    Batch {
+        tokens: Tensor::from_slice(&tokens)
+            .reshape([b as i64, t as i64])
+            .to_device(device),
+        at: Tensor::from_slice(&at).to_device(device),
+        targets: Tensor::from_slice(&targets).to_device(device),
+        value: Tensor::from_slice(&value).to_device(device),
+        real_tokens: real,
+        n_targets: n,
+    }
+}
+
+/// Groups windows into micro-batches of at most `batch_tokens` (padded) tokens: shuffled, then
+/// sorted by length inside chunks so batches hold similar lengths, then the batches shuffled.
+pub fn plan_batches(lens: &[usize], batch_tokens: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
+    let mut idx: Vec<usize> = (0..lens.len()).collect();
+    idx.shuffle(rng);
+    let mut batches = Vec::new();
+    for chunk in idx.chunks(64) {
+        let mut c = chunk.to_vec();
+        c.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
+        let mut cur: Vec<usize> = Vec::new();
+        for i in c {
+            let longest = cur.first().map_or(lens[i], |&f| lens[f]);
+            if !cur.is_empty() && longest * (cur.len() + 1) > batch_tokens {
+                batches.push(std::mem::take(&mut cur));
+            }
+            cur.push(i);
+        }
+        if !cur.is_empty() {
+            batches.push(cur);
+        }
+    }
+    batches.shuffle(rng);
+    batches
+}
+
+/// The SwiGLU width for a model width when the parameter says 0 (8/3 of it, a multiple of 16).
+pub fn default_ffn(width: i64) -> i64 {
+    ((width * 8 / 3) + 15) / 16 * 16
+}
+
+/// Resolves the device choice.
+pub fn device(choice: tracelab::steps::train::DeviceChoice) -> Result<Device, WorkerError> {
+    use tracelab::steps::train::DeviceChoice as D;
+    match choice {
+        D::Cpu => Ok(Device::Cpu),
+        D::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        D::Cuda => Err(WorkerError::Invalid(
+            "device = \"cuda\" but no CUDA device is visible".into(),
+        )),
+        D::Auto => Ok(Device::cuda_if_available()),
+    }
+}
+
+/// Trains a student and writes `out/` (`config.json`, `model.safetensors`). Returns statistics.
+pub fn train(
+    p: &TrainParams,
+    tpl: &ChatTemplate,
+    conversations: &[Conversation],
+    out: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Value, WorkerError> {
+    if p.family != "tiny" {
+        return Err(WorkerError::Invalid(format!(
+            "family {:?} is not built into this worker (known: tiny)",
+            p.family
+        )));
+    }
+    if p.width % p.heads != 0 || (p.width / p.heads) % 2 != 0 {
+        return Err(WorkerError::Invalid(format!(
+            "width {} must be a multiple of heads {} with an even head size",
+            p.width, p.heads
+        )));
+    }
+    let dev = device(p.device)?;
+    tch::manual_seed(p.seed as i64);
+    let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
+    let windows: Vec<Window> = conversations
+        .iter()
+        .flat_map(|c| tpl.windows(&tpl.render(&c.messages), p.context as usize))
+        .collect();
+    if windows.is_empty() {
+        return Err(WorkerError::Invalid(
+            "no assistant tool calls to train on in the traces".into(),
+        ));
+    }
+    let lens: Vec<usize> = windows.iter().map(|w| w.tokens.len()).collect();
+    let cfg = TinyConfig {
+        vocab: tpl.vocab as i64,
+        layers: p.layers,
+        width: p.width,
+        heads: p.heads,
+        ffn: if p.ffn > 0 {
+            p.ffn
+        } else {
+            default_ffn(p.width)
+        },
+        context: p.context,
+        dropout: p.dropout,
+        copy_dim: p.copy_dim,
+    };
+    let vs = nn::VarStore::new(dev);
+    let model = Tiny::new(
+        &vs.root(),
+        cfg.clone(),
+        &tpl.is_special,
+        [tpl.sp.arg, tpl.sp.end],
+    );
+    let n_params = Tiny::parameter_count(&vs);
+    let mut opt = nn::AdamW {
+        wd: p.weight_decay,
+        ..Default::default()
+    }
+    .build(&vs, p.lr)
+    .map_err(|e| WorkerError::Torch(e.to_string()))?;
+
+    let per_epoch = plan_batches(&lens, p.batch_tokens, &mut rng.clone()).len();
+    let total_micro = ((per_epoch as f64) * p.epochs).ceil().max(1.0) as usize;
+    let accum = p.grad_accum.max(1);
+    let total_steps = total_micro.div_ceil(accum);
+    let warmup = p.warmup_steps.min(total_steps / 2).max(1);
+    let lr_at = |step: usize| -> f64 {
+        if step < warmup {
+            p.lr * (step + 1) as f64 / warmup as f64
+        } else {
+            let t = (step - warmup) as f64 / (total_steps - warmup).max(1) as f64;
+            let min = p.lr * p.min_lr_ratio;
+            min + 0.5 * (p.lr - min) * (1.0 + (std::f64::consts::PI * t).cos())
+        }
+    };
+
+    let started = Instant::now();
+    let mut queue: Vec<Vec<usize>> = Vec::new();
+    let mut curve: Vec<Value> = Vec::new();
+    let (mut tokens_seen, mut micro) = (0usize, 0usize);
+    let (mut window_loss, mut window_n) = (0f64, 0usize);
+    let report_every = (total_steps / 40).max(1);
+    for step in 0..total_steps {
+        opt.set_lr(lr_at(step));
+        let mut group = Vec::new();
+        while group.len() < accum && micro < total_micro {
+            if queue.is_empty() {
+                queue = plan_batches(&lens, p.batch_tokens, &mut rng);
+                queue.reverse();
+            }
+            group.push(queue.pop().expect("refilled"));
+            micro += 1;
+        }
+        let batches: Vec<Batch> = group
+            .iter()
+            .map(|ids| {
+                let ws: Vec<&Window> = ids.iter().map(|&i| &windows[i]).collect();
+                make_batch(&ws, tpl.sp.pad, dev)
+            })
+            .collect();
+        let n_all: usize = batches.iter().map(|b| b.n_targets).sum();
+        let mut step_loss = 0f64;
+        for b in &batches {
+            if b.n_targets == 0 {
+                continue;
+            }
+            let loss = tch::autocast(dev.is_cuda(), || {
+                model.loss(&b.tokens, &b.at, &b.targets, &b.value, true)
+            });
+            let w = b.n_targets as f64 / n_all.max(1) as f64;
+            (&loss * w).backward();
+            step_loss += loss.double_value(&[]) * w;
+            tokens_seen += b.real_tokens;
+        }
+        opt.clip_grad_norm(p.grad_clip);
+        opt.step();
+        opt.zero_grad();
+        window_loss += step_loss;
+        window_n += 1;
+        if (step + 1) % report_every == 0 || step + 1 == total_steps {
+            let secs = started.elapsed().as_secs_f64();
+            let tps = tokens_seen as f64 / secs.max(1e-9);
+            let avg = window_loss / window_n as f64;
+            curve.push(json!({"step": step + 1, "loss": round4(avg)}));
+            let eta = secs / (step + 1) as f64 * (total_steps - step - 1) as f64;
+            progress(Progress {
+                done: (step + 1) as u64,
+                total: Some(total_steps as u64),
+                message: format!("loss {avg:.3}, {:.1}k tok/s, ETA {eta:.0}s", tps / 1000.0),
+            });
+            window_loss = 0.0;
+            window_n = 0;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    save(&vs, &cfg, p.max_records, out)?;
+    Ok(json!({
+        "parameters": n_params,
+        "windows": windows.len(),
+        "steps": total_steps,
+        "train_tokens": tokens_seen,
+        "train_seconds": round4(secs),
+        "tokens_per_second": (tokens_seen as f64 / secs.max(1e-9)).round(),
+        "final_loss": curve.last().map(|c| c["loss"].clone()).unwrap_or(Value::Null),
+        "loss_curve": curve,
+        "device": format!("{dev:?}"),
+    }))
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
+}
+
+/// Writes `config.json` and `model.safetensors` into `out`.
+pub fn save(
+    vs: &nn::VarStore,
+    cfg: &TinyConfig,
+    max_records: usize,
+    out: &Path,
+) -> Result<(), WorkerError> {
+    std::fs::create_dir_all(out).map_err(|e| WorkerError::io(out, e))?;
+    let saved = SavedConfig {
+        family: "tiny".into(),
+        model: cfg.clone(),
+        max_records,
+    };
+    let cfg_path = out.join(CONFIG_FILE);
+    std::fs::write(
+        &cfg_path,
+        serde_json::to_string_pretty(&saved).expect("config serializes"),
+    )
+    .map_err(|e| WorkerError::io(&cfg_path, e))?;
+    vs.save(out.join(WEIGHTS_FILE))
+        .map_err(|e| WorkerError::Torch(e.to_string()))
+}
+
+/// Loads a saved student: its config and a model with the weights.
+pub fn load(
+    dir: &Path,
+    special: &[bool],
+    closers: [u32; 2],
+    dev: Device,
+) -> Result<(SavedConfig, nn::VarStore, Tiny), WorkerError> {
+    let cfg_path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| WorkerError::io(&cfg_path, e))?;
+    let saved: SavedConfig = serde_json::from_str(&text)
+        .map_err(|e| WorkerError::Invalid(format!("{}: {e}", cfg_path.display())))?;
+    if saved.family != "tiny" {
+        return Err(WorkerError::Invalid(format!(
+            "{}: family {:?} is not built into this worker",
+            cfg_path.display(),
+            saved.family
+        )));
+    }
+    if saved.model.vocab as usize != special.len() {
+        return Err(WorkerError::Invalid(format!(
+            "model vocabulary {} does not match the tokenizer's {}",
+            saved.model.vocab,
+            special.len()
+        )));
+    }
+    let mut vs = nn::VarStore::new(dev);
+    let model = Tiny::new(&vs.root(), saved.model.clone(), special, closers);
+    vs.load(dir.join(WEIGHTS_FILE))
+        .map_err(|e| WorkerError::Torch(format!("{}: {e}", dir.join(WEIGHTS_FILE).display())))?;
+    Ok((saved, vs, model))
+}

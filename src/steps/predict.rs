@@ -1,0 +1,87 @@
+//! `predict`: the trained student answers every evaluation pair with one schema-valid call
+//! (constrained greedy decoding in the `tracelab-student` worker).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::train::{job, run_worker, DeviceChoice};
+use super::{canonicalize, Artifact, ParamError, Resource, Step, StepContext, StepError};
+
+/// Parameters of the `predict` step (`[predict]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PredictParams {
+    /// Device.
+    pub device: DeviceChoice,
+    /// Pairs decoded together (sorted by prompt length to limit padding).
+    pub batch_size: usize,
+    /// Most tokens of one free-text argument value.
+    pub max_value_tokens: usize,
+    /// Most tokens of a whole call; the prompt keeps this much room in the context.
+    pub max_new_tokens: usize,
+}
+
+impl Default for PredictParams {
+    fn default() -> Self {
+        PredictParams {
+            device: DeviceChoice::Auto,
+            batch_size: 32,
+            max_value_tokens: 40,
+            max_new_tokens: 64,
+        }
+    }
+}
+
+/// The `predict` step.
+pub struct Predict;
+
+impl Step for Predict {
+    fn kind(&self) -> &'static str {
+        "predict"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn about(&self) -> &'static str {
+        "answer every evaluation pair with the student (schema-constrained greedy decoding)"
+    }
+    fn consumes(&self) -> &'static [Artifact] {
+        &[
+            Artifact::Model,
+            Artifact::Tokenizer,
+            Artifact::Pairs,
+            Artifact::Tools,
+        ]
+    }
+    fn produces(&self) -> &'static [Artifact] {
+        &[Artifact::Predictions]
+    }
+    fn canonical_params(&self, params: &Value) -> Result<Value, ParamError> {
+        canonicalize::<PredictParams>(params)
+    }
+    fn resource(&self, params: &Value, jobs: usize) -> Resource {
+        match params.get("device").and_then(Value::as_str) {
+            Some("cuda") => Resource::Gpu,
+            _ => Resource::Cpu { slots: jobs.max(1) },
+        }
+    }
+    fn run(&self, ctx: &mut StepContext<'_>) -> Result<(), StepError> {
+        let out = ctx.output(Artifact::Predictions);
+        let job = job(
+            ctx,
+            "predict",
+            &[
+                ("model", Artifact::Model),
+                ("tokenizer", Artifact::Tokenizer),
+                ("pairs", Artifact::Pairs),
+                ("tools", Artifact::Tools),
+            ],
+            &out,
+        )?;
+        let stats = run_worker(ctx, &job)?;
+        for (k, v) in stats {
+            ctx.stat(&k, v);
+        }
+        Ok(())
+    }
+}
