@@ -4,7 +4,6 @@
 //! [`STEPS`]. A step never sees the DAG or the cache: it gets its canonical parameters, the
 //! directories of its inputs by artifact, and a fresh directory to write its outputs into.
 
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
