@@ -7,7 +7,7 @@
 # 3. `tracelab plan` on the same, for comparison.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXP=${1:-bench/noop-experiment.toml}
+EXP=${1:-experiments/smoke.toml}
 REPEATS=${2:-30}
 BIN=target/release/tracelab
 [ -x "$BIN" ] || { echo "build first: cargo build --release --workspace" >&2; exit 1; }
