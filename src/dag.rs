@@ -413,30 +413,23 @@ impl Dag {
 
     /// Every node that (transitively) consumes `n`'s output.
     pub fn descendants(&self, n: NodeIndex) -> Vec<NodeIndex> {
-        let mut out = Vec::new();
-        let mut stack = vec![n];
-        let mut seen = std::collections::HashSet::new();
-        while let Some(x) = stack.pop() {
-            for e in self.graph.edges_directed(x, Direction::Outgoing) {
-                if seen.insert(e.target()) {
-                    out.push(e.target());
-                    stack.push(e.target());
-                }
-            }
-        }
-        out
+        self.reach(n, Direction::Outgoing)
     }
 
     /// Every node `n` (transitively) needs.
     pub fn ancestors(&self, n: NodeIndex) -> Vec<NodeIndex> {
+        self.reach(n, Direction::Incoming)
+    }
+
+    fn reach(&self, n: NodeIndex, dir: Direction) -> Vec<NodeIndex> {
         let mut out = Vec::new();
         let mut stack = vec![n];
         let mut seen = std::collections::HashSet::new();
         while let Some(x) = stack.pop() {
-            for (_, from) in &self.graph[x].inputs {
-                if seen.insert(*from) {
-                    out.push(*from);
-                    stack.push(*from);
+            for next in self.graph.neighbors_directed(x, dir) {
+                if seen.insert(next) {
+                    out.push(next);
+                    stack.push(next);
                 }
             }
         }
@@ -445,50 +438,48 @@ impl Dag {
 
     /// Graphviz DOT text.
     pub fn to_dot(&self) -> String {
-        let mut s = String::from(
+        self.render(
             "digraph tracelab {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n",
-        );
-        for &n in &self.order {
-            let _ = writeln!(
-                s,
-                "  n{} [label=\"{}\"];",
-                n.index(),
-                self.graph[n].label.replace('"', "'")
-            );
-        }
-        for e in self.graph.edge_references() {
-            let _ = writeln!(
-                s,
-                "  n{} -> n{} [label=\"{}\"];",
-                e.source().index(),
-                e.target().index(),
-                e.weight().name()
-            );
-        }
-        s.push_str("}\n");
-        s
+            |n, label| format!("  n{n} [label=\"{label}\"];"),
+            |from, to, role| format!("  n{from} -> n{to} [label=\"{role}\"];"),
+            "}\n",
+        )
     }
 
     /// Mermaid flowchart text.
     pub fn to_mermaid(&self) -> String {
-        let mut s = String::from("flowchart LR\n");
+        self.render(
+            "flowchart LR\n",
+            |n, label| format!("  n{n}[\"{label}\"]"),
+            |from, to, role| format!("  n{from} -->|{role}| n{to}"),
+            "",
+        )
+    }
+
+    /// Nodes then edges, one line each, between a head and a tail.
+    fn render(
+        &self,
+        head: &str,
+        node: fn(usize, &str) -> String,
+        edge: fn(usize, usize, &str) -> String,
+        tail: &str,
+    ) -> String {
+        let mut s = String::from(head);
         for &n in &self.order {
             let _ = writeln!(
                 s,
-                "  n{}[\"{}\"]",
-                n.index(),
-                self.graph[n].label.replace('"', "'")
+                "{}",
+                node(n.index(), &self.graph[n].label.replace('"', "'"))
             );
         }
         for e in self.graph.edge_references() {
             let _ = writeln!(
                 s,
-                "  n{} -->|{}| n{}",
-                e.source().index(),
-                e.weight().name(),
-                e.target().index()
+                "{}",
+                edge(e.source().index(), e.target().index(), &e.weight().name())
             );
         }
+        s.push_str(tail);
         s
     }
 }
