@@ -282,36 +282,43 @@ impl Teacher for HttpTeacher {
     ) -> Result<Vec<Outcome>, TeacherError> {
         let done = Arc::new(AtomicUsize::new(0));
         let tools = Arc::new(self.tools.clone());
+        // At most this many jobs are spawned at once: the client's semaphore limits requests,
+        // this bounds the prompts held in memory.
+        let window = self.client.config().concurrency * 2;
         let outcomes = crate::steps::runtime().block_on(async {
             let mut set = tokio::task::JoinSet::new();
-            for (slot, job) in jobs.iter().enumerate() {
-                let client = self.client.clone();
-                let tools = tools.clone();
-                let messages = self.prompt(job);
-                let index = job.index;
-                let topic = job.topic.name.clone();
-                set.spawn(async move {
-                    let r = client
-                        .complete_parsed(&messages, index, |t| parse_answer(t, &tools))
-                        .await;
-                    let outcome = match r {
-                        Ok((mut c, completion)) => {
-                            c.id = format!("gen-{index:05}");
-                            c.meta.insert("teacher".into(), "http".into());
-                            c.meta.insert("topic".into(), topic.into());
-                            c.meta.insert("cached".into(), completion.cached.into());
-                            Ok(c)
-                        }
-                        Err(e) => Err(Failure {
-                            index,
-                            reason: e.to_string(),
-                        }),
-                    };
-                    (slot, outcome)
-                });
-            }
             let mut out: Vec<Option<Outcome>> = vec![None; jobs.len()];
-            while let Some(joined) = set.join_next().await {
+            let mut next = 0usize;
+            loop {
+                while next < jobs.len() && set.len() < window {
+                    let job = &jobs[next];
+                    let client = self.client.clone();
+                    let tools = tools.clone();
+                    let messages = self.prompt(job);
+                    let (slot, index, topic) = (next, job.index, job.topic.name.clone());
+                    set.spawn(async move {
+                        let r = client
+                            .complete_parsed(&messages, index, |t| parse_answer(t, &tools))
+                            .await;
+                        let outcome = match r {
+                            Ok((mut c, _)) => {
+                                c.id = format!("gen-{index:05}");
+                                c.meta.insert("teacher".into(), "http".into());
+                                c.meta.insert("topic".into(), topic.into());
+                                Ok(c)
+                            }
+                            Err(e) => Err(Failure {
+                                index,
+                                reason: e.to_string(),
+                            }),
+                        };
+                        (slot, outcome)
+                    });
+                    next += 1;
+                }
+                let Some(joined) = set.join_next().await else {
+                    break;
+                };
                 let (slot, outcome) = joined
                     .map_err(|e| TeacherError::Context(format!("teacher task failed: {e}")))?;
                 out[slot] = Some(outcome);
