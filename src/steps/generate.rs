@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use super::filter::{read_inputs, write_jsonl};
 use super::{canonicalize, typed, Artifact, ParamError, Resource, Step, StepContext, StepError};
+use crate::formats::OnBadTrace;
 use crate::llm::{LlmClient, LlmConfig};
 use crate::task::MutationTopic;
 use crate::teacher::http::HttpTeacher;
@@ -135,7 +136,7 @@ impl Step for Generate {
     }
     fn run(&self, ctx: &mut StepContext<'_>) -> Result<(), StepError> {
         let p: GenerateParams = typed(ctx.params)?;
-        let input = read_inputs(ctx)?;
+        let input = read_inputs(ctx, OnBadTrace::Error)?;
         let topics = p
             .topics
             .clone()
