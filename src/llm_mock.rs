@@ -225,7 +225,7 @@ async fn serve_connection(stream: TcpStream, script: Script, counts: Arc<Mutex<C
                     (
                         200,
                         String::new(),
-                        full[..full.len() / 2].as_bytes().to_vec(),
+                        full.as_bytes()[..full.len() / 2].to_vec(),
                     )
                 }
                 Reply::Slow(..) => unreachable!("unwrapped above"),

@@ -32,12 +32,14 @@ fn run(name: &str, traces: &[Conversation], n: usize) -> Report {
     };
     let t0 = Instant::now();
     let f = filter(traces, &tools, &FilterConfig::default());
+    let t_filter = t0.elapsed().as_secs_f64();
     let ctx = Context {
         task: &task,
         tools: &tools,
         traces: &f.kept,
     };
     let teacher = OfflineTeacher::new(&ctx).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let t_setup = t0.elapsed().as_secs_f64();
     let jobs = plan_jobs(n, &task.settings.mutation_topics, 7);
     let out = teacher
         .generate(&jobs, &|_| {}, &AtomicBool::new(false))
@@ -53,6 +55,7 @@ fn run(name: &str, traces: &[Conversation], n: usize) -> Report {
     );
     let convs: Vec<Conversation> = out.into_iter().map(Result::unwrap).collect();
     let generated = convs.len();
+    let t_generate = t0.elapsed().as_secs_f64();
     let v = validate(
         convs,
         &tools,
@@ -60,6 +63,12 @@ fn run(name: &str, traces: &[Conversation], n: usize) -> Report {
         &ValidateConfig::default(),
     );
     let secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "{name}: filter {t_filter:.2}s, teacher setup {:.2}s, generation {:.2}s, validation {:.2}s",
+        t_setup - t_filter,
+        t_generate - t_setup,
+        secs - t_generate
+    );
     let counts = v.counts();
     eprintln!(
         "{name}: traces {} kept {} | generated {generated} accepted {} rejected {:?} | {secs:.2}s | values {:?}",
@@ -173,9 +182,14 @@ fn five_scenarios_on_sgd() {
     );
     eprintln!("hotel-only values checked: {}", hotel_only.len());
 
-    // Values are copied: a user message states every free-text search value verbatim before it
-    // is used in a call.
-    for c in clean.accepted.iter().take(200) {
+    // Values are copied: every non-flag argument value of every service call was said verbatim
+    // earlier, by the user or in a tool result (a restaurant name the search returned).
+    for c in clean
+        .accepted
+        .iter()
+        .chain(&drift.accepted)
+        .chain(&low.accepted)
+    {
         let mut said = String::new();
         for m in &c.messages {
             match m {
@@ -183,7 +197,7 @@ fn five_scenarios_on_sgd() {
                 Message::Tool { content, .. } => said.push_str(content),
                 Message::Assistant { tool_calls, .. } => {
                     for call in tool_calls {
-                        if call.name == "FindRestaurants" {
+                        if call.name != "respond_to_user" {
                             for (k, v) in &call.arguments {
                                 let v = v.as_str().unwrap();
                                 if !["True", "False"].contains(&v) {

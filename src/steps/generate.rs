@@ -161,11 +161,13 @@ impl Step for Generate {
         let (outcomes, llm) = match p.teacher {
             TeacherKind::Offline => {
                 let t = OfflineTeacher::new(&tctx).map_err(teacher_err)?;
-                (
-                    t.generate(&jobs, &progress, ctx.cancel)
-                        .map_err(teacher_err)?,
-                    None,
-                )
+                // Stay within the threads the executor granted this step.
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(ctx.threads.max(1))
+                    .build()
+                    .map_err(|e| StepError::External(format!("thread pool: {e}")))?;
+                let out = pool.install(|| t.generate(&jobs, &progress, ctx.cancel));
+                (out.map_err(teacher_err)?, None)
             }
             TeacherKind::Http => {
                 let cfg = p.http.clone().expect("checked in canonical_params");

@@ -214,6 +214,17 @@ pub fn parse_answer(text: &str, tools: &ToolSet) -> Result<Conversation, String>
     if !c.messages.iter().any(|m| matches!(m, Message::User { .. })) || c.calls().next().is_none() {
         return Err("the conversation has no user message or no tool call".into());
     }
+    // Models invent call ids (or repeat them); results belong to the call right before them, so
+    // ids are reassigned in order rather than trusted.
+    for m in &mut c.messages {
+        match m {
+            Message::Assistant { tool_calls, .. } => {
+                tool_calls.iter_mut().for_each(|t| t.id.clear())
+            }
+            Message::Tool { tool_call_id, .. } => tool_call_id.clear(),
+            _ => {}
+        }
+    }
     c.assign_call_ids();
     Ok(c)
 }
@@ -323,7 +334,7 @@ impl Teacher for HttpTeacher {
                     .map_err(|e| TeacherError::Context(format!("teacher task failed: {e}")))?;
                 out[slot] = Some(outcome);
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if n % 32 == 0 {
+                if n & 31 == 0 {
                     progress(n);
                 }
                 if cancel.load(Ordering::Relaxed) {

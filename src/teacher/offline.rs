@@ -332,9 +332,38 @@ fn fill(t: &str, values: &BTreeMap<String, String>) -> Option<String> {
     Some(out)
 }
 
+/// Known values, bucketed by first character so a template is checked in one pass over its
+/// word starts instead of one search per value.
+#[derive(Default)]
+struct Leftovers {
+    by_first: BTreeMap<char, Vec<String>>,
+}
+
+impl Leftovers {
+    fn new<'a>(values: impl IntoIterator<Item = &'a String>) -> Leftovers {
+        let mut by_first: BTreeMap<char, Vec<String>> = BTreeMap::new();
+        for v in values {
+            if let Some(c) = v.chars().next() {
+                by_first.entry(c).or_default().push(v.clone());
+            }
+        }
+        Leftovers { by_first }
+    }
+
+    /// Whether `s` contains a known value as whole words.
+    fn found_in(&self, s: &str) -> bool {
+        s.char_indices().any(|(p, c)| {
+            self.by_first.get(&c).is_some_and(|vals| {
+                vals.iter()
+                    .any(|v| s[p..].starts_with(v.as_str()) && word_bounded(s, p, v.len()))
+            })
+        })
+    }
+}
+
 /// A template is usable when nothing value-like is left in it: digits mean a time, count or
 /// number that was said in a form the call did not use, so refilling would contradict the call.
-fn clean_template(t: &str, leftovers: &BTreeSet<String>) -> bool {
+fn clean_template(t: &str, leftovers: &Leftovers) -> bool {
     let outside: String = {
         let mut s = String::new();
         let mut depth = 0;
@@ -351,11 +380,7 @@ fn clean_template(t: &str, leftovers: &BTreeSet<String>) -> bool {
     !outside.chars().any(|c| c.is_ascii_digit())
         && !t.contains("{}")
         && t.len() <= 400
-        && !leftovers.iter().any(|v| {
-            outside
-                .match_indices(v.as_str())
-                .any(|(p, _)| word_bounded(&outside, p, v.len()))
-        })
+        && !leftovers.found_in(&outside)
 }
 
 fn word_bounded(s: &str, p: usize, len: usize) -> bool {
@@ -529,7 +554,7 @@ impl Domain {
             .flat_map(|a| words(&a.predicate).collect::<Vec<_>>())
             .collect();
         let guards = Guards {
-            leftovers,
+            leftovers: Leftovers::new(&leftovers),
             vocabulary,
             values_vocabulary,
             flag_words,
@@ -575,7 +600,7 @@ fn words(t: &str) -> impl Iterator<Item = String> + '_ {
 /// What a learned template must pass.
 struct Guards {
     /// Known values that may not remain outside placeholders.
-    leftovers: BTreeSet<String>,
+    leftovers: Leftovers,
     /// Content words of the domain.
     vocabulary: BTreeSet<String>,
     /// Words of known values and of the schema: the only proper nouns a template may keep.
@@ -1680,7 +1705,7 @@ impl Teacher for OfflineTeacher {
                     ..f
                 });
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if n % 256 == 0 {
+                if n & 255 == 0 {
                     progress(n);
                 }
                 r
