@@ -225,3 +225,74 @@ fn five_scenarios_on_sgd() {
         eprintln!("{name}: {:.2}s for {} conversations", r.secs, r.generated);
     }
 }
+
+/// The simulator is generic: other SGD services (their own search and transaction functions,
+/// entity fields and value formats) go through filter → generate → validate cleanly.
+#[test]
+fn other_services() {
+    if common::sgd_dir().is_none() {
+        return;
+    }
+    for service in ["Events_2", "Homes_1", "Flights_1"] {
+        let traces = common::load(service, &["train"]);
+        let tools = common::tools(service);
+        let task = Task {
+            settings: TaskSettings::default(),
+            description: String::new(),
+        };
+        let f = filter(&traces, &tools, &FilterConfig::default());
+        let ctx = Context {
+            task: &task,
+            tools: &tools,
+            traces: &f.kept,
+        };
+        let teacher = match OfflineTeacher::new(&ctx) {
+            Ok(t) => t,
+            Err(e) => panic!("{service}: {e}"),
+        };
+        let jobs = plan_jobs(200, &task.settings.mutation_topics, 1);
+        let out = teacher
+            .generate(&jobs, &|_| {}, &AtomicBool::new(false))
+            .unwrap();
+        let failures: Vec<String> = out
+            .iter()
+            .filter_map(|o| o.as_ref().err().map(|f| f.to_string()))
+            .collect();
+        let convs: Vec<Conversation> = out.into_iter().filter_map(Result::ok).collect();
+        let v = validate(
+            convs,
+            &tools,
+            &task.settings.mutation_topics,
+            &ValidateConfig::default(),
+        );
+        let counts = v.counts();
+        eprintln!(
+            "{service}: traces {} kept {} entity {:?} | accepted {} failures {} rejected {:?}",
+            traces.len(),
+            f.kept.len(),
+            teacher.domain().entity,
+            v.accepted.len(),
+            failures.len(),
+            counts
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(r, n)| format!("{}={n}", r.name()))
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            failures.is_empty(),
+            "{service}: {:?}",
+            &failures[..failures.len().min(3)]
+        );
+        assert_eq!(
+            counts[&Rule::Schema],
+            0,
+            "{service}: {:?}",
+            v.rejected
+                .iter()
+                .find(|r| r.rule == Rule::Schema)
+                .map(|r| &r.detail)
+        );
+        assert!(v.accepted.len() >= 190, "{service}: {counts:?}");
+    }
+}

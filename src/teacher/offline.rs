@@ -576,18 +576,23 @@ impl Domain {
 }
 
 /// The field a transaction books by: a required transaction argument that search results carry
-/// and no search function takes.
+/// and that no search function takes (or, failing that, that some search does not require: an
+/// event's name is found by one search and looked up by name in another).
 fn entity_field(tools: &ToolSet, records: &[Record]) -> Option<String> {
-    let search_args: BTreeSet<&str> = tools
-        .of_kind(FunctionKind::Search)
-        .flat_map(|f| f.parameter_names())
-        .collect();
+    let searches: Vec<&Function> = tools.of_kind(FunctionKind::Search).collect();
     let in_records = |n: &str| records.iter().any(|r| r.contains_key(n));
-    tools
+    let required: Vec<&str> = tools
         .of_kind(FunctionKind::Transaction)
         .flat_map(|f| f.required())
-        .find(|n| !search_args.contains(n) && in_records(n))
-        .map(str::to_string)
+        .filter(|n| in_records(n))
+        .collect();
+    let taken_by_none = |n: &&&str| searches.iter().all(|s| s.parameter(n).is_none());
+    let required_by_some_not_all = |n: &&&str| searches.iter().any(|s| !s.required().contains(*n));
+    required
+        .iter()
+        .find(taken_by_none)
+        .or_else(|| required.iter().find(required_by_some_not_all))
+        .map(|s| s.to_string())
 }
 
 /// Lowercase alphabetic words of at least 4 letters (the content words a domain check needs).
@@ -1100,9 +1105,23 @@ impl OfflineTeacher {
             ));
         }
         let domain = Domain::extract(ctx);
-        let mut pools = BTreeMap::new();
+        let mut pools: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (k, v) in &domain.values {
             pools.insert(k.clone(), widen(v, &ctx.task.settings.reference_date));
+        }
+        // An enum in the schema lists every legal value: all of them are fair to draw.
+        for f in searches.iter().chain(&transactions) {
+            for a in f.args.iter().filter(|a| !a.is_flag) {
+                if let Some(e) = a.schema.get("enum").and_then(Value::as_array) {
+                    let pool = pools.entry(a.name.clone()).or_default();
+                    for v in e.iter().map(value_text) {
+                        if !pool.contains(&v) && a.json(&v).is_some() {
+                            pool.push(v);
+                        }
+                    }
+                    pool.sort();
+                }
+            }
         }
         let teacher = OfflineTeacher {
             respond_name: respond.name.clone(),
@@ -1183,7 +1202,8 @@ impl OfflineTeacher {
             for (k, v) in args {
                 r.insert(k.clone(), v.clone());
             }
-            if let (Some(e), Some(name)) = (entity, names.choose(rng)) {
+            let searched_entity = entity.is_some_and(|e| args.iter().any(|(k, _)| k == e));
+            if let (Some(e), Some(name), false) = (entity, names.choose(rng), searched_entity) {
                 r.insert(e.to_string(), name.clone());
             }
             let key = entity.and_then(|e| r.get(e)).cloned();
@@ -1468,11 +1488,8 @@ impl OfflineTeacher {
                     .chain(opt_extra.iter())
                     .find(|(k, _)| *k == a.name)
                     .map(|(_, v)| v.clone())
-                    .or_else(|| {
-                        (search.arg(&a.name).is_none())
-                            .then(|| record.get(&a.name).cloned())
-                            .flatten()
-                    });
+                    // What the chosen result says (its name, an event's date the user never gave).
+                    .or_else(|| record.get(&a.name).cloned());
                 if let Some(text) = text {
                     if let Some(j) = a.json(&text) {
                         call_args.insert(a.name.clone(), j);
