@@ -284,23 +284,25 @@ fn delexicalize(text: &str, values: &[(String, String)]) -> String {
     let mut out = text.to_string();
     for (name, value) in sorted {
         let mut result = String::with_capacity(out.len());
-        let mut rest = out.as_str();
-        while let Some(p) = rest.find(value.as_str()) {
-            let before = rest[..p].chars().next_back();
-            let after = rest[p + value.len()..].chars().next();
+        let mut copied = 0;
+        // Boundaries are judged in the whole text, not in what is left after a match ("22").
+        for (p, _) in out.match_indices(value.as_str()) {
+            if p < copied {
+                continue;
+            }
+            let before = out[..p].chars().next_back();
+            let after = out[p + value.len()..].chars().next();
             let bounded = !before.is_some_and(|c| c.is_alphanumeric() || c == '{')
                 && !after.is_some_and(|c| c.is_alphanumeric() || c == '}');
-            result.push_str(&rest[..p]);
             if bounded {
+                result.push_str(&out[copied..p]);
                 result.push('{');
                 result.push_str(name);
                 result.push('}');
-            } else {
-                result.push_str(value);
+                copied = p + value.len();
             }
-            rest = &rest[p + value.len()..];
         }
-        result.push_str(rest);
+        result.push_str(&out[copied..]);
         out = result;
     }
     out
@@ -522,7 +524,7 @@ impl Domain {
         // Words the domain uses: what users say, values, records, the schema's own words. An
         // assistant phrasing outside it (a reply from another service in a noisy trace) is not
         // learned.
-        let mut vocabulary = BTreeSet::new();
+        let mut vocabulary: BTreeSet<String> = COMMON_WORDS.iter().map(|w| w.to_string()).collect();
         for ev in &traces {
             for e in ev {
                 if let Event::User(t) = e {
@@ -594,6 +596,90 @@ fn entity_field(tools: &ToolSet, records: &[Record]) -> Option<String> {
         .or_else(|| required.iter().find(required_by_some_not_all))
         .map(|s| s.to_string())
 }
+
+/// Frequent English words of four letters or more that say nothing about a domain; with them a
+/// small trace pool does not make every ordinary question look foreign.
+const COMMON_WORDS: &[&str] = &[
+    "about",
+    "again",
+    "also",
+    "anything",
+    "anywhere",
+    "around",
+    "available",
+    "because",
+    "before",
+    "better",
+    "could",
+    "does",
+    "done",
+    "each",
+    "else",
+    "enjoy",
+    "even",
+    "every",
+    "find",
+    "found",
+    "from",
+    "give",
+    "glad",
+    "good",
+    "great",
+    "have",
+    "help",
+    "here",
+    "just",
+    "know",
+    "like",
+    "look",
+    "looking",
+    "make",
+    "many",
+    "more",
+    "most",
+    "much",
+    "need",
+    "nice",
+    "okay",
+    "only",
+    "other",
+    "please",
+    "really",
+    "right",
+    "should",
+    "some",
+    "something",
+    "sorry",
+    "sure",
+    "tell",
+    "than",
+    "thank",
+    "thanks",
+    "that",
+    "their",
+    "them",
+    "then",
+    "there",
+    "these",
+    "they",
+    "thing",
+    "this",
+    "those",
+    "want",
+    "welcome",
+    "well",
+    "were",
+    "what",
+    "when",
+    "where",
+    "which",
+    "while",
+    "will",
+    "with",
+    "would",
+    "your",
+    "yours",
+];
 
 /// Lowercase alphabetic words of at least 4 letters (the content words a domain check needs).
 fn words(t: &str) -> impl Iterator<Item = String> + '_ {
@@ -1733,5 +1819,191 @@ impl Teacher for OfflineTeacher {
         }
         progress(jobs.len());
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::{Task, TaskSettings};
+    use crate::validate::{validate, Rule, ValidateConfig};
+    use serde_json::json;
+
+    fn tools() -> ToolSet {
+        let s = json!({"type": "string", "description": "x"});
+        ToolSet::from_openai(
+            &json!([
+                {"type": "function", "function": {"name": "Find", "x-kind": "search",
+                  "parameters": {"type": "object", "properties": {"city": s, "cuisine": s,
+                      "live_music": {"type": "boolean", "description": "Whether the venue has live music"}},
+                      "required": ["city", "cuisine"], "additionalProperties": false}}},
+                {"type": "function", "function": {"name": "Book", "x-kind": "transaction",
+                  "parameters": {"type": "object", "properties": {"name": s, "city": s, "time": s,
+                      "guests": {"type": "integer", "minimum": 1, "maximum": 8}},
+                      "required": ["name", "city", "time"], "additionalProperties": false}}}
+            ]),
+            crate::tools::DEFAULT_RESPOND,
+            &[],
+            "t",
+        )
+        .unwrap()
+    }
+
+    fn call(name: &str, args: Value) -> Message {
+        Message::call(ToolCall::new(name, args.as_object().unwrap().clone()))
+    }
+
+    fn say(t: &str) -> Message {
+        call("respond_to_user", json!({ "message": t }))
+    }
+
+    fn trace(i: usize, city: &str, cuisine: &str, name: &str, time: &str) -> Conversation {
+        let user = |t: String| Message::User { content: t };
+        let mut c = Conversation {
+            id: format!("t{i}"),
+            messages: vec![
+                user(format!("I want {cuisine} food.")),
+                say("Which city should I look in?"),
+                user(format!("Look in {city}.")),
+                call("Find", json!({"city": city, "cuisine": cuisine})),
+                Message::Tool { tool_call_id: String::new(), content: json!([{"name": name, "city": city, "cuisine": cuisine, "phone": "555-0100"}]).to_string() },
+                say(&format!("{name} is a nice {cuisine} place in {city}.")),
+                user(format!("Book {name} at {time}.")),
+                say(&format!("Booking {name} in {city} at {time}, correct?")),
+                user("Yes please.".into()),
+                call("Book", json!({"name": name, "city": city, "time": time, "guests": 2})),
+                Message::Tool { tool_call_id: String::new(), content: json!([{"name": name, "time": time}]).to_string() },
+                say("Your table is booked."),
+                user("Thanks!".into()),
+                say("Enjoy your meal."),
+            ],
+            meta: Default::default(),
+        };
+        c.assign_call_ids();
+        c
+    }
+
+    #[test]
+    fn writes_valid_varied_conversations_from_the_schema() {
+        let traces: Vec<Conversation> = [
+            ("Paris", "Thai", "Baan Thai", "18:30"),
+            ("Lyon", "Italian", "Chez Luigi", "19:00"),
+            ("Nice", "Greek", "Olympos", "12:15"),
+            ("Lille", "Thai", "Siam House", "20:45"),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, (a, b, c, d))| trace(i, a, b, c, d))
+        .collect();
+        let tools = tools();
+        let task = Task {
+            settings: TaskSettings::default(),
+            description: String::new(),
+        };
+        let ctx = Context {
+            task: &task,
+            tools: &tools,
+            traces: &traces,
+        };
+        let t = OfflineTeacher::new(&ctx).unwrap();
+        assert_eq!(t.domain().entity.as_deref(), Some("name"));
+        assert!(t.domain().templates.ask.contains_key("city"));
+        let jobs = super::super::plan_jobs(120, &task.settings.mutation_topics, 9);
+        let out = t.generate(&jobs, &|_| {}, &AtomicBool::new(false)).unwrap();
+        let convs: Vec<Conversation> = out.into_iter().map(|o| o.unwrap()).collect();
+        // Deterministic per seed.
+        let again: Vec<Conversation> = t
+            .generate(&jobs, &|_| {}, &AtomicBool::new(false))
+            .unwrap()
+            .into_iter()
+            .map(|o| o.unwrap())
+            .collect();
+        assert_eq!(convs, again);
+        let mut searches = 0;
+        let mut bookings = 0;
+        for c in &convs {
+            let mut said = String::new();
+            let mut finds = 0;
+            for m in &c.messages {
+                match m {
+                    Message::User { content } | Message::Tool { content, .. } => {
+                        said.push_str(content)
+                    }
+                    Message::Assistant { tool_calls, .. } => {
+                        for call in tool_calls.iter().filter(|c| c.name != "respond_to_user") {
+                            finds += usize::from(call.name == "Find");
+                            bookings += usize::from(call.name == "Book");
+                            for (k, v) in &call.arguments {
+                                if let Value::String(v) = v {
+                                    assert!(
+                                        said.contains(v.as_str()),
+                                        "{}: {k}={v} never said",
+                                        c.id
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            searches += usize::from(finds > 1);
+        }
+        assert!(searches > 10, "repeated searches: {searches}");
+        assert!(bookings > 50, "bookings: {bookings}");
+        let v = validate(
+            convs,
+            &tools,
+            &task.settings.mutation_topics,
+            &ValidateConfig::default(),
+        );
+        let counts = v.counts();
+        assert_eq!(
+            counts[&Rule::Schema]
+                + counts[&Rule::Roles]
+                + counts[&Rule::Results]
+                + counts[&Rule::TurnCount],
+            0,
+            "{counts:?}"
+        );
+        assert!(v.accepted.len() >= 114, "{counts:?}");
+    }
+
+    #[test]
+    fn dates_round_trip_and_widen() {
+        let d = parse_date("2019-03-01").unwrap();
+        assert_eq!(format_date(d), "2019-03-01");
+        assert_eq!(format_date(d + 31), "2019-04-01");
+        assert_eq!(
+            format_date(parse_date("2020-02-28").unwrap() + 1),
+            "2020-02-29"
+        );
+        let w = widen(&["18:30".to_string()], "2019-03-01");
+        assert!(w.len() > 40 && w.iter().all(|t| t.len() == 5 && t.as_bytes()[2] == b':'));
+        assert!(
+            widen(&["2019-03-05".to_string()], "2019-03-01").contains(&"2019-04-10".to_string())
+        );
+        assert_eq!(widen(&["Paris".to_string()], "2019-03-01"), ["Paris"]);
+    }
+
+    #[test]
+    fn delexicalizes_whole_words_only() {
+        let v = vec![
+            ("city".to_string(), "San Jose".to_string()),
+            ("n".to_string(), "2".to_string()),
+        ];
+        assert_eq!(
+            delexicalize("A table for 2 in San Jose, not 22.", &v),
+            "A table for {n} in {city}, not 22."
+        );
+        assert_eq!(placeholders("{a} and {b} and {a}"), ["a", "b"]);
+        let mut m = BTreeMap::new();
+        m.insert("a".to_string(), "x".to_string());
+        assert_eq!(fill("{a}!", &m).as_deref(), Some("x!"));
+        assert_eq!(fill("{b}", &m), None);
+        assert_eq!(
+            flag_predicate("live_music", "Whether the venue has live music"),
+            "has live music"
+        );
     }
 }
