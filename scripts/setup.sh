@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TORCH_VERSION=2.11.0
-PY_PACKAGES=("torch==${TORCH_VERSION}" "transformers==4.57.1" "safetensors==0.6.2" "numpy<3")
+# transformers, peft, safetensors, tokenizers: the Qwen3 parity tests build tiny checkpoints with them.
+PY_PACKAGES=("torch==${TORCH_VERSION}" "transformers==5.24.0" "peft==0.21.2" "safetensors==0.8.0" "tokenizers==0.23.3")
 
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"

@@ -213,12 +213,16 @@ pub struct DataSpec {
     pub task: String,
     /// A tools JSON file; when absent the schema is derived from SGD's `schema.json`.
     pub tools: Option<String>,
+    /// A held-out test set (OpenAI chat JSONL) instead of the seeded split.
+    pub test_file: Option<String>,
     /// `error` (default) or `skip` malformed traces.
     #[serde(default = "default_on_bad")]
     pub on_bad_trace: String,
     /// Extra trace pools scenarios draw from, by role (`sister`, `foreign`).
     #[serde(default)]
     pub roles: BTreeMap<String, RoleSpec>,
+    /// Where to fetch the data from when `path` is absent (checked by blake3).
+    pub download: Option<crate::download::DownloadSpec>,
 }
 
 /// A trace pool other than the target's.
@@ -466,7 +470,8 @@ impl Experiment {
         ] {
             if let Some(rel) = rel {
                 let p = root.join(rel);
-                if !p.exists() {
+                let will_download = key == "data.path" && head.data.download.is_some();
+                if !will_download && !p.exists() {
                     return Err(locate(
                         key,
                         format!(

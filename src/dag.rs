@@ -217,7 +217,12 @@ pub fn build(exp: &Experiment) -> Result<Dag, ConfigError> {
         avail.insert(*a, ingest_node);
     }
     let split = b.data_step("split")?;
-    let split_params = b.canonical(split, &exp.params_for("split", None, None), &at("split"))?;
+    let mut split_raw = match &d.test_file {
+        Some(f) => json!({"test_file": f}),
+        None => json!({}),
+    };
+    merge(&mut split_raw, &exp.params_for("split", None, None));
+    let split_params = b.canonical(split, &split_raw, &at("split"))?;
     let split_inputs = b.wire(split, &avail, &|m| exp.source.error("split", m))?;
     let split_node = b.add(split, split_params, split_inputs, "data/split".into());
     for a in split.produces() {
@@ -349,6 +354,42 @@ pub fn build(exp: &Experiment) -> Result<Dag, ConfigError> {
         cells,
         report,
     })
+}
+
+/// Kahn's algorithm, always taking the ready node added first, so nodes run in the order the
+/// experiment lists scenarios and pipelines. A cycle is reported through one of its nodes.
+pub fn topological_order(
+    graph: &StableDiGraph<Node, InputRole>,
+) -> Result<Vec<NodeIndex>, NodeIndex> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let mut indegree: HashMap<NodeIndex, usize> = graph
+        .node_indices()
+        .map(|n| (n, graph.edges_directed(n, Direction::Incoming).count()))
+        .collect();
+    let mut ready: BinaryHeap<Reverse<NodeIndex>> = indegree
+        .iter()
+        .filter(|(_, d)| **d == 0)
+        .map(|(n, _)| Reverse(*n))
+        .collect();
+    let mut order = Vec::with_capacity(indegree.len());
+    while let Some(Reverse(n)) = ready.pop() {
+        order.push(n);
+        for e in graph.edges_directed(n, Direction::Outgoing) {
+            let d = indegree.get_mut(&e.target()).expect("node exists");
+            *d -= 1;
+            if *d == 0 {
+                ready.push(Reverse(e.target()));
+            }
+        }
+    }
+    match indegree
+        .into_iter()
+        .find(|(n, d)| *d > 0 && !order.contains(n))
+    {
+        Some((n, _)) => Err(n),
+        None => Ok(order),
+    }
 }
 
 fn join_key(prefix: &str, path: &str) -> String {

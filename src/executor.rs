@@ -536,6 +536,25 @@ pub fn run(
                         output_hash: m.output_hash,
                     };
                 }
+                Err(Failure::Reused(m)) => {
+                    reporter.event(&Event::StepCached {
+                        label: node.label.clone(),
+                        key: m.key.0.clone(),
+                        cut_off: false,
+                    });
+                    summary.out_dirs.insert(n, cache.out_dir(&m.key));
+                    new_state.insert(node.label.clone(), m.parts.clone());
+                    outcome.insert(
+                        n,
+                        Outcome::Cached {
+                            key: m.key.clone(),
+                            cut_off: false,
+                        },
+                    );
+                    status[n.index()] = Status::Done {
+                        output_hash: m.output_hash,
+                    };
+                }
                 Err(Failure::Cancelled) => {
                     reporter.event(&Event::StepSkipped {
                         label: node.label.clone(),
@@ -606,6 +625,8 @@ fn input_dirs(dag: &Dag, n: NodeIndex, out_dirs: &BTreeMap<NodeIndex, PathBuf>) 
 
 /// Why a node did not produce an entry.
 enum Failure {
+    /// Not a failure: another run published this key while we waited for its lock.
+    Reused(Manifest),
     /// The run was interrupted while it ran.
     Cancelled,
     /// It failed with this cause.
@@ -633,10 +654,11 @@ fn execute(
     let _lock = cache.lock_key(&launch.key)?;
     if !launch.forced {
         if let Some(m) = cache.lookup(&launch.key) {
-            return Ok(m);
+            return Err(Failure::Reused(m));
         }
     }
     let pending = cache.begin(&launch.key)?;
+    tracing::info!(label = %node.label, key = %launch.key.short(), dir = %pending.dir.display(), "running");
     let started_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
@@ -693,5 +715,6 @@ fn execute(
     if launch.forced {
         cache.remove(&launch.key)?;
     }
+    tracing::info!(label = %node.label, seconds = manifest.duration_s, "publishing");
     Ok(cache.publish(pending, manifest)?)
 }

@@ -109,6 +109,8 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Score any JSONL of `{question, answer, prediction}` rows and print the metrics.
+    Judge(tracelab::judge::cli::JudgeArgs),
     /// List the step kinds.
     Steps,
 }
@@ -127,6 +129,17 @@ struct Loaded {
 
 fn load(args: &ExpArgs, cache_dir: Option<&Path>) -> Result<Loaded> {
     let exp = Experiment::load(&args.experiment, &args.sets)?;
+    if let Some(spec) = &exp.data.download {
+        let dest = exp.root.join(&exp.data.path);
+        if !dest.exists() {
+            eprintln!(
+                "data: {} is absent; downloading {}",
+                dest.display(),
+                spec.url
+            );
+            tracelab::download::ensure(spec, &dest)?;
+        }
+    }
     let dag = dag::build(&exp)?;
     let dir = cache_dir.map_or_else(|| exp.root.join("cache"), Path::to_path_buf);
     let cache = Cache::open(&dir)?;
@@ -301,6 +314,16 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Gc { root, dry_run } => gc(root, cache_dir, *dry_run),
+        Command::Judge(args) => {
+            let metrics = args.run()?;
+            print!("{metrics}");
+            eprintln!(
+                "verdicts: {}; metrics: {}",
+                args.out.display(),
+                args.metrics_path().display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Steps => {
             for s in steps::STEPS {
                 println!("{:<10} v{}  {}", s.kind(), s.version(), s.about());

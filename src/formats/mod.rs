@@ -105,6 +105,48 @@ pub fn read_conversations(path: &Path, on_bad: OnBadTrace) -> Result<ReadOutcome
     Ok(out)
 }
 
+/// The tool list an OpenAI chat JSONL file declares in its lines' `tools` keys (the study's files
+/// carry one per line). All lines that have one must agree; lines without one are fine. Errors:
+/// no line declares tools, lines disagree, or a line is not JSON.
+pub fn declared_tools(path: &Path) -> Result<Value, FormatError> {
+    let text = std::fs::read_to_string(path).map_err(|e| FormatError::io(path, e))?;
+    let file = path.display().to_string();
+    let mut found: Option<(usize, Value)> = None;
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = line
+            .parse()
+            .map_err(|e: serde_json::Error| FormatError::Invalid {
+                file: file.clone(),
+                line: i + 1,
+                message: format!("bad JSON: {e}"),
+            })?;
+        let Some(tools) = v.get("tools").filter(|t| !t.is_null()) else {
+            continue;
+        };
+        match &found {
+            None => found = Some((i + 1, tools.clone())),
+            Some((first, t)) if t != tools => {
+                return Err(FormatError::Invalid {
+                    file,
+                    line: i + 1,
+                    message: format!(
+                        "these tools differ from those of line {first}; give the target tools file explicitly"
+                    ),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    found.map(|(_, t)| t).ok_or(FormatError::Invalid {
+        file,
+        line: 1,
+        message: "no line declares \"tools\"; give the target tools file explicitly".into(),
+    })
+}
+
 /// Writes conversations as standard OpenAI chat JSONL (`{"id","messages","meta"}` a line, string
 /// `arguments`, results as `tool` messages). Calls without ids get deterministic ones. The file is
 /// written next to its destination and renamed, so readers never see half a file.
@@ -135,7 +177,9 @@ pub fn read_pairs(path: &Path) -> Result<Vec<EvalPair>, FormatError> {
             line: i + 1,
             message,
         };
-        let v: Value = serde_json::from_str(line).map_err(|e| invalid(format!("bad JSON: {e}")))?;
+        let v: Value = line
+            .parse()
+            .map_err(|e: serde_json::Error| invalid(format!("bad JSON: {e}")))?;
         let id = v
             .get("id")
             .and_then(Value::as_str)

@@ -20,8 +20,9 @@
 //!   `respond_to_user` (the default name; tasks with another reply name rename it downstream).
 //!
 //! Errors (the reader adds `file:line`): bad JSON, missing `messages`, unknown role, a call without
-//! a name, arguments that are not an object, an assistant message with neither text nor call, a
-//! tool result with no call before it.
+//! a name, arguments that are not an object, an assistant message with neither text nor call.
+//! A tool result before any call is accepted: scenarios such as trace mixing shuffle messages on
+//! purpose, and their output must read back.
 
 use serde_json::{Map, Value};
 
@@ -30,7 +31,9 @@ use crate::tools::DEFAULT_RESPOND;
 
 /// Parses one JSONL line into a conversation; `default_id` is used when the line has no `id`.
 pub fn parse_line(line: &str, default_id: &str) -> Result<Conversation, String> {
-    let v: Value = serde_json::from_str(line).map_err(|e| format!("bad JSON: {e}"))?;
+    let v: Value = line
+        .parse()
+        .map_err(|e: serde_json::Error| format!("bad JSON: {e}"))?;
     parse_conversation(&v, default_id)
 }
 
@@ -79,8 +82,6 @@ pub fn parse_messages(v: &Value) -> Result<Vec<Message>, String> {
     let mut out = Vec::with_capacity(list.len());
     // Ids of service calls that still wait for their result, oldest first.
     let mut open_calls: Vec<String> = Vec::new();
-    // Whether any call was made yet (a tool result needs one before it).
-    let mut any_call = false;
     for (i, m) in list.iter().enumerate() {
         let at = |e: String| format!("message {i}: {e}");
         let obj = m.as_object().ok_or_else(|| at("not an object".into()))?;
@@ -97,8 +98,8 @@ pub fn parse_messages(v: &Value) -> Result<Vec<Message>, String> {
             }
             "user" => {
                 let text = content.unwrap_or_default();
-                let is_result = !open_calls.is_empty()
-                    && serde_json::from_str::<Value>(&text).is_ok_and(|v| v.is_array());
+                let is_result =
+                    !open_calls.is_empty() && text.parse::<Value>().is_ok_and(|v| v.is_array());
                 if is_result {
                     out.push(Message::Tool {
                         tool_call_id: open_calls.remove(0),
@@ -131,11 +132,9 @@ pub fn parse_messages(v: &Value) -> Result<Vec<Message>, String> {
                     let mut args = Arguments::new();
                     args.insert("message".into(), Value::String(text));
                     calls.push(ToolCall::new(DEFAULT_RESPOND, args));
-                    any_call = true;
                     out.push(Message::call(calls.pop().expect("just pushed")));
                     continue;
                 }
-                any_call = true;
                 for (n, c) in calls.iter_mut().enumerate() {
                     if c.id.is_empty() {
                         // Give the call a provisional id now so a result can point at it;
@@ -152,9 +151,6 @@ pub fn parse_messages(v: &Value) -> Result<Vec<Message>, String> {
                 });
             }
             "tool" | "function" => {
-                if !any_call {
-                    return Err(at("tool result with no tool call before it".into()));
-                }
                 let id = match obj.get("tool_call_id") {
                     Some(Value::String(s)) => s.clone(),
                     None | Some(Value::Null) => {
@@ -242,7 +238,7 @@ pub fn parse_call(value: &Value) -> Result<ToolCall, String> {
         None | Some(Value::Null) => Arguments::new(),
         Some(Value::Object(m)) => m.clone(),
         Some(Value::String(s)) if s.trim().is_empty() => Arguments::new(),
-        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+        Some(Value::String(s)) => match s.parse::<Value>() {
             Ok(Value::Object(m)) => m,
             Ok(other) => {
                 return Err(format!(

@@ -65,12 +65,15 @@ pub fn read_dialogues(root: &Path, sel: &Selection) -> Result<Vec<Conversation>,
         for file in dialogue_files(root, std::slice::from_ref(split))? {
             let text = std::fs::read_to_string(&file).map_err(|e| FormatError::io(&file, e))?;
             let fname = file.display().to_string();
+            // `str::parse` runs serde_json's own (optimized) instantiation, which matters for
+            // ~40 MB of dialogues in debug builds.
             let dialogues: Value =
-                serde_json::from_str(&text).map_err(|e| FormatError::Invalid {
-                    file: fname.clone(),
-                    line: e.line(),
-                    message: format!("bad JSON: {e}"),
-                })?;
+                text.parse()
+                    .map_err(|e: serde_json::Error| FormatError::Invalid {
+                        file: fname.clone(),
+                        line: e.line(),
+                        message: format!("bad JSON: {e}"),
+                    })?;
             let list = dialogues.as_array().ok_or_else(|| FormatError::Invalid {
                 file: fname.clone(),
                 line: 1,
@@ -174,14 +177,27 @@ pub fn dialogue_to_conversation(d: &Value) -> Result<Conversation, String> {
     Ok(c)
 }
 
+/// A service's schema as found in the dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceSchema {
+    /// The `schema.json` it came from.
+    pub path: PathBuf,
+    /// The service object.
+    pub service: Value,
+    /// Every `schema.json` read to find it, in order (the last is `path`).
+    pub consulted: Vec<PathBuf>,
+}
+
 /// Finds a service's schema in the first split (train, dev, test order) whose `schema.json` lists
-/// it; returns the file it came from and the service object.
-pub fn find_service_schema(root: &Path, service: &str) -> Result<(PathBuf, Value), FormatError> {
+/// it.
+pub fn find_service_schema(root: &Path, service: &str) -> Result<ServiceSchema, FormatError> {
+    let mut consulted = Vec::new();
     for split in ["train", "dev", "test"] {
         let path = root.join(split).join("schema.json");
         if !path.exists() {
             continue;
         }
+        consulted.push(path.clone());
         let text = std::fs::read_to_string(&path).map_err(|e| FormatError::io(&path, e))?;
         let v: Value = serde_json::from_str(&text).map_err(|e| FormatError::Invalid {
             file: path.display().to_string(),
@@ -193,7 +209,11 @@ pub fn find_service_schema(root: &Path, service: &str) -> Result<(PathBuf, Value
                 .find(|s| s.get("service_name").and_then(Value::as_str) == Some(service))
         });
         if let Some(s) = found {
-            return Ok((path, s.clone()));
+            return Ok(ServiceSchema {
+                path,
+                service: s.clone(),
+                consulted,
+            });
         }
     }
     Err(FormatError::Invalid {

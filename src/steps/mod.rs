@@ -12,15 +12,26 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+pub mod corrupt;
 pub mod filter;
 pub mod generate;
+pub mod ingest;
+pub mod judge;
 pub mod report;
+pub mod schema;
+pub mod split;
 pub mod validate;
+
 /// Every step kind tracelab knows, in pipeline order. The experiment file names them by `kind()`.
 pub static STEPS: &[&dyn Step] = &[
+    &ingest::Ingest,
+    &schema::Schema,
+    &split::Split,
+    &corrupt::Corrupt,
     &filter::Filter,
     &generate::Generate,
     &validate::Validate,
+    &judge::Judge,
     &report::Report,
 ];
 

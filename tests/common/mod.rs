@@ -37,8 +37,8 @@ pub fn load(service: &str, splits: &[&str]) -> Vec<Conversation> {
 
 /// The tool schema of `service`, converted by the data helper's schema reader.
 pub fn tools(service: &str) -> ToolSet {
-    let (_, s) = sgd::find_service_schema(&sgd_dir().expect("checked by caller"), service).unwrap();
-    sgd::service_to_toolset(&s, DEFAULT_RESPOND).unwrap()
+    let s = sgd::find_service_schema(&sgd_dir().expect("checked by caller"), service).unwrap();
+    sgd::service_to_toolset(&s.service, DEFAULT_RESPOND).unwrap()
 }
 
 /// Every value (≥ 4 chars, not a flag) in calls and results of `convs`.

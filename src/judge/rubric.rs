@@ -1,0 +1,1503 @@
+//! The offline rubric judge: BENCHMARK.md's rubric as deterministic rules, with a reason for
+//! every verdict.
+//!
+//! 1. The predicted function must be the reference function.
+//! 2. Service calls: every reference argument must name the same entity or intent after
+//!    normalization ([`Normalizer`]); a missing argument is bad unless the reference value is the
+//!    schema default or "don't care"; an argument the reference omits is bad only when its value
+//!    is nowhere in the conversation (invented) or the parameter does not exist.
+//! 3. Replies: good unless the message contradicts the tool results in the prefix — yes/no facts
+//!    (any boolean field of the records: alcohol, live music, …), categorical facts (fields with
+//!    an `enum` in the tool schema: price range, …), phone numbers, street addresses, booking
+//!    success or failure, "found N"/"found nothing" claims, and names of places that no result
+//!    contains.
+//!
+//! Nothing here knows about restaurants: field names come from the tool results and schemas, and
+//! words for facts come from the field names plus the synonym table.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Map, Value};
+
+use crate::conversation::ToolCall;
+use crate::judge::context::{Context, Speaker};
+use crate::judge::normalize::{fold, parse_bool, parse_number, value_text, Normalizer, ValueKind};
+use crate::tools::{Function, FunctionKind, ToolSet};
+
+/// A judgement of one pair: good or bad, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Whether the prediction is acceptable.
+    pub good: bool,
+    /// Why, in one line.
+    pub reason: String,
+}
+
+impl Verdict {
+    fn good(reason: impl Into<String>) -> Verdict {
+        Verdict {
+            good: true,
+            reason: reason.into(),
+        }
+    }
+    fn bad(reason: impl Into<String>) -> Verdict {
+        Verdict {
+            good: false,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// How the arguments of a service call compare with the reference's.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ArgReport {
+    /// Reference arguments the prediction gets right (present and the same entity, or absent
+    /// where the reference value is the default).
+    pub matched: usize,
+    /// Reference arguments in all.
+    pub total: usize,
+    /// What is wrong, one entry per problem (missing, different, invented, unknown).
+    pub problems: Vec<String>,
+}
+
+impl ArgReport {
+    /// Every reference argument right (extra arguments not considered).
+    pub fn all_reference_args_right(&self) -> bool {
+        self.matched == self.total
+    }
+}
+
+/// Names of entities (places, hotels, …) seen in any tool result of the judged set; a reply that
+/// names one of them which its own conversation never returned is naming a place as found that
+/// no result contains.
+#[derive(Debug, Clone, Default)]
+pub struct Lexicon {
+    names: BTreeSet<String>,
+    longest: usize,
+}
+
+impl Lexicon {
+    /// Collects name-like fields (keys containing `name`) from every record of `contexts`,
+    /// leaving out values that are too generic to be evidence: short single words, numbers, and
+    /// values that also occur in non-name fields (cities, cuisines).
+    pub fn build<'a>(contexts: impl IntoIterator<Item = &'a Context>) -> Lexicon {
+        let mut names = BTreeSet::new();
+        let mut other = BTreeSet::new();
+        for ctx in contexts {
+            for r in ctx.records() {
+                for (k, v) in r {
+                    let f = fold(&value_text(v));
+                    if f.is_empty() {
+                        continue;
+                    }
+                    if k.to_lowercase().contains("name") {
+                        names.insert(f);
+                    } else {
+                        other.insert(f);
+                    }
+                }
+            }
+        }
+        names.retain(|n: &String| {
+            let words = n.split(' ').count();
+            !other.contains(n)
+                && parse_number(n).is_none()
+                && (words >= 2 || n.chars().count() >= 6)
+        });
+        let longest = names
+            .iter()
+            .map(|n| n.split(' ').count())
+            .max()
+            .unwrap_or(0);
+        Lexicon { names, longest }
+    }
+
+    /// Number of names known.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether no names are known.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Known names occurring in folded `words`, in order of appearance, without repeats.
+    fn mentions(&self, words: &[&str]) -> Vec<String> {
+        let mut found = Vec::new();
+        for i in 0..words.len() {
+            for n in (1..=self.longest.min(words.len() - i)).rev() {
+                let cand = words[i..i + n].join(" ");
+                if self.names.contains(&cand) && !found.contains(&cand) {
+                    found.push(cand);
+                    break;
+                }
+            }
+        }
+        found
+    }
+}
+
+/// The rubric judge for one task.
+pub struct Rubric<'a> {
+    tools: &'a ToolSet,
+    norm: &'a Normalizer,
+    respond: String,
+    lexicon: Lexicon,
+}
+
+/// Words negating a fact mentioned after them in the same clause.
+const NEGATIONS: &[&str] = &[
+    "no", "not", "dont", "doesnt", "didnt", "isnt", "arent", "wasnt", "werent", "wont", "cant",
+    "cannot", "couldnt", "without", "never", "neither", "nor", "none", "lacks", "lack", "non",
+    "nope", // "don t" / "can t" where the apostrophe was typed as a space.
+    "t",
+];
+
+/// Words that start a new clause: a negation before them does not reach past them.
+const CLAUSE_BREAKS: &[&str] = &[
+    "but", "however", "although", "though", "whereas", "while", "and", "also", "yet",
+];
+
+/// Leading verbs of boolean field names (`serves_alcohol` → "alcohol").
+const FIELD_VERBS: &[&str] = &[
+    "has", "have", "serves", "serve", "is", "are", "offers", "offer", "allows", "allow", "accepts",
+    "accept", "includes", "include", "provides", "provide", "can", "does", "with", "supports",
+    "support",
+];
+
+/// Words that only pad a name ("Chili's Grill & Bar" is "Chili's").
+const GENERIC_NAME_WORDS: &[&str] = &[
+    "the",
+    "restaurant",
+    "restaurants",
+    "cafe",
+    "bar",
+    "grill",
+    "and",
+    "ca",
+    "california",
+    "city",
+    "kitchen",
+    "house",
+    "eatery",
+    "bistro",
+    "of",
+    "hotel",
+    "inn",
+];
+
+impl<'a> Rubric<'a> {
+    /// A judge for `tools` (the reply function is `respond`), comparing values with `norm`, and
+    /// knowing the entity names in `lexicon`.
+    pub fn new(tools: &'a ToolSet, norm: &'a Normalizer, respond: &str, lexicon: Lexicon) -> Self {
+        Rubric {
+            tools,
+            norm,
+            respond: respond.to_string(),
+            lexicon,
+        }
+    }
+
+    /// The reply function's name.
+    pub fn respond_name(&self) -> &str {
+        &self.respond
+    }
+
+    /// Judges `pred` against `reference` with the conversation prefix `ctx`.
+    pub fn judge(&self, ctx: &Context, reference: &ToolCall, pred: &ToolCall) -> Verdict {
+        if pred.name != reference.name {
+            return Verdict::bad(format!(
+                "called {}, the reference calls {}",
+                pred.name, reference.name
+            ));
+        }
+        if reference.name == self.respond {
+            return self.judge_reply(ctx, pred);
+        }
+        let report = self.compare_args(ctx, reference, pred);
+        if report.problems.is_empty() {
+            Verdict::good(format!(
+                "{} with every argument the same ({} of {})",
+                pred.name, report.matched, report.total
+            ))
+        } else {
+            Verdict::bad(format!("{}: {}", pred.name, report.problems.join("; ")))
+        }
+    }
+
+    /// Compares the arguments of two calls of the same service function.
+    pub fn compare_args(&self, ctx: &Context, reference: &ToolCall, pred: &ToolCall) -> ArgReport {
+        let func = self.tools.get(&reference.name);
+        let mut rep = ArgReport {
+            total: reference.arguments.len(),
+            ..ArgReport::default()
+        };
+        for (k, rv) in &reference.arguments {
+            let r = value_text(rv);
+            match pred.arguments.get(k) {
+                Some(pv) => {
+                    let p = value_text(pv);
+                    if self.same_entity(ctx, k, &r, &p) {
+                        rep.matched += 1;
+                    } else {
+                        rep.problems
+                            .push(format!("{k} is {p:?}, the reference has {r:?}"));
+                    }
+                }
+                None if is_default(func, k, &r) => rep.matched += 1,
+                None => rep
+                    .problems
+                    .push(format!("{k} is missing (the reference has {r:?})")),
+            }
+        }
+        for (k, pv) in &pred.arguments {
+            if reference.arguments.contains_key(k) {
+                continue;
+            }
+            let p = value_text(pv);
+            if func.is_some_and(|f| f.parameter(k).is_none()) {
+                rep.problems
+                    .push(format!("{k} is not a parameter of {}", pred.name));
+            } else if is_default(func, k, &p) {
+                continue;
+            } else if !self.grounded(ctx, k, &p) {
+                rep.problems.push(format!(
+                    "{k} = {p:?} appears nowhere in the conversation (the reference leaves it out)"
+                ));
+            }
+        }
+        rep
+    }
+
+    /// Same value after normalization, or the same entity under a shorter or longer name
+    /// ("Chili's" for "Chili's Grill & Bar"; "Amelie" for "Amelie San Francisco" when only one
+    /// result is called that).
+    pub fn same_entity(&self, ctx: &Context, param: &str, reference: &str, pred: &str) -> bool {
+        if self.norm.same(param, reference, pred) {
+            return true;
+        }
+        if self.norm.kind_of(param, reference) != ValueKind::Text {
+            return false;
+        }
+        let (rw, pw) = (fold(reference), fold(pred));
+        let (rw, pw): (Vec<&str>, Vec<&str>) = (rw.split(' ').collect(), pw.split(' ').collect());
+        let (short, long) = if rw.len() <= pw.len() {
+            (&rw, &pw)
+        } else {
+            (&pw, &rw)
+        };
+        if short.is_empty() || !short.iter().all(|w| long.contains(w)) {
+            return false;
+        }
+        if long
+            .iter()
+            .all(|w| short.contains(w) || GENERIC_NAME_WORDS.contains(w))
+        {
+            return true;
+        }
+        // Only the results can tell whether the shorter name is unambiguous.
+        let long_f = long.join(" ");
+        let mut candidates: BTreeSet<String> = BTreeSet::new();
+        for r in ctx.records() {
+            if let Some(v) = r.get(param) {
+                let f = fold(&value_text(v));
+                let fw: Vec<&str> = f.split(' ').collect();
+                if short.iter().all(|w| fw.contains(w)) {
+                    candidates.insert(f);
+                }
+            }
+        }
+        candidates.len() == 1 && candidates.contains(&long_f)
+    }
+
+    /// Whether the conversation supports `value` for argument `param`: some phrase of the
+    /// user's or assistant's turns or some result value means the same; for yes/no values, the
+    /// user mentioned the topic.
+    fn grounded(&self, ctx: &Context, param: &str, value: &str) -> bool {
+        if parse_bool(value).is_some() {
+            let phrases = self.topic_phrases(param);
+            return ctx.user_text().any(|t| {
+                let f = fold(t);
+                let ws: Vec<&str> = f.split(' ').collect();
+                phrases.iter().any(|p| find_phrase(&ws, p).is_some())
+            });
+        }
+        for r in ctx.records() {
+            if r.values()
+                .any(|v| self.norm.same(param, &value_text(v), value))
+            {
+                return true;
+            }
+        }
+        for t in &ctx.turns {
+            if !matches!(t.speaker, Speaker::User | Speaker::Assistant) {
+                continue;
+            }
+            let ws: Vec<String> = t
+                .text
+                .split_whitespace()
+                .map(|w| {
+                    w.trim_matches(|c: char| ",.!?;\"()".contains(c))
+                        .to_string()
+                })
+                .collect();
+            for i in 0..ws.len() {
+                for n in 1..=6.min(ws.len() - i) {
+                    if self.norm.same(param, &ws[i..i + n].join(" "), value) {
+                        return true;
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// Words that mention a boolean field's fact: the field name without its leading verb
+    /// (`has_live_music` → "live music") and that phrase's synonyms.
+    fn topic_phrases(&self, field: &str) -> Vec<String> {
+        let words: Vec<String> = field
+            .split(['_', '-', ' '])
+            .map(str::to_lowercase)
+            .collect();
+        let start = words
+            .iter()
+            .position(|w| !FIELD_VERBS.contains(&w.as_str()))
+            .unwrap_or(0);
+        let topic = fold(&words[start..].join(" "));
+        self.norm.synonyms.phrases_for(&topic)
+    }
+
+    // ---- Replies -------------------------------------------------------------------------------
+
+    fn judge_reply(&self, ctx: &Context, pred: &ToolCall) -> Verdict {
+        let message = pred
+            .arguments
+            .get("message")
+            .or_else(|| pred.arguments.values().find(|v| v.is_string()))
+            .map(value_text)
+            .unwrap_or_default();
+        if message.trim().is_empty() {
+            return Verdict::bad("the reply has no message");
+        }
+        // Names are masked before a reply is read for facts, so "Wine" in "Baan Thai House &
+        // Wine Bar" is no claim about alcohol and "8" in "8 Immortals" no count.
+        let mut names: Vec<String> = ctx
+            .records()
+            .flat_map(|r| r.iter())
+            .filter(|(k, _)| k.to_lowercase().contains("name"))
+            .map(|(_, v)| fold(&value_text(v)))
+            .filter(|n| !n.is_empty())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let folded = fold(&message);
+        let ws: Vec<&str> = folded.split(' ').collect();
+        names.extend(self.lexicon.mentions(&ws));
+        names.sort_by_key(|n| std::cmp::Reverse(n.split(' ').count()));
+        let clauses = claims(&message, &names);
+        let checks = [
+            self.check_booleans(ctx, &message, &clauses),
+            self.check_categories(ctx, &message, &clauses),
+            self.check_phones(ctx, &message),
+            self.check_addresses(ctx, &message),
+            self.check_booking(ctx, &message, &clauses),
+            self.check_search_outcome(ctx, &clauses),
+            self.check_names(ctx, &message),
+        ];
+        let problems: Vec<String> = checks.into_iter().flatten().collect();
+        if problems.is_empty() {
+            let n: usize = ctx.results.iter().map(|b| b.records.len()).sum();
+            Verdict::good(format!(
+                "reply does not contradict the tool results ({} result blocks, {n} records)",
+                ctx.results.len()
+            ))
+        } else {
+            Verdict::bad(format!(
+                "reply contradicts the results: {}",
+                problems.join("; ")
+            ))
+        }
+    }
+
+    /// Yes/no facts: any field whose values are `True`/`False`.
+    fn check_booleans(&self, ctx: &Context, message: &str, clauses: &[Clause]) -> Option<String> {
+        let fields = fields_where(ctx, |v| {
+            matches!(fold(&value_text(v)).as_str(), "true" | "false")
+        });
+        for field in fields {
+            let phrases = self.topic_phrases(&field);
+            for clause in clauses {
+                let ws: Vec<&str> = clause.words.iter().map(String::as_str).collect();
+                if !phrases.iter().any(|p| find_phrase(&ws, p).is_some()) {
+                    continue;
+                }
+                // "They don't serve alcohol" and "alcohol isn't served" both deny it.
+                let said = !ws.iter().any(|w| NEGATIONS.contains(w));
+                let Some((who, value)) = self.fact(ctx, message, clause, &field) else {
+                    continue;
+                };
+                if let Some(actual) = parse_bool(&value) {
+                    if actual != said {
+                        return Some(format!(
+                            "says {who} {} {}, but the result has {field} = {value}",
+                            if said { "has" } else { "does not have" },
+                            phrases[0]
+                        ));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Categorical facts: fields with a non-numeric, non-boolean `enum` in the tool schema.
+    fn check_categories(&self, ctx: &Context, message: &str, clauses: &[Clause]) -> Option<String> {
+        let present = fields_where(ctx, |_| true);
+        for field in present {
+            let Some(values) = self.enum_of(&field) else {
+                continue;
+            };
+            // Phrase → enum value, longest phrase first so "very expensive" wins over "expensive".
+            let mut phrases: Vec<(String, String)> = Vec::new();
+            for v in &values {
+                for p in self.norm.synonyms.phrases_for(v) {
+                    phrases.push((p, v.clone()));
+                }
+            }
+            phrases.sort_by_key(|(p, _)| std::cmp::Reverse(p.split(' ').count()));
+            for clause in clauses {
+                let ws: Vec<&str> = clause.words.iter().map(String::as_str).collect();
+                // "neither pricey nor cheap" asserts neither category.
+                if ws.iter().any(|w| NEGATIONS.contains(w)) {
+                    continue;
+                }
+                let mut said: Vec<&str> = Vec::new();
+                let mut taken = vec![false; ws.len()];
+                for (p, v) in &phrases {
+                    let pw: Vec<&str> = p.split(' ').collect();
+                    for i in 0..ws.len().saturating_sub(pw.len() - 1) {
+                        if ws[i..i + pw.len()] == pw[..]
+                            && !taken[i..i + pw.len()].iter().any(|t| *t)
+                        {
+                            taken[i..i + pw.len()].iter_mut().for_each(|t| *t = true);
+                            said.push(v);
+                        }
+                    }
+                }
+                if said.is_empty() {
+                    continue;
+                }
+                let Some((who, value)) = self.fact(ctx, message, clause, &field) else {
+                    continue;
+                };
+                let actual = fold(&value);
+                let compatible = |s: &str| {
+                    s == actual
+                        || actual.split(' ').any(|w| w == s)
+                        || s.split(' ').any(|w| w == actual)
+                };
+                if !said.iter().any(|s| compatible(s)) {
+                    return Some(format!(
+                        "says {who} is {}, but the result has {field} = {value}",
+                        said[0]
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    fn enum_of(&self, field: &str) -> Option<Vec<String>> {
+        let values: Vec<String> = self
+            .tools
+            .functions
+            .iter()
+            .find_map(|f| f.enum_values(field))?
+            .into_iter()
+            .map(fold)
+            .filter(|v| !matches!(v.as_str(), "dontcare" | "dont care" | "any"))
+            .collect();
+        let categorical = values
+            .iter()
+            .all(|v| parse_number(v).is_none() && parse_bool(v).is_none());
+        (categorical && !values.is_empty()).then_some(values)
+    }
+
+    /// The value of `field` the clause is about: the record the clause names, else the record
+    /// the message names, else the record the conversation last talked about, else the latest
+    /// result when it has one record or all its records agree. Returns (who, value).
+    fn fact(
+        &self,
+        ctx: &Context,
+        message: &str,
+        clause: &Clause,
+        field: &str,
+    ) -> Option<(String, String)> {
+        let named = clause
+            .names
+            .iter()
+            .find_map(|n| self.named_record(ctx, n))
+            .or_else(|| self.named_record(ctx, &fold(message)))
+            .or_else(|| {
+                ctx.turns
+                    .iter()
+                    .rev()
+                    .filter(|t| matches!(t.speaker, Speaker::Assistant | Speaker::User))
+                    .find_map(|t| self.named_record(ctx, &fold(&t.text)))
+            });
+        if let Some((name, r)) = named {
+            return r.get(field).map(|v| (name, value_text(v)));
+        }
+        let block = ctx.results.iter().rev().find(|b| !b.records.is_empty())?;
+        let values: BTreeSet<String> = block
+            .records
+            .iter()
+            .filter_map(|r| r.get(field))
+            .map(value_text)
+            .collect();
+        match (values.len(), values.into_iter().next()) {
+            (1, Some(v)) => Some(("the result".to_string(), v)),
+            _ => None,
+        }
+    }
+
+    /// The first record (latest results first) whose name occurs in the folded `text`.
+    fn named_record<'c>(
+        &self,
+        ctx: &'c Context,
+        text: &str,
+    ) -> Option<(String, &'c Map<String, Value>)> {
+        let ws: Vec<&str> = text.split(' ').collect();
+        for r in ctx.records() {
+            for (k, v) in r {
+                if !k.to_lowercase().contains("name") {
+                    continue;
+                }
+                let name = fold(&value_text(v));
+                if name.is_empty() {
+                    continue;
+                }
+                let nw: Vec<&str> = name.split(' ').collect();
+                let short: Vec<&str> = if nw.len() >= 3 {
+                    nw[..2].to_vec()
+                } else {
+                    nw.clone()
+                };
+                if find_words(&ws, &nw).is_some() || find_words(&ws, &short).is_some() {
+                    return Some((value_text(v), r));
+                }
+            }
+        }
+        None
+    }
+
+    /// Phone numbers in the reply must be ones a result (or the user) gave.
+    fn check_phones(&self, ctx: &Context, message: &str) -> Option<String> {
+        let known: BTreeSet<String> = ctx
+            .records()
+            .flat_map(|r| r.values().map(value_text))
+            .chain(ctx.user_text().map(String::from))
+            .flat_map(|t| phone_numbers(&t))
+            .collect();
+        phone_numbers(message)
+            .into_iter()
+            .find(|p| !known.contains(p))
+            .map(|p| format!("gives phone number {p}, which no result contains"))
+    }
+
+    /// Street addresses in the reply must be ones a result (or the user) gave.
+    fn check_addresses(&self, ctx: &Context, message: &str) -> Option<String> {
+        let known: Vec<Vec<String>> = ctx
+            .records()
+            .flat_map(|r| r.values().map(value_text))
+            .chain(ctx.user_text().map(String::from))
+            .map(|t| expand_address(&fold(&t)))
+            .collect();
+        for addr in addresses(message) {
+            let aw = expand_address(&addr.join(" "));
+            let aw: Vec<&str> = aw.iter().map(String::as_str).collect();
+            let found = known.iter().any(|k| {
+                let kw: Vec<&str> = k.iter().map(String::as_str).collect();
+                find_words(&kw, &aw).is_some()
+            });
+            if !found {
+                return Some(format!(
+                    "gives the address {:?}, which no result contains",
+                    addr.join(" ")
+                ));
+            }
+        }
+        None
+    }
+
+    /// Booking success or failure must match the latest transaction's result: no record means
+    /// it failed, a record agreeing with every argument means it succeeded (anything else is
+    /// left undecided, as SGD sometimes books a nearby time).
+    fn check_booking(&self, ctx: &Context, message: &str, clauses: &[Clause]) -> Option<String> {
+        // Without a transaction function there is nothing a booking claim could be checked on.
+        self.tools.of_kind(FunctionKind::Transaction).next()?;
+        let latest = ctx.results.iter().rev().find(|b| {
+            b.call.as_ref().is_some_and(|c| {
+                self.tools
+                    .get(&c.name)
+                    .is_some_and(|f| f.kind == FunctionKind::Transaction)
+            })
+        });
+        let direct = latest.is_some_and(|b| b.turn + 1 == ctx.turns.len());
+        // "Please confirm: table booked at 6 pm for 2" states what is about to be booked.
+        let asks_to_confirm = words_of(message)
+            .iter()
+            .any(|w| CONFIRMATION_CUES.contains(&w.as_str()));
+        let (mut success, mut failure) = (false, false);
+        for clause in clauses {
+            let ws: Vec<&str> = clause.words.iter().map(String::as_str).collect();
+            let about_booking = direct || ws.iter().any(|w| BOOKING_WORDS.contains(w));
+            if !about_booking {
+                continue;
+            }
+            let failed = FAILURE_PHRASES
+                .iter()
+                .any(|p| find_phrase(&ws, p).is_some());
+            let claims_success = SUCCESS_PHRASES
+                .iter()
+                .any(|p| find_phrase(&ws, p).is_some());
+            // "made without errors" is no denial.
+            let negated = ws.iter().any(|w| NEGATIONS.contains(w) && *w != "without");
+            let tentative = ws.iter().any(|w| TENTATIVE.contains(w));
+            if failed || (claims_success && negated) {
+                failure = true;
+            } else if claims_success && !tentative && !asks_to_confirm {
+                success = true;
+            }
+        }
+        match latest {
+            None if success => Some(
+                "says a booking was made, but no booking call returned in the conversation".into(),
+            ),
+            None => None,
+            Some(b) => {
+                let call = b.call.as_ref()?;
+                let outcome = if b.records.is_empty() {
+                    Some(false)
+                } else if b.records.iter().any(|r| {
+                    call.arguments.iter().all(|(k, v)| {
+                        r.get(k)
+                            .is_none_or(|rv| self.norm.same(k, &value_text(rv), &value_text(v)))
+                    })
+                }) {
+                    Some(true)
+                } else {
+                    None
+                };
+                match outcome {
+                    Some(false) if success && !failure => Some(format!(
+                        "says the booking succeeded, but {} returned no record",
+                        call.name
+                    )),
+                    Some(true) if failure && !success => Some(format!(
+                        "says the booking failed, but {} returned a matching record",
+                        call.name
+                    )),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// When the reply reports on a search that just returned: "nothing found" needs an empty
+    /// result, "found N" needs N records, and an empty result cannot be reported as found.
+    fn check_search_outcome(&self, ctx: &Context, clauses: &[Clause]) -> Option<String> {
+        if !ctx.ends_with_result() {
+            return None;
+        }
+        let block = ctx.results.last()?;
+        let kind = block
+            .call
+            .as_ref()
+            .and_then(|c| self.tools.get(&c.name))
+            .map(|f| f.kind);
+        if kind == Some(FunctionKind::Transaction) {
+            return None;
+        }
+        let n = block.records.len();
+        for clause in clauses {
+            let ws: Vec<&str> = clause.words.iter().map(String::as_str).collect();
+            let more = ws
+                .iter()
+                .any(|w| matches!(*w, "other" | "another" | "more" | "else" | "others"));
+            let nothing = NOTHING_PHRASES
+                .iter()
+                .any(|p| find_phrase(&ws, p).is_some());
+            if nothing && !more && n > 0 {
+                return Some(format!(
+                    "says nothing was found, but the search returned {n} results"
+                ));
+            }
+            if let Some(claimed) = count_claim(&ws) {
+                if claimed != n {
+                    return Some(format!(
+                        "says it found {claimed}, but the search returned {n} results"
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// Names from the judged set's results that this conversation never saw.
+    fn check_names(&self, ctx: &Context, message: &str) -> Option<String> {
+        let f = fold(message);
+        let ws: Vec<&str> = f.split(' ').collect();
+        let mentions = self.lexicon.mentions(&ws);
+        if mentions.is_empty() {
+            return None;
+        }
+        let seen: Vec<String> = ctx
+            .records()
+            .flat_map(|r| r.values().map(|v| fold(&value_text(v))))
+            .chain(ctx.turns.iter().map(|t| fold(&t.text)))
+            .collect();
+        let user: BTreeSet<String> = ctx.user_text().flat_map(words_of).collect();
+        mentions
+            .into_iter()
+            .find(|m| {
+                let mw: Vec<&str> = m.split(' ').collect();
+                let in_results = seen.iter().any(|s| {
+                    let sw: Vec<&str> = s.split(' ').collect();
+                    find_words(&sw, &mw).is_some()
+                });
+                // A place the user named by a short form ("Katsu" for "Katsu Los Gatos") is
+                // the user's, not invented.
+                let distinct: Vec<&&str> = mw
+                    .iter()
+                    .filter(|w| !GENERIC_NAME_WORDS.contains(w))
+                    .collect();
+                let user_named = match distinct.as_slice() {
+                    [first, ..] if first.len() >= 3 => user.contains(**first),
+                    [a, b, ..] => user.contains(**a) && user.contains(**b),
+                    _ => false,
+                };
+                !in_results && !user_named
+            })
+            .map(|m| format!("names {m:?}, which no result in this conversation contains"))
+    }
+}
+
+/// Stands in for a masked name (never a folded word, which has no punctuation).
+const NAME_MASK: &str = "<name>";
+
+/// Words that put a clause on the subject of a booking.
+const BOOKING_WORDS: &[&str] = &[
+    "reservation",
+    "reservations",
+    "booking",
+    "bookings",
+    "book",
+    "booked",
+    "reserve",
+    "reserved",
+    "table",
+    "room",
+];
+/// Phrases that claim a booking went through (unless negated). Future or tentative wording
+/// ("the reservation will be set", "confirming your booking") is no claim.
+const SUCCESS_PHRASES: &[&str] = &[
+    "successful",
+    "successfully",
+    "confirmed",
+    "booked",
+    "reserved",
+    "succeeded",
+    "all set",
+    "been made",
+    "is made",
+    "was made",
+    "went through",
+];
+/// Words of a reply that asks the user to confirm details rather than reporting a result.
+const CONFIRMATION_CUES: &[&str] = &["confirm", "confirmation", "verify", "correct", "review"];
+/// Words that make a clause about a booking tentative ("will be booked", "being reserved").
+const TENTATIVE: &[&str] = &[
+    "will", "being", "would", "shall", "going", "should", "can", "could",
+];
+/// Phrases that claim a booking failed.
+const FAILURE_PHRASES: &[&str] = &[
+    "failed",
+    "fail",
+    "unsuccessful",
+    "unable",
+    "couldnt",
+    "could not",
+    "cannot",
+    "cant",
+    "not able",
+    "unavailable",
+    "not available",
+    "fully booked",
+    "no availability",
+    "didnt go through",
+    "did not go through",
+];
+/// Phrases that claim a search found nothing.
+const NOTHING_PHRASES: &[&str] = &[
+    "couldnt find",
+    "could not find",
+    "didnt find",
+    "did not find",
+    "cant find",
+    "cannot find",
+    "unable to find",
+    "no results",
+    "no matches",
+    "there are no",
+    "there arent any",
+    "found nothing",
+    "no restaurants",
+    "nothing",
+];
+
+/// Whether a value is the parameter's schema default or a "don't care".
+fn is_default(func: Option<&Function>, param: &str, value: &str) -> bool {
+    let f = fold(value);
+    if matches!(f.as_str(), "dontcare" | "dont care" | "any" | "") {
+        return true;
+    }
+    func.and_then(|f| f.parameter(param))
+        .and_then(|s| s.get("default"))
+        .is_some_and(|d| fold(&value_text(d)) == f)
+}
+
+/// Field names present in the context's records whose every value satisfies `pred`, sorted.
+fn fields_where(ctx: &Context, pred: impl Fn(&Value) -> bool) -> Vec<String> {
+    let mut all: BTreeSet<String> = BTreeSet::new();
+    let mut bad: BTreeSet<String> = BTreeSet::new();
+    for r in ctx.records() {
+        for (k, v) in r {
+            all.insert(k.clone());
+            if !pred(v) {
+                bad.insert(k.clone());
+            }
+        }
+    }
+    all.difference(&bad).cloned().collect()
+}
+
+/// One clause of a reply that states something (questions are not claims).
+struct Clause {
+    /// Folded words, each known name replaced by [`NAME_MASK`].
+    words: Vec<String>,
+    /// The names the clause mentions (folded), in order.
+    names: Vec<String>,
+}
+
+/// The reply split into sentences, questions dropped, and each sentence into clauses at commas
+/// and contrast words, so a negation only reaches the facts of its own clause.
+fn claims(message: &str, names: &[String]) -> Vec<Clause> {
+    let mut out = Vec::new();
+    let mut sentence = String::new();
+    let chars: Vec<char> = message.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        let end = match c {
+            '!' | '?' | ';' | '\n' => true,
+            '.' => chars.get(i + 1).is_none_or(|n| n.is_whitespace()),
+            _ => false,
+        };
+        if end {
+            if c != '?' {
+                push_clauses(&sentence, names, &mut out);
+            }
+            sentence.clear();
+        } else {
+            sentence.push(c);
+        }
+    }
+    push_clauses(&sentence, names, &mut out);
+    out
+}
+
+/// `names` must be folded and sorted longest first.
+fn push_clauses(sentence: &str, names: &[String], out: &mut Vec<Clause>) {
+    let lower = fold(sentence);
+    if lower.starts_with("if ") || lower.starts_with("would you") || lower.starts_with("do you") {
+        return;
+    }
+    for part in sentence.split([',', ':', '(', ')']) {
+        // Mask names first, so "and" inside "Chili's Grill & Bar" does not split a clause.
+        let mut ws: Vec<String> = words_of(part);
+        let mut found: Vec<Option<String>> = vec![None; ws.len()];
+        for name in names {
+            let nw: Vec<&str> = name.split(' ').collect();
+            let mut i = 0;
+            while i + nw.len() <= ws.len() {
+                if ws[i..i + nw.len()].iter().zip(&nw).all(|(a, b)| a == b) {
+                    ws.splice(i..i + nw.len(), [NAME_MASK.to_string()]);
+                    found.splice(i..i + nw.len(), [Some(name.clone())]);
+                }
+                i += 1;
+            }
+        }
+        let mut clause = Clause {
+            words: Vec::new(),
+            names: Vec::new(),
+        };
+        for (w, name) in ws.into_iter().zip(found) {
+            if CLAUSE_BREAKS.contains(&w.as_str()) && !clause.words.is_empty() {
+                out.push(std::mem::replace(
+                    &mut clause,
+                    Clause {
+                        words: Vec::new(),
+                        names: Vec::new(),
+                    },
+                ));
+            } else {
+                clause.words.push(w);
+                clause.names.extend(name);
+            }
+        }
+        if !clause.words.is_empty() {
+            out.push(clause);
+        }
+    }
+}
+
+fn words_of(s: &str) -> Vec<String> {
+    let f = fold(s);
+    f.split(' ')
+        .filter(|w| !w.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Position of a folded phrase in folded words.
+fn find_phrase(words: &[&str], phrase: &str) -> Option<usize> {
+    let pw: Vec<&str> = phrase.split(' ').collect();
+    find_words(words, &pw)
+}
+
+fn find_words(words: &[&str], pat: &[&str]) -> Option<usize> {
+    if pat.is_empty() || pat.len() > words.len() {
+        return None;
+    }
+    (0..=words.len() - pat.len()).find(|&i| words[i..i + pat.len()] == *pat)
+}
+
+/// "found 5 restaurants", "there are 10 options", "I have 3 places": the count, when at least 2
+/// and followed by a plural noun (a lone "one" usually means "one of them").
+fn count_claim(ws: &[&str]) -> Option<usize> {
+    for i in 0..ws.len() {
+        if !matches!(ws[i], "found" | "have" | "are" | "got" | "returned" | "see") {
+            continue;
+        }
+        let mut j = i + 1;
+        if ws.get(j).is_some_and(|w| matches!(*w, "about" | "around")) {
+            return None; // an estimate is not a claim
+        }
+        if ws.get(j).is_some_and(|w| *w == "only") {
+            j += 1;
+        }
+        let Some(n) = ws.get(j).and_then(|w| parse_number(w)) else {
+            continue;
+        };
+        let noun = ws.get(j + 1).or_else(|| ws.get(j + 2));
+        if n >= 2.0 && n.fract() == 0.0 && noun.is_some_and(|w| w.ends_with('s')) {
+            return Some(n as usize);
+        }
+    }
+    None
+}
+
+/// Phone numbers (7–15 digits with separators) in `text`, as digit strings; ISO dates excluded.
+fn phone_numbers(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i].is_ascii_digit() || (chars[i] == '(' || chars[i] == '+') {
+            let start = i;
+            let mut j = i;
+            while j < chars.len() && (chars[j].is_ascii_digit() || " -().+".contains(chars[j])) {
+                j += 1;
+            }
+            let span: String = chars[start..j].iter().collect();
+            let span = span.trim_end_matches(|c: char| !c.is_ascii_digit());
+            let digits: String = span.chars().filter(char::is_ascii_digit).collect();
+            let iso_date = span.len() == 10
+                && span.chars().enumerate().all(|(k, c)| {
+                    if k == 4 || k == 7 {
+                        c == '-'
+                    } else {
+                        c.is_ascii_digit()
+                    }
+                });
+            if (7..=15).contains(&digits.len())
+                && !iso_date
+                && span.contains(['-', '(', ')', '.', ' ', '+'])
+                || digits.len() == 10 && !iso_date
+            {
+                out.push(digits);
+            }
+            i = j.max(i + 1);
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Street suffixes and their long forms.
+const STREET: &[(&str, &str)] = &[
+    ("street", "street"),
+    ("st", "street"),
+    ("avenue", "avenue"),
+    ("ave", "avenue"),
+    ("road", "road"),
+    ("rd", "road"),
+    ("boulevard", "boulevard"),
+    ("blvd", "boulevard"),
+    ("drive", "drive"),
+    ("dr", "drive"),
+    ("way", "way"),
+    ("lane", "lane"),
+    ("ln", "lane"),
+    ("place", "place"),
+    ("pl", "place"),
+    ("court", "court"),
+    ("ct", "court"),
+    ("parkway", "parkway"),
+    ("pkwy", "parkway"),
+    ("highway", "highway"),
+    ("hwy", "highway"),
+    ("square", "square"),
+    ("plaza", "plaza"),
+    ("terrace", "terrace"),
+    ("circle", "circle"),
+    ("alley", "alley"),
+];
+
+fn expand_address(folded: &str) -> Vec<String> {
+    folded
+        .split(' ')
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            let long = STREET.iter().find(|(s, _)| *s == w).map(|(_, l)| *l);
+            let dir = match w {
+                "n" => Some("north"),
+                "s" => Some("south"),
+                "e" => Some("east"),
+                "w" => Some("west"),
+                _ => None,
+            };
+            long.or(dir).unwrap_or(w).to_string()
+        })
+        .collect()
+}
+
+/// Street addresses in `text`: a house number, up to four capitalized words, a capitalized
+/// street suffix ("71 North San Pedro Street", "605 Post St"). Returned as folded words.
+fn addresses(text: &str) -> Vec<Vec<String>> {
+    let raw: Vec<String> = text
+        .replace(['\'', '’'], "")
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(String::from)
+        .collect();
+    let mut out = Vec::new();
+    let is_number = |w: &str| {
+        w.chars().next().is_some_and(|c| c.is_ascii_digit())
+            && w.chars().filter(|c| c.is_ascii_digit()).count() >= 1
+            && w.len() <= 6
+    };
+    let capital = |w: &str| {
+        w.chars()
+            .next()
+            .is_some_and(|c| c.is_uppercase() || c.is_ascii_digit())
+    };
+    let mut i = 0;
+    while i < raw.len() {
+        if is_number(&raw[i]) {
+            for j in i + 2..(i + 6).min(raw.len()) {
+                let between_ok = raw[i + 1..j].iter().all(|w| capital(w));
+                let w = raw[j].to_lowercase();
+                if !between_ok {
+                    break;
+                }
+                if capital(&raw[j]) && STREET.iter().any(|(s, _)| *s == w) {
+                    out.push(raw[i..=j].iter().map(|w| w.to_lowercase()).collect());
+                    i = j;
+                    break;
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::context::Context;
+    use serde_json::json;
+    use std::collections::BTreeMap;
+
+    fn tools() -> ToolSet {
+        let v = json!([
+            {"type": "function", "function": {"name": "FindRestaurants", "x-kind": "search",
+             "parameters": {"type": "object", "properties": {
+                "cuisine": {"type": "string"}, "city": {"type": "string"},
+                "price_range": {"type": "string", "enum": ["inexpensive", "moderate", "expensive", "very expensive", "dontcare"]},
+                "has_live_music": {"type": "string", "enum": ["True", "False", "dontcare"]},
+                "serves_alcohol": {"type": "string", "enum": ["True", "False", "dontcare"]}},
+              "required": ["cuisine", "city"]}}},
+            {"type": "function", "function": {"name": "ReserveRestaurant", "x-kind": "transaction",
+             "parameters": {"type": "object", "properties": {
+                "restaurant_name": {"type": "string"}, "city": {"type": "string"},
+                "time": {"type": "string"}, "date": {"type": "string", "default": "2019-03-01"},
+                "party_size": {"type": "string", "enum": ["1","2","3","4","5","6"], "default": "2"}},
+              "required": ["restaurant_name", "city", "time"]}}}
+        ]);
+        ToolSet::from_openai(&v, "respond_to_user", &[], "t").unwrap()
+    }
+
+    fn call(name: &str, args: Value) -> ToolCall {
+        ToolCall::new(name, args.as_object().unwrap().clone())
+    }
+    fn say(msg: &str) -> ToolCall {
+        call("respond_to_user", json!({ "message": msg }))
+    }
+
+    const R1: &str = r#"{"restaurant_name": "71 Saint Peter", "city": "San Jose", "cuisine": "American", "has_live_music": "False", "serves_alcohol": "True", "price_range": "moderate", "phone_number": "408-971-8523", "street_address": "71 North San Pedro Street"}"#;
+    const R2: &str = r#"{"restaurant_name": "Bazille", "city": "San Jose", "cuisine": "American", "has_live_music": "True", "serves_alcohol": "False", "price_range": "expensive", "phone_number": "408-261-5787", "street_address": "2400 Forest Avenue"}"#;
+
+    /// A search for American food in San Jose that returned R1 and R2; the assistant offered
+    /// 71 Saint Peter; `tail` continues the conversation.
+    fn ctx_with(tail: Value) -> Context {
+        let mut msgs = vec![
+            json!({"role": "user", "content": "I want American food in San Jose, somewhere with live music"}),
+            json!({"role": "assistant", "tool_calls": [{"function": {"name": "FindRestaurants", "arguments": {"city": "San Jose", "cuisine": "American"}}}]}),
+            json!({"role": "tool", "content": format!("[{R1}, {R2}]")}),
+            json!({"role": "assistant", "tool_calls": [{"function": {"name": "respond_to_user", "arguments": {"message": "I found 2 restaurants. 71 Saint Peter is nice."}}}]}),
+        ];
+        msgs.extend(tail.as_array().cloned().unwrap_or_default());
+        Context::from_messages(&Value::Array(msgs), "respond_to_user").unwrap()
+    }
+
+    fn judge_with<T>(f: impl FnOnce(&Rubric<'_>) -> T) -> T {
+        let t = tools();
+        let n = Normalizer::new("2019-03-01", &BTreeMap::new()).unwrap();
+        let other = Context::from_messages(
+            &json!([{"role": "user", "content": "x"},
+                    {"role": "assistant", "tool_calls": [{"function": {"name": "FindRestaurants", "arguments": {}}}]},
+                    {"role": "tool", "content": "[{\"restaurant_name\": \"Golden Dragon Palace\", \"city\": \"Oakland\"}]"}]),
+            "respond_to_user",
+        )
+        .unwrap();
+        let base = ctx_with(json!([]));
+        let lex = Lexicon::build([&other, &base]);
+        let r = Rubric::new(&t, &n, "respond_to_user", lex);
+        f(&r)
+    }
+
+    fn verdict(ctx: &Context, reference: &ToolCall, pred: &ToolCall) -> Verdict {
+        judge_with(|r| r.judge(ctx, reference, pred))
+    }
+
+    #[test]
+    fn function_must_match() {
+        let ctx = ctx_with(json!([]));
+        let v = verdict(&ctx, &say("hi"), &call("FindRestaurants", json!({})));
+        assert!(!v.good);
+        assert!(
+            v.reason
+                .contains("called FindRestaurants, the reference calls respond_to_user"),
+            "{}",
+            v.reason
+        );
+    }
+
+    #[test]
+    fn service_arguments_table() {
+        let ctx = ctx_with(json!([
+            {"role": "user", "content": "Book 71 Saint Peter for two at six in the evening on March 3rd"}
+        ]));
+        let reference = call(
+            "ReserveRestaurant",
+            json!({"restaurant_name": "71 Saint Peter", "city": "San Jose", "time": "18:00", "date": "2019-03-03", "party_size": "2"}),
+        );
+        let cases: &[(Value, bool, &str)] = &[
+            (
+                json!({"restaurant_name": "71 saint peter", "city": "San Jose", "time": "6:00 PM", "date": "March 3rd", "party_size": "two"}),
+                true,
+                "every argument the same",
+            ),
+            (
+                json!({"time": "6 pm", "party_size": 2, "date": "the 3rd", "city": "san jose", "restaurant_name": "71 Saint Peter"}),
+                true,
+                "every argument the same",
+            ),
+            (
+                json!({"restaurant_name": "Bazille", "city": "San Jose", "time": "18:00", "date": "2019-03-03", "party_size": "2"}),
+                false,
+                "restaurant_name is \"Bazille\"",
+            ),
+            (
+                json!({"restaurant_name": "71 Saint Peter", "city": "Oakland", "time": "18:00", "date": "2019-03-03", "party_size": "2"}),
+                false,
+                "city is \"Oakland\"",
+            ),
+            (
+                json!({"restaurant_name": "71 Saint Peter", "city": "San Jose", "time": "19:00", "date": "2019-03-03", "party_size": "2"}),
+                false,
+                "time is",
+            ),
+            (
+                json!({"restaurant_name": "71 Saint Peter", "city": "San Jose", "time": "18:00", "party_size": "2"}),
+                false,
+                "date is missing",
+            ),
+            (
+                json!({"restaurant_name": "71 Saint Peter", "city": "San Jose", "time": "18:00", "date": "2019-03-03", "party_size": "2", "smoking": "no"}),
+                false,
+                "not a parameter",
+            ),
+        ];
+        for (args, good, why) in cases {
+            let v = verdict(&ctx, &reference, &call("ReserveRestaurant", args.clone()));
+            assert_eq!(v.good, *good, "{args}: {}", v.reason);
+            assert!(v.reason.contains(why), "{args}: {} (want {why})", v.reason);
+        }
+    }
+
+    #[test]
+    fn optional_arguments_the_reference_omits() {
+        let ctx = ctx_with(
+            json!([{"role": "user", "content": "Book 71 Saint Peter at 6 pm for 4 people"}]),
+        );
+        let reference = call(
+            "ReserveRestaurant",
+            json!({"restaurant_name": "71 Saint Peter", "city": "San Jose", "time": "18:00"}),
+        );
+        let base =
+            json!({"restaurant_name": "71 Saint Peter", "city": "San Jose", "time": "18:00"});
+        let with = |k: &str, v: &str| {
+            let mut a = base.clone();
+            a[k] = json!(v);
+            call("ReserveRestaurant", a)
+        };
+        // The schema default, a value the user said, and "dontcare" are fine; an invented date is not.
+        assert!(verdict(&ctx, &reference, &with("date", "2019-03-01")).good);
+        assert!(verdict(&ctx, &reference, &with("party_size", "4")).good);
+        let v = verdict(&ctx, &reference, &with("date", "2019-03-09"));
+        assert!(
+            !v.good && v.reason.contains("appears nowhere"),
+            "{}",
+            v.reason
+        );
+        // A yes/no filter is fine when the user raised the topic, invented otherwise.
+        let find_ref = call(
+            "FindRestaurants",
+            json!({"city": "San Jose", "cuisine": "American"}),
+        );
+        let music = call(
+            "FindRestaurants",
+            json!({"city": "San Jose", "cuisine": "American", "has_live_music": "True"}),
+        );
+        let alcohol = call(
+            "FindRestaurants",
+            json!({"city": "San Jose", "cuisine": "American", "serves_alcohol": "True"}),
+        );
+        assert!(verdict(&ctx, &find_ref, &music).good);
+        assert!(!verdict(&ctx, &find_ref, &alcohol).good);
+    }
+
+    #[test]
+    fn synonyms_and_short_names() {
+        let ctx = ctx_with(json!([]));
+        let reference = call(
+            "FindRestaurants",
+            json!({"city": "San Francisco", "cuisine": "Barbecue"}),
+        );
+        let pred = call(
+            "FindRestaurants",
+            json!({"cuisine": "American", "city": "SF"}),
+        );
+        assert!(verdict(&ctx, &reference, &pred).good);
+        let reference = call(
+            "ReserveRestaurant",
+            json!({"restaurant_name": "Bazille", "city": "San Jose", "time": "18:00"}),
+        );
+        for (name, good) in [
+            ("Bazille Restaurant", true),
+            ("The Bazille", true),
+            ("Bazille Grill Oakland", false),
+        ] {
+            let pred = call(
+                "ReserveRestaurant",
+                json!({"restaurant_name": name, "city": "San Jose", "time": "18:00"}),
+            );
+            assert_eq!(verdict(&ctx, &reference, &pred).good, good, "{name}");
+        }
+        // "71 Saint" is unambiguous among the results.
+        let reference = call(
+            "ReserveRestaurant",
+            json!({"restaurant_name": "71 Saint Peter", "city": "San Jose", "time": "18:00"}),
+        );
+        let pred = call(
+            "ReserveRestaurant",
+            json!({"restaurant_name": "71 Saint", "city": "San Jose", "time": "18:00"}),
+        );
+        assert!(verdict(&ctx, &reference, &pred).good);
+    }
+
+    #[test]
+    fn replies_against_tool_results() {
+        let ctx = ctx_with(json!([{"role": "user", "content": "Tell me more about it"}]));
+        let reference = say("It serves alcohol.");
+        let cases: &[(&str, bool, &str)] = &[
+            (
+                "71 Saint Peter serves alcohol and is moderately priced.",
+                true,
+                "does not contradict",
+            ),
+            (
+                "Sure! Would you like to book a table?",
+                true,
+                "does not contradict",
+            ),
+            ("Sorry, I don't know more.", true, "does not contradict"),
+            ("They do not serve alcohol.", false, "does not have alcohol"),
+            ("71 Saint Peter has live music.", false, "has live music"),
+            (
+                "Bazille has live music but does not serve alcohol.",
+                true,
+                "does not contradict",
+            ),
+            ("Bazille serves wine.", false, "serves_alcohol = False"),
+            ("They don't have live music.", true, "does not contradict"),
+            ("Does it have live music?", true, "does not contradict"),
+            ("It is an expensive place.", false, "price_range = moderate"),
+            ("Bazille is pricey.", true, "does not contradict"),
+            (
+                "Their phone number is 408-971-8523.",
+                true,
+                "does not contradict",
+            ),
+            (
+                "Their phone number is 408-555-1234.",
+                false,
+                "phone number 4085551234",
+            ),
+            (
+                "They are at 71 N San Pedro St.",
+                true,
+                "does not contradict",
+            ),
+            ("They are at 12 Market Street.", false, "address"),
+            (
+                "Golden Dragon Palace is a great choice.",
+                false,
+                "golden dragon palace",
+            ),
+            ("", false, "no message"),
+        ];
+        for (msg, good, why) in cases {
+            let v = verdict(&ctx, &reference, &say(msg));
+            assert_eq!(v.good, *good, "{msg:?}: {}", v.reason);
+            assert!(v.reason.contains(why), "{msg:?}: {} (want {why})", v.reason);
+        }
+    }
+
+    #[test]
+    fn replies_about_bookings() {
+        let reserve = |result: &str| {
+            ctx_with(json!([
+                {"role": "user", "content": "Yes, book it at 6 pm"},
+                {"role": "assistant", "tool_calls": [{"function": {"name": "ReserveRestaurant", "arguments": {"restaurant_name": "71 Saint Peter", "city": "San Jose", "time": "18:00"}}}]},
+                {"role": "tool", "content": result}
+            ]))
+        };
+        let ok = reserve(
+            r#"[{"restaurant_name": "71 Saint Peter", "city": "San Jose", "time": "18:00", "date": "2019-03-01"}]"#,
+        );
+        let failed = reserve("[]");
+        let other_time = reserve(
+            r#"[{"restaurant_name": "71 Saint Peter", "city": "San Jose", "time": "18:30"}]"#,
+        );
+        let r = say("Your table is booked.");
+        let cases: &[(&Context, &str, bool)] = &[
+            (&ok, "Your reservation is confirmed.", true),
+            (&ok, "Sorry, the reservation was not successful.", false),
+            (&ok, "Sorry, I was unable to make the booking.", false),
+            (&failed, "Sorry, I was unable to make the booking.", true),
+            (&failed, "Your table has been booked successfully!", false),
+            (
+                &failed,
+                "Sorry the reservation was not successful. Can I help with anything else?",
+                true,
+            ),
+            (&other_time, "Your reservation is confirmed.", true),
+            (&other_time, "Sorry, that failed.", true),
+        ];
+        for (ctx, msg, good) in cases {
+            let v = verdict(ctx, &r, &say(msg));
+            assert_eq!(v.good, *good, "{msg:?}: {}", v.reason);
+        }
+        // No booking call anywhere: claiming one is a contradiction.
+        let none = ctx_with(json!([{"role": "user", "content": "ok"}]));
+        let v = verdict(&none, &r, &say("Your table has been reserved."));
+        assert!(
+            !v.good && v.reason.contains("no booking call"),
+            "{}",
+            v.reason
+        );
+    }
+
+    #[test]
+    fn replies_about_search_outcomes() {
+        let search = |result: &str| {
+            Context::from_messages(
+                &json!([
+                    {"role": "user", "content": "Italian in Oakland"},
+                    {"role": "assistant", "tool_calls": [{"function": {"name": "FindRestaurants", "arguments": {"city": "Oakland", "cuisine": "Italian"}}}]},
+                    {"role": "tool", "content": result}
+                ]),
+                "respond_to_user",
+            )
+            .unwrap()
+        };
+        let three = search(
+            r#"[{"restaurant_name": "A Cena"}, {"restaurant_name": "Belotti"}, {"restaurant_name": "Bellanico"}]"#,
+        );
+        let empty = search("[]");
+        let r = say("x");
+        let cases: &[(&Context, &str, bool)] = &[
+            (&three, "I found 3 restaurants. A Cena is nice.", true),
+            (&three, "I have one in Oakland called Belotti.", true),
+            (&three, "I found 5 restaurants for you.", false),
+            (&three, "Sorry, I couldn't find any restaurants.", false),
+            (&empty, "Sorry, I couldn't find any restaurants.", true),
+            (&empty, "I found 2 restaurants for you.", false),
+            (&empty, "Golden Dragon Palace is available.", false),
+        ];
+        for (ctx, msg, good) in cases {
+            let v = verdict(ctx, &r, &say(msg));
+            assert_eq!(v.good, *good, "{msg:?}: {}", v.reason);
+        }
+    }
+
+    #[test]
+    fn helpers() {
+        assert_eq!(
+            phone_numbers("call 408-971-8523 or (650) 330-1782 on 2019-03-01"),
+            vec!["4089718523", "6503301782"]
+        );
+        assert_eq!(
+            addresses("It is at 71 North San Pedro Street, near 5 people."),
+            vec![vec!["71", "north", "san", "pedro", "street"]]
+        );
+        assert!(addresses("I have 2 options that way").is_empty());
+        assert_eq!(count_claim(&["i", "found", "10", "restaurants"]), Some(10));
+        assert_eq!(count_claim(&["i", "have", "one", "in", "oakland"]), None);
+    }
+}

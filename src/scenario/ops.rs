@@ -1,0 +1,352 @@
+//! The structural operators: subsample, per-trace renaming, adding a role pool, trace mixing.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::{Map, Value};
+
+use super::names::{function_alternatives, parameter_alternatives};
+use super::{function_kinds, invalid, Changes, ScenarioError};
+use crate::conversation::{Conversation, Message};
+use crate::tools::{FunctionKind, ToolSet};
+
+/// A seeded subset of `n` traces, in their original order.
+pub(super) fn subsample(
+    work: Vec<Conversation>,
+    n: usize,
+    rng: &mut ChaCha8Rng,
+    ch: &mut Changes<'_>,
+) -> Result<Vec<Conversation>, ScenarioError> {
+    if n > work.len() {
+        return invalid(format!(
+            "subsample: {n} traces asked for, the working set has {}",
+            work.len()
+        ));
+    }
+    let keep = choose_indices(work.len(), n, rng);
+    ch.add("dropped", (work.len() - n) as u64);
+    ch.add("kept", n as u64);
+    Ok(work
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| keep.contains(i))
+        .map(|(_, c)| c)
+        .collect())
+}
+
+/// `n` distinct indices out of `0..len`, chosen by a seeded shuffle.
+pub(super) fn choose_indices(len: usize, n: usize, rng: &mut ChaCha8Rng) -> BTreeSet<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    order.shuffle(rng);
+    order.into_iter().take(n).collect()
+}
+
+/// Renames, per trace, each target function and each target parameter name to one of its
+/// alternatives. Parameters are renamed by name (a name shared by two functions gets the same
+/// new name within a trace); a trace's choices are recorded in `meta.renamed`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn rename(
+    mut work: Vec<Conversation>,
+    tools: &ToolSet,
+    alternatives: usize,
+    given_functions: &BTreeMap<String, Vec<String>>,
+    given_parameters: &BTreeMap<String, Vec<String>>,
+    rng: &mut ChaCha8Rng,
+    ch: &mut Changes<'_>,
+) -> Result<Vec<Conversation>, ScenarioError> {
+    let fn_names: Vec<&str> = tools.functions.iter().map(|f| f.name.as_str()).collect();
+    let mut param_names: Vec<&str> = Vec::new();
+    for f in &tools.functions {
+        for p in f.parameter_names() {
+            if !param_names.contains(&p) {
+                param_names.push(p);
+            }
+        }
+    }
+    for k in given_functions.keys() {
+        if !fn_names.contains(&k.as_str()) {
+            return invalid(format!("rename: {k:?} is not a target function"));
+        }
+    }
+    for k in given_parameters.keys() {
+        if !param_names.contains(&k.as_str()) {
+            return invalid(format!("rename: {k:?} is not a target parameter"));
+        }
+    }
+    let mut fmap: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for f in &tools.functions {
+        let alts = match given_functions.get(&f.name) {
+            Some(g) => g.clone(),
+            None => function_alternatives(&f.name, f.kind, alternatives, &fn_names),
+        };
+        if alts.len() < alternatives {
+            return invalid(format!(
+                "rename: only {} alternative names for {}",
+                alts.len(),
+                f.name
+            ));
+        }
+        if let Some(bad) = alts.iter().find(|a| fn_names.contains(&a.as_str())) {
+            return invalid(format!(
+                "rename: alternative {bad:?} for {} is a target name",
+                f.name
+            ));
+        }
+        fmap.insert(f.name.as_str(), alts);
+    }
+    let mut pmap: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for p in &param_names {
+        let alts = match given_parameters.get(*p) {
+            Some(g) => g.clone(),
+            None => parameter_alternatives(p, alternatives, &param_names),
+        };
+        if alts.len() < alternatives {
+            return invalid(format!("rename: only {} alternatives for {p}", alts.len()));
+        }
+        if let Some(bad) = alts.iter().find(|a| param_names.contains(&a.as_str())) {
+            return invalid(format!(
+                "rename: alternative {bad:?} for {p} is a target parameter"
+            ));
+        }
+        pmap.insert(p, alts);
+    }
+    let mut used_f = BTreeSet::new();
+    let mut used_p = BTreeSet::new();
+    for c in &mut work {
+        // One draw per name per trace, in a fixed order, whether or not the trace uses it, so a
+        // trace's names do not depend on which functions it happens to call.
+        let fchoice: BTreeMap<&str, &String> = fmap
+            .iter()
+            .map(|(k, v)| (*k, &v[rng.random_range(0..v.len())]))
+            .collect();
+        let pchoice: BTreeMap<&str, &String> = pmap
+            .iter()
+            .map(|(k, v)| (*k, &v[rng.random_range(0..v.len())]))
+            .collect();
+        let mut renamed = Map::new();
+        for m in &mut c.messages {
+            let Message::Assistant { tool_calls, .. } = m else {
+                continue;
+            };
+            for call in tool_calls {
+                let Some(new) = fchoice.get(call.name.as_str()) else {
+                    continue;
+                };
+                renamed.insert(call.name.clone(), Value::String((*new).clone()));
+                call.name = (*new).clone();
+                used_f.insert((*new).clone());
+                ch.add("renamed_calls", 1);
+                let mut args = Map::new();
+                for (k, v) in std::mem::take(&mut call.arguments) {
+                    match pchoice.get(k.as_str()) {
+                        Some(nk) => {
+                            renamed.insert(k.clone(), Value::String((*nk).clone()));
+                            used_p.insert((*nk).clone());
+                            ch.add("renamed_arguments", 1);
+                            args.insert((*nk).clone(), v);
+                        }
+                        None => {
+                            args.insert(k, v);
+                        }
+                    }
+                }
+                call.arguments = args;
+            }
+        }
+        c.meta.insert("renamed".into(), Value::Object(renamed));
+    }
+    ch.add("function_names_used", used_f.len() as u64);
+    ch.add("parameter_names_used", used_p.len() as u64);
+    Ok(work)
+}
+
+/// Appends a role pool (or a seeded `count` of it), renaming its functions that carry target
+/// names to non-target names of the same kind, one mapping for the whole pool.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn add_role(
+    mut work: Vec<Conversation>,
+    role: &str,
+    pool: &[Conversation],
+    count: Option<usize>,
+    given: &BTreeMap<String, String>,
+    tools: &ToolSet,
+    rng: &mut ChaCha8Rng,
+    ch: &mut Changes<'_>,
+) -> Result<Vec<Conversation>, ScenarioError> {
+    let n = count.unwrap_or(pool.len());
+    if n > pool.len() {
+        return invalid(format!(
+            "add_role: {n} traces of {role:?} asked for, the pool has {}",
+            pool.len()
+        ));
+    }
+    let keep = choose_indices(pool.len(), n, rng);
+    let target: Vec<&str> = tools.functions.iter().map(|f| f.name.as_str()).collect();
+    let mut kinds: BTreeMap<String, FunctionKind> = BTreeMap::new();
+    for c in pool {
+        for (k, v) in function_kinds(c, tools) {
+            kinds.entry(k).or_insert(v);
+        }
+    }
+    // New names avoid the target's, the pool's own, and every name the working set already uses
+    // (e.g. the alternatives of a preceding `rename`), so the role's functions stay distinct.
+    let in_work: BTreeSet<String> = work
+        .iter()
+        .flat_map(|c| c.calls().map(|t| t.name.clone()))
+        .collect();
+    let all_names: Vec<&str> = target
+        .iter()
+        .copied()
+        .chain(kinds.keys().map(String::as_str))
+        .chain(in_work.iter().map(String::as_str))
+        .collect();
+    let mut map: BTreeMap<String, String> = BTreeMap::new();
+    for (name, kind) in &kinds {
+        if !target.contains(&name.as_str()) {
+            continue;
+        }
+        let new = match given.get(name) {
+            Some(g) if target.contains(&g.as_str()) => {
+                return invalid(format!("add_role: new name {g:?} is a target name"))
+            }
+            Some(g) => g.clone(),
+            None => {
+                let alts = function_alternatives(name, *kind, usize::MAX, &all_names);
+                match alts.choose(rng) {
+                    Some(a) => a.clone(),
+                    None => return invalid(format!("add_role: no alternative name for {name}")),
+                }
+            }
+        };
+        map.insert(name.clone(), new);
+    }
+    for (i, c) in pool.iter().enumerate() {
+        if !keep.contains(&i) {
+            continue;
+        }
+        let mut c = c.clone();
+        for m in &mut c.messages {
+            if let Message::Assistant { tool_calls, .. } = m {
+                for call in tool_calls {
+                    if let Some(new) = map.get(&call.name) {
+                        call.name = new.clone();
+                        ch.add("renamed_calls", 1);
+                    }
+                }
+            }
+        }
+        c.meta.insert("pool".into(), Value::String(role.into()));
+        c.meta.insert(
+            "renamed".into(),
+            serde_json::to_value(&map).expect("string map"),
+        );
+        work.push(c);
+        ch.add(&format!("added_{role}"), 1);
+    }
+    Ok(work)
+}
+
+/// Trace mixing (see [`super::Operator::Mix`]).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn mix(
+    work: Vec<Conversation>,
+    role: &str,
+    pool: &[Conversation],
+    foreign_share: f64,
+    shuffle_messages: bool,
+    tools: &ToolSet,
+    rng: &mut ChaCha8Rng,
+    ch: &mut Changes<'_>,
+) -> Result<Vec<Conversation>, ScenarioError> {
+    if pool.is_empty() {
+        return invalid(format!("mix: the {role:?} pool is empty"));
+    }
+    // All role traces, and as many target traces as the share asks; if the working set is too
+    // small for that, all of it and fewer role traces.
+    let ratio = (1.0 - foreign_share) / foreign_share;
+    let mut n_foreign = pool.len();
+    // The epsilon rounds exact halves up despite float error (142 foreign at 80% → 36 target).
+    let mut n_target = (n_foreign as f64 * ratio + 1e-9).round() as usize;
+    if n_target > work.len() {
+        n_target = work.len();
+        n_foreign = ((n_target as f64) / ratio + 1e-9).round() as usize;
+    }
+    let keep_t = choose_indices(work.len(), n_target, rng);
+    let keep_f = choose_indices(pool.len(), n_foreign, rng);
+    // Target functions by kind, in tool order.
+    let by_kind =
+        |k: FunctionKind| -> Vec<&str> { tools.of_kind(k).map(|f| f.name.as_str()).collect() };
+    let mut kinds: BTreeMap<String, FunctionKind> = BTreeMap::new();
+    for c in pool {
+        for (k, v) in function_kinds(c, tools) {
+            kinds.entry(k).or_insert(v);
+        }
+    }
+    // The i-th role function of a kind (name order) becomes the i-th target function of that
+    // kind (cycling); a kind the target lacks keeps its name.
+    let mut map: BTreeMap<String, String> = BTreeMap::new();
+    for kind in [
+        FunctionKind::Search,
+        FunctionKind::Transaction,
+        FunctionKind::Respond,
+    ] {
+        let targets = by_kind(kind);
+        let names: Vec<&String> = kinds
+            .iter()
+            .filter(|(_, k)| **k == kind)
+            .map(|(n, _)| n)
+            .collect();
+        for (i, n) in names.into_iter().enumerate() {
+            if !targets.is_empty() {
+                map.insert(n.clone(), targets[i % targets.len()].to_string());
+            } else {
+                ch.add("functions_without_target_kind", 1);
+            }
+        }
+    }
+    let mut out: Vec<Conversation> = work
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| keep_t.contains(i))
+        .map(|(_, c)| c)
+        .collect();
+    ch.add("target_traces", out.len() as u64);
+    for (i, c) in pool.iter().enumerate() {
+        if !keep_f.contains(&i) {
+            continue;
+        }
+        let mut c = c.clone();
+        for m in &mut c.messages {
+            if let Message::Assistant { tool_calls, .. } = m {
+                for call in tool_calls {
+                    if let Some(new) = map.get(&call.name) {
+                        if *new != call.name {
+                            call.name = new.clone();
+                            ch.add("renamed_calls", 1);
+                        }
+                    }
+                }
+            }
+        }
+        if shuffle_messages {
+            let (system, mut rest): (Vec<Message>, Vec<Message>) = c
+                .messages
+                .into_iter()
+                .partition(|m| matches!(m, Message::System { .. }));
+            rest.shuffle(rng);
+            c.messages = system.into_iter().chain(rest).collect();
+            ch.add("shuffled_traces", 1);
+        }
+        c.meta.insert("pool".into(), Value::String(role.into()));
+        c.meta.insert(
+            "renamed".into(),
+            serde_json::to_value(&map).expect("string map"),
+        );
+        out.push(c);
+        ch.add(&format!("{role}_traces"), 1);
+    }
+    out.shuffle(rng);
+    Ok(out)
+}

@@ -1,0 +1,219 @@
+//! The `judge` step: gives every prediction of a cell a verdict with a reason and writes the
+//! cell's metrics (`verdicts.jsonl` and `metrics.json`), which the `report` step aggregates.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::judge::{self, Bootstrap, JudgeError, JudgeKind, JudgeOptions, JudgeSetup};
+use crate::steps::{canonicalize, typed, Artifact, ParamError, Step, StepContext, StepError};
+
+/// File name of the per-pair verdicts inside the step's output directory.
+pub const VERDICTS_FILE: &str = "verdicts.jsonl";
+
+/// Which judge the experiment asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum JudgeChoice {
+    /// The offline rubric judge.
+    #[default]
+    Rubric,
+}
+
+/// Parameters of `[judge]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeParams {
+    /// Which judge gives the verdicts.
+    #[serde(default)]
+    pub judge: JudgeChoice,
+    /// Bootstrap resamples for the score's 95% interval.
+    #[serde(default = "default_samples")]
+    pub bootstrap_samples: usize,
+    /// Seed of the bootstrap (fixed, so the interval is reproducible).
+    #[serde(default)]
+    pub bootstrap_seed: u64,
+}
+
+fn default_samples() -> usize {
+    1000
+}
+
+/// The judge step.
+pub struct Judge;
+
+impl Step for Judge {
+    fn kind(&self) -> &'static str {
+        "judge"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn about(&self) -> &'static str {
+        "judge predictions against references (rubric judge) and compute the cell's metrics"
+    }
+
+    fn consumes(&self) -> &'static [Artifact] {
+        &[Artifact::Predictions, Artifact::Tools, Artifact::Task]
+    }
+
+    fn produces(&self) -> &'static [Artifact] {
+        &[Artifact::Verdicts]
+    }
+
+    fn canonical_params(&self, params: &Value) -> Result<Value, ParamError> {
+        let v = canonicalize::<JudgeParams>(params)?;
+        if v["bootstrap_samples"] == 0 {
+            return Err(ParamError {
+                path: "bootstrap_samples".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        Ok(v)
+    }
+
+    fn run(&self, ctx: &mut StepContext<'_>) -> Result<(), StepError> {
+        let p: JudgeParams = typed(ctx.params)?;
+        let options = JudgeOptions {
+            kind: match p.judge {
+                JudgeChoice::Rubric => JudgeKind::Rubric,
+            },
+            bootstrap: Bootstrap {
+                samples: p.bootstrap_samples,
+                seed: p.bootstrap_seed,
+            },
+        };
+        let tools = ctx.input(Artifact::Tools)?;
+        let task = ctx.input(Artifact::Task)?;
+        let predictions = ctx.input(Artifact::Predictions)?;
+        let setup = JudgeSetup::load(&tools, Some(&task)).map_err(step_error)?;
+        let rows = judge::read_rows(&predictions).map_err(step_error)?;
+        if rows.is_empty() {
+            return Err(step_error(JudgeError::Empty(predictions)));
+        }
+        ctx.check_cancelled()?;
+        let (outcomes, metrics) =
+            judge::judge_rows(&rows, &setup, &options, &predictions).map_err(step_error)?;
+        ctx.report(rows.len() as u64, Some(rows.len() as u64), "judged");
+        judge::write_verdicts(&ctx.out_dir.join(VERDICTS_FILE), &outcomes).map_err(step_error)?;
+        judge::write_metrics(&ctx.output(Artifact::Verdicts), &metrics).map_err(step_error)?;
+        ctx.stat("pairs", metrics.n);
+        ctx.stat("score", metrics.score);
+        ctx.stat("score_ci", vec![metrics.score_ci[0], metrics.score_ci[1]]);
+        ctx.stat("macro_score", metrics.macro_score);
+        ctx.stat("baseline_score", metrics.baseline.score);
+        ctx.stat("baseline_macro_score", metrics.baseline.macro_score);
+        ctx.stat("function_accuracy", metrics.function_accuracy);
+        ctx.stat("unparseable", metrics.unparseable);
+        Ok(())
+    }
+}
+
+fn step_error(e: JudgeError) -> StepError {
+    match e {
+        JudgeError::Io { path, source } => StepError::io(path, source),
+        other => StepError::Data(other.to_string()),
+    }
+}
+
+/// Reads a judge step's metrics back (for the report step).
+pub fn read_metrics(dir: &Path) -> Result<judge::Metrics, StepError> {
+    let path = dir.join(Artifact::Verdicts.file_name());
+    let text = std::fs::read_to_string(&path).map_err(|e| StepError::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| StepError::Data(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::{Inputs, Progress};
+    use serde_json::json;
+    use std::collections::BTreeMap;
+    use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn params_are_canonical_and_checked() {
+        let s = Judge;
+        let a = s.canonical_params(&json!({})).unwrap();
+        let b = s
+            .canonical_params(&json!({"judge": "rubric", "bootstrap_samples": 1000}))
+            .unwrap();
+        assert_eq!(a, b);
+        assert!(s.canonical_params(&json!({"judge": "oracle"})).is_err());
+        assert!(s.canonical_params(&json!({"bogus": 1})).is_err());
+        let e = s
+            .canonical_params(&json!({"bootstrap_samples": 0}))
+            .unwrap_err();
+        assert_eq!(e.path, "bootstrap_samples");
+    }
+
+    #[test]
+    fn runs_on_artifacts_and_writes_verdicts_and_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in");
+        let out = dir.path().join("out");
+        std::fs::create_dir_all(&input).unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(
+            input.join("tools.json"),
+            json!([{"type": "function", "function": {"name": "Find", "parameters": {
+                "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}])
+            .to_string(),
+        )
+        .unwrap();
+        std::fs::write(
+            input.join("task.md"),
+            "+++\nreference_date = \"2019-03-01\"\n+++\nFind places.\n",
+        )
+        .unwrap();
+        let q = json!([{"role": "user", "content": "Places in Paris"}]);
+        let rows = [
+            json!({"id": "a#0", "question": q, "answer": {"name": "Find", "arguments": {"city": "Paris"}},
+                   "prediction": {"name": "Find", "arguments": {"city": "paris"}}}),
+            json!({"id": "a#1", "question": q, "answer": {"name": "Find", "arguments": {"city": "Paris"}},
+                   "prediction": "nonsense"}),
+        ];
+        let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+        std::fs::write(input.join("predictions.jsonl"), text).unwrap();
+        let mut by_artifact = BTreeMap::new();
+        for a in [Artifact::Tools, Artifact::Task, Artifact::Predictions] {
+            by_artifact.insert(a, input.clone());
+        }
+        let inputs = Inputs {
+            by_artifact,
+            ..Inputs::default()
+        };
+        let params = Judge.canonical_params(&json!({})).unwrap();
+        let cancel = AtomicBool::new(false);
+        let progress = |_: Progress| {};
+        let mut ctx = StepContext {
+            params: &params,
+            inputs: &inputs,
+            out_dir: &out,
+            root: dir.path(),
+            responses: dir.path(),
+            threads: 1,
+            stats: Default::default(),
+            cancel: &cancel,
+            progress: &progress,
+        };
+        Judge.run(&mut ctx).unwrap();
+        assert_eq!(ctx.stats["pairs"], 2);
+        let lines: Vec<Value> = std::fs::read_to_string(out.join(VERDICTS_FILE))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["id"], "a#0");
+        assert_eq!(lines[0]["verdict"], 1);
+        assert_eq!(lines[1]["verdict"], 0);
+        assert!(lines[1]["reason"].as_str().unwrap().contains("unparseable"));
+        let m = read_metrics(&out).unwrap();
+        assert_eq!(m.n, 2);
+        assert!((m.score - 0.5).abs() < 1e-12);
+        assert!((m.unparseable - 0.5).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,127 @@
+//! Step `split`: holds test conversations out of the target pool before any corruption and
+//! expands them into evaluation pairs.
+//!
+//! Parameters: `test_conversations = 34`, `seed = 0` (the split's own seed: every cell of an
+//! experiment evaluates on the same pairs), `test_file` (optional OpenAI chat JSONL, relative to
+//! the project root; replaces the seeded choice, and its conversations are removed from the pool
+//! where they also occur there). Outputs: `traces.jsonl` (the training pool), `pairs.jsonl`, and
+//! `test.jsonl` (the held-out conversations).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{canonicalize, typed, Artifact, ParamError, Step, StepContext, StepError};
+use crate::formats::{self, OnBadTrace};
+use crate::split::{expand, hold_out, with_test_set};
+
+/// File name of the held-out conversations inside the split's output directory.
+pub const TEST_FILE: &str = "test.jsonl";
+
+/// Parameters of `split`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitParams {
+    /// How many conversations to hold out (ignored with `test_file`).
+    #[serde(default = "default_n")]
+    pub test_conversations: usize,
+    /// Seed of the held-out choice.
+    #[serde(default)]
+    pub seed: u64,
+    /// A given test set instead of the seeded choice.
+    #[serde(default)]
+    pub test_file: Option<String>,
+}
+
+fn default_n() -> usize {
+    34
+}
+
+/// The `split` step.
+pub struct Split;
+
+impl Step for Split {
+    fn kind(&self) -> &'static str {
+        "split"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn about(&self) -> &'static str {
+        "hold test conversations out of the pool and expand them into evaluation pairs"
+    }
+    fn consumes(&self) -> &'static [Artifact] {
+        &[Artifact::Traces]
+    }
+    fn produces(&self) -> &'static [Artifact] {
+        &[Artifact::Traces, Artifact::Pairs]
+    }
+    fn canonical_params(&self, params: &Value) -> Result<Value, ParamError> {
+        let v = canonicalize::<SplitParams>(params)?;
+        let p: SplitParams = serde_json::from_value(v.clone()).expect("just canonicalized");
+        if p.test_file.is_none() && p.test_conversations == 0 {
+            return Err(ParamError {
+                path: "test_conversations".into(),
+                message: "hold out at least one conversation (or give test_file)".into(),
+            });
+        }
+        Ok(v)
+    }
+    fn external_files(&self, params: &Value, _root: &Path) -> Result<Vec<PathBuf>, StepError> {
+        let p: SplitParams = typed(params)?;
+        Ok(p.test_file.into_iter().map(PathBuf::from).collect())
+    }
+    fn run(&self, ctx: &mut StepContext<'_>) -> Result<(), StepError> {
+        let p: SplitParams = typed(ctx.params)?;
+        let input = ctx.input(Artifact::Traces)?;
+        let pool = formats::read_conversations(&input, OnBadTrace::Error)
+            .map_err(|e| StepError::Data(e.to_string()))?
+            .conversations;
+        let pool_in = pool.len();
+        let split = match &p.test_file {
+            Some(f) => {
+                let path = ctx.resolve(f);
+                let test = formats::read_conversations(&path, OnBadTrace::Error)
+                    .map_err(|e| StepError::Data(e.to_string()))?
+                    .conversations;
+                if test.is_empty() {
+                    return Err(StepError::Data(format!(
+                        "{}: the test file has no conversations",
+                        path.display()
+                    )));
+                }
+                with_test_set(pool, test)
+            }
+            None => hold_out(pool, p.test_conversations, p.seed).map_err(|e| StepError::Param {
+                key: "test_conversations".into(),
+                message: e.to_string(),
+            })?,
+        };
+        let pairs: Vec<_> = split.test.iter().flat_map(expand).collect();
+        if pairs.is_empty() {
+            return Err(StepError::Data(
+                "the test conversations contain no assistant calls to evaluate".into(),
+            ));
+        }
+        let out = ctx.output(Artifact::Traces);
+        formats::write_conversations(&out, &split.pool).map_err(|e| StepError::io(&out, e))?;
+        let out = ctx.output(Artifact::Pairs);
+        formats::write_pairs(&out, &pairs).map_err(|e| StepError::io(&out, e))?;
+        let out = ctx.out_dir.join(TEST_FILE);
+        formats::write_conversations(&out, &split.test).map_err(|e| StepError::io(&out, e))?;
+
+        let mut per_fn: BTreeMap<&str, u64> = BTreeMap::new();
+        for pr in &pairs {
+            *per_fn.entry(pr.answer.name.as_str()).or_insert(0) += 1;
+        }
+        ctx.stat("pool_in", pool_in as u64);
+        ctx.stat("test_conversations", split.test.len() as u64);
+        ctx.stat("pool", split.pool.len() as u64);
+        ctx.stat("removed_duplicates", split.removed_duplicates as u64);
+        ctx.stat("pairs", pairs.len() as u64);
+        ctx.stat("pairs_per_function", json!(per_fn));
+        Ok(())
+    }
+}

@@ -1,0 +1,336 @@
+//! The real binary on a small generated project: reruns do exactly what changed, `kill -9`
+//! leaves no partial entry, two concurrent runs share one cache, and the plan explains itself.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const CITIES: &[&str] = &[
+    "San Jose",
+    "Oakland",
+    "Fremont",
+    "Palo Alto",
+    "Berkeley",
+    "Napa",
+];
+const CUISINES: &[&str] = &["Mexican", "Italian", "Chinese", "Indian"];
+const NAMES: &[&str] = &[
+    "Casa Luna",
+    "Il Forno",
+    "Golden Wok",
+    "Spice Route",
+    "Blue Door",
+    "Olive",
+];
+
+/// One restaurant conversation in OpenAI chat form.
+fn conversation(i: usize) -> Value {
+    let city = CITIES[i % CITIES.len()];
+    let cuisine = CUISINES[i % CUISINES.len()];
+    let name = NAMES[(i / 2) % NAMES.len()];
+    let time = format!("{}:30", 17 + i % 4);
+    let call = |id: &str, name: &str, args: Value| {
+        json!({"role": "assistant", "content": null, "tool_calls": [
+            {"id": id, "type": "function", "function": {"name": name, "arguments": args.to_string()}}]})
+    };
+    let record = json!({"restaurant_name": name, "city": city, "cuisine": cuisine, "price_range": "moderate",
+                        "phone_number": "555-0100", "street_address": "1 Main Street",
+                        "has_live_music": "False", "serves_alcohol": "True"});
+    json!({"messages": [
+        {"role": "user", "content": format!("I want {cuisine} food in {city}.")},
+        call("c0", "FindRestaurants", json!({"cuisine": cuisine, "city": city})),
+        {"role": "tool", "tool_call_id": "c0", "content": json!([record]).to_string()},
+        call("c1", "respond_to_user", json!({"message": format!("How about {name} in {city}?")})),
+        {"role": "user", "content": format!("Great, book {name} at {time}.")},
+        call("c2", "ReserveRestaurant", json!({"restaurant_name": name, "city": city, "time": time})),
+        {"role": "tool", "tool_call_id": "c2", "content": json!([record]).to_string()},
+        call("c3", "respond_to_user", json!({"message": "Your table is booked."})),
+        {"role": "user", "content": "Thanks, that's all."},
+        call("c4", "respond_to_user", json!({"message": "Enjoy your meal!"})),
+    ]})
+}
+
+fn tools() -> Value {
+    let s = |props: &[&str], req: &[&str]| {
+        let p: serde_json::Map<String, Value> = props
+            .iter()
+            .map(|k| (k.to_string(), json!({"type": "string"})))
+            .collect();
+        json!({"type": "object", "properties": p, "required": req, "additionalProperties": false})
+    };
+    json!([
+        {"type": "function", "function": {"name": "FindRestaurants", "description": "Find restaurants", "x-kind": "search",
+          "parameters": s(&["cuisine", "city", "price_range"], &["cuisine", "city"])}},
+        {"type": "function", "function": {"name": "ReserveRestaurant", "description": "Reserve a table", "x-kind": "transaction",
+          "parameters": s(&["restaurant_name", "city", "time", "date", "party_size"], &["restaurant_name", "city", "time"])}},
+        {"type": "function", "function": {"name": "respond_to_user", "description": "Reply", "x-kind": "respond",
+          "parameters": s(&["message"], &["message"])}}
+    ])
+}
+
+fn experiment(conversations: usize, low_count: usize) -> String {
+    format!(
+        r#"name = "t"
+seeds = [1]
+scenarios = ["clean", "low"]
+
+[data]
+format = "jsonl"
+path = "data/traces.jsonl"
+tools = "data/tools.json"
+task = "data/task.md"
+
+[split]
+test_conversations = 5
+
+[pipelines.synthetic]
+steps = ["filter", "generate", "validate"]
+
+[pipelines.direct]
+steps = []
+
+[generate]
+conversations = {conversations}
+
+[overrides.low.generate]
+conversations = {}
+"#,
+        conversations / 2
+    ) + &format!("# low keeps {low_count}\n")
+}
+
+fn project(conversations: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for d in ["experiments", "scenarios", "data"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(
+        root.join("scenarios/clean.toml"),
+        "description = \"as is\"\noperators = []\n",
+    )
+    .unwrap();
+    write_low(root, 5);
+    let lines: Vec<String> = (0..60).map(|i| conversation(i).to_string()).collect();
+    std::fs::write(root.join("data/traces.jsonl"), lines.join("\n") + "\n").unwrap();
+    std::fs::write(root.join("data/tools.json"), tools().to_string()).unwrap();
+    std::fs::write(
+        root.join("data/task.md"),
+        "+++\nreference_date = \"2019-03-01\"\n+++\nA restaurant assistant.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("experiments/t.toml"),
+        experiment(conversations, 5),
+    )
+    .unwrap();
+    dir
+}
+
+fn write_low(root: &Path, count: usize) {
+    std::fs::write(
+        root.join("scenarios/low.toml"),
+        format!("[[operators]]\nop = \"subsample\"\ncount = {count}\n"),
+    )
+    .unwrap();
+}
+
+fn tracelab(root: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tracelab"));
+    c.current_dir(root);
+    c
+}
+
+/// Runs `tracelab run --json` and returns labels per event kind.
+fn run(root: &Path) -> BTreeMap<String, Vec<String>> {
+    let out = tracelab(root)
+        .args(["run", "experiments/t.toml", "--json", "--jobs", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    events(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn events(stdout: &str) -> BTreeMap<String, Vec<String>> {
+    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in stdout.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        if let Some(label) = v["label"].as_str() {
+            m.entry(v["event"].as_str().unwrap().to_string())
+                .or_default()
+                .push(label.to_string());
+        }
+    }
+    for v in m.values_mut() {
+        v.sort();
+    }
+    m
+}
+
+fn ran(e: &BTreeMap<String, Vec<String>>) -> Vec<String> {
+    e.get("step_finished").cloned().unwrap_or_default()
+}
+
+#[test]
+fn reruns_exactly_what_changed() {
+    let p = project(40);
+    let root = p.path();
+    let first = run(root);
+    assert_eq!(
+        ran(&first).len(),
+        11,
+        "ingest, schema, split, 2 corrupt, 2 × (filter, generate, validate)"
+    );
+
+    let second = run(root);
+    assert!(
+        ran(&second).is_empty(),
+        "nothing changed: {:?}",
+        ran(&second)
+    );
+    assert_eq!(second["step_cached"].len(), 11);
+
+    // One scenario's parameter: that scenario's corrupt and its descendants, nothing else.
+    write_low(root, 7);
+    let plan = tracelab(root)
+        .args(["plan", "experiments/t.toml"])
+        .output()
+        .unwrap();
+    let plan = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        plan.contains("low/s1/corrupt") && plan.contains("parameter operators changed"),
+        "{plan}"
+    );
+    let third = run(root);
+    let low_chain = [
+        "low/s1/corrupt",
+        "low/synthetic/s1/filter",
+        "low/synthetic/s1/generate",
+        "low/synthetic/s1/validate",
+    ];
+    let r = ran(&third);
+    assert!(r.contains(&low_chain[0].to_string()), "{r:?}");
+    assert!(
+        r.iter().all(|l| low_chain.contains(&l.as_str())),
+        "only the low chain reruns: {r:?}"
+    );
+    // The chain stops early only through cut-off: a step that did not rerun is reported cached.
+    assert_eq!(r.len() + third["step_cached"].len(), 11);
+
+    // A deleted entry: it runs again; what it feeds is cut off when its bytes are the same.
+    let cache = root.join("cache");
+    let entry = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            std::fs::read_to_string(e.path().join("manifest.json"))
+                .is_ok_and(|m| m.contains("\"label\": \"clean/synthetic/s1/filter\""))
+        })
+        .expect("filter entry");
+    std::fs::remove_dir_all(entry.path()).unwrap();
+    let fourth = run(root);
+    assert_eq!(ran(&fourth), ["clean/synthetic/s1/filter"]);
+    assert!(fourth["step_cached"].contains(&"clean/synthetic/s1/generate".to_string()));
+
+    // The same experiment from a --set: part of the key, and shown in the plan.
+    let out = tracelab(root)
+        .args([
+            "plan",
+            "experiments/t.toml",
+            "--set",
+            "generate.conversations=41",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("parameter conversations changed (40 → 41)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn kill_minus_nine_leaves_no_partial_entry() {
+    let p = project(3000);
+    let root = p.path();
+    let mut child = tracelab(root)
+        .args(["run", "experiments/t.toml", "--json", "--jobs", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if line.contains("\"step_started\"") && line.contains("generate") {
+            std::thread::sleep(Duration::from_millis(300));
+            break;
+        }
+        assert!(Instant::now() < deadline, "generate never started");
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let tmp_left = std::fs::read_dir(root.join("cache/.tmp")).unwrap().count();
+    assert!(
+        tmp_left > 0,
+        "the killed step's work in progress sits in cache/.tmp"
+    );
+    for e in std::fs::read_dir(root.join("cache")).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.len() == 64 {
+            let m: Value = serde_json::from_str(
+                &std::fs::read_to_string(e.path().join("manifest.json")).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(m["key"], name.as_str(), "every published entry is complete");
+        }
+    }
+    std::fs::write(root.join("experiments/t.toml"), experiment(40, 5)).unwrap();
+    let e = run(root);
+    assert!(!ran(&e).is_empty());
+    assert_eq!(
+        std::fs::read_dir(root.join("cache/.tmp")).unwrap().count(),
+        0,
+        "stale temp cleaned"
+    );
+    assert!(ran(&run(root)).is_empty());
+}
+
+#[test]
+fn two_concurrent_runs_share_one_cache() {
+    let p = project(200);
+    let root = p.path();
+    let spawn = || {
+        tracelab(root)
+            .args(["run", "experiments/t.toml", "--json", "--jobs", "2"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    let (ea, eb) = (
+        events(&String::from_utf8_lossy(&a.stdout)),
+        events(&String::from_utf8_lossy(&b.stdout)),
+    );
+    let mut all = ran(&ea);
+    all.extend(ran(&eb));
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    assert_eq!(before, all.len(), "no step computed twice");
+    assert_eq!(all.len(), 11, "every step computed once by one of the runs");
+    assert!(ran(&run(root)).is_empty());
+}
