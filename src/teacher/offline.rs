@@ -560,6 +560,7 @@ impl Domain {
             vocabulary,
             values_vocabulary,
             flag_words,
+            arg_names: target_args.iter().map(|s| s.to_string()).collect(),
         };
         let mut t = Templates::default();
         for (ev, mine) in traces.iter().zip(&local) {
@@ -698,12 +699,75 @@ struct Guards {
     values_vocabulary: BTreeSet<String>,
     /// Words of flag predicates.
     flag_words: BTreeSet<String>,
+    /// Argument names of the schema (a question for one must not name another).
+    arg_names: BTreeSet<String>,
 }
 
+/// Words that carry a value said in a form no call uses ("at one in the afternoon", "for two",
+/// "next Thursday"): a template keeping one would contradict the values refilled around it.
+const VALUE_WORDS: &[&str] = &[
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "half",
+    "quarter",
+    "noon",
+    "midnight",
+    "morning",
+    "afternoon",
+    "evening",
+    "night",
+    "tonight",
+    "today",
+    "tomorrow",
+    "yesterday",
+    "weekend",
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+    "january",
+    "february",
+    "march",
+    "april",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+    "o'clock",
+    "pm",
+];
+
 impl Guards {
-    /// No value-like leftovers, no flag talk, no proper noun that is not a known value.
+    /// No value-like leftovers, no value words, no flag talk, no proper noun that is not a known
+    /// value.
     fn user(&self, t: &str) -> bool {
         if !clean_template(t, &self.leftovers) {
+            return false;
+        }
+        let outside_words = t
+            .split(|c: char| !c.is_alphanumeric() && c != '\'' && c != '{' && c != '}')
+            .filter(|w| !w.contains('{'))
+            .map(|w| w.trim_matches('\'').to_lowercase());
+        if outside_words
+            .into_iter()
+            .any(|w| VALUE_WORDS.contains(&w.as_str()))
+        {
             return false;
         }
         let mut sentence_start = true;
@@ -842,8 +906,16 @@ fn learn_templates(
                         (keys.as_slice(), i.checked_sub(1).and_then(|p| ev.get(p)))
                     {
                         let dq = delexicalize(q, &said);
+                        let lower = dq.to_lowercase();
+                        let names_other = guards.arg_names.iter().any(|n| {
+                            n != key
+                                && lower
+                                    .match_indices(&human(n))
+                                    .any(|(p, _)| word_bounded(&lower, p, n.len()))
+                        });
                         if dq.matches('?').count() == 1
                             && placeholders(&dq).is_empty()
+                            && !names_other
                             && guards.assistant(&dq)
                         {
                             push_unique(t.ask.entry(key.clone()).or_default(), dq);
@@ -1455,26 +1527,28 @@ impl OfflineTeacher {
                     .map(|&i| &search.args[i])
                     .filter(|a| !current.iter().any(|(k, _)| *k == a.name))
                     .collect();
-                let change = if !optional_new.is_empty() && w.rng.random_bool(0.3) {
-                    let a = *optional_new.choose(&mut w.rng).expect("non-empty");
-                    self.draw(&mut w.rng, a, None)
-                        .filter(|v| !a.is_flag || v.eq_ignore_ascii_case("true"))
-                        .map(|v| (a.name.clone(), v))
-                } else {
-                    let idx = w.rng.random_range(0..current.len());
-                    let (k, old) = current[idx].clone();
-                    let a = search.arg(&k).expect("search arg");
-                    self.draw(&mut w.rng, a, Some(&old)).map(|v| (k, v))
-                };
-                let (k, v) = match change {
-                    Some(c) => c,
-                    None => {
-                        let (k, old) = current[0].clone();
-                        let v = self
-                            .draw(&mut w.rng, search.arg(&k).expect("arg"), None)
-                            .unwrap_or(old);
-                        (k, v)
+                // Every real change on offer: another value for a searched argument, or an
+                // optional argument not used yet. Changing to the same value is no change.
+                let mut changes: Vec<(String, String)> = Vec::new();
+                for (k, old) in &current {
+                    let a = search.arg(k).expect("search arg");
+                    if let Some(v) = self.draw(&mut w.rng, a, Some(old)) {
+                        if !a.is_flag
+                            || (v.eq_ignore_ascii_case("true") && !old.eq_ignore_ascii_case("true"))
+                        {
+                            changes.push((k.clone(), v));
+                        }
                     }
+                }
+                for a in optional_new {
+                    if let Some(v) = self.draw(&mut w.rng, a, None) {
+                        if !a.is_flag || v.eq_ignore_ascii_case("true") {
+                            changes.push((a.name.clone(), v));
+                        }
+                    }
+                }
+                let Some((k, v)) = changes.choose(&mut w.rng).cloned() else {
+                    return Err(fail("no value to change for a repeated search".into()));
                 };
                 match current.iter_mut().find(|(ck, _)| *ck == k) {
                     Some(slot) => slot.1 = v.clone(),
