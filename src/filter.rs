@@ -522,3 +522,126 @@ fn relabel(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conversation::ToolCall;
+    use serde_json::{json, Map};
+
+    fn tools() -> ToolSet {
+        let s = json!({"type": "string"});
+        ToolSet::from_openai(
+            &json!([
+                {"type": "function", "function": {"name": "Find", "x-kind": "search",
+                  "parameters": {"type": "object", "properties": {"city": s, "cuisine": s}, "required": ["city", "cuisine"]}}},
+                {"type": "function", "function": {"name": "Book", "x-kind": "transaction",
+                  "parameters": {"type": "object", "properties": {"name": s, "city": s}, "required": ["name", "city"]}}}
+            ]),
+            crate::tools::DEFAULT_RESPOND,
+            &[],
+            "t",
+        )
+        .unwrap()
+    }
+
+    fn call(name: &str, args: Value) -> Message {
+        let a: Map<String, Value> = args.as_object().unwrap().clone();
+        Message::call(ToolCall::new(name, a))
+    }
+
+    fn trace(id: &str, messages: Vec<Message>) -> Conversation {
+        let mut c = Conversation {
+            id: id.into(),
+            messages,
+            meta: Map::new(),
+        };
+        c.assign_call_ids();
+        c
+    }
+
+    fn results(v: Value) -> Message {
+        Message::Tool {
+            tool_call_id: String::new(),
+            content: v.to_string(),
+        }
+    }
+
+    #[test]
+    fn keeps_relevant_relabels_drift_and_drops_foreign() {
+        let exact = trace(
+            "exact",
+            vec![
+                Message::User {
+                    content: "Thai in Paris".into(),
+                },
+                call("Find", json!({"city": "Paris", "cuisine": "Thai"})),
+                results(
+                    json!([{"name": "Baan", "city": "Paris", "cuisine": "Thai"}, {"name": "Siam", "city": "Lyon", "cuisine": "Thai"}]),
+                ),
+                call(
+                    "respond_to_user",
+                    json!({"message": "Baan is a Thai place in Paris."}),
+                ),
+            ],
+        );
+        let drifted = trace(
+            "drifted",
+            vec![
+                Message::User {
+                    content: "Thai food in Lyon".into(),
+                },
+                call("Lookup", json!({"location": "Lyon", "food_kind": "Thai"})),
+                results(json!([{"name": "Siam", "location": "Lyon", "cuisine": "Thai"}])),
+                call(
+                    "say",
+                    json!({"text": "Siam is a Thai place in Lyon, shall I book it?"}),
+                ),
+                call("Reserve", json!({"venue": "Siam", "location": "Lyon"})),
+                results(json!([{"name": "Siam", "location": "Lyon"}])),
+            ],
+        );
+        let foreign = trace(
+            "foreign",
+            vec![
+                Message::User {
+                    content: "A room in Rome".into(),
+                },
+                call("Find", json!({"destination": "Rome", "rooms": "2"})),
+                results(json!([{"hotel_name": "Roma Inn", "stars": "4", "destination": "Rome"}])),
+            ],
+        );
+        let out = filter(
+            &[exact, drifted, foreign],
+            &tools(),
+            &FilterConfig::default(),
+        );
+        let kept: Vec<&str> = out.kept.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(kept, ["exact", "drifted"], "{:?}", out.verdicts);
+        assert!(
+            !out.verdicts[2].kept && out.verdicts[2].score < 0.5,
+            "{:?}",
+            out.verdicts[2]
+        );
+        let d = &out.kept[1];
+        let names: Vec<&str> = d.calls().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["Find", "respond_to_user", "Book"]);
+        let find = d.calls().next().unwrap();
+        assert_eq!(find.arguments.get("city"), Some(&json!("Lyon")));
+        assert_eq!(find.arguments.get("cuisine"), Some(&json!("Thai")));
+        let book = d.calls().nth(2).unwrap();
+        assert_eq!(book.arguments.get("city"), Some(&json!("Lyon")));
+        assert_eq!(book.arguments.get("name"), Some(&json!("Siam")));
+        // Result fields named like a remapped argument follow it.
+        let Message::Tool { content, .. } = &d.messages[2] else {
+            panic!()
+        };
+        assert!(content.contains("\"city\":\"Lyon\""), "{content}");
+        let lookup = out.remaps.iter().find(|r| r.from == "Lookup").unwrap();
+        assert_eq!(lookup.to, "Find");
+        assert_eq!(
+            lookup.args.get("food_kind").map(String::as_str),
+            Some("cuisine")
+        );
+    }
+}

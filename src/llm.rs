@@ -238,7 +238,7 @@ impl LlmClient {
         if config.concurrency == 0 {
             return Err(LlmError::Config("concurrency must be at least 1".into()));
         }
-        if !(config.timeout_s > 0.0) {
+        if config.timeout_s.is_nan() || config.timeout_s <= 0.0 {
             return Err(LlmError::Config("timeout_s must be positive".into()));
         }
         let base = config.base_url.trim_end_matches('/');

@@ -111,7 +111,8 @@ impl MockServer {
             .clone()
     }
 
-    /// Counters as JSON (`total`, `distinct`, `repeats`), also served at `GET /stats`.
+    /// Counters as JSON (`total`, `distinct`, `repeats`, and the `repeated` body hashes), also
+    /// served at `GET /stats`.
     pub fn stats_json(&self) -> Value {
         stats_json(&self.counts.lock().expect("not poisoned"))
     }
@@ -122,6 +123,7 @@ fn stats_json(c: &Counts) -> Value {
         "total": c.total,
         "distinct": c.by_body.len(),
         "repeats": c.by_body.values().map(|n| n - 1).sum::<u64>(),
+        "repeated": c.by_body.iter().filter(|(_, n)| **n > 1).map(|(h, _)| h.clone()).collect::<Vec<_>>(),
     })
 }
 
@@ -223,7 +225,7 @@ async fn serve_connection(stream: TcpStream, script: Script, counts: Arc<Mutex<C
                     (
                         200,
                         String::new(),
-                        full[..full.len() / 2].as_bytes().to_vec(),
+                        full.as_bytes()[..full.len() / 2].to_vec(),
                     )
                 }
                 Reply::Slow(..) => unreachable!("unwrapped above"),

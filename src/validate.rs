@@ -475,3 +475,185 @@ pub fn validate(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conversation::ToolCall;
+    use serde_json::{json, Map};
+
+    fn tools() -> ToolSet {
+        ToolSet::from_openai(
+            &json!([{"type": "function", "function": {"name": "Find", "x-kind": "search",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                               "required": ["city"], "additionalProperties": false}}}]),
+            crate::tools::DEFAULT_RESPOND,
+            &[],
+            "t",
+        )
+        .unwrap()
+    }
+
+    fn say(t: &str) -> Message {
+        let mut a = Map::new();
+        a.insert("message".into(), t.into());
+        Message::call(ToolCall::new("respond_to_user", a))
+    }
+
+    fn find(city: Value) -> Message {
+        let mut a = Map::new();
+        a.insert("city".into(), city);
+        Message::call(ToolCall::new("Find", a))
+    }
+
+    fn user(t: &str) -> Message {
+        Message::User { content: t.into() }
+    }
+
+    fn result() -> Message {
+        Message::Tool {
+            tool_call_id: String::new(),
+            content: "[]".into(),
+        }
+    }
+
+    fn conv(id: &str, messages: Vec<Message>) -> Conversation {
+        let mut c = Conversation {
+            id: id.into(),
+            messages,
+            meta: Map::new(),
+        };
+        c.assign_call_ids();
+        c
+    }
+
+    fn good(id: &str, city: &str) -> Conversation {
+        conv(
+            id,
+            vec![
+                user(&format!("find something in {city} for me please today")),
+                find(city.into()),
+                result(),
+                say(&format!("nothing found in {city}, sorry about that")),
+                user("ok thanks anyway, goodbye"),
+                say("goodbye and have a nice day"),
+            ],
+        )
+    }
+
+    fn rule_of(c: Conversation) -> Option<Rule> {
+        let topics = vec![MutationTopic {
+            name: "any".into(),
+            min_turns: 3,
+            max_turns: 10,
+            description: String::new(),
+        }];
+        let out = validate(
+            vec![c],
+            &tools(),
+            &topics,
+            &ValidateConfig {
+                length_k: 1e9,
+                ..Default::default()
+            },
+        );
+        out.rejected.first().map(|r| r.rule)
+    }
+
+    #[test]
+    fn each_rule_catches_its_fault() {
+        assert_eq!(rule_of(good("a", "Paris")), None);
+        let mut bad = good("a", "Paris");
+        bad.messages[1] = find(json!(3));
+        assert_eq!(rule_of(bad), Some(Rule::Schema), "wrong argument type");
+        let mut unknown = good("a", "Paris");
+        unknown.messages[5] = Message::call(ToolCall::new("Book", Map::new()));
+        assert_eq!(rule_of(unknown), Some(Rule::Schema), "unknown function");
+        assert_eq!(
+            rule_of(conv("b", vec![say("hi"), user("x"), say("y")])),
+            Some(Rule::Roles)
+        );
+        assert_eq!(
+            rule_of(conv("c", vec![user("a"), user("b"), say("c")])),
+            Some(Rule::Roles)
+        );
+        assert_eq!(
+            rule_of(conv("d", vec![user("a"), find("X".into()), say("c")])),
+            Some(Rule::Results)
+        );
+        assert_eq!(
+            rule_of(conv("e", vec![user("a"), result(), say("c")])),
+            Some(Rule::Results)
+        );
+        assert_eq!(
+            rule_of(conv("f", vec![user("a"), say("b"), user("c")])),
+            Some(Rule::Roles),
+            "ends with the user"
+        );
+        let one = say("b").tool_calls()[0].clone();
+        let two = Message::Assistant {
+            content: None,
+            tool_calls: vec![one.clone(), one],
+        };
+        assert_eq!(rule_of(conv("g", vec![user("a"), two])), Some(Rule::Roles));
+        assert_eq!(
+            rule_of(conv("h", vec![user("a"), say("b")])),
+            Some(Rule::TurnCount)
+        );
+        let mut long = good("i", "Paris");
+        long.messages[0] = user(&"word ".repeat(5000));
+        assert_eq!(rule_of(long), Some(Rule::MaxLength));
+    }
+
+    #[test]
+    fn duplicates_and_outliers() {
+        let topics = vec![MutationTopic {
+            name: "any".into(),
+            min_turns: 2,
+            max_turns: 10,
+            description: String::new(),
+        }];
+        let mut convs: Vec<Conversation> = [
+            "Paris", "Lyon", "Nice", "Lille", "Nantes", "Brest", "Dijon", "Metz",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut x = good(&format!("c{i}"), c);
+            x.messages[4] = user(&format!("{c} is a fine town, but number {i} thanks"));
+            x
+        })
+        .collect();
+        convs.push(good("dup", "Paris"));
+        let mut case = good("case", "PARIS");
+        case.messages = good("x", "Paris").messages;
+        case.messages[0] = user("FIND something   in Paris for me please today");
+        convs.push(case);
+        let mut near = good("near", "Paris");
+        near.messages[5] = say("goodbye and have a nice day!!");
+        convs.push(near);
+        let mut outlier = good("outlier", "Toulouse");
+        outlier.messages[3] = say(&"Toulouse has so much to offer you ".repeat(60));
+        convs.push(outlier);
+        let out = validate(convs, &tools(), &topics, &ValidateConfig::default());
+        let rules: Vec<(String, Rule)> = out
+            .rejected
+            .iter()
+            .map(|r| (r.conversation.id.clone(), r.rule))
+            .collect();
+        assert!(
+            rules.contains(&("case".into(), Rule::ExactDuplicate)),
+            "{rules:?}"
+        );
+        assert!(
+            rules.contains(&("near".into(), Rule::NearDuplicate)),
+            "{rules:?}"
+        );
+        assert!(
+            rules.contains(&("outlier".into(), Rule::LengthOutlier)),
+            "{rules:?}"
+        );
+        assert_eq!(out.accepted.len(), 9, "{rules:?}");
+        assert_eq!(out.counts()[&Rule::Schema], 0);
+    }
+}

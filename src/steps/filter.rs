@@ -40,10 +40,15 @@ pub(super) struct PipelineInputs {
     pub task: Task,
     pub tools: ToolSet,
     pub traces: Vec<Conversation>,
+    /// Traces that could not be read (`file:line: why`), with [`OnBadTrace::Skip`].
+    pub unreadable: Vec<String>,
 }
 
 /// Reads Task, Tools (with the task's reply function and transactional list) and Traces.
-pub(super) fn read_inputs(ctx: &StepContext<'_>) -> Result<PipelineInputs, StepError> {
+pub(super) fn read_inputs(
+    ctx: &StepContext<'_>,
+    on_bad: OnBadTrace,
+) -> Result<PipelineInputs, StepError> {
     let task =
         Task::load(&ctx.input(Artifact::Task)?).map_err(|e| StepError::Data(e.to_string()))?;
     let tools = ToolSet::load(
@@ -52,13 +57,13 @@ pub(super) fn read_inputs(ctx: &StepContext<'_>) -> Result<PipelineInputs, StepE
         &task.settings.transactional,
     )
     .map_err(|e| StepError::Data(e.to_string()))?;
-    let traces = read_conversations(&ctx.input(Artifact::Traces)?, OnBadTrace::Error)
-        .map_err(|e| StepError::Data(e.to_string()))?
-        .conversations;
+    let read = read_conversations(&ctx.input(Artifact::Traces)?, on_bad)
+        .map_err(|e| StepError::Data(e.to_string()))?;
     Ok(PipelineInputs {
         task,
         tools,
-        traces,
+        traces: read.conversations,
+        unreadable: read.skipped,
     })
 }
 
@@ -110,7 +115,9 @@ impl Step for Filter {
     }
     fn run(&self, ctx: &mut StepContext<'_>) -> Result<(), StepError> {
         let p: FilterParams = typed(ctx.params)?;
-        let input = read_inputs(ctx)?;
+        // Corrupted traces may not even parse (messages shuffled so a result precedes every
+        // call): such a trace is irrelevant by definition and listed among the dropped.
+        let input = read_inputs(ctx, OnBadTrace::Skip)?;
         let cfg = FilterConfig {
             threshold: p.threshold,
             min_arg_score: p.min_arg_score,
@@ -124,15 +131,22 @@ impl Step for Filter {
             .zip(&input.traces)
             .filter(|(v, _)| !v.kept)
             .map(|(v, c)| json!({"id": v.id, "score": v.score, "reasons": v.reasons, "conversation": c}));
-        write_jsonl(&ctx.out_dir.join("dropped.jsonl"), dropped)?;
+        let unreadable = input.unreadable.iter().map(
+            |why| json!({"id": null, "score": 0.0, "reasons": [format!("unreadable: {why}")]}),
+        );
+        write_jsonl(
+            &ctx.out_dir.join("dropped.jsonl"),
+            dropped.chain(unreadable),
+        )?;
         let remaps_path = ctx.out_dir.join("remaps.json");
         let text = serde_json::to_string_pretty(&out.remaps).expect("serializes");
         std::fs::write(&remaps_path, text).map_err(|e| StepError::io(&remaps_path, e))?;
-        let n = out.verdicts.len();
+        let n = out.verdicts.len() + input.unreadable.len();
         let mean = out.verdicts.iter().map(|v| v.score).sum::<f64>() / n.max(1) as f64;
         ctx.stat("traces_in", n);
         ctx.stat("kept", out.kept.len());
         ctx.stat("dropped", n - out.kept.len());
+        ctx.stat("unreadable", input.unreadable.len());
         ctx.stat("mean_relevance", (mean * 1000.0).round() / 1000.0);
         ctx.stat("remapped_signatures", out.remaps.len());
         ctx.stat(

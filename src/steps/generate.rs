@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use super::filter::{read_inputs, write_jsonl};
 use super::{canonicalize, typed, Artifact, ParamError, Resource, Step, StepContext, StepError};
+use crate::formats::OnBadTrace;
 use crate::llm::{LlmClient, LlmConfig};
 use crate::task::MutationTopic;
 use crate::teacher::http::HttpTeacher;
@@ -135,7 +136,7 @@ impl Step for Generate {
     }
     fn run(&self, ctx: &mut StepContext<'_>) -> Result<(), StepError> {
         let p: GenerateParams = typed(ctx.params)?;
-        let input = read_inputs(ctx)?;
+        let input = read_inputs(ctx, OnBadTrace::Error)?;
         let topics = p
             .topics
             .clone()
@@ -160,11 +161,13 @@ impl Step for Generate {
         let (outcomes, llm) = match p.teacher {
             TeacherKind::Offline => {
                 let t = OfflineTeacher::new(&tctx).map_err(teacher_err)?;
-                (
-                    t.generate(&jobs, &progress, ctx.cancel)
-                        .map_err(teacher_err)?,
-                    None,
-                )
+                // Stay within the threads the executor granted this step.
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(ctx.threads.max(1))
+                    .build()
+                    .map_err(|e| StepError::External(format!("thread pool: {e}")))?;
+                let out = pool.install(|| t.generate(&jobs, &progress, ctx.cancel));
+                (out.map_err(teacher_err)?, None)
             }
             TeacherKind::Http => {
                 let cfg = p.http.clone().expect("checked in canonical_params");

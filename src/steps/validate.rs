@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use super::filter::{read_inputs, write_jsonl};
 use super::{canonicalize, typed, Artifact, ParamError, Step, StepContext, StepError};
+use crate::formats::OnBadTrace;
 use crate::validate::{validate, ValidateConfig};
 
 /// The validate step.
@@ -78,7 +79,7 @@ impl Step for Validate {
     }
     fn run(&self, ctx: &mut StepContext<'_>) -> Result<(), StepError> {
         let p: ValidateParams = typed(ctx.params)?;
-        let input = read_inputs(ctx)?;
+        let input = read_inputs(ctx, OnBadTrace::Error)?;
         let n = input.traces.len();
         let cfg = ValidateConfig {
             max_chars: p.max_chars,

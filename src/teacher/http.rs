@@ -214,6 +214,17 @@ pub fn parse_answer(text: &str, tools: &ToolSet) -> Result<Conversation, String>
     if !c.messages.iter().any(|m| matches!(m, Message::User { .. })) || c.calls().next().is_none() {
         return Err("the conversation has no user message or no tool call".into());
     }
+    // Models invent call ids (or repeat them); results belong to the call right before them, so
+    // ids are reassigned in order rather than trusted.
+    for m in &mut c.messages {
+        match m {
+            Message::Assistant { tool_calls, .. } => {
+                tool_calls.iter_mut().for_each(|t| t.id.clear())
+            }
+            Message::Tool { tool_call_id, .. } => tool_call_id.clear(),
+            _ => {}
+        }
+    }
     c.assign_call_ids();
     Ok(c)
 }
@@ -282,41 +293,48 @@ impl Teacher for HttpTeacher {
     ) -> Result<Vec<Outcome>, TeacherError> {
         let done = Arc::new(AtomicUsize::new(0));
         let tools = Arc::new(self.tools.clone());
+        // At most this many jobs are spawned at once: the client's semaphore limits requests,
+        // this bounds the prompts held in memory.
+        let window = self.client.config().concurrency * 2;
         let outcomes = crate::steps::runtime().block_on(async {
             let mut set = tokio::task::JoinSet::new();
-            for (slot, job) in jobs.iter().enumerate() {
-                let client = self.client.clone();
-                let tools = tools.clone();
-                let messages = self.prompt(job);
-                let index = job.index;
-                let topic = job.topic.name.clone();
-                set.spawn(async move {
-                    let r = client
-                        .complete_parsed(&messages, index, |t| parse_answer(t, &tools))
-                        .await;
-                    let outcome = match r {
-                        Ok((mut c, completion)) => {
-                            c.id = format!("gen-{index:05}");
-                            c.meta.insert("teacher".into(), "http".into());
-                            c.meta.insert("topic".into(), topic.into());
-                            c.meta.insert("cached".into(), completion.cached.into());
-                            Ok(c)
-                        }
-                        Err(e) => Err(Failure {
-                            index,
-                            reason: e.to_string(),
-                        }),
-                    };
-                    (slot, outcome)
-                });
-            }
             let mut out: Vec<Option<Outcome>> = vec![None; jobs.len()];
-            while let Some(joined) = set.join_next().await {
+            let mut next = 0usize;
+            loop {
+                while next < jobs.len() && set.len() < window {
+                    let job = &jobs[next];
+                    let client = self.client.clone();
+                    let tools = tools.clone();
+                    let messages = self.prompt(job);
+                    let (slot, index, topic) = (next, job.index, job.topic.name.clone());
+                    set.spawn(async move {
+                        let r = client
+                            .complete_parsed(&messages, index, |t| parse_answer(t, &tools))
+                            .await;
+                        let outcome = match r {
+                            Ok((mut c, _)) => {
+                                c.id = format!("gen-{index:05}");
+                                c.meta.insert("teacher".into(), "http".into());
+                                c.meta.insert("topic".into(), topic.into());
+                                Ok(c)
+                            }
+                            Err(e) => Err(Failure {
+                                index,
+                                reason: e.to_string(),
+                            }),
+                        };
+                        (slot, outcome)
+                    });
+                    next += 1;
+                }
+                let Some(joined) = set.join_next().await else {
+                    break;
+                };
                 let (slot, outcome) = joined
                     .map_err(|e| TeacherError::Context(format!("teacher task failed: {e}")))?;
                 out[slot] = Some(outcome);
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if n % 32 == 0 {
+                if n & 31 == 0 {
                     progress(n);
                 }
                 if cancel.load(Ordering::Relaxed) {

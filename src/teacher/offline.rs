@@ -284,23 +284,25 @@ fn delexicalize(text: &str, values: &[(String, String)]) -> String {
     let mut out = text.to_string();
     for (name, value) in sorted {
         let mut result = String::with_capacity(out.len());
-        let mut rest = out.as_str();
-        while let Some(p) = rest.find(value.as_str()) {
-            let before = rest[..p].chars().next_back();
-            let after = rest[p + value.len()..].chars().next();
+        let mut copied = 0;
+        // Boundaries are judged in the whole text, not in what is left after a match ("22").
+        for (p, _) in out.match_indices(value.as_str()) {
+            if p < copied {
+                continue;
+            }
+            let before = out[..p].chars().next_back();
+            let after = out[p + value.len()..].chars().next();
             let bounded = !before.is_some_and(|c| c.is_alphanumeric() || c == '{')
                 && !after.is_some_and(|c| c.is_alphanumeric() || c == '}');
-            result.push_str(&rest[..p]);
             if bounded {
+                result.push_str(&out[copied..p]);
                 result.push('{');
                 result.push_str(name);
                 result.push('}');
-            } else {
-                result.push_str(value);
+                copied = p + value.len();
             }
-            rest = &rest[p + value.len()..];
         }
-        result.push_str(rest);
+        result.push_str(&out[copied..]);
         out = result;
     }
     out
@@ -332,9 +334,38 @@ fn fill(t: &str, values: &BTreeMap<String, String>) -> Option<String> {
     Some(out)
 }
 
+/// Known values, bucketed by first character so a template is checked in one pass over its
+/// word starts instead of one search per value.
+#[derive(Default)]
+struct Leftovers {
+    by_first: BTreeMap<char, Vec<String>>,
+}
+
+impl Leftovers {
+    fn new<'a>(values: impl IntoIterator<Item = &'a String>) -> Leftovers {
+        let mut by_first: BTreeMap<char, Vec<String>> = BTreeMap::new();
+        for v in values {
+            if let Some(c) = v.chars().next() {
+                by_first.entry(c).or_default().push(v.clone());
+            }
+        }
+        Leftovers { by_first }
+    }
+
+    /// Whether `s` contains a known value as whole words.
+    fn found_in(&self, s: &str) -> bool {
+        s.char_indices().any(|(p, c)| {
+            self.by_first.get(&c).is_some_and(|vals| {
+                vals.iter()
+                    .any(|v| s[p..].starts_with(v.as_str()) && word_bounded(s, p, v.len()))
+            })
+        })
+    }
+}
+
 /// A template is usable when nothing value-like is left in it: digits mean a time, count or
 /// number that was said in a form the call did not use, so refilling would contradict the call.
-fn clean_template(t: &str, leftovers: &BTreeSet<String>) -> bool {
+fn clean_template(t: &str, leftovers: &Leftovers) -> bool {
     let outside: String = {
         let mut s = String::new();
         let mut depth = 0;
@@ -351,11 +382,7 @@ fn clean_template(t: &str, leftovers: &BTreeSet<String>) -> bool {
     !outside.chars().any(|c| c.is_ascii_digit())
         && !t.contains("{}")
         && t.len() <= 400
-        && !leftovers.iter().any(|v| {
-            outside
-                .match_indices(v.as_str())
-                .any(|(p, _)| word_bounded(&outside, p, v.len()))
-        })
+        && !leftovers.found_in(&outside)
 }
 
 fn word_bounded(s: &str, p: usize, len: usize) -> bool {
@@ -497,7 +524,7 @@ impl Domain {
         // Words the domain uses: what users say, values, records, the schema's own words. An
         // assistant phrasing outside it (a reply from another service in a noisy trace) is not
         // learned.
-        let mut vocabulary = BTreeSet::new();
+        let mut vocabulary: BTreeSet<String> = COMMON_WORDS.iter().map(|w| w.to_string()).collect();
         for ev in &traces {
             for e in ev {
                 if let Event::User(t) = e {
@@ -529,10 +556,11 @@ impl Domain {
             .flat_map(|a| words(&a.predicate).collect::<Vec<_>>())
             .collect();
         let guards = Guards {
-            leftovers,
+            leftovers: Leftovers::new(&leftovers),
             vocabulary,
             values_vocabulary,
             flag_words,
+            arg_names: target_args.iter().map(|s| s.to_string()).collect(),
         };
         let mut t = Templates::default();
         for (ev, mine) in traces.iter().zip(&local) {
@@ -551,19 +579,108 @@ impl Domain {
 }
 
 /// The field a transaction books by: a required transaction argument that search results carry
-/// and no search function takes.
+/// and that no search function takes (or, failing that, that some search does not require: an
+/// event's name is found by one search and looked up by name in another).
 fn entity_field(tools: &ToolSet, records: &[Record]) -> Option<String> {
-    let search_args: BTreeSet<&str> = tools
-        .of_kind(FunctionKind::Search)
-        .flat_map(|f| f.parameter_names())
-        .collect();
+    let searches: Vec<&Function> = tools.of_kind(FunctionKind::Search).collect();
     let in_records = |n: &str| records.iter().any(|r| r.contains_key(n));
-    tools
+    let required: Vec<&str> = tools
         .of_kind(FunctionKind::Transaction)
         .flat_map(|f| f.required())
-        .find(|n| !search_args.contains(n) && in_records(n))
-        .map(str::to_string)
+        .filter(|n| in_records(n))
+        .collect();
+    let taken_by_none = |n: &&&str| searches.iter().all(|s| s.parameter(n).is_none());
+    let required_by_some_not_all = |n: &&&str| searches.iter().any(|s| !s.required().contains(*n));
+    required
+        .iter()
+        .find(taken_by_none)
+        .or_else(|| required.iter().find(required_by_some_not_all))
+        .map(|s| s.to_string())
 }
+
+/// Frequent English words of four letters or more that say nothing about a domain; with them a
+/// small trace pool does not make every ordinary question look foreign.
+const COMMON_WORDS: &[&str] = &[
+    "about",
+    "again",
+    "also",
+    "anything",
+    "anywhere",
+    "around",
+    "available",
+    "because",
+    "before",
+    "better",
+    "could",
+    "does",
+    "done",
+    "each",
+    "else",
+    "enjoy",
+    "even",
+    "every",
+    "find",
+    "found",
+    "from",
+    "give",
+    "glad",
+    "good",
+    "great",
+    "have",
+    "help",
+    "here",
+    "just",
+    "know",
+    "like",
+    "look",
+    "looking",
+    "make",
+    "many",
+    "more",
+    "most",
+    "much",
+    "need",
+    "nice",
+    "okay",
+    "only",
+    "other",
+    "please",
+    "really",
+    "right",
+    "should",
+    "some",
+    "something",
+    "sorry",
+    "sure",
+    "tell",
+    "than",
+    "thank",
+    "thanks",
+    "that",
+    "their",
+    "them",
+    "then",
+    "there",
+    "these",
+    "they",
+    "thing",
+    "this",
+    "those",
+    "want",
+    "welcome",
+    "well",
+    "were",
+    "what",
+    "when",
+    "where",
+    "which",
+    "while",
+    "will",
+    "with",
+    "would",
+    "your",
+    "yours",
+];
 
 /// Lowercase alphabetic words of at least 4 letters (the content words a domain check needs).
 fn words(t: &str) -> impl Iterator<Item = String> + '_ {
@@ -575,19 +692,82 @@ fn words(t: &str) -> impl Iterator<Item = String> + '_ {
 /// What a learned template must pass.
 struct Guards {
     /// Known values that may not remain outside placeholders.
-    leftovers: BTreeSet<String>,
+    leftovers: Leftovers,
     /// Content words of the domain.
     vocabulary: BTreeSet<String>,
     /// Words of known values and of the schema: the only proper nouns a template may keep.
     values_vocabulary: BTreeSet<String>,
     /// Words of flag predicates.
     flag_words: BTreeSet<String>,
+    /// Argument names of the schema (a question for one must not name another).
+    arg_names: BTreeSet<String>,
 }
 
+/// Words that carry a value said in a form no call uses ("at one in the afternoon", "for two",
+/// "next Thursday"): a template keeping one would contradict the values refilled around it.
+const VALUE_WORDS: &[&str] = &[
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "half",
+    "quarter",
+    "noon",
+    "midnight",
+    "morning",
+    "afternoon",
+    "evening",
+    "night",
+    "tonight",
+    "today",
+    "tomorrow",
+    "yesterday",
+    "weekend",
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+    "january",
+    "february",
+    "march",
+    "april",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+    "o'clock",
+    "pm",
+];
+
 impl Guards {
-    /// No value-like leftovers, no flag talk, no proper noun that is not a known value.
+    /// No value-like leftovers, no value words, no flag talk, no proper noun that is not a known
+    /// value.
     fn user(&self, t: &str) -> bool {
         if !clean_template(t, &self.leftovers) {
+            return false;
+        }
+        let outside_words = t
+            .split(|c: char| !c.is_alphanumeric() && c != '\'' && c != '{' && c != '}')
+            .filter(|w| !w.contains('{'))
+            .map(|w| w.trim_matches('\'').to_lowercase());
+        if outside_words
+            .into_iter()
+            .any(|w| VALUE_WORDS.contains(&w.as_str()))
+        {
             return false;
         }
         let mut sentence_start = true;
@@ -726,8 +906,16 @@ fn learn_templates(
                         (keys.as_slice(), i.checked_sub(1).and_then(|p| ev.get(p)))
                     {
                         let dq = delexicalize(q, &said);
+                        let lower = dq.to_lowercase();
+                        let names_other = guards.arg_names.iter().any(|n| {
+                            n != key
+                                && lower
+                                    .match_indices(&human(n))
+                                    .any(|(p, _)| word_bounded(&lower, p, n.len()))
+                        });
                         if dq.matches('?').count() == 1
                             && placeholders(&dq).is_empty()
+                            && !names_other
                             && guards.assistant(&dq)
                         {
                             push_unique(t.ask.entry(key.clone()).or_default(), dq);
@@ -1075,9 +1263,23 @@ impl OfflineTeacher {
             ));
         }
         let domain = Domain::extract(ctx);
-        let mut pools = BTreeMap::new();
+        let mut pools: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (k, v) in &domain.values {
             pools.insert(k.clone(), widen(v, &ctx.task.settings.reference_date));
+        }
+        // An enum in the schema lists every legal value: all of them are fair to draw.
+        for f in searches.iter().chain(&transactions) {
+            for a in f.args.iter().filter(|a| !a.is_flag) {
+                if let Some(e) = a.schema.get("enum").and_then(Value::as_array) {
+                    let pool = pools.entry(a.name.clone()).or_default();
+                    for v in e.iter().map(value_text) {
+                        if !pool.contains(&v) && a.json(&v).is_some() {
+                            pool.push(v);
+                        }
+                    }
+                    pool.sort();
+                }
+            }
         }
         let teacher = OfflineTeacher {
             respond_name: respond.name.clone(),
@@ -1158,7 +1360,8 @@ impl OfflineTeacher {
             for (k, v) in args {
                 r.insert(k.clone(), v.clone());
             }
-            if let (Some(e), Some(name)) = (entity, names.choose(rng)) {
+            let searched_entity = entity.is_some_and(|e| args.iter().any(|(k, _)| k == e));
+            if let (Some(e), Some(name), false) = (entity, names.choose(rng), searched_entity) {
                 r.insert(e.to_string(), name.clone());
             }
             let key = entity.and_then(|e| r.get(e)).cloned();
@@ -1324,26 +1527,28 @@ impl OfflineTeacher {
                     .map(|&i| &search.args[i])
                     .filter(|a| !current.iter().any(|(k, _)| *k == a.name))
                     .collect();
-                let change = if !optional_new.is_empty() && w.rng.random_bool(0.3) {
-                    let a = *optional_new.choose(&mut w.rng).expect("non-empty");
-                    self.draw(&mut w.rng, a, None)
-                        .filter(|v| !a.is_flag || v.eq_ignore_ascii_case("true"))
-                        .map(|v| (a.name.clone(), v))
-                } else {
-                    let idx = w.rng.random_range(0..current.len());
-                    let (k, old) = current[idx].clone();
-                    let a = search.arg(&k).expect("search arg");
-                    self.draw(&mut w.rng, a, Some(&old)).map(|v| (k, v))
-                };
-                let (k, v) = match change {
-                    Some(c) => c,
-                    None => {
-                        let (k, old) = current[0].clone();
-                        let v = self
-                            .draw(&mut w.rng, search.arg(&k).expect("arg"), None)
-                            .unwrap_or(old);
-                        (k, v)
+                // Every real change on offer: another value for a searched argument, or an
+                // optional argument not used yet. Changing to the same value is no change.
+                let mut changes: Vec<(String, String)> = Vec::new();
+                for (k, old) in &current {
+                    let a = search.arg(k).expect("search arg");
+                    if let Some(v) = self.draw(&mut w.rng, a, Some(old)) {
+                        if !a.is_flag
+                            || (v.eq_ignore_ascii_case("true") && !old.eq_ignore_ascii_case("true"))
+                        {
+                            changes.push((k.clone(), v));
+                        }
                     }
+                }
+                for a in optional_new {
+                    if let Some(v) = self.draw(&mut w.rng, a, None) {
+                        if !a.is_flag || v.eq_ignore_ascii_case("true") {
+                            changes.push((a.name.clone(), v));
+                        }
+                    }
+                }
+                let Some((k, v)) = changes.choose(&mut w.rng).cloned() else {
+                    return Err(fail("no value to change for a repeated search".into()));
                 };
                 match current.iter_mut().find(|(ck, _)| *ck == k) {
                     Some(slot) => slot.1 = v.clone(),
@@ -1443,11 +1648,8 @@ impl OfflineTeacher {
                     .chain(opt_extra.iter())
                     .find(|(k, _)| *k == a.name)
                     .map(|(_, v)| v.clone())
-                    .or_else(|| {
-                        (search.arg(&a.name).is_none())
-                            .then(|| record.get(&a.name).cloned())
-                            .flatten()
-                    });
+                    // What the chosen result says (its name, an event's date the user never gave).
+                    .or_else(|| record.get(&a.name).cloned());
                 if let Some(text) = text {
                     if let Some(j) = a.json(&text) {
                         call_args.insert(a.name.clone(), j);
@@ -1680,7 +1882,7 @@ impl Teacher for OfflineTeacher {
                     ..f
                 });
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if n % 256 == 0 {
+                if n & 255 == 0 {
                     progress(n);
                 }
                 r
@@ -1691,5 +1893,191 @@ impl Teacher for OfflineTeacher {
         }
         progress(jobs.len());
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::{Task, TaskSettings};
+    use crate::validate::{validate, Rule, ValidateConfig};
+    use serde_json::json;
+
+    fn tools() -> ToolSet {
+        let s = json!({"type": "string", "description": "x"});
+        ToolSet::from_openai(
+            &json!([
+                {"type": "function", "function": {"name": "Find", "x-kind": "search",
+                  "parameters": {"type": "object", "properties": {"city": s, "cuisine": s,
+                      "live_music": {"type": "boolean", "description": "Whether the venue has live music"}},
+                      "required": ["city", "cuisine"], "additionalProperties": false}}},
+                {"type": "function", "function": {"name": "Book", "x-kind": "transaction",
+                  "parameters": {"type": "object", "properties": {"name": s, "city": s, "time": s,
+                      "guests": {"type": "integer", "minimum": 1, "maximum": 8}},
+                      "required": ["name", "city", "time"], "additionalProperties": false}}}
+            ]),
+            crate::tools::DEFAULT_RESPOND,
+            &[],
+            "t",
+        )
+        .unwrap()
+    }
+
+    fn call(name: &str, args: Value) -> Message {
+        Message::call(ToolCall::new(name, args.as_object().unwrap().clone()))
+    }
+
+    fn say(t: &str) -> Message {
+        call("respond_to_user", json!({ "message": t }))
+    }
+
+    fn trace(i: usize, city: &str, cuisine: &str, name: &str, time: &str) -> Conversation {
+        let user = |t: String| Message::User { content: t };
+        let mut c = Conversation {
+            id: format!("t{i}"),
+            messages: vec![
+                user(format!("I want {cuisine} food.")),
+                say("Which city should I look in?"),
+                user(format!("Look in {city}.")),
+                call("Find", json!({"city": city, "cuisine": cuisine})),
+                Message::Tool { tool_call_id: String::new(), content: json!([{"name": name, "city": city, "cuisine": cuisine, "phone": "555-0100"}]).to_string() },
+                say(&format!("{name} is a nice {cuisine} place in {city}.")),
+                user(format!("Book {name} at {time}.")),
+                say(&format!("Booking {name} in {city} at {time}, correct?")),
+                user("Yes please.".into()),
+                call("Book", json!({"name": name, "city": city, "time": time, "guests": 2})),
+                Message::Tool { tool_call_id: String::new(), content: json!([{"name": name, "time": time}]).to_string() },
+                say("Your table is booked."),
+                user("Thanks!".into()),
+                say("Enjoy your meal."),
+            ],
+            meta: Default::default(),
+        };
+        c.assign_call_ids();
+        c
+    }
+
+    #[test]
+    fn writes_valid_varied_conversations_from_the_schema() {
+        let traces: Vec<Conversation> = [
+            ("Paris", "Thai", "Baan Thai", "18:30"),
+            ("Lyon", "Italian", "Chez Luigi", "19:00"),
+            ("Nice", "Greek", "Olympos", "12:15"),
+            ("Lille", "Thai", "Siam House", "20:45"),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, (a, b, c, d))| trace(i, a, b, c, d))
+        .collect();
+        let tools = tools();
+        let task = Task {
+            settings: TaskSettings::default(),
+            description: String::new(),
+        };
+        let ctx = Context {
+            task: &task,
+            tools: &tools,
+            traces: &traces,
+        };
+        let t = OfflineTeacher::new(&ctx).unwrap();
+        assert_eq!(t.domain().entity.as_deref(), Some("name"));
+        assert!(t.domain().templates.ask.contains_key("city"));
+        let jobs = super::super::plan_jobs(120, &task.settings.mutation_topics, 9);
+        let out = t.generate(&jobs, &|_| {}, &AtomicBool::new(false)).unwrap();
+        let convs: Vec<Conversation> = out.into_iter().map(|o| o.unwrap()).collect();
+        // Deterministic per seed.
+        let again: Vec<Conversation> = t
+            .generate(&jobs, &|_| {}, &AtomicBool::new(false))
+            .unwrap()
+            .into_iter()
+            .map(|o| o.unwrap())
+            .collect();
+        assert_eq!(convs, again);
+        let mut searches = 0;
+        let mut bookings = 0;
+        for c in &convs {
+            let mut said = String::new();
+            let mut finds = 0;
+            for m in &c.messages {
+                match m {
+                    Message::User { content } | Message::Tool { content, .. } => {
+                        said.push_str(content)
+                    }
+                    Message::Assistant { tool_calls, .. } => {
+                        for call in tool_calls.iter().filter(|c| c.name != "respond_to_user") {
+                            finds += usize::from(call.name == "Find");
+                            bookings += usize::from(call.name == "Book");
+                            for (k, v) in &call.arguments {
+                                if let Value::String(v) = v {
+                                    assert!(
+                                        said.contains(v.as_str()),
+                                        "{}: {k}={v} never said",
+                                        c.id
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            searches += usize::from(finds > 1);
+        }
+        assert!(searches > 10, "repeated searches: {searches}");
+        assert!(bookings > 50, "bookings: {bookings}");
+        let v = validate(
+            convs,
+            &tools,
+            &task.settings.mutation_topics,
+            &ValidateConfig::default(),
+        );
+        let counts = v.counts();
+        assert_eq!(
+            counts[&Rule::Schema]
+                + counts[&Rule::Roles]
+                + counts[&Rule::Results]
+                + counts[&Rule::TurnCount],
+            0,
+            "{counts:?}"
+        );
+        assert!(v.accepted.len() >= 114, "{counts:?}");
+    }
+
+    #[test]
+    fn dates_round_trip_and_widen() {
+        let d = parse_date("2019-03-01").unwrap();
+        assert_eq!(format_date(d), "2019-03-01");
+        assert_eq!(format_date(d + 31), "2019-04-01");
+        assert_eq!(
+            format_date(parse_date("2020-02-28").unwrap() + 1),
+            "2020-02-29"
+        );
+        let w = widen(&["18:30".to_string()], "2019-03-01");
+        assert!(w.len() > 40 && w.iter().all(|t| t.len() == 5 && t.as_bytes()[2] == b':'));
+        assert!(
+            widen(&["2019-03-05".to_string()], "2019-03-01").contains(&"2019-04-10".to_string())
+        );
+        assert_eq!(widen(&["Paris".to_string()], "2019-03-01"), ["Paris"]);
+    }
+
+    #[test]
+    fn delexicalizes_whole_words_only() {
+        let v = vec![
+            ("city".to_string(), "San Jose".to_string()),
+            ("n".to_string(), "2".to_string()),
+        ];
+        assert_eq!(
+            delexicalize("A table for 2 in San Jose, not 22.", &v),
+            "A table for {n} in {city}, not 22."
+        );
+        assert_eq!(placeholders("{a} and {b} and {a}"), ["a", "b"]);
+        let mut m = BTreeMap::new();
+        m.insert("a".to_string(), "x".to_string());
+        assert_eq!(fill("{a}!", &m).as_deref(), Some("x!"));
+        assert_eq!(fill("{b}", &m), None);
+        assert_eq!(
+            flag_predicate("live_music", "Whether the venue has live music"),
+            "has live music"
+        );
     }
 }
