@@ -375,10 +375,13 @@ impl LlmClient {
             text: c.text.clone(),
             response_id: c.response_id.clone(),
         };
+        // Unique per write: two in-flight requests with the same key must not share a temp file.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let tmp = dir.join(format!(
-            ".{}.{}.tmp",
+            ".{}.{}.{}.tmp",
             path.file_name().and_then(|n| n.to_str()).unwrap_or("r"),
-            std::process::id()
+            std::process::id(),
+            WRITES.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::write(&tmp, serde_json::to_vec(&record).expect("serializes")).map_err(err)?;
         std::fs::rename(&tmp, path).map_err(err)?;
