@@ -10,6 +10,7 @@
 pub mod data;
 pub mod grammar;
 pub mod model;
+pub mod normalize;
 pub mod predict;
 pub mod template;
 pub mod tokenizer;

@@ -21,6 +21,7 @@ use tokenizers::Tokenizer;
 use tracelab::conversation::{Message, ToolCall};
 use tracelab::tools::{FunctionKind, ToolSet};
 
+use crate::normalize::Normalizer;
 use crate::tokenizer::SPECIAL_TOKENS;
 
 /// What a token is, as a training target.
@@ -131,11 +132,19 @@ pub struct ChatTemplate {
     pub max_records: usize,
     /// The decoder's view of the tools.
     pub functions: Vec<FnSpec>,
+    normalizer: Normalizer,
 }
 
 impl ChatTemplate {
     /// Binds the template to a tokenizer (which must contain [`SPECIAL_TOKENS`]) and tools.
-    pub fn new(tok: Tokenizer, tools: &ToolSet, max_records: usize) -> Result<Self, String> {
+    /// With a `reference_date` (`YYYY-MM-DD`, "today" in the data) dates in texts are rewritten
+    /// to ISO form; clock times always become `HH:MM` (see [`crate::normalize`]).
+    pub fn new(
+        tok: Tokenizer,
+        tools: &ToolSet,
+        max_records: usize,
+        reference_date: Option<&str>,
+    ) -> Result<Self, String> {
         let id = |s: &str| {
             tok.token_to_id(s)
                 .ok_or_else(|| format!("tokenizer lacks special token {s}"))
@@ -174,6 +183,7 @@ impl ChatTemplate {
                 .unwrap_or_else(|| tracelab::tools::DEFAULT_RESPOND.to_string()),
             max_records,
             functions: Vec::new(),
+            normalizer: Normalizer::new(reference_date),
         };
         let mut header = vec![sp.tools];
         for f in &tools.functions {
@@ -272,11 +282,13 @@ impl ChatTemplate {
             match m {
                 Message::System { content } => {
                     self.push(&mut r, &[self.sp.system], Target::None);
-                    self.push(&mut r, &self.encode(&format!(" {content}")), Target::None);
+                    let text = self.normalizer.text(content);
+                    self.push(&mut r, &self.encode(&format!(" {text}")), Target::None);
                 }
                 Message::User { content } => {
                     self.push(&mut r, &[self.sp.user], Target::None);
-                    self.push(&mut r, &self.encode(&format!(" {content}")), Target::None);
+                    let text = self.normalizer.text(content);
+                    self.push(&mut r, &self.encode(&format!(" {text}")), Target::None);
                 }
                 Message::Assistant {
                     content,
@@ -303,7 +315,11 @@ impl ChatTemplate {
                     self.push(&mut r, &[self.sp.result], Target::None);
                     self.push(
                         &mut r,
-                        &self.encode(&render_result(content, self.max_records)),
+                        &self.encode(
+                            &self
+                                .normalizer
+                                .text(&render_result(content, self.max_records)),
+                        ),
                         Target::None,
                     );
                 }
@@ -334,7 +350,11 @@ impl ChatTemplate {
             );
             self.push(r, &self.encode(&format!(" {k}")), Target::Structure);
             self.push(r, &[self.sp.val], Target::Structure);
-            self.push(r, &self.encode(&value_text(v)), Target::Value);
+            let text = match v {
+                Value::String(s) => format!(" {}", self.normalizer.text(s)),
+                other => value_text(other),
+            };
+            self.push(r, &self.encode(&text), Target::Value);
             after_value = true;
         }
         self.push(

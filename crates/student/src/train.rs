@@ -27,6 +27,9 @@ pub struct SavedConfig {
     pub model: TinyConfig,
     /// Tool results keep at most this many records (as in training).
     pub max_records: usize,
+    /// The reference date texts were normalized against (as in training).
+    #[serde(default)]
+    pub reference_date: Option<String>,
 }
 
 /// File names inside `model/`.
@@ -129,6 +132,7 @@ pub fn train(
     p: &TrainParams,
     tpl: &ChatTemplate,
     conversations: &[Conversation],
+    reference_date: Option<&str>,
     out: &Path,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Value, WorkerError> {
@@ -260,7 +264,7 @@ pub fn train(
         }
     }
     let secs = started.elapsed().as_secs_f64();
-    save(&vs, &cfg, p.max_records, out)?;
+    save(&vs, &cfg, p.max_records, reference_date, out)?;
     Ok(json!({
         "parameters": n_params,
         "windows": windows.len(),
@@ -283,6 +287,7 @@ pub fn save(
     vs: &nn::VarStore,
     cfg: &TinyConfig,
     max_records: usize,
+    reference_date: Option<&str>,
     out: &Path,
 ) -> Result<(), WorkerError> {
     std::fs::create_dir_all(out).map_err(|e| WorkerError::io(out, e))?;
@@ -290,6 +295,7 @@ pub fn save(
         family: "tiny".into(),
         model: cfg.clone(),
         max_records,
+        reference_date: reference_date.map(str::to_string),
     };
     let cfg_path = out.join(CONFIG_FILE);
     std::fs::write(
