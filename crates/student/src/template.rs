@@ -67,6 +67,9 @@ pub struct Rendered {
     pub tokens: Vec<u32>,
     /// Target kind of each token.
     pub targets: Vec<Target>,
+    /// Whether the copy head may point at each token: message text, result values and argument
+    /// values, never the header, names, keys, result labels or special tokens.
+    pub copyable: Vec<bool>,
     /// Length of the tool header at the start.
     pub header_len: usize,
     /// `[start, end)` of each message after the header.
@@ -80,6 +83,17 @@ pub struct Window {
     pub tokens: Vec<u32>,
     /// Target kind of each token.
     pub targets: Vec<Target>,
+    /// Whether the copy head may point at each token.
+    pub copyable: Vec<bool>,
+}
+
+/// A prediction prompt: tokens ending with `<|call|>` and which of them may be copied.
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    /// Token ids.
+    pub tokens: Vec<u32>,
+    /// Whether the copy head may point at each token.
+    pub copyable: Vec<bool>,
 }
 
 /// How an argument's value is decoded.
@@ -270,6 +284,52 @@ impl ChatTemplate {
     fn push(&self, r: &mut Rendered, ids: &[u32], target: Target) {
         r.tokens.extend_from_slice(ids);
         r.targets.extend(std::iter::repeat_n(target, ids.len()));
+        r.copyable.extend(std::iter::repeat_n(false, ids.len()));
+    }
+
+    /// Like `push`, for text the copy head may copy from.
+    fn push_copyable(&self, r: &mut Rendered, ids: &[u32], target: Target) {
+        self.push(r, ids, target);
+        let n = r.copyable.len();
+        r.copyable[n - ids.len()..].fill(true);
+    }
+
+    /// A tool result: for JSON records, labels are context and values are copyable.
+    fn push_result(&self, r: &mut Rendered, content: &str) {
+        let Ok(v) = serde_json::from_str::<Value>(content) else {
+            let text = self.normalizer.text(content);
+            self.push_copyable(r, &self.encode(&format!(" {text}")), Target::None);
+            return;
+        };
+        let records: Vec<&Value> = match &v {
+            Value::Array(a) => a.iter().collect(),
+            other => vec![other],
+        };
+        if records.is_empty() {
+            self.push(r, &self.encode(" no results"), Target::None);
+            return;
+        }
+        let value = |v: &Value| match v {
+            Value::String(s) => format!(" {}", self.normalizer.text(s)),
+            other => value_text(other),
+        };
+        for rec in records.iter().take(self.max_records) {
+            self.push(r, &self.encode("\n"), Target::None);
+            match rec {
+                Value::Object(m) => {
+                    for (k, v) in m {
+                        self.push(r, &self.encode(&format!(" {k}:")), Target::None);
+                        self.push_copyable(r, &self.encode(&value(v)), Target::None);
+                        self.push(r, &self.encode(","), Target::None);
+                    }
+                }
+                other => self.push_copyable(r, &self.encode(&value(other)), Target::None),
+            }
+        }
+        if records.len() > self.max_records {
+            let more = format!("\n +{} more", records.len() - self.max_records);
+            self.push(r, &self.encode(&more), Target::None);
+        }
     }
 
     /// Renders a whole conversation (header first).
@@ -283,12 +343,12 @@ impl ChatTemplate {
                 Message::System { content } => {
                     self.push(&mut r, &[self.sp.system], Target::None);
                     let text = self.normalizer.text(content);
-                    self.push(&mut r, &self.encode(&format!(" {text}")), Target::None);
+                    self.push_copyable(&mut r, &self.encode(&format!(" {text}")), Target::None);
                 }
                 Message::User { content } => {
                     self.push(&mut r, &[self.sp.user], Target::None);
                     let text = self.normalizer.text(content);
-                    self.push(&mut r, &self.encode(&format!(" {text}")), Target::None);
+                    self.push_copyable(&mut r, &self.encode(&format!(" {text}")), Target::None);
                 }
                 Message::Assistant {
                     content,
@@ -313,15 +373,7 @@ impl ChatTemplate {
                 }
                 Message::Tool { content, .. } => {
                     self.push(&mut r, &[self.sp.result], Target::None);
-                    self.push(
-                        &mut r,
-                        &self.encode(
-                            &self
-                                .normalizer
-                                .text(&render_result(content, self.max_records)),
-                        ),
-                        Target::None,
-                    );
+                    self.push_result(&mut r, content);
                 }
             }
             r.segments.push((start, r.tokens.len()));
@@ -354,7 +406,7 @@ impl ChatTemplate {
                 Value::String(s) => format!(" {}", self.normalizer.text(s)),
                 other => value_text(other),
             };
-            self.push(r, &self.encode(&text), Target::Value);
+            self.push_copyable(r, &self.encode(&text), Target::Value);
             after_value = true;
         }
         self.push(
@@ -396,10 +448,16 @@ impl ChatTemplate {
             };
             let mut tokens = r.tokens[..r.header_len].to_vec();
             let mut targets = r.targets[..r.header_len].to_vec();
+            let mut copyable = r.copyable[..r.header_len].to_vec();
             tokens.extend_from_slice(&r.tokens[from..to]);
             targets.extend_from_slice(&r.targets[from..to]);
+            copyable.extend_from_slice(&r.copyable[from..to]);
             if targets.iter().any(|t| *t != Target::None) {
-                out.push(Window { tokens, targets });
+                out.push(Window {
+                    tokens,
+                    targets,
+                    copyable,
+                });
             }
             end = start;
         }
@@ -409,7 +467,7 @@ impl ChatTemplate {
 
     /// The prompt for predicting the next call after `messages`: header, the most recent whole
     /// messages that fit in `context - reserve` tokens, then `<|call|>`.
-    pub fn prompt(&self, messages: &[Message], context: usize, reserve: usize) -> Vec<u32> {
+    pub fn prompt(&self, messages: &[Message], context: usize, reserve: usize) -> Prompt {
         let r = self.render(messages);
         let budget = context.saturating_sub(r.header_len + reserve + 1).max(1);
         let mut start = r.segments.len();
@@ -428,9 +486,12 @@ impl ChatTemplate {
             r.segments[start].0
         };
         let mut tokens = r.tokens[..r.header_len].to_vec();
+        let mut copyable = r.copyable[..r.header_len].to_vec();
         tokens.extend_from_slice(&r.tokens[from..]);
+        copyable.extend_from_slice(&r.copyable[from..]);
         tokens.push(self.sp.call);
-        tokens
+        copyable.push(false);
+        Prompt { tokens, copyable }
     }
 }
 

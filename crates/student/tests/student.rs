@@ -12,7 +12,7 @@ use tracelab::tools::{ToolSet, DEFAULT_RESPOND};
 use tracelab_student::grammar::{digit_tokens, Limits};
 use tracelab_student::model::{Tiny, TinyConfig};
 use tracelab_student::predict::decode_batch;
-use tracelab_student::template::ChatTemplate;
+use tracelab_student::template::{ChatTemplate, Prompt};
 use tracelab_student::{corpus_texts, tokenizer, train};
 
 const CITIES: &[&str] = &[
@@ -172,7 +172,7 @@ fn decode_all(model: &Tiny, tpl: &ChatTemplate, pairs: &[EvalPair]) -> Vec<ToolC
         max_new_tokens: 40,
     };
     let digits = digit_tokens(tpl);
-    let prompts: Vec<Vec<u32>> = pairs
+    let prompts: Vec<Prompt> = pairs
         .iter()
         .map(|p| {
             tpl.prompt(
@@ -184,7 +184,7 @@ fn decode_all(model: &Tiny, tpl: &ChatTemplate, pairs: &[EvalPair]) -> Vec<ToolC
         .collect();
     let mut out = Vec::new();
     for chunk in prompts.chunks(16) {
-        let refs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
+        let refs: Vec<&Prompt> = chunk.iter().collect();
         out.extend(tch::no_grad(|| {
             decode_batch(model, tpl, &refs, &lim, &digits, Device::Cpu)
         }));
