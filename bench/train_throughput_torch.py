@@ -1,5 +1,6 @@
 """PyTorch eager reference of the tiny student (same architecture as crates/student/src/model.rs:
-RMSNorm, rotary, SwiGLU, causal SDPA, tied embeddings, copy head) for bench/train_throughput.
+RMSNorm, rotary, SwiGLU, causal SDPA, tied embeddings, copy head with recency bias, span-match
+features, gate on the pointer's expected next token and stop head) for bench/train_throughput.
 
 Usage: train_throughput_torch.py --layers 2 --width 128 --heads 4 --ffn 336 --vocab 2048
        --batch 8 --seq 512 --steps 20 --threads 2 [--copy-dim 64] [--device cpu]
@@ -61,7 +62,10 @@ class Tiny(nn.Module):
         s.blocks = nn.ModuleList([Block() for _ in range(a.layers)])
         s.norm = nn.Parameter(torch.ones(d))
         s.q = nn.Linear(2 * d, a.copy_dim, bias=False); s.k = nn.Linear(2 * d, a.copy_dim, bias=False)
-        s.gate = nn.Linear(d, 1)
+        s.gate = nn.Linear(2 * d, 1)
+        s.recency = nn.Parameter(torch.zeros(16))
+        s.span = nn.Linear(d, 2)
+        s.stop = nn.Linear(2 * d, 1)
         hd = d // a.heads
         inv = torch.exp(torch.arange(0, hd, 2).float() / hd * -math.log(10000.0))
         f = torch.outer(torch.arange(a.seq).float(), inv)
@@ -74,18 +78,37 @@ class Tiny(nn.Module):
             x = blk(x, s.cos[:t], s.sin[:t])
         h = rms(x, s.norm)
         hs = h.reshape(b * t, -1)[at]
-        lpv = F.log_softmax((hs @ s.emb.t()).float(), -1).gather(1, tgt[:, None])[:, 0]
-        prev = torch.cat([torch.zeros(b, 1, dtype=tok.dtype, device=tok.device), tok[:, :-1]], 1)
-        keys = s.k(torch.cat([h, F.embedding(prev, s.emb)], -1))
-        qs = s.q(torch.cat([h, F.embedding(tok, s.emb)], -1))
-        sc = (qs @ keys.transpose(1, 2)).float().div(math.sqrt(a.copy_dim)).reshape(b * t, t)[at]
-        rb, rt = at // t, at % t
-        seq = tok[rb]
-        allowed = torch.arange(t, device=tok.device)[None] <= rt[:, None]
+        lp_all = F.log_softmax((hs @ s.emb.t()).float(), -1)
+        lpv = lp_all.gather(1, tgt[:, None])[:, 0]
+        z1 = torch.zeros(b, 1, dtype=tok.dtype, device=tok.device)
+        prev1 = torch.cat([z1, tok[:, :-1]], 1)
+        prev2 = torch.cat([z1, z1, tok[:, :-2]], 1)
+        emb_tok = F.embedding(tok, s.emb)
+        keys = s.k(torch.cat([h, F.embedding(prev1, s.emb)], -1))
+        qs = s.q(torch.cat([h, emb_tok], -1))
+        idx = torch.arange(t, device=tok.device)
+        dist = (idx[:, None] - idx[None, :])[None]
+        bucket = torch.log2(dist.clamp(min=0).float() + 1).floor().clamp(max=15).long()
+        m1 = prev1[:, None, :] == tok[:, :, None]
+        m2 = m1 & (prev2[:, None, :] == prev1[:, :, None])
+        w = s.span(h).float()
+        sc = ((qs @ keys.transpose(1, 2)).float() / math.sqrt(a.copy_dim) + s.recency[bucket]
+              + m1.float() * w[..., 0:1] + m2.float() * w[..., 1:2])
+        allowed = (dist >= 0).expand(b, t, t)
         lp = sc.masked_fill(~allowed, -1e9).log_softmax(-1)
-        hit = (seq == tgt[:, None]) & allowed
-        lpc = lp.masked_fill(~hit, -1e9).logsumexp(-1)
-        z = s.gate(hs)[:, 0].float()
+        expected = lp.exp() @ emb_tok.float()
+        zst = s.stop(torch.cat([h, emb_tok], -1))[..., 0].float()
+        log_stop, log_go = F.logsigmoid(zst), F.logsigmoid(-zst)
+        rb = at // t
+        rows = lambda x: x.reshape(b * t, -1)[at]
+        lp_r, al_r = rows(lp), rows(allowed)
+        hit = (tok[rb] == tgt[:, None]) & al_r
+        lpc = (lp_r + log_go[rb]).masked_fill(~hit, -1e9).logsumexp(-1)
+        stop_hit = rows(m1) & al_r
+        lps = (lp_r + log_stop[rb]).masked_fill(~stop_hit, -1e9).logsumexp(-1)
+        lps = lps + lpv - lp_all[:, 1:3].logsumexp(-1)  # closers are ids 1 and 2, as in the Rust bench
+        lpc = torch.where((tgt == 1) | (tgt == 2), lps, lpc)
+        z = s.gate(torch.cat([hs.float(), rows(expected)], -1))[:, 0].float()
         mixed = torch.stack([F.logsigmoid(z) + lpv, F.logsigmoid(-z) + lpc]).logsumexp(0)
         return -torch.where(val, mixed, lpv).mean()
 

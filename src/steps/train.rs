@@ -261,7 +261,12 @@ impl Step for Train {
         "train the student (transformer with a copy head) on the cell's traces"
     }
     fn consumes(&self) -> &'static [Artifact] {
-        &[Artifact::Traces, Artifact::Tokenizer, Artifact::Tools]
+        &[
+            Artifact::Traces,
+            Artifact::Tokenizer,
+            Artifact::Tools,
+            Artifact::Task,
+        ]
     }
     fn produces(&self) -> &'static [Artifact] {
         &[Artifact::Model]
@@ -292,6 +297,7 @@ impl Step for Train {
                 ("traces", Artifact::Traces),
                 ("tokenizer", Artifact::Tokenizer),
                 ("tools", Artifact::Tools),
+                ("task", Artifact::Task),
             ],
             &out,
         )?;

@@ -61,6 +61,7 @@ fn main() {
     let value = Tensor::arange(at.size()[0], (Kind::Int64, dev))
         .remainder(2)
         .eq(0);
+    let copyable = Tensor::ones([batch, seq], (Kind::Bool, dev));
     let warmup = 3;
     let mut started = Instant::now();
     let mut loss_v = 0.0;
@@ -72,7 +73,7 @@ fn main() {
             started = Instant::now();
         }
         let loss = tch::autocast(dev.is_cuda(), || {
-            model.loss(&tokens, &at, &targets, &value, true)
+            model.loss(&tokens, &copyable, &at, &targets, &value, true)
         });
         loss.backward();
         opt.clip_grad_norm(1.0);

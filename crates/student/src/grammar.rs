@@ -13,8 +13,13 @@ use crate::template::{ChatTemplate, FnSpec, ValueKind};
 pub enum Allowed {
     /// Exactly these tokens.
     Only(Vec<u32>),
-    /// Any ordinary (non-special) token, or one of these.
-    Text(Vec<u32>),
+    /// Any ordinary (non-special) token except `banned`, or one of `closers`.
+    Text {
+        /// Closers allowed now.
+        closers: Vec<u32>,
+        /// Tokens that would repeat a bigram of the value (copy loops such as `Zabu Zabu Zabu`).
+        banned: Vec<u32>,
+    },
     /// A token of digits, or one of these.
     Digits(Vec<u32>),
 }
@@ -189,12 +194,27 @@ impl CallState {
                         } else if matches!(f.params[*p].kind, ValueKind::Integer) {
                             Allowed::Digits(closers)
                         } else {
-                            Allowed::Text(closers)
+                            Allowed::Text {
+                                closers,
+                                banned: self.repeat_banned(),
+                            }
                         }
                     }
                 }
             }
         }
+    }
+
+    /// Tokens that, after the value's last token, would form a bigram the value already has.
+    fn repeat_banned(&self) -> Vec<u32> {
+        let Some(&last) = self.item.last() else {
+            return Vec::new();
+        };
+        self.item
+            .windows(2)
+            .filter(|w| w[0] == last)
+            .map(|w| w[1])
+            .collect()
     }
 
     /// Advances the state by one chosen token (which must be allowed).
@@ -293,11 +313,11 @@ pub fn pick(allowed: &Allowed, scores: &[f32], tpl: &ChatTemplate, digit: &[bool
     };
     match allowed {
         Allowed::Only(list) => list.iter().copied().for_each(&mut consider),
-        Allowed::Text(extra) => {
+        Allowed::Text { closers, banned } => {
             (0..scores.len())
-                .filter(|&t| !tpl.is_special[t])
+                .filter(|&t| !tpl.is_special[t] && !banned.contains(&(t as u32)))
                 .for_each(|t| consider(t as u32));
-            extra.iter().copied().for_each(&mut consider);
+            closers.iter().copied().for_each(&mut consider);
         }
         Allowed::Digits(extra) => {
             (0..scores.len())

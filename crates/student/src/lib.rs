@@ -13,6 +13,7 @@ pub mod grammar;
 pub mod hf;
 pub mod lora;
 pub mod model;
+pub mod normalize;
 pub mod predict;
 pub mod qwen3;
 pub mod template;

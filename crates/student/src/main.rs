@@ -14,7 +14,7 @@
 //! | task | inputs | output | params |
 //! |---|---|---|---|
 //! | `tokenizer` | `traces`, `tools`, optional `user_tokenizer` | `tokenizer.json` | `TokenizerParams` |
-//! | `train` | `traces`, `tools`, `tokenizer` | `model/` (`config.json`, `model.safetensors`) | `TrainParams` |
+//! | `train` | `traces`, `tools`, `tokenizer`, optional `task` (reference date) | `model/` (`config.json`, `model.safetensors`) | `TrainParams` |
 //! | `predict` | `model`, `tokenizer`, `pairs`, `tools` | `predictions.jsonl` | `PredictParams` |
 //!
 //! Stdout carries one JSON object a line: progress `{"done": n, "total": n|null, "message": "…"}`
@@ -83,25 +83,47 @@ fn run(job: &WorkerJob) -> Result<Value, WorkerError> {
             let p: TrainParams = params(job)?;
             let tools = tools(job)?;
             let tok = tokenizer::load(input(job, "tokenizer")?)?;
-            let tpl =
-                ChatTemplate::new(tok, &tools, p.max_records).map_err(WorkerError::Invalid)?;
+            let reference = match job.inputs.get("task") {
+                Some(path) => Some(
+                    tracelab::task::Task::load(path)
+                        .map_err(|e| WorkerError::Invalid(e.to_string()))?
+                        .settings
+                        .reference_date,
+                ),
+                None => None,
+            };
+            let tpl = ChatTemplate::new(tok, &tools, p.max_records, reference.as_deref())
+                .map_err(WorkerError::Invalid)?;
             let convs = data::read_conversations(input(job, "traces")?)?;
-            train::train(&p, &tpl, &convs, &job.output, &mut report)
+            train::train(
+                &p,
+                &tpl,
+                &convs,
+                reference.as_deref(),
+                &job.output,
+                &mut report,
+            )
         }
         "predict" => {
             let p: PredictParams = params(job)?;
             let tools = tools(job)?;
             let tok = tokenizer::load(input(job, "tokenizer")?)?;
             let dev = train::device(p.device)?;
-            let probe = ChatTemplate::new(tok.clone(), &tools, 0).map_err(WorkerError::Invalid)?;
+            let probe =
+                ChatTemplate::new(tok.clone(), &tools, 0, None).map_err(WorkerError::Invalid)?;
             let (saved, _vs, model) = train::load(
                 input(job, "model")?,
                 &probe.is_special,
                 [probe.sp.arg, probe.sp.end],
                 dev,
             )?;
-            let tpl =
-                ChatTemplate::new(tok, &tools, saved.max_records).map_err(WorkerError::Invalid)?;
+            let tpl = ChatTemplate::new(
+                tok,
+                &tools,
+                saved.max_records,
+                saved.reference_date.as_deref(),
+            )
+            .map_err(WorkerError::Invalid)?;
             let pairs = data::read_pairs(input(job, "pairs")?)?;
             let (calls, stats) = predict::predict(&model, &tpl, &pairs, &p, dev, &mut report);
             data::write_predictions(&job.output, &pairs, &calls)?;

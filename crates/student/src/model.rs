@@ -84,6 +84,7 @@ pub struct Cache {
     hidden: Option<Tensor>,
     tokens: Tensor,
     valid: Tensor,
+    copyable: Tensor,
     pos: Tensor,
     next_pos: Tensor,
 }
@@ -341,6 +342,7 @@ impl Tiny {
     pub fn loss(
         &self,
         tokens: &Tensor,
+        copyable: &Tensor,
         at: &Tensor,
         targets: &Tensor,
         value: &Tensor,
@@ -372,7 +374,8 @@ impl Tiny {
             .special
             .index_select(0, &tokens.reshape([-1]))
             .reshape([b, 1, t])
-            .logical_not();
+            .logical_not()
+            .logical_and(&copyable.unsqueeze(1));
         let causal = dist.ge(0);
         let allowed = cand.logical_and(&causal);
         let lp_point = scores
@@ -452,7 +455,8 @@ impl Tiny {
             .index_select(0, &cache.tokens.reshape([-1]))
             .reshape(cache.tokens.size())
             .logical_not()
-            .logical_and(&cache.valid);
+            .logical_and(&cache.valid)
+            .logical_and(&cache.copyable);
         let w = scores
             .masked_fill(&cand.logical_not(), -1e9)
             .softmax(-1, Kind::Float);
@@ -480,9 +484,10 @@ impl Tiny {
         StepOutput { vocab, mixed }
     }
 
-    /// Runs left-padded prompts `tokens (B, T)` (`pad[b]` leading pad tokens each) and returns the
-    /// cache and the distributions for the next token.
-    pub fn prefill(&self, tokens: &Tensor, pad: &[i64]) -> (Cache, StepOutput) {
+    /// Runs left-padded prompts `tokens (B, T)` (`pad[b]` leading pad tokens each; `copyable`
+    /// marks what the copy head may point at) and returns the cache and the distributions for
+    /// the next token.
+    pub fn prefill(&self, tokens: &Tensor, copyable: &Tensor, pad: &[i64]) -> (Cache, StepOutput) {
         let (b, t) = tokens.size2().expect("2-d tokens");
         let dev = tokens.device();
         let pad_t = Tensor::from_slice(pad).to_device(dev).unsqueeze(1);
@@ -509,6 +514,7 @@ impl Tiny {
             hidden: copy_keys.as_ref().map(|_| h.shallow_clone()),
             copy_keys,
             tokens: tokens.shallow_clone(),
+            copyable: copyable.shallow_clone(),
             valid,
             next_pos: pos.select(1, t - 1) + 1,
             pos: pos.expand([b, t], false).contiguous(),
@@ -536,6 +542,11 @@ impl Tiny {
             cache.hidden = Some(Tensor::cat(&[prev_h, &h], 1));
         }
         cache.tokens = Tensor::cat(&[&cache.tokens, &tok], 1);
+        // Generated tokens are not copy sources.
+        cache.copyable = Tensor::cat(
+            &[&cache.copyable, &Tensor::zeros([b, 1], (Kind::Bool, dev))],
+            1,
+        );
         cache.pos = Tensor::cat(&[&cache.pos, &pos], 1);
         cache.valid = valid;
         cache.next_pos = &cache.next_pos + 1;

@@ -10,7 +10,7 @@ use tracelab::steps::predict::PredictParams;
 
 use crate::grammar::{digit_tokens, pick, CallState, Limits};
 use crate::model::Tiny;
-use crate::template::ChatTemplate;
+use crate::template::{ChatTemplate, Prompt};
 use crate::Progress;
 
 /// Predicts one call per pair. Pairs are decoded in batches of similar prompt length.
@@ -27,18 +27,18 @@ pub fn predict(
         max_new_tokens: p.max_new_tokens.max(8),
     };
     let context = model.cfg.context as usize;
-    let prompts: Vec<Vec<u32>> = pairs
+    let prompts: Vec<Prompt> = pairs
         .iter()
         .map(|pair| tpl.prompt(&pair.question, context, lim.max_new_tokens + 1))
         .collect();
     let mut order: Vec<usize> = (0..pairs.len()).collect();
-    order.sort_by_key(|&i| prompts[i].len());
+    order.sort_by_key(|&i| prompts[i].tokens.len());
     let digits = digit_tokens(tpl);
     let mut out: Vec<Option<ToolCall>> = vec![None; pairs.len()];
     let started = Instant::now();
     let mut done = 0;
     for chunk in order.chunks(p.batch_size.max(1)) {
-        let batch: Vec<&[u32]> = chunk.iter().map(|&i| prompts[i].as_slice()).collect();
+        let batch: Vec<&Prompt> = chunk.iter().map(|&i| &prompts[i]).collect();
         let calls = tch::no_grad(|| decode_batch(model, tpl, &batch, &lim, &digits, dev));
         for (&i, c) in chunk.iter().zip(calls) {
             out[i] = Some(c);
@@ -69,26 +69,31 @@ pub fn predict(
 pub fn decode_batch(
     model: &Tiny,
     tpl: &ChatTemplate,
-    prompts: &[&[u32]],
+    prompts: &[&Prompt],
     lim: &Limits,
     digits: &[bool],
     dev: Device,
 ) -> Vec<ToolCall> {
     let b = prompts.len();
-    let t = prompts.iter().map(|p| p.len()).max().unwrap_or(1);
+    let t = prompts.iter().map(|p| p.tokens.len()).max().unwrap_or(1);
     let mut flat = vec![tpl.sp.pad as i64; b * t];
+    let mut copyable = vec![false; b * t];
     let mut pad = Vec::with_capacity(b);
     for (i, p) in prompts.iter().enumerate() {
-        let off = t - p.len();
+        let off = t - p.tokens.len();
         pad.push(off as i64);
-        for (j, &tok) in p.iter().enumerate() {
+        for (j, &tok) in p.tokens.iter().enumerate() {
             flat[i * t + off + j] = tok as i64;
+            copyable[i * t + off + j] = p.copyable[j];
         }
     }
+    let copyable = Tensor::from_slice(&copyable)
+        .reshape([b as i64, t as i64])
+        .to_device(dev);
     let tokens = Tensor::from_slice(&flat)
         .reshape([b as i64, t as i64])
         .to_device(dev);
-    let (mut cache, mut outp) = model.prefill(&tokens, &pad);
+    let (mut cache, mut outp) = model.prefill(&tokens, &copyable, &pad);
     let mut states: Vec<CallState> = (0..b).map(|_| CallState::new()).collect();
     let v = tpl.vocab;
     for _ in 0..lim.max_new_tokens + 1 {

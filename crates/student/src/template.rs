@@ -21,6 +21,7 @@ use tokenizers::Tokenizer;
 use tracelab::conversation::{Message, ToolCall};
 use tracelab::tools::{FunctionKind, ToolSet};
 
+use crate::normalize::Normalizer;
 use crate::tokenizer::SPECIAL_TOKENS;
 
 /// What a token is, as a training target.
@@ -66,6 +67,9 @@ pub struct Rendered {
     pub tokens: Vec<u32>,
     /// Target kind of each token.
     pub targets: Vec<Target>,
+    /// Whether the copy head may point at each token: message text, result values and argument
+    /// values, never the header, names, keys, result labels or special tokens.
+    pub copyable: Vec<bool>,
     /// Length of the tool header at the start.
     pub header_len: usize,
     /// `[start, end)` of each message after the header.
@@ -79,6 +83,17 @@ pub struct Window {
     pub tokens: Vec<u32>,
     /// Target kind of each token.
     pub targets: Vec<Target>,
+    /// Whether the copy head may point at each token.
+    pub copyable: Vec<bool>,
+}
+
+/// A prediction prompt: tokens ending with `<|call|>` and which of them may be copied.
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    /// Token ids.
+    pub tokens: Vec<u32>,
+    /// Whether the copy head may point at each token.
+    pub copyable: Vec<bool>,
 }
 
 /// How an argument's value is decoded.
@@ -131,11 +146,19 @@ pub struct ChatTemplate {
     pub max_records: usize,
     /// The decoder's view of the tools.
     pub functions: Vec<FnSpec>,
+    normalizer: Normalizer,
 }
 
 impl ChatTemplate {
     /// Binds the template to a tokenizer (which must contain [`SPECIAL_TOKENS`]) and tools.
-    pub fn new(tok: Tokenizer, tools: &ToolSet, max_records: usize) -> Result<Self, String> {
+    /// With a `reference_date` (`YYYY-MM-DD`, "today" in the data) dates in texts are rewritten
+    /// to ISO form; clock times always become `HH:MM` (see [`crate::normalize`]).
+    pub fn new(
+        tok: Tokenizer,
+        tools: &ToolSet,
+        max_records: usize,
+        reference_date: Option<&str>,
+    ) -> Result<Self, String> {
         let id = |s: &str| {
             tok.token_to_id(s)
                 .ok_or_else(|| format!("tokenizer lacks special token {s}"))
@@ -174,6 +197,7 @@ impl ChatTemplate {
                 .unwrap_or_else(|| tracelab::tools::DEFAULT_RESPOND.to_string()),
             max_records,
             functions: Vec::new(),
+            normalizer: Normalizer::new(reference_date),
         };
         let mut header = vec![sp.tools];
         for f in &tools.functions {
@@ -260,6 +284,52 @@ impl ChatTemplate {
     fn push(&self, r: &mut Rendered, ids: &[u32], target: Target) {
         r.tokens.extend_from_slice(ids);
         r.targets.extend(std::iter::repeat_n(target, ids.len()));
+        r.copyable.extend(std::iter::repeat_n(false, ids.len()));
+    }
+
+    /// Like `push`, for text the copy head may copy from.
+    fn push_copyable(&self, r: &mut Rendered, ids: &[u32], target: Target) {
+        self.push(r, ids, target);
+        let n = r.copyable.len();
+        r.copyable[n - ids.len()..].fill(true);
+    }
+
+    /// A tool result: for JSON records, labels are context and values are copyable.
+    fn push_result(&self, r: &mut Rendered, content: &str) {
+        let Ok(v) = serde_json::from_str::<Value>(content) else {
+            let text = self.normalizer.text(content);
+            self.push_copyable(r, &self.encode(&format!(" {text}")), Target::None);
+            return;
+        };
+        let records: Vec<&Value> = match &v {
+            Value::Array(a) => a.iter().collect(),
+            other => vec![other],
+        };
+        if records.is_empty() {
+            self.push(r, &self.encode(" no results"), Target::None);
+            return;
+        }
+        let value = |v: &Value| match v {
+            Value::String(s) => format!(" {}", self.normalizer.text(s)),
+            other => value_text(other),
+        };
+        for rec in records.iter().take(self.max_records) {
+            self.push(r, &self.encode("\n"), Target::None);
+            match rec {
+                Value::Object(m) => {
+                    for (k, v) in m {
+                        self.push(r, &self.encode(&format!(" {k}:")), Target::None);
+                        self.push_copyable(r, &self.encode(&value(v)), Target::None);
+                        self.push(r, &self.encode(","), Target::None);
+                    }
+                }
+                other => self.push_copyable(r, &self.encode(&value(other)), Target::None),
+            }
+        }
+        if records.len() > self.max_records {
+            let more = format!("\n +{} more", records.len() - self.max_records);
+            self.push(r, &self.encode(&more), Target::None);
+        }
     }
 
     /// Renders a whole conversation (header first).
@@ -272,11 +342,13 @@ impl ChatTemplate {
             match m {
                 Message::System { content } => {
                     self.push(&mut r, &[self.sp.system], Target::None);
-                    self.push(&mut r, &self.encode(&format!(" {content}")), Target::None);
+                    let text = self.normalizer.text(content);
+                    self.push_copyable(&mut r, &self.encode(&format!(" {text}")), Target::None);
                 }
                 Message::User { content } => {
                     self.push(&mut r, &[self.sp.user], Target::None);
-                    self.push(&mut r, &self.encode(&format!(" {content}")), Target::None);
+                    let text = self.normalizer.text(content);
+                    self.push_copyable(&mut r, &self.encode(&format!(" {text}")), Target::None);
                 }
                 Message::Assistant {
                     content,
@@ -301,11 +373,7 @@ impl ChatTemplate {
                 }
                 Message::Tool { content, .. } => {
                     self.push(&mut r, &[self.sp.result], Target::None);
-                    self.push(
-                        &mut r,
-                        &self.encode(&render_result(content, self.max_records)),
-                        Target::None,
-                    );
+                    self.push_result(&mut r, content);
                 }
             }
             r.segments.push((start, r.tokens.len()));
@@ -334,7 +402,11 @@ impl ChatTemplate {
             );
             self.push(r, &self.encode(&format!(" {k}")), Target::Structure);
             self.push(r, &[self.sp.val], Target::Structure);
-            self.push(r, &self.encode(&value_text(v)), Target::Value);
+            let text = match v {
+                Value::String(s) => format!(" {}", self.normalizer.text(s)),
+                other => value_text(other),
+            };
+            self.push_copyable(r, &self.encode(&text), Target::Value);
             after_value = true;
         }
         self.push(
@@ -376,10 +448,16 @@ impl ChatTemplate {
             };
             let mut tokens = r.tokens[..r.header_len].to_vec();
             let mut targets = r.targets[..r.header_len].to_vec();
+            let mut copyable = r.copyable[..r.header_len].to_vec();
             tokens.extend_from_slice(&r.tokens[from..to]);
             targets.extend_from_slice(&r.targets[from..to]);
+            copyable.extend_from_slice(&r.copyable[from..to]);
             if targets.iter().any(|t| *t != Target::None) {
-                out.push(Window { tokens, targets });
+                out.push(Window {
+                    tokens,
+                    targets,
+                    copyable,
+                });
             }
             end = start;
         }
@@ -389,7 +467,7 @@ impl ChatTemplate {
 
     /// The prompt for predicting the next call after `messages`: header, the most recent whole
     /// messages that fit in `context - reserve` tokens, then `<|call|>`.
-    pub fn prompt(&self, messages: &[Message], context: usize, reserve: usize) -> Vec<u32> {
+    pub fn prompt(&self, messages: &[Message], context: usize, reserve: usize) -> Prompt {
         let r = self.render(messages);
         let budget = context.saturating_sub(r.header_len + reserve + 1).max(1);
         let mut start = r.segments.len();
@@ -408,9 +486,12 @@ impl ChatTemplate {
             r.segments[start].0
         };
         let mut tokens = r.tokens[..r.header_len].to_vec();
+        let mut copyable = r.copyable[..r.header_len].to_vec();
         tokens.extend_from_slice(&r.tokens[from..]);
+        copyable.extend_from_slice(&r.copyable[from..]);
         tokens.push(self.sp.call);
-        tokens
+        copyable.push(false);
+        Prompt { tokens, copyable }
     }
 }
 

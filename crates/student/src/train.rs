@@ -27,6 +27,9 @@ pub struct SavedConfig {
     pub model: TinyConfig,
     /// Tool results keep at most this many records (as in training).
     pub max_records: usize,
+    /// The reference date texts were normalized against (as in training).
+    #[serde(default)]
+    pub reference_date: Option<String>,
 }
 
 /// File names inside `model/`.
@@ -44,6 +47,8 @@ pub struct Batch {
     pub targets: Tensor,
     /// Whether each target is a value token `(N)`.
     pub value: Tensor,
+    /// Whether the copy head may point at each token `(B, T)`.
+    pub copyable: Tensor,
     /// Real tokens in the batch.
     pub real_tokens: usize,
     /// Targets in the batch.
@@ -55,12 +60,14 @@ pub fn make_batch(windows: &[&Window], pad: u32, device: Device) -> Batch {
     let t = windows.iter().map(|w| w.tokens.len()).max().unwrap_or(1);
     let b = windows.len();
     let mut tokens = vec![pad as i64; b * t];
+    let mut copyable = vec![false; b * t];
     let (mut at, mut targets, mut value) = (Vec::new(), Vec::new(), Vec::new());
     let mut real = 0;
     for (i, w) in windows.iter().enumerate() {
         real += w.tokens.len();
         for (j, &tok) in w.tokens.iter().enumerate() {
             tokens[i * t + j] = tok as i64;
+            copyable[i * t + j] = w.copyable[j];
             if j > 0 && w.targets[j] != Target::None {
                 at.push((i * t + j - 1) as i64);
                 targets.push(tok as i64);
@@ -76,6 +83,9 @@ pub fn make_batch(windows: &[&Window], pad: u32, device: Device) -> Batch {
         at: Tensor::from_slice(&at).to_device(device),
         targets: Tensor::from_slice(&targets).to_device(device),
         value: Tensor::from_slice(&value).to_device(device),
+        copyable: Tensor::from_slice(&copyable)
+            .reshape([b as i64, t as i64])
+            .to_device(device),
         real_tokens: real,
         n_targets: n,
     }
@@ -129,6 +139,7 @@ pub fn train(
     p: &TrainParams,
     tpl: &ChatTemplate,
     conversations: &[Conversation],
+    reference_date: Option<&str>,
     out: &Path,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Value, WorkerError> {
@@ -232,7 +243,7 @@ pub fn train(
                 continue;
             }
             let loss = tch::autocast(dev.is_cuda(), || {
-                model.loss(&b.tokens, &b.at, &b.targets, &b.value, true)
+                model.loss(&b.tokens, &b.copyable, &b.at, &b.targets, &b.value, true)
             });
             let w = b.n_targets as f64 / n_all.max(1) as f64;
             (&loss * w).backward();
@@ -260,7 +271,7 @@ pub fn train(
         }
     }
     let secs = started.elapsed().as_secs_f64();
-    save(&vs, &cfg, p.max_records, out)?;
+    save(&vs, &cfg, p.max_records, reference_date, out)?;
     Ok(json!({
         "parameters": n_params,
         "windows": windows.len(),
@@ -283,6 +294,7 @@ pub fn save(
     vs: &nn::VarStore,
     cfg: &TinyConfig,
     max_records: usize,
+    reference_date: Option<&str>,
     out: &Path,
 ) -> Result<(), WorkerError> {
     std::fs::create_dir_all(out).map_err(|e| WorkerError::io(out, e))?;
@@ -290,6 +302,7 @@ pub fn save(
         family: "tiny".into(),
         model: cfg.clone(),
         max_records,
+        reference_date: reference_date.map(str::to_string),
     };
     let cfg_path = out.join(CONFIG_FILE);
     std::fs::write(

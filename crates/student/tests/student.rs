@@ -12,7 +12,7 @@ use tracelab::tools::{ToolSet, DEFAULT_RESPOND};
 use tracelab_student::grammar::{digit_tokens, Limits};
 use tracelab_student::model::{Tiny, TinyConfig};
 use tracelab_student::predict::decode_batch;
-use tracelab_student::template::ChatTemplate;
+use tracelab_student::template::{ChatTemplate, Prompt};
 use tracelab_student::{corpus_texts, tokenizer, train};
 
 const CITIES: &[&str] = &[
@@ -145,7 +145,7 @@ fn pairs(convs: &[Conversation]) -> Vec<EvalPair> {
 fn template(convs: &[Conversation]) -> ChatTemplate {
     let tools = tools();
     let tok = tokenizer::train_bpe(&corpus_texts(convs, &tools), 400, 2).unwrap();
-    ChatTemplate::new(tok, &tools, 2).unwrap()
+    ChatTemplate::new(tok, &tools, 2, Some("2019-03-01")).unwrap()
 }
 
 fn params(seed: u64, epochs: f64) -> TrainParams {
@@ -172,7 +172,7 @@ fn decode_all(model: &Tiny, tpl: &ChatTemplate, pairs: &[EvalPair]) -> Vec<ToolC
         max_new_tokens: 40,
     };
     let digits = digit_tokens(tpl);
-    let prompts: Vec<Vec<u32>> = pairs
+    let prompts: Vec<Prompt> = pairs
         .iter()
         .map(|p| {
             tpl.prompt(
@@ -184,7 +184,7 @@ fn decode_all(model: &Tiny, tpl: &ChatTemplate, pairs: &[EvalPair]) -> Vec<ToolC
         .collect();
     let mut out = Vec::new();
     for chunk in prompts.chunks(16) {
-        let refs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
+        let refs: Vec<&Prompt> = chunk.iter().collect();
         out.extend(tch::no_grad(|| {
             decode_batch(model, tpl, &refs, &lim, &digits, Device::Cpu)
         }));
@@ -199,7 +199,15 @@ fn learns_the_rule_and_copies_unseen_values() {
     let train_set = corpus(1, 120, CITIES);
     let tpl = template(&train_set);
     let dir = tempfile::tempdir().unwrap();
-    let stats = train::train(&params(7, 60.0), &tpl, &train_set, dir.path(), &mut |_| {}).unwrap();
+    let stats = train::train(
+        &params(7, 60.0),
+        &tpl,
+        &train_set,
+        None,
+        dir.path(),
+        &mut |_| {},
+    )
+    .unwrap();
     let curve = stats["loss_curve"].as_array().unwrap();
     let first = curve.first().unwrap()["loss"].as_f64().unwrap();
     let last = curve.last().unwrap()["loss"].as_f64().unwrap();
@@ -301,8 +309,8 @@ fn checkpoint_reloads_to_identical_predictions_and_training_is_deterministic() {
     let tpl = template(&convs);
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    let sa = train::train(&params(11, 2.0), &tpl, &convs, a.path(), &mut |_| {}).unwrap();
-    let sb = train::train(&params(11, 2.0), &tpl, &convs, b.path(), &mut |_| {}).unwrap();
+    let sa = train::train(&params(11, 2.0), &tpl, &convs, None, a.path(), &mut |_| {}).unwrap();
+    let sb = train::train(&params(11, 2.0), &tpl, &convs, None, b.path(), &mut |_| {}).unwrap();
     assert_eq!(sa["loss_curve"], sb["loss_curve"]);
     let wa = std::fs::read(a.path().join(train::WEIGHTS_FILE)).unwrap();
     let wb = std::fs::read(b.path().join(train::WEIGHTS_FILE)).unwrap();
@@ -327,7 +335,7 @@ fn checkpoint_reloads_to_identical_predictions_and_training_is_deterministic() {
         [tpl.sp.arg, tpl.sp.end],
     );
     let c = tempfile::tempdir().unwrap();
-    train::save(&vs, &cfg, 2, c.path()).unwrap();
+    train::save(&vs, &cfg, 2, None, c.path()).unwrap();
     let (_, _vc, reloaded) = train::load(
         c.path(),
         &tpl.is_special,

@@ -1,0 +1,104 @@
+//! The chat template's promises: a value is the same tokens in an utterance and in an argument,
+//! loss falls only on call tokens after `<|call|>`, only message text and values are copy
+//! sources, and windows keep the header, fit the context and cover every assistant turn once.
+
+use serde_json::json;
+use tracelab::conversation::{Message, ToolCall};
+use tracelab::tools::{ToolSet, DEFAULT_RESPOND};
+use tracelab_student::template::{ChatTemplate, Target};
+use tracelab_student::tokenizer;
+
+fn setup() -> (ChatTemplate, Vec<Message>) {
+    let tools = ToolSet::from_openai(
+        &json!([{"type": "function", "function": {"name": "FindRestaurants", "parameters": {
+            "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]),
+        DEFAULT_RESPOND,
+        &[],
+        "t",
+    )
+    .unwrap();
+    let mut call_args = serde_json::Map::new();
+    call_args.insert("city".into(), "Walnut Creek".into());
+    let mut msg = serde_json::Map::new();
+    msg.insert(
+        "message".into(),
+        "Found one in Walnut Creek at 7 pm.".into(),
+    );
+    let messages = vec![
+        Message::User {
+            content: "Food in Walnut Creek please.".into(),
+        },
+        Message::call(ToolCall::new("FindRestaurants", call_args)),
+        Message::Tool {
+            tool_call_id: String::new(),
+            content: r#"[{"restaurant_name": "Chez Nous", "city": "Walnut Creek"}]"#.into(),
+        },
+        Message::call(ToolCall::new(DEFAULT_RESPOND, msg)),
+    ];
+    let texts = vec![
+        " Food in Walnut Creek please.".to_string(),
+        " Walnut Creek".into(),
+        " city".into(),
+    ];
+    let tok = tokenizer::train_bpe(&texts, 300, 1).unwrap();
+    let tpl = ChatTemplate::new(tok, &tools, 2, Some("2019-03-01")).unwrap();
+    (tpl, messages)
+}
+
+fn find(hay: &[u32], needle: &[u32]) -> Vec<usize> {
+    (0..=hay.len().saturating_sub(needle.len()))
+        .filter(|&i| hay[i..i + needle.len()] == *needle)
+        .collect()
+}
+
+#[test]
+fn values_share_tokens_and_loss_is_on_calls_only() {
+    let (tpl, messages) = setup();
+    let r = tpl.render(&messages);
+    let name = tpl.encode(" Walnut Creek");
+    // In the utterance, the call argument, the tool result and the reply.
+    assert_eq!(find(&r.tokens, &name).len(), 4, "{:?}", r.tokens);
+    // Times are normalized in the reply text.
+    assert_eq!(find(&r.tokens, &tpl.encode(" 19:00")).len(), 1);
+    for (i, (&t, target)) in r.tokens.iter().zip(&r.targets).enumerate() {
+        if i < r.header_len || t == tpl.sp.call || t == tpl.sp.user || t == tpl.sp.result {
+            assert_eq!(*target, Target::None, "token {i}");
+        }
+        if tpl.is_special[t as usize] {
+            assert!(!r.copyable[i], "special token {i} is a copy source");
+        }
+    }
+    let user_end = r.segments[0].1;
+    assert!(r.targets[..user_end].iter().all(|t| *t == Target::None));
+    assert!(r.targets.contains(&Target::Value));
+    // Result labels are context, result values are copy sources.
+    let label = find(&r.tokens, &tpl.encode(" restaurant_name"));
+    assert!(label.iter().all(|&i| !r.copyable[i]));
+    let value = find(&r.tokens, &tpl.encode(" Chez Nous"));
+    assert!(!value.is_empty() && value.iter().all(|&i| r.copyable[i]));
+}
+
+#[test]
+fn windows_keep_the_header_and_cover_every_call_once() {
+    let (tpl, mut messages) = setup();
+    let more = messages.clone();
+    messages.extend(more.clone());
+    messages.extend(more);
+    let r = tpl.render(&messages);
+    let context = r.header_len + (r.tokens.len() - r.header_len) / 2;
+    let windows = tpl.windows(&r, context);
+    assert!(windows.len() >= 2);
+    let header = &r.tokens[..r.header_len];
+    let mut targets = 0;
+    for w in &windows {
+        assert!(w.tokens.len() <= context);
+        assert_eq!(&w.tokens[..r.header_len], header);
+        targets += w.targets.iter().filter(|t| **t != Target::None).count();
+    }
+    let all = r.targets.iter().filter(|t| **t != Target::None).count();
+    assert_eq!(targets, all, "every call token is trained exactly once");
+    let p = tpl.prompt(&messages, context, 8);
+    assert!(p.tokens.len() <= context - 8);
+    assert_eq!(p.tokens.last(), Some(&tpl.sp.call));
+    assert_eq!(&p.tokens[..r.header_len], header);
+}
