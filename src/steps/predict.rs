@@ -60,10 +60,7 @@ impl Step for Predict {
         canonicalize::<PredictParams>(params)
     }
     fn resource(&self, params: &Value, jobs: usize) -> Resource {
-        match params.get("device").and_then(Value::as_str) {
-            Some("cuda") => Resource::Gpu,
-            _ => Resource::Cpu { slots: jobs.max(1) },
-        }
+        super::train::worker_resource(params, jobs)
     }
     fn run(&self, ctx: &mut StepContext<'_>) -> Result<(), StepError> {
         let out = ctx.output(Artifact::Predictions);

@@ -69,6 +69,9 @@ pub struct TrainParams {
     pub grad_clip: f64,
     /// Tool results keep at most this many records when rendered.
     pub max_records: usize,
+    /// CPU threads of the worker. One by default: measured here, one thread trains as fast as
+    /// two (6.9k tokens/s either way), so two trainings side by side double the throughput.
+    pub threads: usize,
     /// Seed (weights, dropout, batch order).
     pub seed: u64,
 }
@@ -94,6 +97,7 @@ impl Default for TrainParams {
             weight_decay: 0.1,
             grad_clip: 1.0,
             max_records: 2,
+            threads: 1,
             seed: 0,
         }
     }
@@ -247,6 +251,19 @@ pub fn job(
     })
 }
 
+/// What a worker step occupies: the GPU for `device = "cuda"`, else its `threads` (≤ jobs).
+pub(crate) fn worker_resource(params: &Value, jobs: usize) -> Resource {
+    let device = params
+        .get("device")
+        .and_then(|d| serde_json::from_value::<DeviceChoice>(d.clone()).ok())
+        .unwrap_or_default();
+    if device == DeviceChoice::Cuda {
+        return Resource::Gpu;
+    }
+    let threads = params.get("threads").and_then(Value::as_u64).unwrap_or(1) as usize;
+    Resource::Cpu { slots: threads.clamp(1, jobs.max(1)) }
+}
+
 /// The `train` step.
 pub struct Train;
 
@@ -278,15 +295,7 @@ impl Step for Train {
         canonicalize::<TrainParams>(params)
     }
     fn resource(&self, params: &Value, jobs: usize) -> Resource {
-        let device = params
-            .get("device")
-            .and_then(|d| serde_json::from_value::<DeviceChoice>(d.clone()).ok())
-            .unwrap_or_default();
-        if device == DeviceChoice::Cuda {
-            Resource::Gpu
-        } else {
-            Resource::Cpu { slots: jobs.max(1) }
-        }
+        worker_resource(params, jobs)
     }
     fn run(&self, ctx: &mut StepContext<'_>) -> Result<(), StepError> {
         let out = ctx.output(Artifact::Model);
@@ -331,7 +340,10 @@ mod tests {
     #[test]
     fn resource_follows_the_device() {
         let cpu = Train.canonical_params(&json!({})).unwrap();
-        assert_eq!(Train.resource(&cpu, 2), Resource::Cpu { slots: 2 });
+        assert_eq!(Train.resource(&cpu, 2), Resource::Cpu { slots: 1 });
+        let two = Train.canonical_params(&json!({"threads": 2})).unwrap();
+        assert_eq!(Train.resource(&two, 2), Resource::Cpu { slots: 2 });
+        assert_eq!(Train.resource(&two, 1), Resource::Cpu { slots: 1 });
         let gpu = Train.canonical_params(&json!({"device": "cuda"})).unwrap();
         assert_eq!(Train.resource(&gpu, 2), Resource::Gpu);
         let p = super::super::predict::Predict;
