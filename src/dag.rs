@@ -339,14 +339,11 @@ pub fn build(exp: &Experiment) -> Result<Dag, ConfigError> {
         _ => None,
     };
 
-    let order = petgraph::algo::toposort(&b.graph, None).map_err(|cycle| ConfigError {
+    let order = topological_order(&b.graph).map_err(|n| ConfigError {
         origin: exp.source.origin.clone(),
         position: None,
         key: None,
-        message: format!(
-            "the steps form a cycle through `{}`",
-            b.graph[cycle.node_id()].label
-        ),
+        message: format!("the steps form a cycle through `{}`", b.graph[n].label),
     })?;
     Ok(Dag {
         graph: b.graph,
