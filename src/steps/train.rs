@@ -261,7 +261,9 @@ pub(crate) fn worker_resource(params: &Value, jobs: usize) -> Resource {
         return Resource::Gpu;
     }
     let threads = params.get("threads").and_then(Value::as_u64).unwrap_or(1) as usize;
-    Resource::Cpu { slots: threads.clamp(1, jobs.max(1)) }
+    Resource::Cpu {
+        slots: threads.clamp(1, jobs.max(1)),
+    }
 }
 
 /// The `train` step.
