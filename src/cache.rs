@@ -286,9 +286,6 @@ impl Cache {
                 })
             }
         }
-        if let Ok(d) = File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
         Ok(manifest)
     }
 
@@ -437,6 +434,10 @@ pub fn output_hash(files: &[OutputFile]) -> String {
     h.finalize().to_hex().to_string()
 }
 
+/// Makes every file's content durable before the entry is renamed into place. Directories are
+/// not synced: if a crash loses a directory entry or the rename itself, the entry is absent or
+/// lacks a file its manifest lists, and [`Cache::lookup`] treats it as a miss. Content is what
+/// must never be half-written under a valid manifest, and that is what this guarantees.
 fn sync_tree(dir: &Path) -> Result<(), CacheError> {
     for e in fs::read_dir(dir).map_err(io_err(dir))? {
         let e = e.map_err(io_err(dir))?;
@@ -445,13 +446,11 @@ fn sync_tree(dir: &Path) -> Result<(), CacheError> {
             sync_tree(&p)?;
         } else {
             File::open(&p)
-                .and_then(|f| f.sync_all())
+                .and_then(|f| f.sync_data())
                 .map_err(io_err(&p))?;
         }
     }
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err(dir))
+    Ok(())
 }
 
 /// Remembers content hashes of external files by (path, size, mtime, inode), so unchanged files
