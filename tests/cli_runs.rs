@@ -334,3 +334,55 @@ fn two_concurrent_runs_share_one_cache() {
     assert_eq!(all.len(), 11, "every step computed once by one of the runs");
     assert!(ran(&run(root)).is_empty());
 }
+
+#[test]
+fn gc_drops_only_unreachable_entries_and_graph_draws_the_dag() {
+    let p = project(20);
+    let root = p.path();
+    run(root);
+    write_low(root, 6);
+    run(root);
+    let entries = || {
+        std::fs::read_dir(root.join("cache"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().len() == 64)
+            .count()
+    };
+    let before = entries();
+    let out = tracelab(root).args(["gc", "--dry-run"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("would delete"))
+        .count();
+    assert!(listed >= 1, "the old low-data corrupt entry is unreachable");
+    assert_eq!(entries(), before, "--dry-run deletes nothing");
+    assert!(tracelab(root).arg("gc").status().unwrap().success());
+    assert_eq!(entries(), before - listed);
+    assert!(
+        ran(&run(root)).is_empty(),
+        "everything the experiment reaches is still cached"
+    );
+
+    let dot = tracelab(root)
+        .args(["graph", "experiments/t.toml"])
+        .output()
+        .unwrap();
+    let dot = String::from_utf8_lossy(&dot.stdout);
+    assert!(
+        dot.starts_with("digraph tracelab {")
+            && dot.contains("low/s1/corrupt")
+            && dot.contains(" -> "),
+        "{dot}"
+    );
+    let mermaid = tracelab(root)
+        .args(["graph", "experiments/t.toml", "--format", "mermaid"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&mermaid.stdout).starts_with("flowchart LR"));
+}

@@ -75,6 +75,35 @@ fn smoke_experiment_runs_end_to_end_and_reruns_nothing() {
         );
     }
 
+    let show = Command::new(env!("CARGO_BIN_EXE_tracelab"))
+        .args(["show", "experiments/smoke.toml", "--set"])
+        .arg(format!("data.path={}", sgd.display()))
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&show.stdout),
+        table,
+        "show prints the run's table"
+    );
+    let csv = root.join("long.csv");
+    let export = Command::new(env!("CARGO_BIN_EXE_tracelab"))
+        .args(["export", "experiments/smoke.toml", "--csv"])
+        .arg(&csv)
+        .arg("--set")
+        .arg(format!("data.path={}", sgd.display()))
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(export.status.success());
+    let long = std::fs::read_to_string(&csv).unwrap();
+    assert!(long.starts_with("experiment,scenario,pipeline,seed,metric,value\n"));
+    assert!(
+        long.contains("smoke,clean,synthetic,1,score,"),
+        "{}",
+        &long[..200.min(long.len())]
+    );
+
     let (again, second) = run();
     assert_eq!(again, table, "a second run prints the same table");
     assert!(second.contains("\n0 ran, "), "nothing reruns: {second}");
