@@ -157,7 +157,14 @@ impl Normalizer {
             }
             iso(days_from_civil(y, m, day))
         });
-        let out = self.day_of_re.replace_all(&out, |c: &Captures| {
+        let hay = out.into_owned();
+        let out = self.day_of_re.replace_all(&hay, |c: &Captures| {
+            let whole = c.get(0).expect("match");
+            // "1434 1st Street", "3rd Avenue": an ordinal in an address is not a date. Rewriting
+            // it garbled addresses and phone-number-like copies in tool results.
+            if in_address(&hay[..whole.start()], &hay[whole.end()..]) {
+                return c[0].to_string();
+            }
             let day: i64 = c[1].parse().unwrap_or(0);
             if !(1..=31).contains(&day) {
                 return c[0].to_string();
@@ -185,9 +192,59 @@ impl Normalizer {
     }
 }
 
+/// Words that follow an ordinal in a street address.
+const ADDRESS_WORDS: &[&str] = &[
+    "street",
+    "st",
+    "avenue",
+    "ave",
+    "road",
+    "rd",
+    "boulevard",
+    "blvd",
+    "floor",
+    "fl",
+    "place",
+    "pl",
+    "drive",
+    "dr",
+    "way",
+    "lane",
+    "ln",
+    "court",
+    "ct",
+    "terrace",
+    "ter",
+];
+
+/// Whether an ordinal between `before` and `after` is part of an address: a house number right
+/// before it, or a street word right after it.
+fn in_address(before: &str, after: &str) -> bool {
+    let next = after
+        .trim_start()
+        .split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let prev_is_number = before
+        .trim_end()
+        .rsplit(char::is_whitespace)
+        .next()
+        .is_some_and(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_digit()));
+    prev_is_number || ADDRESS_WORDS.contains(&next.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ordinals_in_addresses_stay() {
+        let n = Normalizer::new(Some("2019-03-01"));
+        assert_eq!(n.text("1434 1st Street"), "1434 1st Street");
+        assert_eq!(n.text("on 3rd Avenue."), "on 3rd Avenue.");
+        assert_eq!(n.text("the 12th at 5 pm"), "2019-03-12 at 17:00");
+    }
 
     #[test]
     fn times_and_dates_become_canonical() {
