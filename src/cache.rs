@@ -260,10 +260,12 @@ impl Cache {
     ) -> Result<Manifest, CacheError> {
         manifest.outputs = hash_tree(&pending.out_dir)?;
         manifest.output_hash = output_hash(&manifest.outputs);
+        tracing::debug!(key = %pending.key.short(), "outputs hashed");
         let mpath = pending.dir.join("manifest.json");
         let text = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
         fs::write(&mpath, text).map_err(io_err(&mpath))?;
         sync_tree(&pending.dir)?;
+        tracing::debug!(key = %pending.key.short(), "outputs synced");
         let target = self.entry_dir(&pending.key);
         if let Some(existing) = self.lookup(&pending.key) {
             return Ok(existing);

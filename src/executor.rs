@@ -517,6 +517,7 @@ pub fn run(
             let node = &dag.graph[n];
             match result {
                 Ok(m) => {
+                    tracing::debug!(label = %node.label, "published");
                     reporter.event(&Event::StepFinished {
                         label: node.label.clone(),
                         key: m.key.0.clone(),
