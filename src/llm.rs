@@ -231,6 +231,19 @@ enum Attempt {
     Fail(LlmError),
 }
 
+impl Attempt {
+    /// A transport failure while sending or reading the body: retried; a timeout is its own
+    /// error, and the URL (which may hold credentials) never reaches the message.
+    fn transport(e: &reqwest::Error) -> Attempt {
+        let why = if e.is_timeout() {
+            LlmError::Timeout { attempts: 1 }
+        } else {
+            LlmError::Transport(without_url_secrets(e))
+        };
+        Attempt::Retry { why, after: None }
+    }
+}
+
 impl LlmClient {
     /// Builds a client; reads the API key from `config.api_key_env` now. Answers are cached in
     /// `cache_dir` (created when the first answer is stored).
@@ -447,18 +460,7 @@ impl LlmClient {
         }
         let resp = match req.send().await {
             Ok(r) => r,
-            Err(e) if e.is_timeout() => {
-                return Attempt::Retry {
-                    why: LlmError::Timeout { attempts: 1 },
-                    after: None,
-                }
-            }
-            Err(e) => {
-                return Attempt::Retry {
-                    why: LlmError::Transport(without_url_secrets(&e)),
-                    after: None,
-                }
-            }
+            Err(e) => return Attempt::transport(&e),
         };
         let status = resp.status();
         let retry_after = resp
@@ -470,18 +472,7 @@ impl LlmClient {
             .map(|s| Duration::from_secs_f64(s.min(300.0)));
         let bytes = match resp.bytes().await {
             Ok(b) => b,
-            Err(e) if e.is_timeout() => {
-                return Attempt::Retry {
-                    why: LlmError::Timeout { attempts: 1 },
-                    after: None,
-                }
-            }
-            Err(e) => {
-                return Attempt::Retry {
-                    why: LlmError::Transport(without_url_secrets(&e)),
-                    after: None,
-                }
-            }
+            Err(e) => return Attempt::transport(&e),
         };
         if !status.is_success() {
             let err = LlmError::Status {
