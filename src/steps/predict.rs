@@ -40,8 +40,7 @@ impl Step for Predict {
         "predict"
     }
     fn version(&self) -> u32 {
-        // 2: dates are no longer rewritten inside street addresses ("1434 1st Street").
-        2
+        super::train::WORKER_VERSION
     }
     fn about(&self) -> &'static str {
         "answer every evaluation pair with the student (schema-constrained greedy decoding)"

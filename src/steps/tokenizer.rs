@@ -39,8 +39,7 @@ impl Step for TokenizerStep {
         "tokenizer"
     }
     fn version(&self) -> u32 {
-        // 2: dates are no longer rewritten inside street addresses ("1434 1st Street").
-        2
+        super::train::WORKER_VERSION
     }
     fn about(&self) -> &'static str {
         "train a byte-level BPE on the traces (or load a tokenizer.json) for the student"

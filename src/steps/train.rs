@@ -266,6 +266,11 @@ pub(crate) fn worker_resource(params: &Value, jobs: usize) -> Resource {
     }
 }
 
+/// Version of the three student-worker steps (tokenizer, train, predict): they share the
+/// worker's rendering of conversations, so a change there changes all three outputs.
+/// 2: dates are no longer rewritten inside street addresses ("1434 1st Street").
+pub const WORKER_VERSION: u32 = 2;
+
 /// The `train` step.
 pub struct Train;
 
@@ -274,8 +279,7 @@ impl Step for Train {
         "train"
     }
     fn version(&self) -> u32 {
-        // 2: dates are no longer rewritten inside street addresses ("1434 1st Street").
-        2
+        WORKER_VERSION
     }
     fn about(&self) -> &'static str {
         "train the student (transformer with a copy head) on the cell's traces"
