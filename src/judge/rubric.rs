@@ -1024,9 +1024,19 @@ fn count_claim(ws: &[&str]) -> Option<usize> {
     None
 }
 
-/// Phone numbers (7–15 digits with separators) in `text`, as digit strings; ISO dates excluded.
+/// Clock times (`19:00`, `7:30 pm`) and ISO dates or months (`2019-03-01`, `2019-03`): digit runs
+/// that are not phone numbers even when they stand next to each other ("at 11:00 2019-03-01"
+/// must not read as the number 0020190301).
+static DATE_OR_TIME: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(r"(?i)\b\d{1,2}:\d{2}(\s?[ap]\.?m\.?)?|\b(19|20)\d{2}-\d{1,2}(-\d{1,2})?\b")
+        .expect("valid pattern")
+});
+
+/// Phone numbers (7–15 digits with separators) in `text`, as digit strings; dates and clock times
+/// excluded.
 fn phone_numbers(text: &str) -> Vec<String> {
     let mut out = Vec::new();
+    let text = DATE_OR_TIME.replace_all(text, ";");
     let chars: Vec<char> = text.chars().collect();
     let mut i = 0;
     while i < chars.len() {
@@ -1508,6 +1518,12 @@ mod tests {
         assert_eq!(
             phone_numbers("call 408-971-8523 or (650) 330-1782 on 2019-03-01"),
             vec!["4089718523", "6503301782"]
+        );
+        assert!(phone_numbers("a table for 2 at Amber at 11:00 2019-03-01.").is_empty());
+        assert!(phone_numbers("at 19:00 2019-03 and 7:30 pm 2019-03-12").is_empty());
+        assert_eq!(
+            phone_numbers("at 19:00, call 408 971 8523"),
+            vec!["4089718523"]
         );
         assert_eq!(
             addresses("It is at 71 North San Pedro Street, near 5 people."),

@@ -68,7 +68,8 @@ impl Step for Judge {
 
     fn version(&self) -> u32 {
         // 2: reasons for unparseable predictions come from `formats::parse_call`.
-        2
+        // 3: clock times and ISO dates side by side no longer read as a phone number.
+        3
     }
 
     fn about(&self) -> &'static str {
