@@ -75,7 +75,9 @@ impl Step for Generate {
         "generate"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: the offline teacher reads and says times, dates and counts in spoken forms, and
+        // lets users confirm a booking and ask a question in one message.
+        2
     }
     fn about(&self) -> &'static str {
         "write synthetic conversations with a teacher (offline simulator or an LLM) from filtered traces"

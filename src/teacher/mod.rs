@@ -7,6 +7,7 @@
 
 pub mod http;
 pub mod offline;
+pub mod spoken;
 
 use std::sync::atomic::AtomicBool;
 

@@ -23,6 +23,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde_json::{Map, Value};
 
+use super::spoken::{format_date, parse_date, Spoken};
 use super::{Context, Failure, Job, Outcome, Teacher, TeacherError};
 use crate::conversation::{Conversation, Message, ToolCall};
 use crate::tools::{Function, FunctionKind, ToolSet};
@@ -140,6 +141,7 @@ fn value_text(v: &Value) -> String {
 /// A schema function prepared for simulation.
 struct Func {
     name: String,
+    kind: FunctionKind,
     required: Vec<usize>,
     optional: Vec<usize>,
     args: Vec<Arg>,
@@ -157,6 +159,7 @@ impl Func {
             (0..args.len()).partition(|i| required.contains(args[*i].name.as_str()));
         Func {
             name: f.name.clone(),
+            kind: f.kind,
             required: req,
             optional: opt,
             args,
@@ -173,6 +176,9 @@ impl Func {
 pub struct Templates {
     /// User messages giving values, keyed by the sorted set of placeholders they contain.
     pub inform: BTreeMap<Vec<String>, Vec<String>>,
+    /// The subset of `inform` that led to a transaction (the next call books): requests such as
+    /// "Book {restaurant_name} for {time}", not questions that merely name a result.
+    pub request: BTreeMap<Vec<String>, Vec<String>>,
     /// Value-free first user messages ("I'm hungry, find me a place to eat.").
     pub opener: Vec<String>,
     /// Assistant questions for one argument.
@@ -206,6 +212,9 @@ pub struct Domain {
     pub templates: Templates,
     /// Name of the result field that identifies what a transaction books, if any.
     pub entity: Option<String>,
+    /// Per function, the share of its trace calls that pass each argument (optional arguments
+    /// a service fills in by default, such as a booking's date, are in nearly every call).
+    pub arg_rates: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
 /// A message of a trace reduced to what extraction needs.
@@ -277,21 +286,36 @@ fn events<'a>(c: &'a Conversation, tools: &ToolSet, respond_arg: &str) -> Vec<Ev
     out
 }
 
-/// Replaces verbatim, word-bounded occurrences of `values` (placeholder, text) by `{placeholder}`.
-fn delexicalize(text: &str, values: &[(String, String)]) -> String {
-    let mut sorted: Vec<&(String, String)> = values.iter().filter(|(_, v)| !v.is_empty()).collect();
-    sorted.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
+/// Replaces every whole-word occurrence of a value, or of a spoken form of it ("7 pm" for
+/// `19:00`, "tomorrow" for a date, "four" for `4`), with its `{name}` placeholder. Longer forms
+/// go first so "7:30 pm" is not cut into "{time} pm"; case is ignored ("san jose").
+fn delexicalize(text: &str, values: &[(String, String)], spoken: &Spoken) -> String {
+    let mut forms: Vec<(&str, String)> = Vec::new();
+    for (name, value) in values.iter().filter(|(_, v)| !v.is_empty()) {
+        for f in spoken.forms(value) {
+            forms.push((name.as_str(), f.to_ascii_lowercase()));
+        }
+    }
+    forms.sort_by(|a, b| {
+        b.1.len()
+            .cmp(&a.1.len())
+            .then(a.0.cmp(b.0))
+            .then(a.1.cmp(&b.1))
+    });
+    forms.dedup();
     let mut out = text.to_string();
-    for (name, value) in sorted {
+    for (name, form) in forms {
+        // ASCII lowercasing keeps byte offsets, so positions found in `lower` index `out`.
+        let lower = out.to_ascii_lowercase();
         let mut result = String::with_capacity(out.len());
         let mut copied = 0;
         // Boundaries are judged in the whole text, not in what is left after a match ("22").
-        for (p, _) in out.match_indices(value.as_str()) {
+        for (p, _) in lower.match_indices(form.as_str()) {
             if p < copied {
                 continue;
             }
             let before = out[..p].chars().next_back();
-            let after = out[p + value.len()..].chars().next();
+            let after = out[p + form.len()..].chars().next();
             let bounded = !before.is_some_and(|c| c.is_alphanumeric() || c == '{')
                 && !after.is_some_and(|c| c.is_alphanumeric() || c == '}');
             if bounded {
@@ -299,7 +323,7 @@ fn delexicalize(text: &str, values: &[(String, String)]) -> String {
                 result.push('{');
                 result.push_str(name);
                 result.push('}');
-                copied = p + value.len();
+                copied = p + form.len();
             }
         }
         result.push_str(&out[copied..]);
@@ -470,10 +494,20 @@ impl Domain {
         };
         let mut values: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut local: Vec<Vec<(String, String)>> = Vec::with_capacity(traces.len());
+        let mut calls: BTreeMap<String, usize> = BTreeMap::new();
+        let mut arg_counts: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
         for ev in &traces {
             let mut mine = Vec::new();
             for e in ev {
                 if let Event::Call(c, _) = e {
+                    *calls.entry(c.name.clone()).or_default() += 1;
+                    for k in c.arguments.keys() {
+                        *arg_counts
+                            .entry(c.name.clone())
+                            .or_default()
+                            .entry(k.clone())
+                            .or_default() += 1;
+                    }
                     for (k, v) in &c.arguments {
                         let text = value_text(v);
                         if accept(&c.name, k, &text) {
@@ -561,6 +595,7 @@ impl Domain {
             values_vocabulary,
             flag_words,
             arg_names: target_args.iter().map(|s| s.to_string()).collect(),
+            spoken: Spoken::new(&ctx.task.settings.reference_date),
         };
         let mut t = Templates::default();
         for (ev, mine) in traces.iter().zip(&local) {
@@ -574,6 +609,16 @@ impl Domain {
             records,
             templates: t,
             entity,
+            arg_rates: arg_counts
+                .into_iter()
+                .map(|(f, args)| {
+                    let n = calls[&f] as f64;
+                    (
+                        f,
+                        args.into_iter().map(|(a, c)| (a, c as f64 / n)).collect(),
+                    )
+                })
+                .collect(),
         }
     }
 }
@@ -701,6 +746,8 @@ struct Guards {
     flag_words: BTreeSet<String>,
     /// Argument names of the schema (a question for one must not name another).
     arg_names: BTreeSet<String>,
+    /// Spoken forms of values, for delexicalization.
+    spoken: Spoken,
 }
 
 /// Words that carry a value said in a form no call uses ("at one in the afternoon", "for two",
@@ -854,7 +901,7 @@ fn learn_templates(
                 }
             }
             Event::User(text) => {
-                let d = delexicalize(text, &said);
+                let d = delexicalize(text, &said, &guards.spoken);
                 if !guards.user(&d) {
                     continue;
                 }
@@ -884,7 +931,7 @@ fn learn_templates(
                                 })
                                 .map(|(k, v)| (k.clone(), v.clone()))
                                 .collect();
-                            let da = delexicalize(a, &said);
+                            let da = delexicalize(a, &said, &guards.spoken);
                             let ka = placeholders(&da);
                             if let [(field, _)] = pairs
                                 .iter()
@@ -901,11 +948,16 @@ fn learn_templates(
                         }
                     }
                 } else {
-                    // The question right before a single-value answer asks for that value.
-                    if let ([key], Some(Event::Say(q))) =
-                        (keys.as_slice(), i.checked_sub(1).and_then(|p| ev.get(p)))
-                    {
-                        let dq = delexicalize(q, &said);
+                    // The question right before a single-value answer asks for that value
+                    // (not a reply reporting a transaction: "It failed. Anything else?").
+                    let after_transaction =
+                        matches!(last_call, Some((_, FunctionKind::Transaction)));
+                    if let ([key], Some(Event::Say(q)), false) = (
+                        keys.as_slice(),
+                        i.checked_sub(1).and_then(|p| ev.get(p)),
+                        after_transaction,
+                    ) {
+                        let dq = delexicalize(q, &said, &guards.spoken);
                         let lower = dq.to_lowercase();
                         let names_other = guards.arg_names.iter().any(|n| {
                             n != key
@@ -921,11 +973,19 @@ fn learn_templates(
                             push_unique(t.ask.entry(key.clone()).or_default(), dq);
                         }
                     }
+                    // Leads to a booking when the next call is a transaction.
+                    let next_call = ev[i + 1..].iter().find_map(|e| match e {
+                        Event::Call(_, k) => Some(*k),
+                        _ => None,
+                    });
+                    if next_call == Some(FunctionKind::Transaction) {
+                        push_unique(t.request.entry(keys.clone()).or_default(), d.clone());
+                    }
                     push_unique(t.inform.entry(keys).or_default(), d);
                 }
             }
             Event::Say(text) => {
-                let d = delexicalize(text, &said);
+                let d = delexicalize(text, &said, &guards.spoken);
                 if !guards.assistant(&d) {
                     continue;
                 }
@@ -1007,6 +1067,8 @@ pub struct OfflineTeacher {
     domain: Domain,
     /// Values per argument after synthesis widened the trace values.
     pools: BTreeMap<String, Vec<String>>,
+    /// How values are said in messages.
+    spoken: Spoken,
 }
 
 /// Widens value pools whose traces show a time (`HH:MM`) or ISO date format with more values of
@@ -1044,34 +1106,6 @@ fn widen(values: &[String], reference_date: &str) -> Vec<String> {
         }
     }
     out.into_iter().collect()
-}
-
-/// Days since 1970-01-01 of an ISO date.
-fn parse_date(s: &str) -> Option<i64> {
-    let mut it = s.split('-');
-    let y: i64 = it.next()?.parse().ok()?;
-    let m: i64 = it.next()?.parse().ok()?;
-    let d: i64 = it.next()?.parse().ok()?;
-    // Howard Hinnant's days_from_civil.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some(era * 146_097 + doe - 719_468)
-}
-
-fn format_date(z: i64) -> String {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// The state of one conversation being written.
@@ -1147,15 +1181,17 @@ impl Writer<'_> {
         }
         let mut key: Vec<String> = plain.iter().map(|(k, _)| k.clone()).collect();
         key.sort();
+        // Said as people say them ("7 pm", "tomorrow"); the call keeps the canonical values.
+        let plain: Vec<(String, String)> = plain
+            .iter()
+            .map(|(k, v)| (k.clone(), self.teacher.spoken.say(v, &mut self.rng)))
+            .collect();
         let values: BTreeMap<String, String> = plain.iter().cloned().collect();
-        let learned = self
-            .teacher
-            .domain
-            .templates
-            .inform
-            .get(&key)
-            .cloned()
-            .unwrap_or_default();
+        let templates = &self.teacher.domain.templates;
+        let learned = match templates.request.get(&key) {
+            Some(r) if func.kind == FunctionKind::Transaction && !r.is_empty() => r.clone(),
+            _ => templates.inform.get(&key).cloned().unwrap_or_default(),
+        };
         let mut text = if plain.is_empty() {
             String::new()
         } else if !learned.is_empty() && self.rng.random_bool(0.85) {
@@ -1180,6 +1216,15 @@ impl Writer<'_> {
             };
         }
         text
+    }
+
+    /// Fills a template with values said as people say them.
+    fn fill_spoken(&mut self, t: &str, values: &BTreeMap<String, String>) -> Option<String> {
+        let said: BTreeMap<String, String> = values
+            .iter()
+            .map(|(k, v)| (k.clone(), self.teacher.spoken.say(v, &mut self.rng)))
+            .collect();
+        fill(t, &said)
     }
 
     fn ask(&mut self, arg: &str) -> String {
@@ -1288,6 +1333,7 @@ impl OfflineTeacher {
             transactions,
             domain,
             pools,
+            spoken: Spoken::new(&ctx.task.settings.reference_date),
         };
         for f in &teacher.searches {
             for &i in &f.required {
@@ -1593,18 +1639,33 @@ impl OfflineTeacher {
                     .ok_or_else(|| fail(format!("no value for {}", t.args[i].name)))?;
                 extra.push((t.args[i].name.clone(), v));
             }
+            // Optional transaction values, as often as the traces' calls pass them; the user
+            // states about half of them, the others are defaults the assistant proposes in its
+            // confirmation ("… for 2 people today?") and the user accepts.
             let mut opt_extra: Vec<(String, String)> = Vec::new();
+            let mut opt_said: Vec<(String, String)> = Vec::new();
             for &i in &t.optional {
                 let a = &t.args[i];
-                if search.arg(&a.name).is_none() && !a.is_flag && w.rng.random_bool(0.5) {
+                let rate = self
+                    .domain
+                    .arg_rates
+                    .get(&t.name)
+                    .and_then(|m| m.get(&a.name))
+                    .copied()
+                    .unwrap_or(0.5)
+                    .clamp(0.0, 0.95);
+                if search.arg(&a.name).is_none() && !a.is_flag && w.rng.random_bool(rate) {
                     if let Some(v) = self.draw(&mut w.rng, a, None) {
+                        if w.rng.random_bool(0.5) {
+                            opt_said.push((a.name.clone(), v.clone()));
+                        }
                         opt_extra.push((a.name.clone(), v));
                     }
                 }
             }
             let (asked_tx, in_request) = extra.split_at(plan.asked_tx);
             let mut request: Vec<(String, String)> = in_request.to_vec();
-            request.extend(opt_extra.iter().cloned());
+            request.extend(opt_said);
             if let Some(e) = &entity {
                 if let Some(name) = record.get(e) {
                     request.insert(0, (e.clone(), name.clone()));
@@ -1670,11 +1731,26 @@ impl OfflineTeacher {
             let confirm = self.confirm_text(&mut w, &said);
             w.say(confirm);
             let yes = w.pick(&self.domain.templates.confirm_u, BUILTIN_CONFIRM_U);
+            // Users often confirm and ask something in the same message ("Yes. Do they serve
+            // alcohol?"): the booking still comes first, the answer rides on its report.
+            let question = if w.rng.random_bool(0.3) {
+                self.detail_qa(&mut w, &record)
+            } else {
+                None
+            };
+            let yes = match &question {
+                Some((q, _)) => format!("{yes} {q}"),
+                None => yes,
+            };
             w.user(yes);
             let mut outcome = record.clone();
             outcome.extend(said.iter().map(|(k, v)| (k.clone(), v.clone())));
             w.call(&t.name, call_args, std::slice::from_ref(&outcome));
             let done = self.success_text(&mut w, &outcome);
+            let done = match question {
+                Some((_, a)) => format!("{done} {a}"),
+                None => done,
+            };
             w.say(done);
             let thanks = w.pick(&self.domain.templates.thanks, BUILTIN_THANKS);
             w.user(thanks);
@@ -1767,10 +1843,26 @@ impl OfflineTeacher {
         };
         let b: Vec<&str> = builtin.iter().map(String::as_str).collect();
         let t = w.pick(&usable, &b);
-        fill(&t, &values).unwrap_or(t)
+        w.fill_spoken(&t, &values).unwrap_or(t)
     }
 
+    /// The user asks about a field of the shown record and the assistant answers from it.
     fn detail(&self, w: &mut Writer<'_>, r: &Record) {
+        match self.detail_qa(w, r) {
+            Some((q, a)) => {
+                w.user(q);
+                w.say(a);
+            }
+            None => {
+                let q = w.pick(&[], BUILTIN_ANOTHER);
+                w.user(q);
+                w.say("That is the only option I found.".into());
+            }
+        }
+    }
+
+    /// A question about one field of `r` and its answer; `None` when `r` has no such field.
+    fn detail_qa(&self, w: &mut Writer<'_>, r: &Record) -> Option<(String, String)> {
         let tpl = &self.domain.templates;
         let fields: Vec<&String> = tpl.detail_a.keys().filter(|f| r.contains_key(*f)).collect();
         let entity = self.domain.entity.as_deref();
@@ -1785,12 +1877,7 @@ impl OfflineTeacher {
             .choose(&mut w.rng)
             .or_else(|| fallback.choose(&mut w.rng))
             .map(|s| s.to_string());
-        let Some(field) = field else {
-            let q = w.pick(&[], BUILTIN_ANOTHER);
-            w.user(q);
-            w.say("That is the only option I found.".into());
-            return;
-        };
+        let field = field?;
         let h = human(&field);
         let q_builtin = [
             format!("What is the {h}?"),
@@ -1799,7 +1886,6 @@ impl OfflineTeacher {
         let qb: Vec<&str> = q_builtin.iter().map(String::as_str).collect();
         let learned_q = tpl.detail_q.get(&field).cloned().unwrap_or_default();
         let q = w.pick(&learned_q, &qb);
-        w.user(q);
         let a_builtin = [
             format!("The {h} is {{{field}}}."),
             format!("It's {{{field}}}."),
@@ -1816,8 +1902,10 @@ impl OfflineTeacher {
             })
             .unwrap_or_default();
         let t = w.pick(&learned_a, &ab);
-        let a = fill(&t, r).unwrap_or_else(|| format!("The {h} is {}.", r[&field]));
-        w.say(a);
+        let a = w
+            .fill_spoken(&t, r)
+            .unwrap_or_else(|| format!("The {h} is {}.", r[&field]));
+        Some((q, a))
     }
 
     fn confirm_text(&self, w: &mut Writer<'_>, said: &BTreeMap<String, String>) -> String {
@@ -1832,7 +1920,7 @@ impl OfflineTeacher {
             .collect();
         let listing: Vec<String> = said
             .iter()
-            .map(|(k, v)| format!("{}: {v}", human(k)))
+            .map(|(k, v)| format!("{}: {}", human(k), self.spoken.say(v, &mut w.rng)))
             .collect();
         let builtin = [
             format!(
@@ -1843,7 +1931,7 @@ impl OfflineTeacher {
         ];
         let b: Vec<&str> = builtin.iter().map(String::as_str).collect();
         let t = w.pick(&usable, &b);
-        fill(&t, said).unwrap_or(t)
+        w.fill_spoken(&t, said).unwrap_or(t)
     }
 
     fn success_text(&self, w: &mut Writer<'_>, outcome: &Record) -> String {
@@ -1862,7 +1950,7 @@ impl OfflineTeacher {
                 "All set, the reservation is made.",
             ],
         );
-        fill(&t, outcome).unwrap_or(t)
+        w.fill_spoken(&t, outcome).unwrap_or(t)
     }
 }
 
@@ -2004,13 +2092,22 @@ mod tests {
                         said.push_str(content)
                     }
                     Message::Assistant { tool_calls, .. } => {
+                        // Defaults the assistant proposed and the user accepted count as said.
+                        for call in tool_calls.iter().filter(|c| c.name == "respond_to_user") {
+                            said.push_str(&call.arguments["message"].to_string());
+                        }
                         for call in tool_calls.iter().filter(|c| c.name != "respond_to_user") {
                             finds += usize::from(call.name == "Find");
                             bookings += usize::from(call.name == "Book");
                             for (k, v) in &call.arguments {
                                 if let Value::String(v) = v {
+                                    // Said verbatim or in a spoken form ("7 pm").
+                                    let lower = said.to_lowercase();
                                     assert!(
-                                        said.contains(v.as_str()),
+                                        t.spoken
+                                            .forms(v)
+                                            .iter()
+                                            .any(|f| lower.contains(&f.to_lowercase())),
                                         "{}: {k}={v} never said",
                                         c.id
                                     );
@@ -2066,9 +2163,25 @@ mod tests {
             ("city".to_string(), "San Jose".to_string()),
             ("n".to_string(), "2".to_string()),
         ];
+        let spoken = Spoken::new("2019-03-01");
         assert_eq!(
-            delexicalize("A table for 2 in San Jose, not 22.", &v),
+            delexicalize("A table for 2 in San Jose, not 22.", &v, &spoken),
             "A table for {n} in {city}, not 22."
+        );
+        // Spoken forms of the call's values are placeholders too, case ignored.
+        let v = vec![
+            ("city".to_string(), "San Jose".to_string()),
+            ("time".to_string(), "19:30".to_string()),
+            ("date".to_string(), "2019-03-02".to_string()),
+            ("party_size".to_string(), "4".to_string()),
+        ];
+        assert_eq!(
+            delexicalize(
+                "Tomorrow at 7:30 pm in san jose for four, or 7:30 pm on the 2nd?",
+                &v,
+                &spoken
+            ),
+            "{date} at {time} in {city} for {party_size}, or {time} on {date}?"
         );
         assert_eq!(placeholders("{a} and {b} and {a}"), ["a", "b"]);
         let mut m = BTreeMap::new();
