@@ -77,7 +77,8 @@ impl Step for Generate {
     fn version(&self) -> u32 {
         // 2: the offline teacher reads and says times, dates and counts in spoken forms, and
         // lets users confirm a booking and ask a question in one message.
-        2
+        // 3: users change a value at the confirmation; some bookings fail.
+        3
     }
     fn about(&self) -> &'static str {
         "write synthetic conversations with a teacher (offline simulator or an LLM) from filtered traces"

@@ -269,7 +269,9 @@ pub(crate) fn worker_resource(params: &Value, jobs: usize) -> Resource {
 /// Version of the three student-worker steps (tokenizer, train, predict): they share the
 /// worker's rendering of conversations, so a change there changes all three outputs.
 /// 2: dates are no longer rewritten inside street addresses ("1434 1st Street").
-pub const WORKER_VERSION: u32 = 2;
+/// 3: train records which arguments are copies of the conversation; predict decodes those as
+/// spans of the prompt.
+pub const WORKER_VERSION: u32 = 3;
 
 /// The `train` step.
 pub struct Train;

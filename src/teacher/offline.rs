@@ -195,6 +195,8 @@ pub struct Templates {
     pub confirm_u: Vec<String>,
     /// Assistant messages after a successful transaction.
     pub success: Vec<String>,
+    /// Assistant messages after a transaction that returned nothing (it failed).
+    pub failure: Vec<String>,
     /// Value-free user closings.
     pub thanks: Vec<String>,
     /// Assistant closings.
@@ -1003,6 +1005,10 @@ fn learn_templates(
                     {
                         push_unique(&mut t.success, d);
                     }
+                    Some((_, FunctionKind::Transaction)) if matches!(prev, Some(Event::Results(r)) if r.is_empty()) =>
+                    {
+                        push_unique(&mut t.failure, d);
+                    }
                     _ => {
                         let confirms = matches!(ev.get(i + 1), Some(Event::User(_)))
                             && matches!(
@@ -1277,6 +1283,8 @@ struct Plan {
     book: bool,
     /// Required transaction-only arguments asked one by one (the rest are in the booking request).
     asked_tx: usize,
+    /// The user changes a value at the confirmation, and the assistant confirms again.
+    change: bool,
     /// Middle actions: 2 = a question or another option, 3 = a repeated search.
     fillers: Vec<u8>,
 }
@@ -1438,7 +1446,12 @@ impl OfflineTeacher {
             } else {
                 0
             };
-            let tail = if book { 7 + 2 * asked_tx } else { 2 };
+            let change = book && rng.random_bool(0.25);
+            let tail = if book {
+                7 + 2 * asked_tx + 2 * usize::from(change)
+            } else {
+                2
+            };
             let base = 1 + 2 * asked + 2 + tail;
             if base > target || target - base == 1 {
                 continue;
@@ -1463,6 +1476,7 @@ impl OfflineTeacher {
                 asked,
                 book,
                 asked_tx,
+                change,
                 fillers,
             });
         }
@@ -1730,10 +1744,49 @@ impl OfflineTeacher {
             }
             let confirm = self.confirm_text(&mut w, &said);
             w.say(confirm);
+            if plan.change {
+                // "No, make it 8 pm": a value the user gave or accepted changes, and the
+                // assistant confirms the new details before booking anything.
+                let changeable: Vec<&Arg> = t
+                    .args
+                    .iter()
+                    .filter(|a| {
+                        !a.is_flag
+                            && said.contains_key(&a.name)
+                            && search.arg(&a.name).is_none()
+                            && entity.as_deref() != Some(a.name.as_str())
+                    })
+                    .collect();
+                let change = changeable.choose(&mut w.rng).and_then(|a| {
+                    let old = said.get(&a.name).cloned();
+                    let v = self.draw(&mut w.rng, a, old.as_deref())?;
+                    Some((a, v))
+                });
+                match change.and_then(|(a, v)| Some((a, a.json(&v)?, v))) {
+                    Some((a, j, v)) => {
+                        call_args.insert(a.name.clone(), j);
+                        said.insert(a.name.clone(), v.clone());
+                        let lead = [
+                            "No, actually",
+                            "Sorry, I changed my mind.",
+                            "Not quite.",
+                            "No, please change it.",
+                        ]
+                        .choose(&mut w.rng)
+                        .map(|s| s.to_string());
+                        let text = w.inform(t, &[(a.name.clone(), v)], lead.as_deref());
+                        w.user(text);
+                        let confirm = self.confirm_text(&mut w, &said);
+                        w.say(confirm);
+                    }
+                    // Nothing to change (one value known): the user asks about the place instead.
+                    None => self.detail(&mut w, &record),
+                }
+            }
             let yes = w.pick(&self.domain.templates.confirm_u, BUILTIN_CONFIRM_U);
             // Users often confirm and ask something in the same message ("Yes. Do they serve
             // alcohol?"): the booking still comes first, the answer rides on its report.
-            let question = if w.rng.random_bool(0.3) {
+            let question = if w.rng.random_bool(0.4) {
                 self.detail_qa(&mut w, &record)
             } else {
                 None
@@ -1745,8 +1798,15 @@ impl OfflineTeacher {
             w.user(yes);
             let mut outcome = record.clone();
             outcome.extend(said.iter().map(|(k, v)| (k.clone(), v.clone())));
-            w.call(&t.name, call_args, std::slice::from_ref(&outcome));
-            let done = self.success_text(&mut w, &outcome);
+            // Sometimes the service cannot book: no record comes back, and the reply says so.
+            let failed = w.rng.random_bool(0.12);
+            let done = if failed {
+                w.call(&t.name, call_args, &[]);
+                self.failure_text(&mut w, &said)
+            } else {
+                w.call(&t.name, call_args, std::slice::from_ref(&outcome));
+                self.success_text(&mut w, &outcome)
+            };
             let done = match question {
                 Some((_, a)) => format!("{done} {a}"),
                 None => done,
@@ -1931,6 +1991,25 @@ impl OfflineTeacher {
         ];
         let b: Vec<&str> = builtin.iter().map(String::as_str).collect();
         let t = w.pick(&usable, &b);
+        w.fill_spoken(&t, said).unwrap_or(t)
+    }
+
+    fn failure_text(&self, w: &mut Writer<'_>, said: &BTreeMap<String, String>) -> String {
+        let usable: Vec<String> = self
+            .domain
+            .templates
+            .failure
+            .iter()
+            .filter(|t| placeholders(t).iter().all(|p| said.contains_key(p)))
+            .cloned()
+            .collect();
+        let t = w.pick(
+            &usable,
+            &[
+                "Sorry, the booking did not go through. Can I help with anything else?",
+                "I'm sorry, I could not make that reservation.",
+            ],
+        );
         w.fill_spoken(&t, said).unwrap_or(t)
     }
 

@@ -2,6 +2,19 @@
 //! says which tokens may come next, so every decoded call names an existing function, uses only
 //! its argument keys (each at most once, every required one present), picks enum values among the
 //! allowed ones and writes free text token by token up to a closer.
+//!
+//! Arguments that training showed to be copies of the conversation (a restaurant's name, a city,
+//! a time the user said; see [`span_params`](crate::train::span_params)) are decoded as *spans*:
+//! each token must continue a run of copyable prompt tokens, so the value is a contiguous piece
+//! of the conversation, and it may end only where a word ends there. That removes invented
+//! values and the student's most frequent argument error, a copy that runs on into the next
+//! sentence (`Bombay to Goa at 17:30? Is there anything else…`). A span value never crosses a
+//! sentence end (an abbreviation such as "St." is no end), a comma or a question mark, and
+//! ending it where it is a whole copyable unit (a result's value, `Aperto`) gets a bonus of
+//! [`WHOLE_BONUS`]. When the model is much surer of a token that starts no span (the user said
+//! "SF", the call needs `San Francisco`), the value is written freely instead.
+
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 use tracelab::conversation::ToolCall;
@@ -22,6 +35,209 @@ pub enum Allowed {
     },
     /// A token of digits, or one of these.
     Digits(Vec<u32>),
+    /// A span value: one of `tokens` (span continuations and closers); at a value's first token
+    /// also `free`, taken only when the model prefers it by [`FREE_MARGIN`].
+    Span {
+        /// Continuations of the span and the closers allowed now.
+        tokens: Vec<u32>,
+        /// Closers get [`WHOLE_BONUS`]: the value so far is a whole copyable unit.
+        whole: bool,
+        /// Closers among `tokens`.
+        closers: Vec<u32>,
+        /// What free text would allow (first token only).
+        free: Option<Box<Allowed>>,
+    },
+}
+
+/// Log-probability bonus for ending a span value where it is a whole copyable unit.
+pub const WHOLE_BONUS: f32 = 3.0;
+
+/// How much likelier (in log-probability) the best free-text token must be than the best span
+/// start for a span argument to be written freely.
+pub const FREE_MARGIN: f32 = 2.0;
+
+/// Per-token facts span decoding needs, computed once per vocabulary.
+#[derive(Debug, Clone)]
+pub struct Lexicon {
+    /// Decodes to text starting with a space (a new word).
+    starts_word: Vec<bool>,
+    /// Decodes to text starting with a letter or digit (continues the previous word).
+    continues_word: Vec<bool>,
+    /// Decoded text of each token.
+    texts: Vec<String>,
+    /// Contains a question or exclamation mark or a comma: a span never includes one.
+    breaks: Vec<bool>,
+}
+
+impl Lexicon {
+    /// Classifies every token of the template's vocabulary.
+    pub fn new(tpl: &ChatTemplate) -> Lexicon {
+        let texts: Vec<String> = (0..tpl.vocab)
+            .map(|t| {
+                if tpl.is_special[t] {
+                    String::new()
+                } else {
+                    tpl.decode(&[t as u32])
+                }
+            })
+            .collect();
+        Lexicon {
+            starts_word: texts.iter().map(|s| s.starts_with(' ')).collect(),
+            continues_word: texts
+                .iter()
+                .map(|s| s.chars().next().is_some_and(char::is_alphanumeric))
+                .collect(),
+            breaks: texts.iter().map(|s| s.contains(['?', '!', ','])).collect(),
+            texts,
+        }
+    }
+
+    /// Whether `prefix` ends a sentence: it ends with a full stop after a word of three or more
+    /// letters ("… in Milpitas." but not "St." or "P.F.").
+    fn ends_sentence(&self, prefix: &[u32]) -> bool {
+        let text: String = prefix
+            .iter()
+            .map(|&t| self.texts[t as usize].as_str())
+            .collect();
+        let Some(body) = text.strip_suffix('.') else {
+            return false;
+        };
+        body.chars()
+            .rev()
+            .take_while(|c| c.is_alphanumeric())
+            .count()
+            >= 3
+    }
+}
+
+/// What span decoding needs for every prompt of a model: the lexicon and which parameters are
+/// spans.
+#[derive(Debug, Clone)]
+pub struct SpanSetup {
+    lexicon: Arc<Lexicon>,
+    params: Arc<Vec<Vec<bool>>>,
+}
+
+impl SpanSetup {
+    /// From the model's span parameters (function → argument names).
+    pub fn new(
+        tpl: &ChatTemplate,
+        span_params: &std::collections::BTreeMap<String, Vec<String>>,
+    ) -> SpanSetup {
+        let params = tpl
+            .functions
+            .iter()
+            .map(|f| {
+                let names = span_params.get(&f.name);
+                f.params
+                    .iter()
+                    .map(|p| names.is_some_and(|n| n.contains(&p.key)))
+                    .collect()
+            })
+            .collect();
+        SpanSetup {
+            lexicon: Arc::new(Lexicon::new(tpl)),
+            params: Arc::new(params),
+        }
+    }
+
+    /// The span source of one prompt.
+    pub fn source(&self, tokens: &[u32], copyable: &[bool]) -> SpanSource {
+        SpanSource::new(tokens, copyable, self.lexicon.clone(), self.params.clone())
+    }
+}
+
+/// What span decoding of one prompt draws from.
+#[derive(Debug, Clone)]
+pub struct SpanSource {
+    /// Maximal runs of copyable prompt tokens.
+    runs: Vec<Vec<u32>>,
+    lexicon: Arc<Lexicon>,
+    /// Per function of the template, per parameter: decoded as a span.
+    params: Arc<Vec<Vec<bool>>>,
+}
+
+impl SpanSource {
+    /// The copyable runs of a prompt; `params` marks span parameters per function.
+    pub fn new(
+        tokens: &[u32],
+        copyable: &[bool],
+        lexicon: Arc<Lexicon>,
+        params: Arc<Vec<Vec<bool>>>,
+    ) -> SpanSource {
+        let mut runs = Vec::new();
+        let mut run = Vec::new();
+        for (&t, &c) in tokens.iter().zip(copyable) {
+            if c {
+                run.push(t);
+            } else if !run.is_empty() {
+                runs.push(std::mem::take(&mut run));
+            }
+        }
+        if !run.is_empty() {
+            runs.push(run);
+        }
+        SpanSource {
+            runs,
+            lexicon,
+            params,
+        }
+    }
+
+    fn is_span_param(&self, func: usize, param: usize) -> bool {
+        self.params
+            .get(func)
+            .and_then(|p| p.get(param))
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// Tokens that continue `prefix` as a span of some run, whether `prefix` may end here (it
+    /// is a whole-word span somewhere) and whether it is a whole run. An empty prefix may start
+    /// at any word start.
+    fn next(&self, prefix: &[u32]) -> (Vec<u32>, bool, bool) {
+        let lx = &self.lexicon;
+        let mut next = Vec::new();
+        let mut can_end = false;
+        let mut whole = false;
+        let sentence_end = lx.ends_sentence(prefix);
+        for run in &self.runs {
+            if prefix.is_empty() {
+                for &t in run {
+                    if lx.starts_word[t as usize] && !lx.breaks[t as usize] && !next.contains(&t) {
+                        next.push(t);
+                    }
+                }
+                continue;
+            }
+            if run.len() < prefix.len() {
+                continue;
+            }
+            for i in 0..=run.len() - prefix.len() {
+                if run[i..i + prefix.len()] != *prefix {
+                    continue;
+                }
+                let end = i + prefix.len();
+                match run.get(end) {
+                    None => {
+                        can_end = true;
+                        whole |= i == 0;
+                    }
+                    Some(&t) => {
+                        let t_us = t as usize;
+                        if !lx.continues_word[t_us] {
+                            can_end = true;
+                        }
+                        let crosses_sentence = sentence_end && lx.starts_word[t_us];
+                        if !lx.breaks[t_us] && !crosses_sentence && !next.contains(&t) {
+                            next.push(t);
+                        }
+                    }
+                }
+            }
+        }
+        (next, can_end, whole)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +257,10 @@ pub struct CallState {
     item: Vec<u32>,
     args: Map<String, Value>,
     generated: usize,
+    /// Span decoding's source, where the model has span parameters.
+    spans: Option<SpanSource>,
+    /// The current span parameter's value is written freely (the model preferred it).
+    free_value: bool,
 }
 
 /// Prefix-trie query over candidate token sequences: the tokens that may follow `prefix`, and
@@ -85,7 +305,26 @@ impl CallState {
             item: Vec::new(),
             args: Map::new(),
             generated: 0,
+            spans: None,
+            free_value: false,
         }
+    }
+
+    /// A fresh state that decodes span parameters from `spans`.
+    pub fn with_spans(spans: SpanSource) -> Self {
+        CallState {
+            spans: Some(spans),
+            ..CallState::new()
+        }
+    }
+
+    /// The span source, when the current value is decoded as a span.
+    fn span_here(&self) -> Option<&SpanSource> {
+        let Phase::Value(p) = self.phase else {
+            return None;
+        };
+        let spans = self.spans.as_ref()?;
+        (!self.free_value && spans.is_span_param(self.func?, p)).then_some(spans)
     }
 
     /// Whether the call is complete.
@@ -181,6 +420,37 @@ impl CallState {
                         }
                         Allowed::Only(next)
                     }
+                    ValueKind::Free if self.span_here().is_some() => {
+                        let spans = self.span_here().expect("checked");
+                        let (mut tokens, can_end, whole) = spans.next(&self.item);
+                        let full = self.item.len() >= lim.max_value_tokens || wrap_up;
+                        if full {
+                            tokens.clear();
+                        }
+                        let mut closers = Vec::new();
+                        if !self.item.is_empty() && (can_end || full || tokens.is_empty()) {
+                            closers = self.closers(tpl, f, wrap_up);
+                            tokens.extend(closers.iter().copied());
+                        }
+                        let free = self.item.is_empty().then(|| {
+                            Box::new(Allowed::Text {
+                                closers: Vec::new(),
+                                banned: Vec::new(),
+                            })
+                        });
+                        if tokens.is_empty() {
+                            // Nothing in the prompt to copy: write freely.
+                            return *free.unwrap_or_else(|| {
+                                Box::new(Allowed::Only(self.closers(tpl, f, wrap_up)))
+                            });
+                        }
+                        Allowed::Span {
+                            tokens,
+                            whole,
+                            closers,
+                            free,
+                        }
+                    }
                     ValueKind::Free | ValueKind::Integer => {
                         let has_text = !tpl.decode(&self.item).trim().is_empty();
                         let full = self.item.len() >= lim.max_value_tokens || wrap_up;
@@ -255,7 +525,16 @@ impl CallState {
                 }
             }
             Phase::Value(p) => {
+                // A first token that starts no span: the model chose to write this value freely.
+                if self.item.is_empty() && token != tpl.sp.arg && token != tpl.sp.end {
+                    if let Some(spans) = self.span_here() {
+                        if !spans.next(&[]).0.contains(&token) {
+                            self.free_value = true;
+                        }
+                    }
+                }
                 if token == tpl.sp.arg || token == tpl.sp.end {
+                    self.free_value = false;
                     let f = &tpl.functions[self.func.expect("function chosen")];
                     let value = match &f.params[p].kind {
                         ValueKind::Choice(values) => values
@@ -324,6 +603,30 @@ pub fn pick(allowed: &Allowed, scores: &[f32], tpl: &ChatTemplate, digit: &[bool
                 .filter(|&t| digit[t])
                 .for_each(|t| consider(t as u32));
             extra.iter().copied().for_each(&mut consider);
+        }
+        Allowed::Span {
+            tokens,
+            whole,
+            closers,
+            free,
+        } => {
+            for &t in tokens {
+                let bonus = if *whole && closers.contains(&t) {
+                    WHOLE_BONUS
+                } else {
+                    0.0
+                };
+                let s = scores[t as usize] + bonus;
+                if s > best.0 || best.0 == f32::NEG_INFINITY && best.1 == tpl.sp.pad {
+                    best = (s, t);
+                }
+            }
+            if let Some(free) = free {
+                let alt = pick(free, scores, tpl, digit);
+                if scores[alt as usize] > best.0 + FREE_MARGIN {
+                    return alt;
+                }
+            }
         }
     }
     best.1

@@ -125,7 +125,15 @@ fn run(job: &WorkerJob) -> Result<Value, WorkerError> {
             )
             .map_err(WorkerError::Invalid)?;
             let pairs = data::read_pairs(input(job, "pairs")?)?;
-            let (calls, stats) = predict::predict(&model, &tpl, &pairs, &p, dev, &mut report);
+            let (calls, stats) = predict::predict(
+                &model,
+                &tpl,
+                &pairs,
+                &p,
+                &saved.span_params,
+                dev,
+                &mut report,
+            );
             data::write_predictions(&job.output, &pairs, &calls)?;
             Ok(stats)
         }

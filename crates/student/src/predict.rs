@@ -8,17 +8,19 @@ use tch::{Device, Kind, Tensor};
 use tracelab::conversation::{EvalPair, ToolCall};
 use tracelab::steps::predict::PredictParams;
 
-use crate::grammar::{digit_tokens, pick, CallState, Limits};
+use crate::grammar::{digit_tokens, pick, CallState, Limits, SpanSetup};
 use crate::model::Tiny;
 use crate::template::{ChatTemplate, Prompt};
 use crate::Progress;
 
-/// Predicts one call per pair. Pairs are decoded in batches of similar prompt length.
+/// Predicts one call per pair. Pairs are decoded in batches of similar prompt length; the
+/// arguments in `span_params` (function → names) are decoded as spans of the conversation.
 pub fn predict(
     model: &Tiny,
     tpl: &ChatTemplate,
     pairs: &[EvalPair],
     p: &PredictParams,
+    span_params: &std::collections::BTreeMap<String, Vec<String>>,
     dev: Device,
     progress: &mut dyn FnMut(Progress),
 ) -> (Vec<ToolCall>, Value) {
@@ -34,12 +36,14 @@ pub fn predict(
     let mut order: Vec<usize> = (0..pairs.len()).collect();
     order.sort_by_key(|&i| prompts[i].tokens.len());
     let digits = digit_tokens(tpl);
+    let spans = SpanSetup::new(tpl, span_params);
     let mut out: Vec<Option<ToolCall>> = vec![None; pairs.len()];
     let started = Instant::now();
     let mut done = 0;
     for chunk in order.chunks(p.batch_size.max(1)) {
         let batch: Vec<&Prompt> = chunk.iter().map(|&i| &prompts[i]).collect();
-        let calls = tch::no_grad(|| decode_batch(model, tpl, &batch, &lim, &digits, dev));
+        let calls =
+            tch::no_grad(|| decode_batch(model, tpl, &batch, &lim, &digits, Some(&spans), dev));
         for (&i, c) in chunk.iter().zip(calls) {
             out[i] = Some(c);
         }
@@ -65,13 +69,15 @@ pub fn predict(
     )
 }
 
-/// Decodes one batch of prompts (each ends with `<|call|>`) into calls.
+/// Decodes one batch of prompts (each ends with `<|call|>`) into calls; with `spans`, span
+/// parameters are copied from each prompt.
 pub fn decode_batch(
     model: &Tiny,
     tpl: &ChatTemplate,
     prompts: &[&Prompt],
     lim: &Limits,
     digits: &[bool],
+    spans: Option<&SpanSetup>,
     dev: Device,
 ) -> Vec<ToolCall> {
     let b = prompts.len();
@@ -94,7 +100,13 @@ pub fn decode_batch(
         .reshape([b as i64, t as i64])
         .to_device(dev);
     let (mut cache, mut outp) = model.prefill(&tokens, &copyable, &pad);
-    let mut states: Vec<CallState> = (0..b).map(|_| CallState::new()).collect();
+    let mut states: Vec<CallState> = prompts
+        .iter()
+        .map(|p| match spans {
+            Some(s) => CallState::with_spans(s.source(&p.tokens, &p.copyable)),
+            None => CallState::new(),
+        })
+        .collect();
     let v = tpl.vocab;
     for _ in 0..lim.max_new_tokens + 1 {
         if states.iter().all(CallState::done) {

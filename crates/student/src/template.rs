@@ -212,6 +212,16 @@ impl ChatTemplate {
         Ok(tpl)
     }
 
+    /// Rewrites times and dates in `text` as rendering does.
+    pub fn normalize(&self, text: &str) -> String {
+        self.normalizer.text(text)
+    }
+
+    /// Name of the reply function.
+    pub fn respond_name(&self) -> &str {
+        &self.respond_name
+    }
+
     /// The underlying tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tok

@@ -2,6 +2,7 @@
 //! linear warm-up and cosine decay, gradient clipping and accumulation, bf16 autocast on GPU, and
 //! a safetensors checkpoint with its `config.json`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -11,11 +12,11 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tch::{nn, nn::OptimizerConfig, Device, Tensor};
-use tracelab::conversation::Conversation;
+use tracelab::conversation::{Conversation, Message};
 use tracelab::steps::train::TrainParams;
 
 use crate::model::{Tiny, TinyConfig};
-use crate::template::{ChatTemplate, Target, Window};
+use crate::template::{ChatTemplate, Target, ValueKind, Window};
 use crate::{Progress, WorkerError};
 
 /// What `model/config.json` holds: the family, the architecture and the template settings.
@@ -30,6 +31,77 @@ pub struct SavedConfig {
     /// The reference date texts were normalized against (as in training).
     #[serde(default)]
     pub reference_date: Option<String>,
+    /// Per function, the arguments decoded as spans of the conversation (see [`span_params`]).
+    #[serde(default)]
+    pub span_params: BTreeMap<String, Vec<String>>,
+}
+
+/// Share of training calls whose value must be a copy of the conversation for an argument to be
+/// decoded as a span.
+pub const SPAN_RATE: f64 = 0.5;
+
+/// The free-text arguments (of functions other than the reply) whose values, in at least
+/// [`SPAN_RATE`] of the training calls that pass them (and at least 5), appear verbatim in the
+/// conversation before the call (after time and date normalization): names, cities and times
+/// the user or a result said. Data-driven, so a schema's descriptive free-text argument (a note,
+/// a query) is not forced into a span.
+pub fn span_params(
+    tpl: &ChatTemplate,
+    conversations: &[Conversation],
+) -> BTreeMap<String, Vec<String>> {
+    let free: Vec<(String, String)> = tpl
+        .functions
+        .iter()
+        .filter(|f| f.name != tpl.respond_name())
+        .flat_map(|f| {
+            f.params
+                .iter()
+                .filter(|p| matches!(p.kind, ValueKind::Free))
+                .map(|p| (f.name.clone(), p.key.clone()))
+        })
+        .collect();
+    let mut counts: BTreeMap<(String, String), (usize, usize)> = BTreeMap::new();
+    for c in conversations {
+        let mut seen = String::new();
+        for m in &c.messages {
+            match m {
+                Message::User { content } | Message::Tool { content, .. } => {
+                    seen.push(' ');
+                    seen.push_str(&tpl.normalize(content));
+                }
+                Message::Assistant { tool_calls, .. } => {
+                    for call in tool_calls {
+                        for (k, v) in &call.arguments {
+                            let text = match v {
+                                Value::String(s) => s.clone(),
+                                other => other.to_string(),
+                            };
+                            let text = tpl.normalize(&text);
+                            if call.name == tpl.respond_name() {
+                                seen.push(' ');
+                                seen.push_str(&text);
+                                continue;
+                            }
+                            let key = (call.name.clone(), k.clone());
+                            if free.contains(&key) && !text.trim().is_empty() {
+                                let e = counts.entry(key).or_default();
+                                e.0 += 1;
+                                e.1 += usize::from(seen.contains(text.trim()));
+                            }
+                        }
+                    }
+                }
+                Message::System { .. } => {}
+            }
+        }
+    }
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for ((f, k), (n, hits)) in counts {
+        if n >= 5 && hits as f64 >= SPAN_RATE * n as f64 {
+            out.entry(f).or_default().push(k);
+        }
+    }
+    out
 }
 
 /// File names inside `model/`.
@@ -271,7 +343,8 @@ pub fn train(
         }
     }
     let secs = started.elapsed().as_secs_f64();
-    save(&vs, &cfg, p.max_records, reference_date, out)?;
+    let spans = span_params(tpl, conversations);
+    save(&vs, &cfg, p.max_records, reference_date, &spans, out)?;
     Ok(json!({
         "parameters": n_params,
         "windows": windows.len(),
@@ -280,6 +353,7 @@ pub fn train(
         "train_seconds": round4(secs),
         "tokens_per_second": (tokens_seen as f64 / secs.max(1e-9)).round(),
         "final_loss": curve.last().map(|c| c["loss"].clone()).unwrap_or(Value::Null),
+        "span_params": spans,
         "loss_curve": curve,
         "device": format!("{dev:?}"),
     }))
@@ -295,6 +369,7 @@ pub fn save(
     cfg: &TinyConfig,
     max_records: usize,
     reference_date: Option<&str>,
+    span_params: &BTreeMap<String, Vec<String>>,
     out: &Path,
 ) -> Result<(), WorkerError> {
     std::fs::create_dir_all(out).map_err(|e| WorkerError::io(out, e))?;
@@ -303,6 +378,7 @@ pub fn save(
         model: cfg.clone(),
         max_records,
         reference_date: reference_date.map(str::to_string),
+        span_params: span_params.clone(),
     };
     let cfg_path = out.join(CONFIG_FILE);
     std::fs::write(

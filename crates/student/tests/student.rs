@@ -186,7 +186,7 @@ fn decode_all(model: &Tiny, tpl: &ChatTemplate, pairs: &[EvalPair]) -> Vec<ToolC
     for chunk in prompts.chunks(16) {
         let refs: Vec<&Prompt> = chunk.iter().collect();
         out.extend(tch::no_grad(|| {
-            decode_batch(model, tpl, &refs, &lim, &digits, Device::Cpu)
+            decode_batch(model, tpl, &refs, &lim, &digits, None, Device::Cpu)
         }));
     }
     out
@@ -335,7 +335,7 @@ fn checkpoint_reloads_to_identical_predictions_and_training_is_deterministic() {
         [tpl.sp.arg, tpl.sp.end],
     );
     let c = tempfile::tempdir().unwrap();
-    train::save(&vs, &cfg, 2, None, c.path()).unwrap();
+    train::save(&vs, &cfg, 2, None, &Default::default(), c.path()).unwrap();
     let (_, _vc, reloaded) = train::load(
         c.path(),
         &tpl.is_special,

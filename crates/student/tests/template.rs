@@ -102,3 +102,61 @@ fn windows_keep_the_header_and_cover_every_call_once() {
     assert_eq!(p.tokens.last(), Some(&tpl.sp.call));
     assert_eq!(&p.tokens[..r.header_len], header);
 }
+
+#[test]
+fn span_arguments_are_copied_from_the_prompt_unless_the_model_insists() {
+    use std::collections::BTreeMap;
+    use tracelab_student::grammar::{digit_tokens, pick, CallState, Limits, SpanSetup};
+
+    let (tpl, messages) = setup();
+    let prompt = tpl.prompt(&messages[..1], 128, 41);
+    let spans: BTreeMap<String, Vec<String>> =
+        [("FindRestaurants".to_string(), vec!["city".to_string()])].into();
+    let setup = SpanSetup::new(&tpl, &spans);
+    let lim = Limits {
+        max_value_tokens: 12,
+        max_new_tokens: 40,
+    };
+    let digits = digit_tokens(&tpl);
+    let function = tpl.encode(" FindRestaurants");
+    let city = tpl.encode(" Walnut Creek");
+    let outsider = tpl.encode(" x")[0];
+    let decode = |outsider_score: f32| {
+        let mut st = CallState::with_spans(setup.source(&prompt.tokens, &prompt.copyable));
+        // The model wants the function; in the value it likes the city's tokens a little,
+        // ending a value a bit less, and one token that is nowhere in the prompt by
+        // `outsider_score`.
+        let mut name_scores = vec![0f32; tpl.vocab];
+        for &t in &function {
+            name_scores[t as usize] = 5.0;
+        }
+        let mut value_scores = vec![0f32; tpl.vocab];
+        for &t in &city {
+            value_scores[t as usize] = 1.0;
+        }
+        value_scores[tpl.sp.end as usize] = 0.5;
+        value_scores[outsider as usize] = outsider_score;
+        while !st.done() {
+            let scores = if st.in_value() {
+                &value_scores
+            } else {
+                &name_scores
+            };
+            let t = pick(&st.allowed(&tpl, &lim), scores, &tpl, &digits);
+            st.push(&tpl, t);
+        }
+        st.call(&tpl)
+    };
+    // The outsider is likelier than any span start, but not by the margin: the span wins, and
+    // it stops where the model prefers to end rather than running on into "please".
+    let call = decode(2.5);
+    assert_eq!(call.name, "FindRestaurants");
+    assert_eq!(call.arguments["city"], "Walnut Creek");
+    // Far likelier: the value is written freely.
+    let call = decode(10.0);
+    let value = call.arguments["city"].as_str().unwrap();
+    assert!(
+        !"Food in Walnut Creek please.".contains(value.trim()),
+        "{value:?} should not be a span"
+    );
+}
