@@ -2,6 +2,10 @@
 //! says which tokens may come next, so every decoded call names an existing function, uses only
 //! its argument keys (each at most once, every required one present), picks enum values among the
 //! allowed ones and writes free text token by token up to a closer.
+//!
+//! This is the tiny template's layout, where names, keys and values are separated by special
+//! tokens. Hugging Face students write calls as JSON text instead: [`crate::json_call`] applies
+//! the same rules to that layout, byte by byte.
 
 use serde_json::{Map, Value};
 use tracelab::conversation::ToolCall;
@@ -43,9 +47,12 @@ pub struct CallState {
     generated: usize,
 }
 
-/// Prefix-trie query over candidate token sequences: the tokens that may follow `prefix`, and
-/// whether `prefix` is itself complete.
-fn trie_next<'a>(cands: impl Iterator<Item = &'a [u32]>, prefix: &[u32]) -> (Vec<u32>, bool) {
+/// Prefix-trie query over candidate sequences (token ids here, bytes in [`crate::json_call`]):
+/// the items that may follow `prefix`, and whether `prefix` is itself complete.
+pub(crate) fn trie_next<'a, T: Copy + PartialEq + 'a>(
+    cands: impl Iterator<Item = &'a [T]>,
+    prefix: &[T],
+) -> (Vec<T>, bool) {
     let mut next = Vec::new();
     let mut complete = false;
     for c in cands {
