@@ -255,6 +255,15 @@ impl TokenBytes {
     }
 }
 
+/// Fewest bytes of a value of this kind (`""` can only close under a tight budget; see feed).
+fn min_value_len(kind: &JsonKind) -> usize {
+    match kind {
+        JsonKind::Str => 2,
+        JsonKind::Integer | JsonKind::Number => 1,
+        JsonKind::Choice(v) => v.iter().map(|(b, _)| b.len()).min().unwrap_or(1),
+    }
+}
+
 /// Limits that keep a call short enough to finish within the token budget.
 #[derive(Debug, Clone, Copy)]
 pub struct JsonLimits {
@@ -344,11 +353,7 @@ impl JsonCallState {
             .filter(|&&r| used & (1u64 << r) == 0)
             .map(|&p| {
                 let key = &f.params[p];
-                let value = match &key.kind {
-                    JsonKind::Str => 2,
-                    JsonKind::Integer | JsonKind::Number => 1,
-                    JsonKind::Choice(v) => v.iter().map(|(b, _)| b.len()).min().unwrap_or(1),
-                };
+                let value = min_value_len(&key.kind);
                 // `, "key": value` (the first key has `"` instead of `, "`; an overestimate by 2)
                 2 + 2 + key.key_bytes.len() + KEY_SEP.len() + value
             })
@@ -382,18 +387,25 @@ impl JsonCallState {
                 .unwrap_or(0),
             Phase::KeyOrClose | Phase::AfterValue => rest_args(self) + 2,
             Phase::Key => {
+                // The key being written counts as used: its value is part of this estimate,
+                // not of the required arguments still to come.
                 let f = func.expect("function chosen");
-                let key_left = f
-                    .params
+                f.params
                     .iter()
                     .enumerate()
                     .filter(|(i, k)| {
-                        self.used & (1 << i) == 0 && k.key_bytes.starts_with(&self.item)
+                        self.used & (1u64 << i) == 0 && k.key_bytes.starts_with(&self.item)
                     })
-                    .map(|(_, k)| k.key_bytes.len() - self.item.len())
+                    .map(|(i, k)| {
+                        k.key_bytes.len() - self.item.len()
+                            + 1
+                            + KEY_SEP.len()
+                            + min_value_len(&k.kind)
+                            + Self::args_cost(f, self.used | (1u64 << i))
+                            + 2
+                    })
                     .min()
-                    .unwrap_or(0);
-                key_left + 1 + KEY_SEP.len() + 2 + rest_args(self) + 2
+                    .unwrap_or(0)
             }
             Phase::Value { p, open, .. } => {
                 let f = func.expect("function chosen");
@@ -758,7 +770,7 @@ mod tests {
         let mut st = JsonCallState::new();
         for b in text.bytes() {
             let left = LIM.max_new_tokens - st.generated;
-            st = st.after(s, &[b], &LIM, left, st.tight(&s, left))?;
+            st = st.after(s, &[b], &LIM, left, st.tight(s, left))?;
             st.generated += 1;
         }
         Some(st)
@@ -826,12 +838,27 @@ mod tests {
         let mut st = JsonCallState::new();
         let mut n = 0;
         while !st.done() {
-            st.step(&s, &table, &scores, &lim)
-                .expect("a token is allowed");
+            if st.step(&s, &table, &scores, &lim).is_none() {
+                panic!("no token allowed after {n} tokens: {st:?}");
+            }
             n += 1;
             assert!(n <= lim.max_new_tokens, "over budget");
         }
         let call = st.call(&s);
-        assert!(s.functions.iter().any(|f| f.name == call.name), "{call:?}");
+        let tools = ToolSet::from_openai(
+            &json!([{"type": "function", "function": {"name": "FindRestaurants",
+                "parameters": {"type": "object", "properties": {
+                    "city": {"type": "string"},
+                    "cuisine": {"type": "string", "enum": ["Italian", "Mexican"]},
+                    "party": {"type": "integer"}}, "required": ["city"]}}}]),
+            "respond_to_user",
+            &[],
+            "t",
+        )
+        .unwrap();
+        tools
+            .validator()
+            .check(&call)
+            .unwrap_or_else(|e| panic!("{call:?}: {e}"));
     }
 }
