@@ -650,10 +650,23 @@ impl Experiment {
                     if step.seeded() {
                         raw["seed"] = Value::from(self.seeds[0]);
                     }
-                    if let Err(e) = step.canonical_params(&raw) {
-                        let key =
-                            self.param_key(step.kind(), Some(&p.name), Some(&s.name), &e.path);
-                        return Err(locate(&key, e.message));
+                    let canonical = match step.canonical_params(&raw) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let key =
+                                self.param_key(step.kind(), Some(&p.name), Some(&s.name), &e.path);
+                            return Err(locate(&key, e.message));
+                        }
+                    };
+                    // Files the step will read (a model checkpoint, a tokenizer) must exist now,
+                    // not when the step's turn comes after hours of upstream work.
+                    if let Err(e) = step.external_files(&canonical, &self.root) {
+                        let (path, message) = match e {
+                            steps::StepError::Param { key, message } => (key, message),
+                            other => (String::new(), other.to_string()),
+                        };
+                        let key = self.param_key(step.kind(), Some(&p.name), Some(&s.name), &path);
+                        return Err(locate(&key, message));
                     }
                 }
             }

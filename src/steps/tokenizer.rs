@@ -1,5 +1,6 @@
 //! `tokenizer`: trains the student's byte-level BPE on the cell's traces (run in the
-//! `tracelab-student` worker), or adopts a user's `tokenizer.json`.
+//! `tracelab-student` worker), or adopts a user's `tokenizer.json`, or, for a `qwen3` student,
+//! takes a Hugging Face checkpoint's `tokenizer.json` unchanged (`model_dir`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -19,6 +20,10 @@ pub struct TokenizerParams {
     /// A user's `tokenizer.json` (relative to the project root) instead of training one; the
     /// template's special tokens are added to it.
     pub path: Option<String>,
+    /// A Hugging Face checkpoint directory (relative to the project root) whose `tokenizer.json`
+    /// is taken byte for byte, nothing added: the tokenizer of a `[train] family = "qwen3"`
+    /// student, which must name the same directory as its `model_dir`.
+    pub model_dir: Option<String>,
 }
 
 impl Default for TokenizerParams {
@@ -27,6 +32,7 @@ impl Default for TokenizerParams {
             vocab_size: 2048,
             min_frequency: 2,
             path: None,
+            model_dir: None,
         }
     }
 }
@@ -51,14 +57,35 @@ impl Step for TokenizerStep {
         &[Artifact::Tokenizer]
     }
     fn canonical_params(&self, params: &Value) -> Result<Value, ParamError> {
-        canonicalize::<TokenizerParams>(params)
+        let canonical = canonicalize::<TokenizerParams>(params)?;
+        if canonical["path"].is_string() && canonical["model_dir"].is_string() {
+            return Err(ParamError {
+                path: "model_dir".into(),
+                message: "give either path (a tokenizer.json the template's tokens are added \
+                          to) or model_dir (a checkpoint whose tokenizer is taken as is), not both"
+                    .into(),
+            });
+        }
+        Ok(canonical)
     }
-    fn external_files(&self, params: &Value, _root: &Path) -> Result<Vec<PathBuf>, StepError> {
-        Ok(params
-            .get("path")
-            .and_then(Value::as_str)
-            .map(|p| vec![PathBuf::from(p)])
-            .unwrap_or_default())
+    fn external_files(&self, params: &Value, root: &Path) -> Result<Vec<PathBuf>, StepError> {
+        let p: TokenizerParams = super::typed(params)?;
+        if let Some(dir) = &p.model_dir {
+            let file = Path::new(dir).join("tokenizer.json");
+            if !root.join(&file).is_file() {
+                return Err(StepError::Param {
+                    key: "model_dir".into(),
+                    message: format!(
+                        "{}: tokenizer.json not found (a Hugging Face checkpoint directory, \
+                         relative to the project root {})",
+                        root.join(dir).display(),
+                        root.display()
+                    ),
+                });
+            }
+            return Ok(vec![file]);
+        }
+        Ok(p.path.map(|p| vec![PathBuf::from(p)]).unwrap_or_default())
     }
     fn run(&self, ctx: &mut StepContext<'_>) -> Result<(), StepError> {
         let p: TokenizerParams = super::typed(ctx.params)?;
@@ -72,6 +99,12 @@ impl Step for TokenizerStep {
         if let Some(path) = &p.path {
             job.inputs
                 .insert("user_tokenizer".into(), ctx.resolve(path));
+        }
+        if let Some(dir) = &p.model_dir {
+            job.inputs.insert(
+                "checkpoint_tokenizer".into(),
+                ctx.resolve(dir).join("tokenizer.json"),
+            );
         }
         let stats = run_worker(ctx, &job)?;
         for (k, v) in stats {

@@ -28,13 +28,71 @@ pub enum DeviceChoice {
     Cuda,
 }
 
+/// What a `family = "qwen3"` training writes as its model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SaveMode {
+    /// The adapters folded into the base: a complete Hugging Face checkpoint (`config.json`,
+    /// `model.safetensors`, tokenizer files) that transformers and vLLM load as is.
+    #[default]
+    Merged,
+    /// The adapters alone in PEFT's layout (`adapter_config.json`, `adapter_model.safetensors`),
+    /// naming the base checkpoint, plus the tokenizer files.
+    Adapter,
+}
+
+/// LoRA hyper-parameters of a `family = "qwen3"` student (`[train.lora]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraParams {
+    /// Rank of the low-rank update (the study's 64).
+    pub rank: i64,
+    /// The update is scaled by `alpha / rank`.
+    pub alpha: f64,
+    /// Dropout on the adapter's input while training.
+    pub dropout: f64,
+    /// Linear layers that get an adapter: `q`, `k`, `v`, `o`, `gate`, `up`, `down` (or PEFT's
+    /// `q_proj` … `down_proj`).
+    pub target_modules: Vec<String>,
+}
+
+/// The linear layers of a Qwen3 decoder layer, by their short names.
+pub const LORA_TARGETS: [&str; 7] = ["q", "k", "v", "o", "gate", "up", "down"];
+
+impl Default for LoraParams {
+    fn default() -> Self {
+        LoraParams {
+            rank: 64,
+            alpha: 128.0,
+            dropout: 0.05,
+            target_modules: LORA_TARGETS.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+/// Model families the worker implements.
+pub const FAMILIES: [&str; 2] = ["tiny", "qwen3"];
+
 /// Parameters of the `train` step (`[train]` in the experiment). Defaults are measured on the
-/// 2-core machine: see `crates/student/MEASUREMENTS.md`.
+/// 2-core machine: see `crates/student/MEASUREMENTS.md`. A `family = "qwen3"` table starts from
+/// [`qwen3_defaults`] for the keys it leaves out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainParams {
-    /// Model family the worker builds (`tiny`: the from-scratch transformer).
+    /// Model family the worker builds: `tiny` (the from-scratch transformer) or `qwen3` (LoRA on
+    /// the Hugging Face checkpoint in `model_dir`).
     pub family: String,
+    /// The Hugging Face checkpoint directory a `qwen3` student starts from, relative to the
+    /// project root (`config.json`, safetensors weights, `tokenizer.json`,
+    /// `tokenizer_config.json` with the chat template). Its files are part of the cache key.
+    pub model_dir: Option<String>,
+    /// LoRA settings (`qwen3`).
+    pub lora: LoraParams,
+    /// Recompute each decoder layer in the backward pass instead of keeping its activations
+    /// (`qwen3`): less memory for about one more forward pass.
+    pub gradient_checkpointing: bool,
+    /// `merged` or `adapter` (`qwen3`).
+    pub save: SaveMode,
     /// Device.
     pub device: DeviceChoice,
     /// Transformer blocks.
@@ -99,8 +157,225 @@ impl Default for TrainParams {
             max_records: 2,
             threads: 1,
             seed: 0,
+            model_dir: None,
+            lora: LoraParams::default(),
+            gradient_checkpointing: false,
+            save: SaveMode::Merged,
         }
     }
+}
+
+/// Defaults of a `family = "qwen3"` table where they differ from the tiny student's: the study's
+/// learning rate (5e-5) and epochs (4), a context long enough for the tool list the chat template
+/// puts in the system prompt, and no weight decay on the adapters (PEFT's usual setting).
+pub fn qwen3_defaults() -> [(&'static str, Value); 5] {
+    [
+        ("lr", Value::from(5e-5)),
+        ("epochs", Value::from(4.0)),
+        ("context", Value::from(2048)),
+        ("batch_tokens", Value::from(8192)),
+        ("weight_decay", Value::from(0.0)),
+    ]
+}
+
+impl TrainParams {
+    /// Checks what the types cannot: the family is known, `qwen3` has a `model_dir`, settings of
+    /// one family are not set (to something other than their default) for the other, LoRA
+    /// settings are in range. Errors name the key.
+    pub fn check(&self) -> Result<(), ParamError> {
+        let err = |path: &str, message: String| ParamError {
+            path: path.to_string(),
+            message,
+        };
+        let d = TrainParams::default();
+        match self.family.as_str() {
+            "tiny" => {
+                let qwen3_only = [
+                    ("model_dir", self.model_dir != d.model_dir),
+                    ("lora", self.lora != d.lora),
+                    (
+                        "gradient_checkpointing",
+                        self.gradient_checkpointing != d.gradient_checkpointing,
+                    ),
+                    ("save", self.save != d.save),
+                ];
+                if let Some((key, _)) = qwen3_only.iter().find(|(_, set)| *set) {
+                    return Err(err(
+                        key,
+                        format!("`{key}` applies to family = \"qwen3\" only (family is \"tiny\")"),
+                    ));
+                }
+            }
+            "qwen3" => {
+                if self.model_dir.as_deref().is_none_or(str::is_empty) {
+                    return Err(err(
+                        "model_dir",
+                        "family = \"qwen3\" needs model_dir: a Hugging Face checkpoint directory \
+                         (config.json, model.safetensors, tokenizer.json, tokenizer_config.json), \
+                         relative to the project root"
+                            .into(),
+                    ));
+                }
+                // The architecture comes from the checkpoint: tiny-only settings would be ignored.
+                let tiny_only = [
+                    ("layers", self.layers != d.layers),
+                    ("width", self.width != d.width),
+                    ("heads", self.heads != d.heads),
+                    ("ffn", self.ffn != d.ffn),
+                    ("dropout", self.dropout != d.dropout),
+                    ("copy_dim", self.copy_dim != d.copy_dim),
+                    ("max_records", self.max_records != d.max_records),
+                ];
+                if let Some((key, _)) = tiny_only.iter().find(|(_, set)| *set) {
+                    return Err(err(
+                        key,
+                        format!(
+                            "`{key}` applies to family = \"tiny\" only (a qwen3 student takes its \
+                             architecture from model_dir; LoRA dropout is lora.dropout)"
+                        ),
+                    ));
+                }
+                let l = &self.lora;
+                if l.rank < 1 {
+                    return Err(err(
+                        "lora.rank",
+                        format!("must be at least 1, got {}", l.rank),
+                    ));
+                }
+                if l.alpha.is_nan() || l.alpha <= 0.0 {
+                    return Err(err(
+                        "lora.alpha",
+                        format!("must be positive, got {}", l.alpha),
+                    ));
+                }
+                if !(0.0..1.0).contains(&l.dropout) {
+                    return Err(err(
+                        "lora.dropout",
+                        format!("must be in [0, 1), got {}", l.dropout),
+                    ));
+                }
+                if l.target_modules.is_empty() {
+                    return Err(err(
+                        "lora.target_modules",
+                        "at least one module is needed".into(),
+                    ));
+                }
+                for (i, t) in l.target_modules.iter().enumerate() {
+                    let short = t.strip_suffix("_proj").unwrap_or(t);
+                    if !LORA_TARGETS.contains(&short) {
+                        return Err(err(
+                            &format!("lora.target_modules[{i}]"),
+                            format!(
+                                "unknown module {t:?}; expected {} (or their _proj names)",
+                                LORA_TARGETS.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+            other => {
+                return Err(err(
+                    "family",
+                    format!(
+                        "unknown model family {other:?}; known: {}",
+                        FAMILIES.join(", ")
+                    ),
+                ))
+            }
+        }
+        if self.lr.is_nan() || self.lr <= 0.0 {
+            return Err(err("lr", format!("must be positive, got {}", self.lr)));
+        }
+        if self.epochs.is_nan() || self.epochs <= 0.0 {
+            return Err(err(
+                "epochs",
+                format!("must be positive, got {}", self.epochs),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Files of the `qwen3` checkpoint the worker reads, relative to the project root:
+    /// `config.json`, the weights (`model.safetensors`, or the index and every shard it names)
+    /// and the tokenizer, template and generation files that exist. Empty for `tiny`.
+    pub fn checkpoint_files(&self, root: &Path) -> Result<Vec<PathBuf>, StepError> {
+        let Some(dir) = self.model_dir.as_deref().filter(|_| self.family == "qwen3") else {
+            return Ok(Vec::new());
+        };
+        checkpoint_files(root, dir)
+    }
+}
+
+/// Files a Hugging Face checkpoint directory holds that are not weights and that the worker reads
+/// or copies into a saved model (the student crate's `hf::COMPANION_FILES`).
+pub const CHECKPOINT_COMPANIONS: [&str; 8] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+];
+
+/// The files of the checkpoint directory `dir` (relative to `root`) that make up a student's
+/// base: see [`TrainParams::checkpoint_files`]. Errors name `model_dir` and say what is missing.
+pub fn checkpoint_files(root: &Path, dir: &str) -> Result<Vec<PathBuf>, StepError> {
+    let rel = PathBuf::from(dir);
+    let abs = root.join(&rel);
+    let missing = |what: &str| StepError::Param {
+        key: "model_dir".into(),
+        message: format!(
+            "{}: {what} not found (a Hugging Face checkpoint directory, relative to the project \
+             root {}; e.g. `huggingface-cli download Qwen/Qwen3-1.7B --local-dir {dir}`)",
+            abs.display(),
+            root.display()
+        ),
+    };
+    if !abs.is_dir() {
+        return Err(missing("the directory"));
+    }
+    let mut files = Vec::new();
+    for required in ["config.json", "tokenizer.json"] {
+        if !abs.join(required).is_file() {
+            return Err(missing(required));
+        }
+        files.push(rel.join(required));
+    }
+    if abs.join("model.safetensors").is_file() {
+        files.push(rel.join("model.safetensors"));
+    } else if abs.join("model.safetensors.index.json").is_file() {
+        let index = abs.join("model.safetensors.index.json");
+        let text = std::fs::read_to_string(&index).map_err(|e| StepError::io(&index, e))?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| StepError::Data(format!("{}: {e}", index.display())))?;
+        let map = v["weight_map"].as_object().ok_or_else(|| {
+            StepError::Data(format!("{}: no \"weight_map\" object", index.display()))
+        })?;
+        files.push(rel.join("model.safetensors.index.json"));
+        let mut shards: Vec<&str> = map.values().filter_map(Value::as_str).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        for s in shards {
+            if !abs.join(s).is_file() {
+                return Err(missing(&format!(
+                    "shard {s} (named in model.safetensors.index.json)"
+                )));
+            }
+            files.push(rel.join(s));
+        }
+    } else {
+        return Err(missing(
+            "model.safetensors (or model.safetensors.index.json)",
+        ));
+    }
+    for name in CHECKPOINT_COMPANIONS {
+        if name != "tokenizer.json" && abs.join(name).is_file() {
+            files.push(rel.join(name));
+        }
+    }
+    Ok(files)
 }
 
 /// What the orchestrator hands the worker: one JSON file, path given as the only argument.
@@ -270,7 +545,8 @@ pub(crate) fn worker_resource(params: &Value, jobs: usize) -> Resource {
 /// worker's rendering of conversations, so a change there changes all three outputs.
 /// 2: dates are no longer rewritten inside street addresses ("1434 1st Street").
 /// 3: train records which arguments are copies of the conversation; predict decodes those as
-/// spans of the prompt.
+/// spans of the prompt. `family = "qwen3"` (LoRA on a Hugging Face checkpoint, its chat
+/// template and tokenizer, JSON-constrained decoding).
 pub const WORKER_VERSION: u32 = 3;
 
 /// The `train` step.
@@ -301,14 +577,33 @@ impl Step for Train {
         true
     }
     fn canonical_params(&self, params: &Value) -> Result<Value, ParamError> {
-        canonicalize::<TrainParams>(params)
+        let mut raw = params.clone();
+        if let Some(table) = raw.as_object_mut() {
+            if table.get("family").and_then(Value::as_str) == Some("qwen3") {
+                for (key, value) in qwen3_defaults() {
+                    table.entry(key).or_insert(value);
+                }
+            }
+        }
+        let canonical = canonicalize::<TrainParams>(&raw)?;
+        let typed: TrainParams =
+            serde_json::from_value(canonical.clone()).map_err(|e| ParamError {
+                path: String::new(),
+                message: e.to_string(),
+            })?;
+        typed.check()?;
+        Ok(canonical)
     }
     fn resource(&self, params: &Value, jobs: usize) -> Resource {
         worker_resource(params, jobs)
     }
+    fn external_files(&self, params: &Value, root: &Path) -> Result<Vec<PathBuf>, StepError> {
+        super::typed::<TrainParams>(params)?.checkpoint_files(root)
+    }
     fn run(&self, ctx: &mut StepContext<'_>) -> Result<(), StepError> {
+        let p: TrainParams = super::typed(ctx.params)?;
         let out = ctx.output(Artifact::Model);
-        let job = job(
+        let mut job = job(
             ctx,
             "train",
             &[
@@ -319,6 +614,9 @@ impl Step for Train {
             ],
             &out,
         )?;
+        if let (Some(dir), "qwen3") = (&p.model_dir, p.family.as_str()) {
+            job.inputs.insert("base_model".into(), ctx.resolve(dir));
+        }
         let stats = run_worker(ctx, &job)?;
         for (k, v) in stats {
             ctx.stat(&k, v);
@@ -344,6 +642,94 @@ mod tests {
         );
         let e = Train.canonical_params(&json!({"epoch": 2})).unwrap_err();
         assert!(e.message.contains("epoch"), "{}", e.message);
+    }
+
+    #[test]
+    fn qwen3_params_take_study_defaults_and_name_bad_keys() {
+        let c = Train
+            .canonical_params(&json!({"family": "qwen3", "model_dir": "models/q"}))
+            .unwrap();
+        assert_eq!(c["lr"], 5e-5);
+        assert_eq!(c["epochs"], 4.0);
+        assert_eq!(c["lora"]["rank"], 64);
+        assert_eq!(c["save"], "merged");
+        assert_eq!(c, Train.canonical_params(&c).unwrap(), "fixed point");
+        let tiny = Train.canonical_params(&json!({})).unwrap();
+        assert_eq!(
+            tiny["lr"],
+            TrainParams::default().lr,
+            "tiny defaults unchanged"
+        );
+        let explicit = Train
+            .canonical_params(&json!({"family": "qwen3", "model_dir": "m", "lr": 1e-4}))
+            .unwrap();
+        assert_eq!(explicit["lr"], 1e-4);
+
+        let path = |v: Value| Train.canonical_params(&v).unwrap_err();
+        let e = path(json!({"family": "llama"}));
+        assert_eq!(e.path, "family");
+        assert!(e.message.contains("tiny, qwen3"), "{}", e.message);
+        assert_eq!(path(json!({"family": "qwen3"})).path, "model_dir");
+        assert_eq!(path(json!({"model_dir": "m"})).path, "model_dir");
+        let e = path(
+            json!({"family": "qwen3", "model_dir": "m", "lora": {"target_modules": ["q", "zz"]}}),
+        );
+        assert_eq!(e.path, "lora.target_modules[1]");
+        let e = path(json!({"family": "qwen3", "model_dir": "m", "lora": {"rank": 0}}));
+        assert_eq!(e.path, "lora.rank");
+        let e = path(json!({"family": "qwen3", "model_dir": "m", "lora": {"rnak": 8}}));
+        assert_eq!(e.path, "lora.rnak");
+        let e = path(json!({"family": "qwen3", "model_dir": "m", "width": 64}));
+        assert_eq!(e.path, "width");
+        let e = path(json!({"family": "qwen3", "model_dir": "m", "save": "lora"}));
+        assert_eq!(e.path, "save");
+    }
+
+    #[test]
+    fn checkpoint_files_list_weights_and_companions_and_name_what_is_missing() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("models/q");
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = TrainParams {
+            family: "qwen3".into(),
+            model_dir: Some("models/q".into()),
+            ..TrainParams::default()
+        };
+        let e = p.checkpoint_files(root.path()).unwrap_err().to_string();
+        assert!(e.contains("model_dir") && e.contains("config.json"), "{e}");
+        for f in [
+            "config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "README.md",
+        ] {
+            std::fs::write(dir.join(f), "{}").unwrap();
+        }
+        std::fs::write(
+            dir.join("model.safetensors.index.json"),
+            r#"{"weight_map": {"a": "m-1.safetensors", "b": "m-2.safetensors", "c": "m-1.safetensors"}}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.join("m-1.safetensors"), "x").unwrap();
+        let e = p.checkpoint_files(root.path()).unwrap_err().to_string();
+        assert!(e.contains("m-2.safetensors"), "{e}");
+        std::fs::write(dir.join("m-2.safetensors"), "x").unwrap();
+        let files = p.checkpoint_files(root.path()).unwrap();
+        let names: Vec<String> = files
+            .iter()
+            .map(|f| f.strip_prefix("models/q").unwrap().display().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "config.json",
+                "tokenizer.json",
+                "model.safetensors.index.json",
+                "m-1.safetensors",
+                "m-2.safetensors",
+                "tokenizer_config.json"
+            ]
+        );
     }
 
     #[test]

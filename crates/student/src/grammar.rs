@@ -13,6 +13,10 @@
 //! ending it where it is a whole copyable unit (a result's value, `Aperto`) gets a bonus of
 //! [`WHOLE_BONUS`]. When the model is much surer of a token that starts no span (the user said
 //! "SF", the call needs `San Francisco`), the value is written freely instead.
+//!
+//! This is the tiny template's layout, where names, keys and values are separated by special
+//! tokens. Hugging Face students write calls as JSON text instead: [`crate::json_call`] applies
+//! the same rules to that layout, byte by byte.
 
 use std::sync::Arc;
 
@@ -263,9 +267,12 @@ pub struct CallState {
     free_value: bool,
 }
 
-/// Prefix-trie query over candidate token sequences: the tokens that may follow `prefix`, and
-/// whether `prefix` is itself complete.
-fn trie_next<'a>(cands: impl Iterator<Item = &'a [u32]>, prefix: &[u32]) -> (Vec<u32>, bool) {
+/// Prefix-trie query over candidate sequences (token ids here, bytes in [`crate::json_call`]):
+/// the items that may follow `prefix`, and whether `prefix` is itself complete.
+pub(crate) fn trie_next<'a, T: Copy + PartialEq + 'a>(
+    cands: impl Iterator<Item = &'a [T]>,
+    prefix: &[T],
+) -> (Vec<T>, bool) {
     let mut next = Vec::new();
     let mut complete = false;
     for c in cands {

@@ -4,18 +4,23 @@
 //!
 //! Reading order: [`tokenizer`] → [`template`] (rendering, windows, the tools as token
 //! sequences) → [`model`] → [`train`] → [`grammar`] (what may come next) → [`predict`].
-//! A second model family plugs in beside [`model`]/[`train`]: the worker dispatches on the
-//! `family` parameter and on `family` in a saved model's `config.json`.
+//! The second model family, `qwen3`, plugs in beside [`model`]/[`train`]: [`qwen3`] (the
+//! model), [`hf`] (checkpoints), [`lora`] (adapters), [`chat_template`] (the checkpoint's Jinja
+//! template), [`json_call`] (constraints in the JSON call layout) and [`qwen3_student`] (training
+//! and prediction). The worker dispatches on the `family` parameter and on a saved model's
+//! [`qwen3_student::SIDECAR`] (else `family` in its `config.json`).
 
 pub mod chat_template;
 pub mod data;
 pub mod grammar;
 pub mod hf;
+pub mod json_call;
 pub mod lora;
 pub mod model;
 pub mod normalize;
 pub mod predict;
 pub mod qwen3;
+pub mod qwen3_student;
 pub mod template;
 pub mod tokenizer;
 pub mod train;

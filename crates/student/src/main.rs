@@ -13,16 +13,30 @@
 //!
 //! | task | inputs | output | params |
 //! |---|---|---|---|
-//! | `tokenizer` | `traces`, `tools`, optional `user_tokenizer` | `tokenizer.json` | `TokenizerParams` |
-//! | `train` | `traces`, `tools`, `tokenizer`, optional `task` (reference date) | `model/` (`config.json`, `model.safetensors`) | `TrainParams` |
+//! | `tokenizer` | `traces`, `tools`, optional `user_tokenizer` or `checkpoint_tokenizer` | `tokenizer.json` | `TokenizerParams` |
+//! | `train` | `traces`, `tools`, `tokenizer`, optional `task` (reference date), `base_model` (qwen3) | `model/` | `TrainParams` |
 //! | `predict` | `model`, `tokenizer`, `pairs`, `tools` | `predictions.jsonl` | `PredictParams` |
+//!
+//! `checkpoint_tokenizer` (a checkpoint's `tokenizer.json`) is copied byte for byte, nothing
+//! added; `user_tokenizer` gets the tiny template's special tokens.
 //!
 //! Stdout carries one JSON object a line: progress `{"done": n, "total": n|null, "message": "…"}`
 //! and, last, `{"stats": {…}}` (statistics for the step's manifest). Diagnostics go to stderr;
 //! a non-zero exit status means failure and stderr says why.
 //!
-//! Model families: `params.family` (train) and `family` in `model/config.json` (predict) select
-//! the implementation; this build knows `tiny`.
+//! Model families: `params.family` (train) selects the implementation; at predict time a
+//! `model/tracelab_student.json` marks a `qwen3` student, otherwise `family` in
+//! `model/config.json` names it (`tiny`).
+//!
+//! - `tiny`: `model/` holds `config.json` (family, architecture, template settings) and
+//!   `model.safetensors`.
+//! - `qwen3`: `base_model` is the Hugging Face checkpoint directory; the tokenizer must be its
+//!   `tokenizer.json`. With `save = "merged"`, `model/` is a Hugging Face checkpoint
+//!   (`config.json`, `model.safetensors`, tokenizer and template files) that transformers loads;
+//!   with `save = "adapter"`, it is a PEFT adapter (`adapter_config.json`,
+//!   `adapter_model.safetensors`, whose `base_model_name_or_path` is the base's absolute path)
+//!   plus the tokenizer and template files. Either way `model/tracelab_student.json` records
+//!   the family, the save mode, the base (adapter) and the training context.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -33,7 +47,8 @@ use tracelab::steps::tokenizer::TokenizerParams;
 use tracelab::steps::train::{TrainParams, WorkerJob};
 use tracelab::tools::{ToolSet, DEFAULT_RESPOND};
 use tracelab_student::{
-    corpus_texts, data, predict, template::ChatTemplate, tokenizer, train, Progress, WorkerError,
+    corpus_texts, data, predict, qwen3_student, template::ChatTemplate, tokenizer, train, Progress,
+    WorkerError,
 };
 
 fn emit(v: &Value) {
@@ -68,6 +83,13 @@ fn run(job: &WorkerJob) -> Result<Value, WorkerError> {
     match job.task.as_str() {
         "tokenizer" => {
             let p: TokenizerParams = params(job)?;
+            if let Some(path) = job.inputs.get("checkpoint_tokenizer") {
+                // A checkpoint's tokenizer is the student's vocabulary: parsed to check it, then
+                // copied byte for byte so train can tell it is the checkpoint's own.
+                let tok = tokenizer::load(path)?;
+                std::fs::copy(path, &job.output).map_err(|e| WorkerError::io(path, e))?;
+                return Ok(json!({"vocab_size": tok.get_vocab_size(true), "source": "checkpoint"}));
+            }
             let tok = match job.inputs.get("user_tokenizer") {
                 Some(path) => tokenizer::load(path)?,
                 None => {
@@ -82,6 +104,26 @@ fn run(job: &WorkerJob) -> Result<Value, WorkerError> {
         "train" => {
             let p: TrainParams = params(job)?;
             let tools = tools(job)?;
+            match p.family.as_str() {
+                "tiny" => {}
+                "qwen3" => {
+                    let convs = data::read_conversations(input(job, "traces")?)?;
+                    return qwen3_student::train(
+                        &p,
+                        input(job, "base_model")?,
+                        input(job, "tokenizer")?,
+                        &tools,
+                        &convs,
+                        &job.output,
+                        &mut report,
+                    );
+                }
+                other => {
+                    return Err(WorkerError::Invalid(format!(
+                        "unknown model family {other:?}; this worker knows tiny, qwen3"
+                    )))
+                }
+            }
             let tok = tokenizer::load(input(job, "tokenizer")?)?;
             let reference = match job.inputs.get("task") {
                 Some(path) => Some(
@@ -107,6 +149,20 @@ fn run(job: &WorkerJob) -> Result<Value, WorkerError> {
         "predict" => {
             let p: PredictParams = params(job)?;
             let tools = tools(job)?;
+            if let Some(sidecar) = qwen3_student::read_sidecar(input(job, "model")?)? {
+                let pairs = data::read_pairs(input(job, "pairs")?)?;
+                let (calls, stats) = qwen3_student::predict(
+                    input(job, "model")?,
+                    input(job, "tokenizer")?,
+                    &tools,
+                    &pairs,
+                    &p,
+                    &sidecar,
+                    &mut report,
+                )?;
+                data::write_predictions(&job.output, &pairs, &calls)?;
+                return Ok(stats);
+            }
             let tok = tokenizer::load(input(job, "tokenizer")?)?;
             let dev = train::device(p.device)?;
             let probe =

@@ -188,6 +188,19 @@ pub fn plan_batches(lens: &[usize], batch_tokens: usize, rng: &mut ChaCha8Rng) -
     batches
 }
 
+/// The learning rate of optimizer step `step` of `total_steps`: linear warm-up over
+/// `warmup_steps` (at most half the run), then cosine decay to `min_lr_ratio` of the peak.
+pub fn lr_at(p: &TrainParams, step: usize, total_steps: usize) -> f64 {
+    let warmup = p.warmup_steps.min(total_steps / 2).max(1);
+    if step < warmup {
+        p.lr * (step + 1) as f64 / warmup as f64
+    } else {
+        let t = (step - warmup) as f64 / (total_steps - warmup).max(1) as f64;
+        let min = p.lr * p.min_lr_ratio;
+        min + 0.5 * (p.lr - min) * (1.0 + (std::f64::consts::PI * t).cos())
+    }
+}
+
 /// The SwiGLU width for a model width when the parameter says 0 (8/3 of it, a multiple of 16).
 pub fn default_ffn(width: i64) -> i64 {
     ((width * 8 / 3) + 15) / 16 * 16
@@ -273,16 +286,7 @@ pub fn train(
     let total_micro = ((per_epoch as f64) * p.epochs).ceil().max(1.0) as usize;
     let accum = p.grad_accum.max(1);
     let total_steps = total_micro.div_ceil(accum);
-    let warmup = p.warmup_steps.min(total_steps / 2).max(1);
-    let lr_at = |step: usize| -> f64 {
-        if step < warmup {
-            p.lr * (step + 1) as f64 / warmup as f64
-        } else {
-            let t = (step - warmup) as f64 / (total_steps - warmup).max(1) as f64;
-            let min = p.lr * p.min_lr_ratio;
-            min + 0.5 * (p.lr - min) * (1.0 + (std::f64::consts::PI * t).cos())
-        }
-    };
+    let lr_at = |step: usize| lr_at(p, step, total_steps);
 
     let started = Instant::now();
     let mut queue: Vec<Vec<usize>> = Vec::new();
@@ -359,7 +363,8 @@ pub fn train(
     }))
 }
 
-fn round4(x: f64) -> f64 {
+/// `x` rounded to four decimals (for statistics).
+pub fn round4(x: f64) -> f64 {
     (x * 1e4).round() / 1e4
 }
 
