@@ -27,6 +27,9 @@ pub struct ConfigError {
     pub key: Option<String>,
     /// What is wrong and what was expected.
     pub message: String,
+    /// The experiment is well-formed but names a file that does not exist (yet): data not
+    /// downloaded, a checkpoint not fetched. `gc` skips such experiments instead of refusing.
+    pub missing_file: bool,
 }
 
 impl fmt::Display for ConfigError {
@@ -64,6 +67,7 @@ impl Source {
             position: None,
             key: None,
             message: format!("cannot read: {e}"),
+            missing_file: false,
         })?;
         Ok(Source { origin, text })
     }
@@ -75,6 +79,7 @@ impl Source {
             position: e.span().map(|s| self.line_col(s.start)),
             key: None,
             message: e.message().trim().to_string(),
+            missing_file: false,
         })
     }
 
@@ -130,6 +135,7 @@ impl Source {
             position: self.locate(path),
             key: Some(path.to_string()),
             message: message.into(),
+            missing_file: false,
         }
     }
 }
@@ -345,6 +351,7 @@ impl SetOverride {
             position: None,
             key: Some(self.key.clone()),
             message,
+            missing_file: false,
         };
         let parts: Vec<&str> = self.key.split('.').collect();
         let (last, parents) = parts.split_last().expect("non-empty key");
@@ -400,6 +407,7 @@ impl Experiment {
                     position: None,
                     key: Some(key.to_string()),
                     message,
+                    missing_file: false,
                 }
             } else {
                 source.error(key, message)
@@ -472,14 +480,17 @@ impl Experiment {
                 let p = root.join(rel);
                 let will_download = key == "data.path" && head.data.download.is_some();
                 if !will_download && !p.exists() {
-                    return Err(locate(
-                        key,
-                        format!(
-                            "file not found: {} (relative paths start at the project root {})",
-                            p.display(),
-                            root.display()
-                        ),
-                    ));
+                    return Err(ConfigError {
+                        missing_file: true,
+                        ..locate(
+                            key,
+                            format!(
+                                "file not found: {} (relative paths start at the project root {})",
+                                p.display(),
+                                root.display()
+                            ),
+                        )
+                    });
                 }
             }
         }
@@ -661,12 +672,16 @@ impl Experiment {
                     // Files the step will read (a model checkpoint, a tokenizer) must exist now,
                     // not when the step's turn comes after hours of upstream work.
                     if let Err(e) = step.external_files(&canonical, &self.root) {
-                        let (path, message) = match e {
-                            steps::StepError::Param { key, message } => (key, message),
-                            other => (String::new(), other.to_string()),
+                        let (path, message, missing_file) = match e {
+                            steps::StepError::Param { key, message } => (key, message, false),
+                            steps::StepError::MissingFile { key, message } => (key, message, true),
+                            other => (String::new(), other.to_string(), false),
                         };
                         let key = self.param_key(step.kind(), Some(&p.name), Some(&s.name), &path);
-                        return Err(locate(&key, message));
+                        return Err(ConfigError {
+                            missing_file,
+                            ..locate(&key, message)
+                        });
                     }
                 }
             }

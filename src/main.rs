@@ -401,6 +401,15 @@ fn gc(root: &Path, cache_dir: Option<&Path>, dry_run: bool) -> Result<ExitCode> 
         };
         let l = match load(&args, Some(&dir)) {
             Ok(l) => l,
+            // A well-formed experiment whose data or checkpoint is not there yet cannot run, so
+            // it reaches nothing in the cache; anything else may be a typo, so keep everything.
+            Err(e)
+                if e.downcast_ref::<tracelab::config::ConfigError>()
+                    .is_some_and(|c| c.missing_file) =>
+            {
+                eprintln!("gc: skipping {}: {e:#}", f.display());
+                continue;
+            }
             Err(e) => bail!(
                 "{}: {e:#}\n(gc keeps everything while an experiment cannot be read)",
                 f.display()

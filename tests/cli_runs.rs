@@ -350,9 +350,26 @@ fn gc_drops_only_unreachable_entries_and_graph_draws_the_dag() {
             .count()
     };
     let before = entries();
+    // An experiment whose data is not there yet (a checkpoint not downloaded) reaches nothing:
+    // gc skips it and says so. One that cannot be parsed makes gc keep everything.
+    let t = std::fs::read_to_string(root.join("experiments/t.toml")).unwrap();
+    let absent = t.replace("data/traces.jsonl", "data/absent.jsonl");
+    assert_ne!(absent, t);
+    std::fs::write(root.join("experiments/absent.toml"), absent).unwrap();
+    std::fs::write(root.join("experiments/broken.toml"), "name = [\n").unwrap();
+    let refused = tracelab(root).args(["gc", "--dry-run"]).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("broken.toml"));
+    std::fs::remove_file(root.join("experiments/broken.toml")).unwrap();
     let out = tracelab(root).args(["gc", "--dry-run"]).output().unwrap();
     assert!(
         out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("skipping")
+            && String::from_utf8_lossy(&out.stderr).contains("absent.toml"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -144,6 +144,9 @@ pub enum StepError {
     /// A parameter is invalid in a way the type check could not see.
     #[error("parameter {key}: {message}")]
     Param { key: String, message: String },
+    /// A file a parameter names does not exist (a checkpoint not downloaded yet).
+    #[error("parameter {key}: {message}")]
+    MissingFile { key: String, message: String },
     /// An external process (the student worker) failed.
     #[error("{0}")]
     External(String),

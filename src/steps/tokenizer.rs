@@ -73,7 +73,7 @@ impl Step for TokenizerStep {
         if let Some(dir) = &p.model_dir {
             let file = Path::new(dir).join("tokenizer.json");
             if !root.join(&file).is_file() {
-                return Err(StepError::Param {
+                return Err(StepError::MissingFile {
                     key: "model_dir".into(),
                     message: format!(
                         "{}: tokenizer.json not found (a Hugging Face checkpoint directory, \

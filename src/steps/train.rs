@@ -324,7 +324,7 @@ pub const CHECKPOINT_COMPANIONS: [&str; 8] = [
 pub fn checkpoint_files(root: &Path, dir: &str) -> Result<Vec<PathBuf>, StepError> {
     let rel = PathBuf::from(dir);
     let abs = root.join(&rel);
-    let missing = |what: &str| StepError::Param {
+    let missing = |what: &str| StepError::MissingFile {
         key: "model_dir".into(),
         message: format!(
             "{}: {what} not found (a Hugging Face checkpoint directory, relative to the project \
