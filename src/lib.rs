@@ -9,6 +9,7 @@ pub mod cache;
 pub mod config;
 pub mod conversation;
 pub mod dag;
+pub mod dates;
 pub mod download;
 pub mod events;
 pub mod executor;

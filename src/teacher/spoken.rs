@@ -16,31 +16,7 @@
 use rand::seq::IndexedRandom;
 use rand::Rng;
 
-const MONTHS: &[&str] = &[
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-];
-
-/// Weekday names, Monday first.
-const WEEKDAYS: &[&str] = &[
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-    "Sunday",
-];
+use crate::dates::{Date, MONTHS, WEEKDAYS};
 
 const NUMBER_WORDS: &[&str] = &[
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
@@ -80,39 +56,36 @@ fn shape(value: &str) -> Option<Shape> {
 
 /// Days since 1970-01-01 of an ISO date (`YYYY-MM-DD`).
 pub fn parse_date(s: &str) -> Option<i64> {
-    let mut it = s.trim().split('-');
-    let y: i64 = it.next()?.parse().ok()?;
-    let m: i64 = it.next()?.parse().ok()?;
-    let d: i64 = it.next()?.parse().ok()?;
-    if it.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return None;
-    }
-    // Howard Hinnant's days_from_civil.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some(era * 146_097 + doe - 719_468)
-}
-
-/// `(year, month, day)` of a day count since 1970-01-01.
-fn civil(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    Date::parse_iso(s).map(Date::days)
 }
 
 /// The ISO date of a day count since 1970-01-01.
 pub fn format_date(z: i64) -> String {
-    let (y, m, d) = civil(z);
-    format!("{y:04}-{m:02}-{d:02}")
+    Date::from_days(z).to_string()
+}
+
+/// `(month name, day of month)` of a day count, the name capitalized ("March").
+fn month_day(z: i64) -> (String, i64) {
+    let d = Date::from_days(z);
+    (capitalized(MONTHS[d.month as usize - 1]), i64::from(d.day))
+}
+
+fn capitalized(w: &str) -> String {
+    let mut c = w.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
+/// The weekday name of a day count ("Friday").
+fn weekday_name(z: i64) -> String {
+    capitalized(WEEKDAYS[Date::from_days(z).weekday() as usize])
+}
+
+/// Whether two day counts fall in the same month.
+fn same_month(a: i64, b: i64) -> bool {
+    let (a, b) = (Date::from_days(a), Date::from_days(b));
+    (a.year, a.month) == (b.year, b.month)
 }
 
 fn ordinal(d: i64) -> String {
@@ -188,8 +161,7 @@ impl Spoken {
                 }
             }
             Some(Shape::Date(day)) => {
-                let (_, m, d) = civil(day);
-                let month = MONTHS[(m - 1) as usize];
+                let (month, d) = month_day(day);
                 if let Some(today) = self.today {
                     match day - today {
                         0 => out.extend(["today".to_string(), "tonight".to_string()]),
@@ -201,7 +173,7 @@ impl Spoken {
                         _ => {}
                     }
                     if (1..=7).contains(&(day - today)) {
-                        let w = WEEKDAYS[weekday(day)];
+                        let w = weekday_name(day);
                         out.extend([
                             format!("next {w}"),
                             format!("this {w}"),
@@ -216,8 +188,8 @@ impl Spoken {
                     format!("the {} of {month}", ordinal(d)),
                     format!("{} of {month}", ordinal(d)),
                 ]);
-                if self.today.is_some_and(|t| civil(t).1 == m) {
-                    out.extend([format!("the {}", ordinal(d))]);
+                if self.today.is_some_and(|t| same_month(t, day)) {
+                    out.push(format!("the {}", ordinal(d)));
                 }
             }
             Some(Shape::Count(n)) => out.push(NUMBER_WORDS[n].to_string()),
@@ -256,8 +228,7 @@ impl Spoken {
                 }
             }
             Shape::Date(day) => {
-                let (_, m, d) = civil(day);
-                let month = MONTHS[(m - 1) as usize];
+                let (month, d) = month_day(day);
                 let mut f = vec![format!("{month} {}", ordinal(d)), format!("{month} {d}")];
                 if let Some(today) = self.today {
                     let ahead = day - today;
@@ -272,10 +243,10 @@ impl Spoken {
                         f.extend([r.to_string(), r.to_string(), r.to_string()]);
                     }
                     if (1..=7).contains(&ahead) {
-                        let w = WEEKDAYS[weekday(day)];
+                        let w = weekday_name(day);
                         f.extend([format!("next {w}"), format!("this {w}")]);
                     }
-                    if civil(today).1 == m {
+                    if same_month(today, day) {
                         f.push(format!("the {}", ordinal(d)));
                     }
                 }
@@ -308,11 +279,6 @@ fn daypart(hour: u32) -> &'static str {
         17..=20 => "in the evening",
         _ => "at night",
     }
-}
-
-/// Monday = 0 (1970-01-01 was a Thursday).
-fn weekday(day: i64) -> usize {
-    (day + 3).rem_euclid(7) as usize
 }
 
 #[cfg(test)]
