@@ -78,7 +78,8 @@ impl Step for Generate {
         // 2: the offline teacher reads and says times, dates and counts in spoken forms, and
         // lets users confirm a booking and ask a question in one message.
         // 3: users change a value at the confirmation; some bookings fail.
-        3
+        // 4: repeated searches are asked for in phrasings traces used to search again.
+        4
     }
     fn about(&self) -> &'static str {
         "write synthetic conversations with a teacher (offline simulator or an LLM) from filtered traces"

@@ -179,6 +179,9 @@ pub struct Templates {
     /// The subset of `inform` that led to a transaction (the next call books): requests such as
     /// "Book {restaurant_name} for {time}", not questions that merely name a result.
     pub request: BTreeMap<Vec<String>, Vec<String>>,
+    /// User messages that asked for a search again with changed values ("Anything cheaper in
+    /// {city}?"), keyed like `inform`.
+    pub research: BTreeMap<Vec<String>, Vec<String>>,
     /// Value-free first user messages ("I'm hungry, find me a place to eat.").
     pub opener: Vec<String>,
     /// Assistant questions for one argument.
@@ -884,6 +887,7 @@ fn learn_templates(
 ) {
     let mut shown: Option<Record> = None;
     let mut last_call: Option<(&ToolCall, FunctionKind)> = None;
+    let mut searched = false;
     let first_user = ev.iter().position(|e| matches!(e, Event::User(_)));
     let last_user = ev.iter().rposition(|e| matches!(e, Event::User(_)));
     let last_say = ev.iter().rposition(|e| matches!(e, Event::Say(_)));
@@ -891,7 +895,10 @@ fn learn_templates(
     let mut said: Vec<(String, String)> = local.to_vec();
     for (i, e) in ev.iter().enumerate() {
         match e {
-            Event::Call(c, k) => last_call = Some((c, *k)),
+            Event::Call(c, k) => {
+                searched |= *k == FunctionKind::Search;
+                last_call = Some((c, *k));
+            }
             Event::Results(rs) => {
                 if let Some(r) = rs.first() {
                     shown = Some(r.clone());
@@ -982,6 +989,11 @@ fn learn_templates(
                     });
                     if next_call == Some(FunctionKind::Transaction) {
                         push_unique(t.request.entry(keys.clone()).or_default(), d.clone());
+                    }
+                    let next_is_search =
+                        matches!(ev.get(i + 1), Some(Event::Call(_, FunctionKind::Search)));
+                    if searched && next_is_search {
+                        push_unique(t.research.entry(keys.clone()).or_default(), d.clone());
                     }
                     push_unique(t.inform.entry(keys).or_default(), d);
                 }
@@ -1622,7 +1634,22 @@ impl OfflineTeacher {
                 ]
                 .choose(&mut w.rng)
                 .map(|s| s.to_string());
-                let text = w.inform(search, &[(k, v)], lead.as_deref());
+                // Mostly a phrasing some trace used to search again, else lead + statement.
+                let learned = self
+                    .domain
+                    .templates
+                    .research
+                    .get(std::slice::from_ref(&k))
+                    .filter(|_| search.arg(&k).is_some_and(|a| !a.is_flag))
+                    .cloned()
+                    .unwrap_or_default();
+                let text = if !learned.is_empty() && w.rng.random_bool(0.6) {
+                    let t = learned.choose(&mut w.rng).expect("non-empty").clone();
+                    let values: BTreeMap<String, String> = [(k.clone(), v.clone())].into();
+                    w.fill_spoken(&t, &values).unwrap_or(t)
+                } else {
+                    w.inform(search, &[(k, v)], lead.as_deref())
+                };
                 w.user(text);
                 shown = self.search_and_present(&mut w, search, &current)?;
                 shown_at = 0;
