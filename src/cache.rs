@@ -487,36 +487,60 @@ impl StatCache {
         }
     }
 
-    /// Content hash of a file, read only when its stat changed.
-    pub fn hash(&mut self, file: &Path) -> Result<String, CacheError> {
+    /// Content hashes of files, in order; only files whose stat changed are read. Those are
+    /// hashed in parallel: a fresh cache reads every dataset file before the first step can
+    /// start, and that read is on the critical path of a cold run.
+    pub fn hash_all(&mut self, files: &[PathBuf]) -> Result<Vec<String>, CacheError> {
+        use rayon::prelude::*;
         use std::os::unix::fs::MetadataExt;
-        let meta = fs::metadata(file).map_err(io_err(file))?;
-        let mtime_ns = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
-        let key = std::path::absolute(file)
-            .unwrap_or_else(|_| file.to_path_buf())
-            .to_string_lossy()
-            .into_owned();
-        if let Some(e) = self.entries.get(&key) {
-            if e.size == meta.len() && e.mtime_ns == mtime_ns && e.inode == meta.ino() {
-                return Ok(e.hash.clone());
+        let mut hashes: Vec<Option<String>> = Vec::with_capacity(files.len());
+        let mut misses: Vec<(usize, String, StatEntry)> = Vec::new();
+        for (i, file) in files.iter().enumerate() {
+            let meta = fs::metadata(file).map_err(io_err(file))?;
+            let mtime_ns = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            let key = std::path::absolute(file)
+                .unwrap_or_else(|_| file.to_path_buf())
+                .to_string_lossy()
+                .into_owned();
+            match self.entries.get(&key) {
+                Some(e)
+                    if e.size == meta.len() && e.mtime_ns == mtime_ns && e.inode == meta.ino() =>
+                {
+                    hashes.push(Some(e.hash.clone()));
+                }
+                _ => {
+                    hashes.push(None);
+                    let entry = StatEntry {
+                        size: meta.len(),
+                        mtime_ns,
+                        inode: meta.ino(),
+                        hash: String::new(),
+                    };
+                    misses.push((i, key, entry));
+                }
             }
         }
-        let hash = hash_file(file)?;
-        self.entries.insert(
-            key,
-            StatEntry {
-                size: meta.len(),
-                mtime_ns,
-                inode: meta.ino(),
-                hash: hash.clone(),
-            },
-        );
-        self.dirty = true;
-        Ok(hash)
+        let read = |(i, _, _): &(usize, String, StatEntry)| hash_file(&files[*i]);
+        let computed: Vec<Result<String, CacheError>> = if misses.len() > 1 {
+            misses.par_iter().map(read).collect()
+        } else {
+            misses.iter().map(read).collect()
+        };
+        for ((i, key, mut entry), hash) in misses.into_iter().zip(computed) {
+            let hash = hash?;
+            hashes[i] = Some(hash.clone());
+            entry.hash = hash;
+            self.entries.insert(key, entry);
+            self.dirty = true;
+        }
+        Ok(hashes
+            .into_iter()
+            .map(|h| h.expect("every file hashed"))
+            .collect())
     }
 
     /// Writes the stat cache back if it changed (atomically).

@@ -10,10 +10,10 @@
 //! still start only after the rename, the per-key lock is held until then, and a crash at any
 //! point leaves at most a directory in `cache/.tmp/` that no run trusts.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::cell::Cell;
 use std::sync::{mpsc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -161,21 +161,28 @@ impl<'a> Keys<'a> {
                 label: node.label.clone(),
                 error: e.to_string(),
             })?;
-        let mut external = Vec::with_capacity(files.len());
-        let mut stat = self.stat.lock().expect("stat cache lock");
-        for f in files {
-            let abs = self.root.join(&f);
-            let hash = stat.hash(&abs).map_err(|e| RunError::External {
+        let abs: Vec<PathBuf> = files.iter().map(|f| self.root.join(f)).collect();
+        let hashes = self
+            .stat
+            .lock()
+            .expect("stat cache lock")
+            .hash_all(&abs)
+            .map_err(|e| RunError::External {
                 label: node.label.clone(),
                 error: e.to_string(),
             })?;
-            let shown = f
-                .strip_prefix(self.root)
-                .unwrap_or(&f)
-                .to_string_lossy()
-                .into_owned();
-            external.push((shown, hash));
-        }
+        let mut external: Vec<(String, String)> = files
+            .iter()
+            .zip(hashes)
+            .map(|(f, hash)| {
+                let shown = f
+                    .strip_prefix(self.root)
+                    .unwrap_or(f)
+                    .to_string_lossy()
+                    .into_owned();
+                (shown, hash)
+            })
+            .collect();
         external.sort();
         Ok(KeyParts {
             kind: node.step.kind().to_string(),
