@@ -13,7 +13,7 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -386,7 +386,7 @@ enum Msg {
     /// worker goes on publishing.
     Released { slots: usize, gpu: bool },
     /// The node is settled: published, reused, failed or cancelled.
-    Finished(NodeIndex, Result<Manifest, Failure>),
+    Finished(NodeIndex, Box<Result<Manifest, Failure>>),
 }
 
 /// Sends [`Msg::Released`] once: when the step's work ends, or when the worker exits early.
@@ -440,9 +440,15 @@ pub fn run(
     // Nodes launched and not yet settled (running their step or publishing it).
     let mut running = 0usize;
     let (tx, rx) = mpsc::channel::<Msg>();
+    let (jobs_tx, jobs_rx) = mpsc::channel::<(Launch, Inputs)>();
     let mut ran_inputs: Vec<bool> = vec![false; dag.graph.node_bound()];
 
+    let jobs_rx = Mutex::new(jobs_rx);
+    // Workers waiting for a job and not yet promised one.
+    let idle = AtomicUsize::new(0);
     std::thread::scope(|scope| -> Result<(), RunError> {
+        // Dropped when this closure returns, which ends the idle workers' loops.
+        let jobs_tx = jobs_tx;
         loop {
             let interrupted = cancel.load(Ordering::Relaxed);
             // Resolve every waiting node whose inputs are settled; launch what fits.
@@ -559,27 +565,21 @@ pub fn run(
                         label: node.label.clone(),
                         key: launch.key.0.clone(),
                     });
-                    let tx = tx.clone();
-                    scope.spawn(move || {
-                        let release = Release {
-                            tx: &tx,
-                            slots: launch.slots,
-                            gpu: launch.gpu,
-                            sent: Cell::new(false),
-                        };
-                        let result = execute(
-                            dag,
-                            cache,
-                            root,
-                            &launch,
-                            &inputs_dirs,
-                            reporter,
-                            cancel,
-                            &release,
-                        );
-                        release.send();
-                        let _ = tx.send(Msg::Finished(launch.n, result));
-                    });
+                    // A worker that is idle takes the job; otherwise one more is started. Workers
+                    // live for the whole run, so a step's start does not wait for a thread to be
+                    // created, and each worker's malloc arena stays warm between steps.
+                    if idle
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |i| i.checked_sub(1))
+                        .is_err()
+                    {
+                        let (tx, jobs_rx, idle) = (tx.clone(), &jobs_rx, &idle);
+                        scope.spawn(move || {
+                            worker(dag, cache, root, reporter, cancel, &tx, jobs_rx, idle)
+                        });
+                    }
+                    jobs_tx
+                        .send((launch, inputs_dirs))
+                        .expect("workers live until the run ends");
                     progressed = true;
                 }
             }
@@ -594,7 +594,7 @@ pub fn run(
                     }
                     continue;
                 }
-                Msg::Finished(n, result) => (n, result),
+                Msg::Finished(n, result) => (n, *result),
             };
             running -= 1;
             let node = &dag.graph[n];
@@ -720,6 +720,40 @@ enum Failure {
 impl From<CacheError> for Failure {
     fn from(e: CacheError) -> Self {
         Failure::Error(e.to_string())
+    }
+}
+
+/// A worker thread: runs the jobs the scheduler sends until the run ends.
+#[allow(clippy::too_many_arguments)]
+fn worker(
+    dag: &Dag,
+    cache: &Cache,
+    root: &Path,
+    reporter: &dyn Reporter,
+    cancel: &AtomicBool,
+    tx: &mpsc::Sender<Msg>,
+    jobs: &Mutex<mpsc::Receiver<(Launch, Inputs)>>,
+    idle: &AtomicUsize,
+) {
+    loop {
+        let job = jobs.lock().expect("job queue lock").recv();
+        let Ok((launch, inputs)) = job else {
+            return; // the run is over
+        };
+        let release = Release {
+            tx,
+            slots: launch.slots,
+            gpu: launch.gpu,
+            sent: Cell::new(false),
+        };
+        let result = execute(
+            dag, cache, root, &launch, &inputs, reporter, cancel, &release,
+        );
+        release.send();
+        // Idle before the scheduler hears of the result, so that the node it launches next
+        // can go to this worker instead of a new one.
+        idle.fetch_add(1, Ordering::SeqCst);
+        let _ = tx.send(Msg::Finished(launch.n, Box::new(result)));
     }
 }
 
