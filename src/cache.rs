@@ -440,16 +440,45 @@ pub fn output_hash(files: &[OutputFile]) -> String {
 /// not synced: if a crash loses a directory entry or the rename itself, the entry is absent or
 /// lacks a file its manifest lists, and [`Cache::lookup`] treats it as a miss. Content is what
 /// must never be half-written under a valid manifest, and that is what this guarantees.
+///
+/// Writeback of every file is started before the first `fdatasync` waits: their block
+/// allocations then land in one journal commit, instead of each `fdatasync` waiting for a
+/// commit of its own (on ext4 that made an entry of three files cost three commits). The
+/// `fdatasync` of each file is still what guarantees durability.
 fn sync_tree(dir: &Path) -> Result<(), CacheError> {
+    let mut paths = Vec::new();
+    list_files(dir, &mut paths)?;
+    // Bounded batches, so an entry of many files cannot run out of file descriptors.
+    for batch in paths.chunks(256) {
+        let files = batch
+            .iter()
+            .map(|p| File::open(p).map_err(io_err(p)))
+            .collect::<Result<Vec<File>, CacheError>>()?;
+        #[cfg(target_os = "linux")]
+        for f in &files {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a plain syscall on a file descriptor `f` owns; it only starts writeback.
+            // Its failure is harmless: the fdatasync below reports real errors.
+            unsafe {
+                libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+            }
+        }
+        for (f, p) in files.iter().zip(batch) {
+            f.sync_data().map_err(io_err(p))?;
+        }
+    }
+    Ok(())
+}
+
+/// Every file below `dir`.
+fn list_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), CacheError> {
     for e in fs::read_dir(dir).map_err(io_err(dir))? {
         let e = e.map_err(io_err(dir))?;
         let p = e.path();
         if e.file_type().map_err(io_err(&p))?.is_dir() {
-            sync_tree(&p)?;
+            list_files(&p, out)?;
         } else {
-            File::open(&p)
-                .and_then(|f| f.sync_data())
-                .map_err(io_err(&p))?;
+            out.push(p);
         }
     }
     Ok(())
