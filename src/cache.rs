@@ -440,16 +440,45 @@ pub fn output_hash(files: &[OutputFile]) -> String {
 /// not synced: if a crash loses a directory entry or the rename itself, the entry is absent or
 /// lacks a file its manifest lists, and [`Cache::lookup`] treats it as a miss. Content is what
 /// must never be half-written under a valid manifest, and that is what this guarantees.
+///
+/// Writeback of every file is started before the first `fdatasync` waits: their block
+/// allocations then land in one journal commit, instead of each `fdatasync` waiting for a
+/// commit of its own (on ext4 that made an entry of three files cost three commits). The
+/// `fdatasync` of each file is still what guarantees durability.
 fn sync_tree(dir: &Path) -> Result<(), CacheError> {
+    let mut paths = Vec::new();
+    list_files(dir, &mut paths)?;
+    // Bounded batches, so an entry of many files cannot run out of file descriptors.
+    for batch in paths.chunks(256) {
+        let files = batch
+            .iter()
+            .map(|p| File::open(p).map_err(io_err(p)))
+            .collect::<Result<Vec<File>, CacheError>>()?;
+        #[cfg(target_os = "linux")]
+        for f in &files {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a plain syscall on a file descriptor `f` owns; it only starts writeback.
+            // Its failure is harmless: the fdatasync below reports real errors.
+            unsafe {
+                libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+            }
+        }
+        for (f, p) in files.iter().zip(batch) {
+            f.sync_data().map_err(io_err(p))?;
+        }
+    }
+    Ok(())
+}
+
+/// Every file below `dir`.
+fn list_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), CacheError> {
     for e in fs::read_dir(dir).map_err(io_err(dir))? {
         let e = e.map_err(io_err(dir))?;
         let p = e.path();
         if e.file_type().map_err(io_err(&p))?.is_dir() {
-            sync_tree(&p)?;
+            list_files(&p, out)?;
         } else {
-            File::open(&p)
-                .and_then(|f| f.sync_data())
-                .map_err(io_err(&p))?;
+            out.push(p);
         }
     }
     Ok(())
@@ -487,36 +516,60 @@ impl StatCache {
         }
     }
 
-    /// Content hash of a file, read only when its stat changed.
-    pub fn hash(&mut self, file: &Path) -> Result<String, CacheError> {
+    /// Content hashes of files, in order; only files whose stat changed are read. Those are
+    /// hashed in parallel: a fresh cache reads every dataset file before the first step can
+    /// start, and that read is on the critical path of a cold run.
+    pub fn hash_all(&mut self, files: &[PathBuf]) -> Result<Vec<String>, CacheError> {
+        use rayon::prelude::*;
         use std::os::unix::fs::MetadataExt;
-        let meta = fs::metadata(file).map_err(io_err(file))?;
-        let mtime_ns = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
-        let key = std::path::absolute(file)
-            .unwrap_or_else(|_| file.to_path_buf())
-            .to_string_lossy()
-            .into_owned();
-        if let Some(e) = self.entries.get(&key) {
-            if e.size == meta.len() && e.mtime_ns == mtime_ns && e.inode == meta.ino() {
-                return Ok(e.hash.clone());
+        let mut hashes: Vec<Option<String>> = Vec::with_capacity(files.len());
+        let mut misses: Vec<(usize, String, StatEntry)> = Vec::new();
+        for (i, file) in files.iter().enumerate() {
+            let meta = fs::metadata(file).map_err(io_err(file))?;
+            let mtime_ns = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            let key = std::path::absolute(file)
+                .unwrap_or_else(|_| file.to_path_buf())
+                .to_string_lossy()
+                .into_owned();
+            match self.entries.get(&key) {
+                Some(e)
+                    if e.size == meta.len() && e.mtime_ns == mtime_ns && e.inode == meta.ino() =>
+                {
+                    hashes.push(Some(e.hash.clone()));
+                }
+                _ => {
+                    hashes.push(None);
+                    let entry = StatEntry {
+                        size: meta.len(),
+                        mtime_ns,
+                        inode: meta.ino(),
+                        hash: String::new(),
+                    };
+                    misses.push((i, key, entry));
+                }
             }
         }
-        let hash = hash_file(file)?;
-        self.entries.insert(
-            key,
-            StatEntry {
-                size: meta.len(),
-                mtime_ns,
-                inode: meta.ino(),
-                hash: hash.clone(),
-            },
-        );
-        self.dirty = true;
-        Ok(hash)
+        let read = |(i, _, _): &(usize, String, StatEntry)| hash_file(&files[*i]);
+        let computed: Vec<Result<String, CacheError>> = if misses.len() > 1 {
+            misses.par_iter().map(read).collect()
+        } else {
+            misses.iter().map(read).collect()
+        };
+        for ((i, key, mut entry), hash) in misses.into_iter().zip(computed) {
+            let hash = hash?;
+            hashes[i] = Some(hash.clone());
+            entry.hash = hash;
+            self.entries.insert(key, entry);
+            self.dirty = true;
+        }
+        Ok(hashes
+            .into_iter()
+            .map(|h| h.expect("every file hashed"))
+            .collect())
     }
 
     /// Writes the stat cache back if it changed (atomically).

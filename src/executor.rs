@@ -3,10 +3,17 @@
 //!
 //! The same key computation also serves `plan` ([`plan`]), which says for each node whether it is
 //! cached and, if not, why it will run.
+//!
+//! A node's job slots (and GPU) are freed as soon as its own work ends; its worker then hashes,
+//! fsyncs and renames the entry into place while the next ready node already runs. Publication is
+//! unchanged (see [`Cache::publish`]): only its position on the critical path moves. Dependents
+//! still start only after the rename, the per-key lock is held until then, and a crash at any
+//! point leaves at most a directory in `cache/.tmp/` that no run trusts.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -154,21 +161,28 @@ impl<'a> Keys<'a> {
                 label: node.label.clone(),
                 error: e.to_string(),
             })?;
-        let mut external = Vec::with_capacity(files.len());
-        let mut stat = self.stat.lock().expect("stat cache lock");
-        for f in files {
-            let abs = self.root.join(&f);
-            let hash = stat.hash(&abs).map_err(|e| RunError::External {
+        let abs: Vec<PathBuf> = files.iter().map(|f| self.root.join(f)).collect();
+        let hashes = self
+            .stat
+            .lock()
+            .expect("stat cache lock")
+            .hash_all(&abs)
+            .map_err(|e| RunError::External {
                 label: node.label.clone(),
                 error: e.to_string(),
             })?;
-            let shown = f
-                .strip_prefix(self.root)
-                .unwrap_or(&f)
-                .to_string_lossy()
-                .into_owned();
-            external.push((shown, hash));
-        }
+        let mut external: Vec<(String, String)> = files
+            .iter()
+            .zip(hashes)
+            .map(|(f, hash)| {
+                let shown = f
+                    .strip_prefix(self.root)
+                    .unwrap_or(f)
+                    .to_string_lossy()
+                    .into_owned();
+                (shown, hash)
+            })
+            .collect();
         external.sort();
         Ok(KeyParts {
             kind: node.step.kind().to_string(),
@@ -342,8 +356,17 @@ fn short(v: &Value) -> String {
 
 enum Status {
     Waiting,
+    /// Inputs done, key computed, not in the cache: waiting for a job slot. Kept so that a node
+    /// that waits for slots has its key computed (and the cache probed) once, not on every event.
+    Ready {
+        parts: Box<KeyParts>,
+        key: StepKey,
+        forced: bool,
+    },
     Running,
-    Done { output_hash: String },
+    Done {
+        output_hash: String,
+    },
     Failed,
     Skipped,
 }
@@ -355,6 +378,34 @@ struct Launch {
     forced: bool,
     slots: usize,
     gpu: bool,
+}
+
+/// What a worker tells the scheduler.
+enum Msg {
+    /// The node's own work ended (or never started): its slots and GPU are free again, while the
+    /// worker goes on publishing.
+    Released { slots: usize, gpu: bool },
+    /// The node is settled: published, reused, failed or cancelled.
+    Finished(NodeIndex, Box<Result<Manifest, Failure>>),
+}
+
+/// Sends [`Msg::Released`] once: when the step's work ends, or when the worker exits early.
+struct Release<'a> {
+    tx: &'a mpsc::Sender<Msg>,
+    slots: usize,
+    gpu: bool,
+    sent: Cell<bool>,
+}
+
+impl Release<'_> {
+    fn send(&self) {
+        if !self.sent.replace(true) {
+            let _ = self.tx.send(Msg::Released {
+                slots: self.slots,
+                gpu: self.gpu,
+            });
+        }
+    }
 }
 
 /// Runs the DAG.
@@ -386,11 +437,18 @@ pub fn run(
     let mut outcome: BTreeMap<NodeIndex, Outcome> = BTreeMap::new();
     let mut new_state = State::new();
     let (mut free_slots, mut free_gpus) = (jobs, opts.gpus);
+    // Nodes launched and not yet settled (running their step or publishing it).
     let mut running = 0usize;
-    let (tx, rx) = mpsc::channel::<(NodeIndex, Result<Manifest, Failure>, usize, bool)>();
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let (jobs_tx, jobs_rx) = mpsc::channel::<(Launch, Inputs)>();
     let mut ran_inputs: Vec<bool> = vec![false; dag.graph.node_bound()];
 
+    let jobs_rx = Mutex::new(jobs_rx);
+    // Workers waiting for a job and not yet promised one.
+    let idle = AtomicUsize::new(0);
     std::thread::scope(|scope| -> Result<(), RunError> {
+        // Dropped when this closure returns, which ends the idle workers' loops.
+        let jobs_tx = jobs_tx;
         loop {
             let interrupted = cancel.load(Ordering::Relaxed);
             // Resolve every waiting node whose inputs are settled; launch what fits.
@@ -398,74 +456,82 @@ pub fn run(
             while progressed {
                 progressed = false;
                 for &n in &dag.order {
-                    if !sel[n.index()] || !matches!(status[n.index()], Status::Waiting) {
+                    if !sel[n.index()] {
                         continue;
                     }
                     let node = &dag.graph[n];
-                    let inputs = &node.inputs;
-                    if let Some((_, bad)) = inputs.iter().find(|(_, f)| {
-                        matches!(status[f.index()], Status::Failed | Status::Skipped)
-                    }) {
-                        let reason = format!("input {} did not complete", dag.graph[*bad].label);
-                        reporter.event(&Event::StepSkipped {
-                            label: node.label.clone(),
-                            reason: reason.clone(),
-                        });
-                        status[n.index()] = Status::Skipped;
-                        outcome.insert(n, Outcome::Skipped(reason));
-                        progressed = true;
-                        continue;
-                    }
-                    if !inputs
-                        .iter()
-                        .all(|(_, f)| matches!(status[f.index()], Status::Done { .. }))
-                    {
-                        continue;
-                    }
-                    let hashes: BTreeMap<NodeIndex, String> = inputs
-                        .iter()
-                        .map(|(_, f)| match &status[f.index()] {
-                            Status::Done { output_hash } => (*f, output_hash.clone()),
-                            _ => unreachable!("checked above"),
-                        })
-                        .collect();
-                    let parts = match keys.parts(n, &hashes) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            reporter.event(&Event::StepFailed {
+                    if matches!(status[n.index()], Status::Waiting) {
+                        let inputs = &node.inputs;
+                        if let Some((_, bad)) = inputs.iter().find(|(_, f)| {
+                            matches!(status[f.index()], Status::Failed | Status::Skipped)
+                        }) {
+                            let reason =
+                                format!("input {} did not complete", dag.graph[*bad].label);
+                            reporter.event(&Event::StepSkipped {
                                 label: node.label.clone(),
-                                error: e.to_string(),
+                                reason: reason.clone(),
                             });
-                            status[n.index()] = Status::Failed;
-                            outcome.insert(n, Outcome::Failed(e.to_string()));
+                            status[n.index()] = Status::Skipped;
+                            outcome.insert(n, Outcome::Skipped(reason));
                             progressed = true;
                             continue;
                         }
-                    };
-                    let key = parts.key();
-                    let forced = opts
-                        .force
-                        .as_ref()
-                        .is_some_and(|g| node.matches(&|l| g.is_match(l)));
-                    if !forced {
-                        if let Some(m) = cache.lookup(&key) {
-                            let cut_off = inputs.iter().any(|(_, f)| ran_inputs[f.index()]);
-                            reporter.event(&Event::StepCached {
-                                label: node.label.clone(),
-                                key: key.0.clone(),
-                                cut_off,
-                            });
-                            summary.out_dirs.insert(n, cache.out_dir(&key));
-                            status[n.index()] = Status::Done {
-                                output_hash: m.output_hash,
-                            };
-                            outcome.insert(n, Outcome::Cached { key, cut_off });
-                            new_state.insert(node.label.clone(), parts);
-                            progressed = true;
+                        if !inputs
+                            .iter()
+                            .all(|(_, f)| matches!(status[f.index()], Status::Done { .. }))
+                        {
                             continue;
                         }
+                        let hashes: BTreeMap<NodeIndex, String> = inputs
+                            .iter()
+                            .map(|(_, f)| match &status[f.index()] {
+                                Status::Done { output_hash } => (*f, output_hash.clone()),
+                                _ => unreachable!("checked above"),
+                            })
+                            .collect();
+                        let parts = match keys.parts(n, &hashes) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                reporter.event(&Event::StepFailed {
+                                    label: node.label.clone(),
+                                    error: e.to_string(),
+                                });
+                                status[n.index()] = Status::Failed;
+                                outcome.insert(n, Outcome::Failed(e.to_string()));
+                                progressed = true;
+                                continue;
+                            }
+                        };
+                        let key = parts.key();
+                        let forced = opts
+                            .force
+                            .as_ref()
+                            .is_some_and(|g| node.matches(&|l| g.is_match(l)));
+                        if !forced {
+                            if let Some(m) = cache.lookup(&key) {
+                                let cut_off = inputs.iter().any(|(_, f)| ran_inputs[f.index()]);
+                                reporter.event(&Event::StepCached {
+                                    label: node.label.clone(),
+                                    key: key.0.clone(),
+                                    cut_off,
+                                });
+                                summary.out_dirs.insert(n, cache.out_dir(&key));
+                                status[n.index()] = Status::Done {
+                                    output_hash: m.output_hash,
+                                };
+                                outcome.insert(n, Outcome::Cached { key, cut_off });
+                                new_state.insert(node.label.clone(), parts);
+                                progressed = true;
+                                continue;
+                            }
+                        }
+                        status[n.index()] = Status::Ready {
+                            parts: Box::new(parts),
+                            key,
+                            forced,
+                        };
                     }
-                    if interrupted {
+                    if interrupted || !matches!(status[n.index()], Status::Ready { .. }) {
                         continue;
                     }
                     let (slots, gpu) = match node.step.resource(&node.params, jobs) {
@@ -476,16 +542,20 @@ pub fn run(
                     if slots > free_slots || (gpu && free_gpus == 0) {
                         continue;
                     }
+                    let Status::Ready { parts, key, forced } =
+                        std::mem::replace(&mut status[n.index()], Status::Running)
+                    else {
+                        unreachable!("checked above")
+                    };
                     free_slots -= slots;
                     if gpu {
                         free_gpus -= 1;
                     }
                     running += 1;
-                    status[n.index()] = Status::Running;
                     let inputs_dirs = input_dirs(dag, n, &summary.out_dirs);
                     let launch = Launch {
                         n,
-                        parts,
+                        parts: *parts,
                         key,
                         forced,
                         slots,
@@ -495,25 +565,38 @@ pub fn run(
                         label: node.label.clone(),
                         key: launch.key.0.clone(),
                     });
-                    let tx = tx.clone();
-                    scope.spawn(move || {
-                        let result =
-                            execute(dag, cache, root, &launch, &inputs_dirs, reporter, cancel);
-                        let _ = tx.send((launch.n, result, launch.slots, launch.gpu));
-                        drop(launch.parts);
-                    });
+                    // A worker that is idle takes the job; otherwise one more is started. Workers
+                    // live for the whole run, so a step's start does not wait for a thread to be
+                    // created, and each worker's malloc arena stays warm between steps.
+                    if idle
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |i| i.checked_sub(1))
+                        .is_err()
+                    {
+                        let (tx, jobs_rx, idle) = (tx.clone(), &jobs_rx, &idle);
+                        scope.spawn(move || {
+                            worker(dag, cache, root, reporter, cancel, &tx, jobs_rx, idle)
+                        });
+                    }
+                    jobs_tx
+                        .send((launch, inputs_dirs))
+                        .expect("workers live until the run ends");
                     progressed = true;
                 }
             }
             if running == 0 {
                 break;
             }
-            let (n, result, slots, gpu) = rx.recv().expect("a worker is running");
+            let (n, result) = match rx.recv().expect("a worker is running") {
+                Msg::Released { slots, gpu } => {
+                    free_slots += slots;
+                    if gpu {
+                        free_gpus += 1;
+                    }
+                    continue;
+                }
+                Msg::Finished(n, result) => (n, *result),
+            };
             running -= 1;
-            free_slots += slots;
-            if gpu {
-                free_gpus += 1;
-            }
             let node = &dag.graph[n];
             match result {
                 Ok(m) => {
@@ -640,7 +723,44 @@ impl From<CacheError> for Failure {
     }
 }
 
-/// Runs one node in a worker thread: lock its key, re-check the cache, run, publish.
+/// A worker thread: runs the jobs the scheduler sends until the run ends.
+#[allow(clippy::too_many_arguments)]
+fn worker(
+    dag: &Dag,
+    cache: &Cache,
+    root: &Path,
+    reporter: &dyn Reporter,
+    cancel: &AtomicBool,
+    tx: &mpsc::Sender<Msg>,
+    jobs: &Mutex<mpsc::Receiver<(Launch, Inputs)>>,
+    idle: &AtomicUsize,
+) {
+    loop {
+        let job = jobs.lock().expect("job queue lock").recv();
+        let Ok((launch, inputs)) = job else {
+            return; // the run is over
+        };
+        let release = Release {
+            tx,
+            slots: launch.slots,
+            gpu: launch.gpu,
+            sent: Cell::new(false),
+        };
+        let result = execute(
+            dag, cache, root, &launch, &inputs, reporter, cancel, &release,
+        );
+        release.send();
+        // Idle before the scheduler hears of the result, so that the node it launches next
+        // can go to this worker instead of a new one.
+        idle.fetch_add(1, Ordering::SeqCst);
+        let _ = tx.send(Msg::Finished(launch.n, Box::new(result)));
+    }
+}
+
+/// Runs one node in a worker thread: lock its key, re-check the cache, run, release its slots
+/// (`release`), publish. The key lock is held until the entry is in place, so a concurrent run
+/// waiting for this key finds the published entry, never a half-published one.
+#[allow(clippy::too_many_arguments)]
 fn execute(
     dag: &Dag,
     cache: &Cache,
@@ -649,6 +769,7 @@ fn execute(
     inputs: &Inputs,
     reporter: &dyn Reporter,
     cancel: &AtomicBool,
+    release: &Release<'_>,
 ) -> Result<Manifest, Failure> {
     let node = &dag.graph[launch.n];
     // Another run may be computing the same key: wait for it instead of doing the work twice.
@@ -686,6 +807,9 @@ fn execute(
         progress: &progress,
     };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.step.run(&mut ctx)));
+    let duration_s = t0.elapsed().as_secs_f64();
+    // The step's work is over: the next ready node may take its slots while this one publishes.
+    release.send();
     match result {
         Ok(Ok(())) => {}
         Ok(Err(StepError::Cancelled)) => return Err(Failure::Cancelled),
@@ -710,7 +834,7 @@ fn execute(
         output_hash: String::new(),
         tracelab_version: env!("CARGO_PKG_VERSION").to_string(),
         started_at,
-        duration_s: t0.elapsed().as_secs_f64(),
+        duration_s,
         stats,
     };
     if launch.forced {
