@@ -79,7 +79,8 @@ impl Step for Generate {
         // lets users confirm a booking and ask a question in one message.
         // 3: users change a value at the confirmation; some bookings fail.
         // 4: repeated searches are asked for in phrasings traces used to search again.
-        4
+        // 5: yes/no questions about a result's flags; learned requests for another result.
+        5
     }
     fn about(&self) -> &'static str {
         "write synthetic conversations with a teacher (offline simulator or an LLM) from filtered traces"

@@ -192,6 +192,9 @@ pub struct Templates {
     pub detail_q: BTreeMap<String, Vec<String>>,
     /// Assistant answers giving one result field.
     pub detail_a: BTreeMap<String, Vec<String>>,
+    /// Value-free user requests for another result ("What other restaurants are there?"),
+    /// answered by presenting another record of the same search.
+    pub another: Vec<String>,
     /// Assistant confirmations before a transaction.
     pub confirm_a: Vec<String>,
     /// Value-free user confirmations.
@@ -888,6 +891,7 @@ fn learn_templates(
     let mut shown: Option<Record> = None;
     let mut last_call: Option<(&ToolCall, FunctionKind)> = None;
     let mut searched = false;
+    let mut results: Vec<Record> = Vec::new();
     let first_user = ev.iter().position(|e| matches!(e, Event::User(_)));
     let last_user = ev.iter().rposition(|e| matches!(e, Event::User(_)));
     let last_say = ev.iter().rposition(|e| matches!(e, Event::Say(_)));
@@ -900,8 +904,10 @@ fn learn_templates(
                 last_call = Some((c, *k));
             }
             Event::Results(rs) => {
-                if let Some(r) = rs.first() {
-                    shown = Some(r.clone());
+                shown = rs.first().cloned();
+                results = rs.clone();
+                // Every record may be presented later ("Another one is …"): all their values.
+                for r in rs {
                     for (k, v) in r {
                         if !v.eq_ignore_ascii_case("true") && !v.eq_ignore_ascii_case("false") {
                             said.push((k.clone(), v.clone()));
@@ -927,6 +933,17 @@ fn learn_templates(
                     } else if short_statement(&d) && next_is_transaction {
                         push_unique(&mut t.confirm_u, d);
                     } else if let Some(Event::Say(a)) = ev.get(i + 1) {
+                        // A value-free request answered by presenting another result.
+                        let presents_another =
+                            entity.as_ref().is_some_and(|e| {
+                                results.iter().skip(1).filter_map(|r| r.get(e)).any(|name| {
+                                    name.chars().count() >= 3 && a.contains(name.as_str())
+                                })
+                            });
+                        if presents_another && !d.contains('{') && guards.assistant(&d) {
+                            push_unique(&mut t.another, d);
+                            continue;
+                        }
                         // A value-free question answered by a field of the shown record.
                         if let Some(r) = &shown {
                             let pairs: Vec<(String, String)> = r
@@ -1263,6 +1280,41 @@ impl Writer<'_> {
         let b: Vec<&str> = builtin.iter().map(String::as_str).collect();
         self.pick(&learned, &b)
     }
+}
+
+/// A yes/no question about a flag predicate ("has live music") and its answer.
+fn flag_qa(rng: &mut ChaCha8Rng, predicate: &str, yes: bool) -> (String, String) {
+    // "has live music" → "have live music", "serves alcohol" → "serve alcohol".
+    let base = match predicate.split_once(' ') {
+        Some(("has", rest)) => format!("have {rest}"),
+        Some(("is", rest)) => format!("be {rest}"),
+        Some((verb, rest)) => format!("{} {rest}", verb.strip_suffix('s').unwrap_or(verb)),
+        None => predicate.to_string(),
+    };
+    let q = [
+        format!("Do they {base}?"),
+        format!("Does the place {base}?"),
+        format!("Does it {base}?"),
+        format!("Can you tell me if they {base}?"),
+    ]
+    .choose(rng)
+    .expect("non-empty")
+    .clone();
+    let a = if yes {
+        [
+            format!("Yes, it {predicate}."),
+            format!("Yes, they {base}."),
+        ]
+    } else {
+        [
+            format!("No, it does not {base}."),
+            format!("No, they don't {base}."),
+        ]
+    }
+    .choose(rng)
+    .expect("non-empty")
+    .clone();
+    (q, a)
 }
 
 fn builtin_inform(rng: &mut ChaCha8Rng, plain: &[(String, String)]) -> String {
@@ -1654,7 +1706,7 @@ impl OfflineTeacher {
                 shown = self.search_and_present(&mut w, search, &current)?;
                 shown_at = 0;
             } else if shown.len() > shown_at + 1 && w.rng.random_bool(0.4) {
-                let q = w.pick(&[], BUILTIN_ANOTHER);
+                let q = w.pick(&self.domain.templates.another, BUILTIN_ANOTHER);
                 w.user(q);
                 shown_at += 1;
                 let text = self.present(
@@ -1941,7 +1993,7 @@ impl OfflineTeacher {
                 w.say(a);
             }
             None => {
-                let q = w.pick(&[], BUILTIN_ANOTHER);
+                let q = w.pick(&self.domain.templates.another, BUILTIN_ANOTHER);
                 w.user(q);
                 w.say("That is the only option I found.".into());
             }
@@ -1950,6 +2002,22 @@ impl OfflineTeacher {
 
     /// A question about one field of `r` and its answer; `None` when `r` has no such field.
     fn detail_qa(&self, w: &mut Writer<'_>, r: &Record) -> Option<(String, String)> {
+        // Sometimes a yes/no question about a flag the record carries ("Do they serve
+        // alcohol?"): asked about a result it is answered from the result, not searched for.
+        let flags: Vec<(&Arg, bool)> = self
+            .searches
+            .iter()
+            .flat_map(|f| f.args.iter())
+            .filter(|a| a.is_flag)
+            .filter_map(|a| {
+                let v = r.get(&a.name)?;
+                Some((a, v.eq_ignore_ascii_case("true")))
+            })
+            .collect();
+        if !flags.is_empty() && w.rng.random_bool(0.35) {
+            let (a, yes) = *flags.choose(&mut w.rng).expect("non-empty");
+            return Some(flag_qa(&mut w.rng, &a.predicate, yes));
+        }
         let tpl = &self.domain.templates;
         let fields: Vec<&String> = tpl.detail_a.keys().filter(|f| r.contains_key(*f)).collect();
         let entity = self.domain.entity.as_deref();

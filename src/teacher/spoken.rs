@@ -259,7 +259,11 @@ impl Spoken {
 }
 
 fn twelve_hour(hour: u32) -> (u32, &'static str) {
-    let h12 = if hour.is_multiple_of(12) { 12 } else { hour % 12 };
+    let h12 = if hour.is_multiple_of(12) {
+        12
+    } else {
+        hour % 12
+    };
     (h12, if hour < 12 { "am" } else { "pm" })
 }
 
