@@ -547,7 +547,8 @@ pub(crate) fn worker_resource(params: &Value, jobs: usize) -> Resource {
 /// 3: train records which arguments are copies of the conversation; predict decodes those as
 /// spans of the prompt. `family = "qwen3"` (LoRA on a Hugging Face checkpoint, its chat
 /// template and tokenizer, JSON-constrained decoding).
-pub const WORKER_VERSION: u32 = 3;
+/// 4: span arguments keep the shape of their training values (a time is no city's name).
+pub const WORKER_VERSION: u32 = 4;
 
 /// The `train` step.
 pub struct Train;

@@ -24,6 +24,7 @@ use serde_json::{Map, Value};
 use tracelab::conversation::ToolCall;
 
 use crate::template::{ChatTemplate, FnSpec, ValueKind};
+use crate::train::{SpanParams, SpanShape};
 
 /// Tokens allowed next.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +70,10 @@ pub struct Lexicon {
     continues_word: Vec<bool>,
     /// Decoded text of each token.
     texts: Vec<String>,
+    /// Contains a letter.
+    lettered: Vec<bool>,
+    /// Its first character after an optional leading space is a digit.
+    starts_digit: Vec<bool>,
     /// Contains a question or exclamation mark or a comma: a span never includes one.
     breaks: Vec<bool>,
 }
@@ -92,6 +97,18 @@ impl Lexicon {
                 .map(|s| s.chars().next().is_some_and(char::is_alphanumeric))
                 .collect(),
             breaks: texts.iter().map(|s| s.contains(['?', '!', ','])).collect(),
+            lettered: texts
+                .iter()
+                .map(|s| s.chars().any(char::is_alphabetic))
+                .collect(),
+            starts_digit: texts
+                .iter()
+                .map(|s| {
+                    s.strip_prefix(' ')
+                        .unwrap_or(s)
+                        .starts_with(|c: char| c.is_ascii_digit())
+                })
+                .collect(),
             texts,
         }
     }
@@ -119,15 +136,12 @@ impl Lexicon {
 #[derive(Debug, Clone)]
 pub struct SpanSetup {
     lexicon: Arc<Lexicon>,
-    params: Arc<Vec<Vec<bool>>>,
+    params: Arc<Vec<Vec<Option<SpanShape>>>>,
 }
 
 impl SpanSetup {
     /// From the model's span parameters (function → argument names).
-    pub fn new(
-        tpl: &ChatTemplate,
-        span_params: &std::collections::BTreeMap<String, Vec<String>>,
-    ) -> SpanSetup {
+    pub fn new(tpl: &ChatTemplate, span_params: &SpanParams) -> SpanSetup {
         let params = tpl
             .functions
             .iter()
@@ -135,7 +149,7 @@ impl SpanSetup {
                 let names = span_params.get(&f.name);
                 f.params
                     .iter()
-                    .map(|p| names.is_some_and(|n| n.contains(&p.key)))
+                    .map(|p| names.and_then(|n| n.get(&p.key)).copied())
                     .collect()
             })
             .collect();
@@ -157,8 +171,8 @@ pub struct SpanSource {
     /// Maximal runs of copyable prompt tokens.
     runs: Vec<Vec<u32>>,
     lexicon: Arc<Lexicon>,
-    /// Per function of the template, per parameter: decoded as a span.
-    params: Arc<Vec<Vec<bool>>>,
+    /// Per function of the template, per parameter: decoded as a span of this shape.
+    params: Arc<Vec<Vec<Option<SpanShape>>>>,
 }
 
 impl SpanSource {
@@ -167,7 +181,7 @@ impl SpanSource {
         tokens: &[u32],
         copyable: &[bool],
         lexicon: Arc<Lexicon>,
-        params: Arc<Vec<Vec<bool>>>,
+        params: Arc<Vec<Vec<Option<SpanShape>>>>,
     ) -> SpanSource {
         let mut runs = Vec::new();
         let mut run = Vec::new();
@@ -188,19 +202,25 @@ impl SpanSource {
         }
     }
 
-    fn is_span_param(&self, func: usize, param: usize) -> bool {
-        self.params
-            .get(func)
-            .and_then(|p| p.get(param))
-            .copied()
-            .unwrap_or(false)
+    fn shape(&self, func: usize, param: usize) -> Option<SpanShape> {
+        self.params.get(func).and_then(|p| p.get(param)).copied()?
     }
 
     /// Tokens that continue `prefix` as a span of some run, whether `prefix` may end here (it
-    /// is a whole-word span somewhere) and whether it is a whole run. An empty prefix may start
-    /// at any word start.
-    fn next(&self, prefix: &[u32]) -> (Vec<u32>, bool, bool) {
+    /// is a whole-word span somewhere, of the value's `shape`) and whether it is a whole run.
+    /// An empty prefix may start at any word start.
+    fn next(&self, prefix: &[u32], shape: SpanShape) -> (Vec<u32>, bool, bool) {
         let lx = &self.lexicon;
+        // Digits-shaped values take no token with a letter and start with a digit; word-shaped
+        // ones may end only once they have a letter.
+        let fits = |t: u32, first: bool| match shape {
+            SpanShape::Digits => {
+                !lx.lettered[t as usize] && (!first || lx.starts_digit[t as usize])
+            }
+            _ => true,
+        };
+        let shaped_end =
+            shape != SpanShape::Words || prefix.iter().any(|&t| lx.lettered[t as usize]);
         let mut next = Vec::new();
         let mut can_end = false;
         let mut whole = false;
@@ -208,7 +228,11 @@ impl SpanSource {
         for run in &self.runs {
             if prefix.is_empty() {
                 for &t in run {
-                    if lx.starts_word[t as usize] && !lx.breaks[t as usize] && !next.contains(&t) {
+                    if lx.starts_word[t as usize]
+                        && !lx.breaks[t as usize]
+                        && fits(t, true)
+                        && !next.contains(&t)
+                    {
                         next.push(t);
                     }
                 }
@@ -224,16 +248,20 @@ impl SpanSource {
                 let end = i + prefix.len();
                 match run.get(end) {
                     None => {
-                        can_end = true;
-                        whole |= i == 0;
+                        can_end |= shaped_end;
+                        whole |= i == 0 && shaped_end;
                     }
                     Some(&t) => {
                         let t_us = t as usize;
                         if !lx.continues_word[t_us] {
-                            can_end = true;
+                            can_end |= shaped_end;
                         }
                         let crosses_sentence = sentence_end && lx.starts_word[t_us];
-                        if !lx.breaks[t_us] && !crosses_sentence && !next.contains(&t) {
+                        if !lx.breaks[t_us]
+                            && !crosses_sentence
+                            && fits(t, false)
+                            && !next.contains(&t)
+                        {
                             next.push(t);
                         }
                     }
@@ -325,13 +353,14 @@ impl CallState {
         }
     }
 
-    /// The span source, when the current value is decoded as a span.
-    fn span_here(&self) -> Option<&SpanSource> {
+    /// The span source and the value's shape, when the current value is decoded as a span.
+    fn span_here(&self) -> Option<(&SpanSource, SpanShape)> {
         let Phase::Value(p) = self.phase else {
             return None;
         };
         let spans = self.spans.as_ref()?;
-        (!self.free_value && spans.is_span_param(self.func?, p)).then_some(spans)
+        let shape = spans.shape(self.func?, p)?;
+        (!self.free_value).then_some((spans, shape))
     }
 
     /// Whether the call is complete.
@@ -428,8 +457,8 @@ impl CallState {
                         Allowed::Only(next)
                     }
                     ValueKind::Free if self.span_here().is_some() => {
-                        let spans = self.span_here().expect("checked");
-                        let (mut tokens, can_end, whole) = spans.next(&self.item);
+                        let (spans, shape) = self.span_here().expect("checked");
+                        let (mut tokens, can_end, whole) = spans.next(&self.item, shape);
                         let full = self.item.len() >= lim.max_value_tokens || wrap_up;
                         if full {
                             tokens.clear();
@@ -534,8 +563,8 @@ impl CallState {
             Phase::Value(p) => {
                 // A first token that starts no span: the model chose to write this value freely.
                 if self.item.is_empty() && token != tpl.sp.arg && token != tpl.sp.end {
-                    if let Some(spans) = self.span_here() {
-                        if !spans.next(&[]).0.contains(&token) {
+                    if let Some((spans, shape)) = self.span_here() {
+                        if !spans.next(&[], shape).0.contains(&token) {
                             self.free_value = true;
                         }
                     }

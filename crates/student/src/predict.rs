@@ -14,13 +14,13 @@ use crate::template::{ChatTemplate, Prompt};
 use crate::Progress;
 
 /// Predicts one call per pair. Pairs are decoded in batches of similar prompt length; the
-/// arguments in `span_params` (function → names) are decoded as spans of the conversation.
+/// arguments in `span_params` are decoded as spans of the conversation.
 pub fn predict(
     model: &Tiny,
     tpl: &ChatTemplate,
     pairs: &[EvalPair],
     p: &PredictParams,
-    span_params: &std::collections::BTreeMap<String, Vec<String>>,
+    span_params: &crate::train::SpanParams,
     dev: Device,
     progress: &mut dyn FnMut(Progress),
 ) -> (Vec<ToolCall>, Value) {

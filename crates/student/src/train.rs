@@ -31,9 +31,26 @@ pub struct SavedConfig {
     /// The reference date texts were normalized against (as in training).
     #[serde(default)]
     pub reference_date: Option<String>,
-    /// Per function, the arguments decoded as spans of the conversation (see [`span_params`]).
+    /// Per function, the arguments decoded as spans of the conversation and the shape of their
+    /// values (see [`span_params`]).
     #[serde(default)]
-    pub span_params: BTreeMap<String, Vec<String>>,
+    pub span_params: SpanParams,
+}
+
+/// Per function, per span argument, the shape its training values had.
+pub type SpanParams = BTreeMap<String, BTreeMap<String, SpanShape>>;
+
+/// What every training value of a span argument looked like: decoding keeps to it, so a time
+/// is never copied from a city's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpanShape {
+    /// No letters (`19:30`, `2019-03-08`).
+    Digits,
+    /// At least one letter (names, cities).
+    Words,
+    /// Both kinds occurred.
+    Any,
 }
 
 /// Share of training calls whose value must be a copy of the conversation for an argument to be
@@ -45,10 +62,7 @@ pub const SPAN_RATE: f64 = 0.5;
 /// conversation before the call (after time and date normalization): names, cities and times
 /// the user or a result said. Data-driven, so a schema's descriptive free-text argument (a note,
 /// a query) is not forced into a span.
-pub fn span_params(
-    tpl: &ChatTemplate,
-    conversations: &[Conversation],
-) -> BTreeMap<String, Vec<String>> {
+pub fn span_params(tpl: &ChatTemplate, conversations: &[Conversation]) -> SpanParams {
     let free: Vec<(String, String)> = tpl
         .functions
         .iter()
@@ -60,7 +74,8 @@ pub fn span_params(
                 .map(|p| (f.name.clone(), p.key.clone()))
         })
         .collect();
-    let mut counts: BTreeMap<(String, String), (usize, usize)> = BTreeMap::new();
+    // Per argument: calls, values found in the conversation, values with a letter.
+    let mut counts: BTreeMap<(String, String), (usize, usize, usize)> = BTreeMap::new();
     for c in conversations {
         let mut seen = String::new();
         for m in &c.messages {
@@ -87,6 +102,7 @@ pub fn span_params(
                                 let e = counts.entry(key).or_default();
                                 e.0 += 1;
                                 e.1 += usize::from(seen.contains(text.trim()));
+                                e.2 += usize::from(text.chars().any(char::is_alphabetic));
                             }
                         }
                     }
@@ -95,10 +111,15 @@ pub fn span_params(
             }
         }
     }
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for ((f, k), (n, hits)) in counts {
+    let mut out = SpanParams::new();
+    for ((f, k), (n, hits, lettered)) in counts {
         if n >= 5 && hits as f64 >= SPAN_RATE * n as f64 {
-            out.entry(f).or_default().push(k);
+            let shape = match lettered {
+                0 => SpanShape::Digits,
+                l if l == n => SpanShape::Words,
+                _ => SpanShape::Any,
+            };
+            out.entry(f).or_default().insert(k, shape);
         }
     }
     out
@@ -374,7 +395,7 @@ pub fn save(
     cfg: &TinyConfig,
     max_records: usize,
     reference_date: Option<&str>,
-    span_params: &BTreeMap<String, Vec<String>>,
+    span_params: &SpanParams,
     out: &Path,
 ) -> Result<(), WorkerError> {
     std::fs::create_dir_all(out).map_err(|e| WorkerError::io(out, e))?;

@@ -107,11 +107,15 @@ fn windows_keep_the_header_and_cover_every_call_once() {
 fn span_arguments_are_copied_from_the_prompt_unless_the_model_insists() {
     use std::collections::BTreeMap;
     use tracelab_student::grammar::{digit_tokens, pick, CallState, Limits, SpanSetup};
+    use tracelab_student::train::SpanShape;
 
     let (tpl, messages) = setup();
     let prompt = tpl.prompt(&messages[..1], 128, 41);
-    let spans: BTreeMap<String, Vec<String>> =
-        [("FindRestaurants".to_string(), vec!["city".to_string()])].into();
+    let spans: BTreeMap<String, BTreeMap<String, SpanShape>> = [(
+        "FindRestaurants".to_string(),
+        [("city".to_string(), SpanShape::Words)].into(),
+    )]
+    .into();
     let setup = SpanSetup::new(&tpl, &spans);
     let lim = Limits {
         max_value_tokens: 12,
