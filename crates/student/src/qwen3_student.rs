@@ -31,7 +31,7 @@ use crate::hf::{self, HfModelDir};
 use crate::json_call::{CallLayout, JsonCallState, JsonLimits, JsonSchema, TokenBytes};
 use crate::lora::LoraConfig;
 use crate::qwen3::{causal_lm_loss, KvCache, Qwen3, IGNORE_INDEX};
-use crate::train::{device, lr_at, plan_batches, round4};
+use crate::train::{device, lr_at, plan_batches, LossLog};
 use crate::{Progress, WorkerError};
 
 /// The file in a saved `model/` that says it is a `qwen3` student and how it was saved.
@@ -189,12 +189,9 @@ pub fn train(
     let accum = p.grad_accum.max(1);
     let total_steps = total_micro.div_ceil(accum);
 
-    let started = Instant::now();
+    let mut log = LossLog::new(total_steps);
     let mut queue: Vec<Vec<usize>> = Vec::new();
-    let mut curve: Vec<Value> = Vec::new();
-    let (mut tokens_seen, mut micro) = (0usize, 0usize);
-    let (mut window_loss, mut window_n) = (0f64, 0usize);
-    let report_every = (total_steps / 40).max(1);
+    let mut micro = 0usize;
     for step in 0..total_steps {
         opt.set_lr(lr_at(p, step, total_steps));
         let mut group = Vec::new();
@@ -218,7 +215,7 @@ pub fn train(
                 loss
             };
             step_loss += loss.double_value(&[]) / group.len() as f64;
-            tokens_seen += real;
+            log.tokens_seen += real;
         }
         // Micro-batches count equally: average their gradients (checkpointed backward has no
         // loss to scale, so the gradients are scaled instead).
@@ -235,24 +232,8 @@ pub fn train(
         opt.clip_grad_norm(p.grad_clip);
         opt.step();
         opt.zero_grad();
-        window_loss += step_loss;
-        window_n += 1;
-        if (step + 1) % report_every == 0 || step + 1 == total_steps {
-            let secs = started.elapsed().as_secs_f64();
-            let tps = tokens_seen as f64 / secs.max(1e-9);
-            let avg = window_loss / window_n as f64;
-            curve.push(json!({"step": step + 1, "loss": round4(avg)}));
-            let eta = secs / (step + 1) as f64 * (total_steps - step - 1) as f64;
-            progress(Progress {
-                done: (step + 1) as u64,
-                total: Some(total_steps as u64),
-                message: format!("loss {avg:.3}, {:.1}k tok/s, ETA {eta:.0}s", tps / 1000.0),
-            });
-            window_loss = 0.0;
-            window_n = 0;
-        }
+        log.step(step, step_loss, progress);
     }
-    let secs = started.elapsed().as_secs_f64();
 
     let base_abs = std::fs::canonicalize(base).map_err(|e| WorkerError::io(base, e))?;
     match p.save {
@@ -282,23 +263,21 @@ pub fn train(
         &serde_json::to_value(&sidecar).expect("sidecar serializes"),
     )
     .map_err(invalid)?;
-    Ok(json!({
-        "family": "qwen3",
-        "base_parameters": model.config.parameter_count(),
-        "trainable_parameters": lora.parameter_count(),
-        "conversations": examples.len(),
-        "too_long": too_long,
-        "messages_cut": cut_messages,
-        "steps": total_steps,
-        "train_tokens": tokens_seen,
-        "train_seconds": round4(secs),
-        "tokens_per_second": (tokens_seen as f64 / secs.max(1e-9)).round(),
-        "final_loss": curve.last().map(|c| c["loss"].clone()).unwrap_or(Value::Null),
-        "loss_curve": curve,
-        "device": format!("{dev:?}"),
-        "dtype": format!("{kind:?}"),
-        "save": sidecar.save,
-    }))
+    let mut stats = log.stats();
+    for (k, v) in [
+        ("family", json!("qwen3")),
+        ("base_parameters", json!(model.config.parameter_count())),
+        ("trainable_parameters", json!(lora.parameter_count())),
+        ("conversations", json!(examples.len())),
+        ("too_long", json!(too_long)),
+        ("messages_cut", json!(cut_messages)),
+        ("device", json!(format!("{dev:?}"))),
+        ("dtype", json!(format!("{kind:?}"))),
+        ("save", json!(sidecar.save)),
+    ] {
+        stats.insert(k.into(), v);
+    }
+    Ok(Value::Object(stats))
 }
 
 /// Loads a saved qwen3 student for prediction: the merged checkpoint, or the base with the

@@ -309,12 +309,9 @@ pub fn train(
     let total_steps = total_micro.div_ceil(accum);
     let lr_at = |step: usize| lr_at(p, step, total_steps);
 
-    let started = Instant::now();
+    let mut log = LossLog::new(total_steps);
     let mut queue: Vec<Vec<usize>> = Vec::new();
-    let mut curve: Vec<Value> = Vec::new();
-    let (mut tokens_seen, mut micro) = (0usize, 0usize);
-    let (mut window_loss, mut window_n) = (0f64, 0usize);
-    let report_every = (total_steps / 40).max(1);
+    let mut micro = 0usize;
     for step in 0..total_steps {
         opt.set_lr(lr_at(step));
         let mut group = Vec::new();
@@ -345,43 +342,99 @@ pub fn train(
             let w = b.n_targets as f64 / n_all.max(1) as f64;
             (&loss * w).backward();
             step_loss += loss.double_value(&[]) * w;
-            tokens_seen += b.real_tokens;
+            log.tokens_seen += b.real_tokens;
         }
         opt.clip_grad_norm(p.grad_clip);
         opt.step();
         opt.zero_grad();
-        window_loss += step_loss;
-        window_n += 1;
-        if (step + 1) % report_every == 0 || step + 1 == total_steps {
-            let secs = started.elapsed().as_secs_f64();
-            let tps = tokens_seen as f64 / secs.max(1e-9);
-            let avg = window_loss / window_n as f64;
-            curve.push(json!({"step": step + 1, "loss": round4(avg)}));
-            let eta = secs / (step + 1) as f64 * (total_steps - step - 1) as f64;
-            progress(Progress {
-                done: (step + 1) as u64,
-                total: Some(total_steps as u64),
-                message: format!("loss {avg:.3}, {:.1}k tok/s, ETA {eta:.0}s", tps / 1000.0),
-            });
-            window_loss = 0.0;
-            window_n = 0;
-        }
+        log.step(step, step_loss, progress);
     }
-    let secs = started.elapsed().as_secs_f64();
     let spans = span_params(tpl, conversations);
     save(&vs, &cfg, p.max_records, reference_date, &spans, out)?;
-    Ok(json!({
-        "parameters": n_params,
-        "windows": windows.len(),
-        "steps": total_steps,
-        "train_tokens": tokens_seen,
-        "train_seconds": round4(secs),
-        "tokens_per_second": (tokens_seen as f64 / secs.max(1e-9)).round(),
-        "final_loss": curve.last().map(|c| c["loss"].clone()).unwrap_or(Value::Null),
-        "span_params": spans,
-        "loss_curve": curve,
-        "device": format!("{dev:?}"),
-    }))
+    let mut stats = log.stats();
+    stats.insert("parameters".into(), json!(n_params));
+    stats.insert("windows".into(), json!(windows.len()));
+    stats.insert("span_params".into(), json!(spans));
+    stats.insert("device".into(), json!(format!("{dev:?}")));
+    Ok(Value::Object(stats))
+}
+
+/// The bookkeeping both families' training loops share: per-window mean loss, the loss curve
+/// for the manifest, tokens/s and ETA progress lines about 40 times a run.
+pub struct LossLog {
+    started: Instant,
+    total_steps: usize,
+    report_every: usize,
+    window_loss: f64,
+    window_n: usize,
+    /// Tokens trained on so far.
+    pub tokens_seen: usize,
+    /// `{"step", "loss"}` points.
+    pub curve: Vec<Value>,
+}
+
+impl LossLog {
+    /// Starts the clock for a run of `total_steps` optimizer steps.
+    pub fn new(total_steps: usize) -> LossLog {
+        LossLog {
+            started: Instant::now(),
+            total_steps,
+            report_every: (total_steps / 40).max(1),
+            window_loss: 0.0,
+            window_n: 0,
+            tokens_seen: 0,
+            curve: Vec::new(),
+        }
+    }
+
+    /// Records optimizer step `step` (0-based) and its loss; reports progress at window ends.
+    pub fn step(&mut self, step: usize, loss: f64, progress: &mut dyn FnMut(Progress)) {
+        self.window_loss += loss;
+        self.window_n += 1;
+        if !(step + 1).is_multiple_of(self.report_every) && step + 1 != self.total_steps {
+            return;
+        }
+        let secs = self.seconds();
+        let tps = self.tokens_seen as f64 / secs.max(1e-9);
+        let avg = self.window_loss / self.window_n as f64;
+        self.curve
+            .push(json!({"step": step + 1, "loss": round4(avg)}));
+        let eta = secs / (step + 1) as f64 * (self.total_steps - step - 1) as f64;
+        progress(Progress {
+            done: (step + 1) as u64,
+            total: Some(self.total_steps as u64),
+            message: format!("loss {avg:.3}, {:.1}k tok/s, ETA {eta:.0}s", tps / 1000.0),
+        });
+        self.window_loss = 0.0;
+        self.window_n = 0;
+    }
+
+    /// Seconds since the start.
+    pub fn seconds(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// The statistics every training reports: steps, tokens, time, speed, final loss and curve.
+    pub fn stats(&self) -> serde_json::Map<String, Value> {
+        let secs = self.seconds();
+        let mut m = serde_json::Map::new();
+        m.insert("steps".into(), json!(self.total_steps));
+        m.insert("train_tokens".into(), json!(self.tokens_seen));
+        m.insert("train_seconds".into(), json!(round4(secs)));
+        m.insert(
+            "tokens_per_second".into(),
+            json!((self.tokens_seen as f64 / secs.max(1e-9)).round()),
+        );
+        m.insert(
+            "final_loss".into(),
+            self.curve
+                .last()
+                .map(|c| c["loss"].clone())
+                .unwrap_or(Value::Null),
+        );
+        m.insert("loss_curve".into(), Value::Array(self.curve.clone()));
+        m
+    }
 }
 
 /// `x` rounded to four decimals (for statistics).
