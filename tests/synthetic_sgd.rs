@@ -182,8 +182,11 @@ fn five_scenarios_on_sgd() {
     );
     eprintln!("hotel-only values checked: {}", hotel_only.len());
 
-    // Values are copied: every non-flag argument value of every service call was said verbatim
-    // earlier, by the user or in a tool result (a restaurant name the search returned).
+    // Values are copied: every non-flag argument value of every service call was said earlier,
+    // by the user, in a tool result (a restaurant name the search returned) or by the assistant
+    // proposing a default the user accepted, verbatim or in a spoken form ("7 pm" for 19:00,
+    // "tomorrow" for a date, "four" for 4).
+    let spoken = tracelab::teacher::spoken::Spoken::new(&TaskSettings::default().reference_date);
     for c in clean
         .accepted
         .iter()
@@ -197,16 +200,22 @@ fn five_scenarios_on_sgd() {
                 Message::Tool { content, .. } => said.push_str(content),
                 Message::Assistant { tool_calls, .. } => {
                     for call in tool_calls {
-                        if call.name != "respond_to_user" {
-                            for (k, v) in &call.arguments {
-                                let v = v.as_str().unwrap();
-                                if !["True", "False"].contains(&v) {
-                                    assert!(
-                                        said.contains(v),
-                                        "{}: {k}={v} not said before the call",
-                                        c.id
-                                    );
-                                }
+                        if call.name == "respond_to_user" {
+                            said.push_str(call.arguments["message"].as_str().unwrap());
+                            continue;
+                        }
+                        let lower = said.to_lowercase();
+                        for (k, v) in &call.arguments {
+                            let v = v.as_str().unwrap();
+                            if !["True", "False"].contains(&v) {
+                                assert!(
+                                    spoken
+                                        .forms(v)
+                                        .iter()
+                                        .any(|f| lower.contains(&f.to_lowercase())),
+                                    "{}: {k}={v} not said before the call",
+                                    c.id
+                                );
                             }
                         }
                     }
