@@ -80,7 +80,9 @@ impl Step for Generate {
         // 3: users change a value at the confirmation; some bookings fail.
         // 4: repeated searches are asked for in phrasings traces used to search again.
         // 5: yes/no questions about a result's flags; learned requests for another result.
-        5
+        // 6: no made-up result counts; booking requests that do not name the place; more
+        // changes at the confirmation.
+        6
     }
     fn about(&self) -> &'static str {
         "write synthetic conversations with a teacher (offline simulator or an LLM) from filtered traces"

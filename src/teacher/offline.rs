@@ -1510,7 +1510,7 @@ impl OfflineTeacher {
             } else {
                 0
             };
-            let change = book && rng.random_bool(0.25);
+            let change = book && rng.random_bool(0.35);
             let tail = if book {
                 7 + 2 * asked_tx + 2 * usize::from(change)
             } else {
@@ -1759,9 +1759,12 @@ impl OfflineTeacher {
             let (asked_tx, in_request) = extra.split_at(plan.asked_tx);
             let mut request: Vec<(String, String)> = in_request.to_vec();
             request.extend(opt_said);
+            // Users often ask to book without naming the place just presented.
             if let Some(e) = &entity {
                 if let Some(name) = record.get(e) {
-                    request.insert(0, (e.clone(), name.clone()));
+                    if w.rng.random_bool(0.6) {
+                        request.insert(0, (e.clone(), name.clone()));
+                    }
                 }
             }
             let lead = [
@@ -1971,8 +1974,10 @@ impl OfflineTeacher {
             .unwrap_or_else(|| "one option".into());
         let builtin = if first {
             vec![
-                format!("I found {count} options. How about {name}?"),
-                format!("There are {count} results. {name} is a good choice."),
+                // No count: the student sees two records and "+N more", and a made-up count is
+                // a contradiction (learned phrasings keep theirs, filled with the true count).
+                format!("I found a few options. How about {name}?"),
+                format!("{name} is a good choice."),
             ]
         } else {
             vec![
