@@ -40,17 +40,17 @@ pub enum Allowed {
     },
     /// A token of digits, or one of these.
     Digits(Vec<u32>),
-    /// A span value: one of `tokens` (span continuations and closers); at a value's first token
-    /// also `free`, taken only when the model prefers it by [`FREE_MARGIN`].
+    /// A span value: a continuation of the span or a closer; at a value's first token (`free`)
+    /// also any ordinary token, taken only when the model prefers it by [`FREE_MARGIN`].
     Span {
-        /// Continuations of the span and the closers allowed now.
-        tokens: Vec<u32>,
+        /// Tokens that continue the span.
+        continuations: Vec<u32>,
+        /// Closers allowed now.
+        closers: Vec<u32>,
         /// Closers get [`WHOLE_BONUS`]: the value so far is a whole copyable unit.
         whole: bool,
-        /// Closers among `tokens`.
-        closers: Vec<u32>,
-        /// What free text would allow (first token only).
-        free: Option<Box<Allowed>>,
+        /// The value may still be written freely instead.
+        free: bool,
     },
 }
 
@@ -206,19 +206,23 @@ impl SpanSource {
         self.params.get(func).and_then(|p| p.get(param)).copied()?
     }
 
+    /// Whether token `t` may begin a span value of `shape`: it starts a word, holds no break
+    /// and, for digits-shaped values, starts with a digit.
+    fn can_start(&self, t: u32, shape: SpanShape) -> bool {
+        let lx = &self.lexicon;
+        let t = t as usize;
+        lx.starts_word[t]
+            && !lx.breaks[t]
+            && (shape != SpanShape::Digits || (!lx.lettered[t] && lx.starts_digit[t]))
+    }
+
     /// Tokens that continue `prefix` as a span of some run, whether `prefix` may end here (it
     /// is a whole-word span somewhere, of the value's `shape`) and whether it is a whole run.
     /// An empty prefix may start at any word start.
     fn next(&self, prefix: &[u32], shape: SpanShape) -> (Vec<u32>, bool, bool) {
         let lx = &self.lexicon;
-        // Digits-shaped values take no token with a letter and start with a digit; word-shaped
-        // ones may end only once they have a letter.
-        let fits = |t: u32, first: bool| match shape {
-            SpanShape::Digits => {
-                !lx.lettered[t as usize] && (!first || lx.starts_digit[t as usize])
-            }
-            _ => true,
-        };
+        // Digits-shaped values take no token with a letter; word-shaped ones may end only once
+        // they have a letter.
         let shaped_end =
             shape != SpanShape::Words || prefix.iter().any(|&t| lx.lettered[t as usize]);
         let mut next = Vec::new();
@@ -227,15 +231,7 @@ impl SpanSource {
         let sentence_end = lx.ends_sentence(prefix);
         for run in &self.runs {
             if prefix.is_empty() {
-                for &t in run {
-                    if lx.starts_word[t as usize]
-                        && !lx.breaks[t as usize]
-                        && fits(t, true)
-                        && !next.contains(&t)
-                    {
-                        next.push(t);
-                    }
-                }
+                next.extend(run.iter().copied().filter(|&t| self.can_start(t, shape)));
                 continue;
             }
             if run.len() < prefix.len() {
@@ -257,18 +253,22 @@ impl SpanSource {
                             can_end |= shaped_end;
                         }
                         let crosses_sentence = sentence_end && lx.starts_word[t_us];
-                        if !lx.breaks[t_us]
-                            && !crosses_sentence
-                            && fits(t, false)
-                            && !next.contains(&t)
-                        {
+                        let fits = shape != SpanShape::Digits || !lx.lettered[t_us];
+                        if !lx.breaks[t_us] && !crosses_sentence && fits {
                             next.push(t);
                         }
                     }
                 }
             }
         }
-        (next, can_end, whole)
+        // Distinct, in prompt order (the order breaks ties between equally likely tokens).
+        let mut distinct = Vec::with_capacity(next.len());
+        for t in next {
+            if !distinct.contains(&t) {
+                distinct.push(t);
+            }
+        }
+        (distinct, can_end, whole)
     }
 }
 
@@ -458,33 +458,29 @@ impl CallState {
                     }
                     ValueKind::Free if self.span_here().is_some() => {
                         let (spans, shape) = self.span_here().expect("checked");
-                        let (mut tokens, can_end, whole) = spans.next(&self.item, shape);
+                        let (mut continuations, can_end, whole) = spans.next(&self.item, shape);
                         let full = self.item.len() >= lim.max_value_tokens || wrap_up;
                         if full {
-                            tokens.clear();
+                            continuations.clear();
                         }
-                        let mut closers = Vec::new();
-                        if !self.item.is_empty() && (can_end || full || tokens.is_empty()) {
-                            closers = self.closers(tpl, f, wrap_up);
-                            tokens.extend(closers.iter().copied());
-                        }
-                        let free = self.item.is_empty().then(|| {
-                            Box::new(Allowed::Text {
+                        let first = self.item.is_empty();
+                        if first && continuations.is_empty() {
+                            // Nothing in the prompt to copy: write freely.
+                            return Allowed::Text {
                                 closers: Vec::new(),
                                 banned: Vec::new(),
-                            })
-                        });
-                        if tokens.is_empty() {
-                            // Nothing in the prompt to copy: write freely.
-                            return *free.unwrap_or_else(|| {
-                                Box::new(Allowed::Only(self.closers(tpl, f, wrap_up)))
-                            });
+                            };
                         }
+                        let closers = if !first && (can_end || full || continuations.is_empty()) {
+                            self.closers(tpl, f, wrap_up)
+                        } else {
+                            Vec::new()
+                        };
                         Allowed::Span {
-                            tokens,
-                            whole,
+                            continuations,
                             closers,
-                            free,
+                            whole,
+                            free: first,
                         }
                     }
                     ValueKind::Free | ValueKind::Integer => {
@@ -564,7 +560,8 @@ impl CallState {
                 // A first token that starts no span: the model chose to write this value freely.
                 if self.item.is_empty() && token != tpl.sp.arg && token != tpl.sp.end {
                     if let Some((spans, shape)) = self.span_here() {
-                        if !spans.next(&[], shape).0.contains(&token) {
+                        let in_prompt = spans.runs.iter().any(|r| r.contains(&token));
+                        if !(in_prompt && spans.can_start(token, shape)) {
                             self.free_value = true;
                         }
                     }
@@ -620,45 +617,41 @@ fn choice_len(kind: &ValueKind) -> usize {
 /// Picks the best allowed token from log-probabilities `scores` (one row of length V).
 pub fn pick(allowed: &Allowed, scores: &[f32], tpl: &ChatTemplate, digit: &[bool]) -> u32 {
     let mut best = (f32::NEG_INFINITY, tpl.sp.pad);
-    let mut consider = |t: u32| {
-        let s = scores[t as usize];
+    let mut consider = |t: u32, bonus: f32| {
+        let s = scores[t as usize] + bonus;
         if s > best.0 || best.0 == f32::NEG_INFINITY && best.1 == tpl.sp.pad {
             best = (s, t);
         }
     };
     match allowed {
-        Allowed::Only(list) => list.iter().copied().for_each(&mut consider),
+        Allowed::Only(list) => list.iter().for_each(|&t| consider(t, 0.0)),
         Allowed::Text { closers, banned } => {
             (0..scores.len())
                 .filter(|&t| !tpl.is_special[t] && !banned.contains(&(t as u32)))
-                .for_each(|t| consider(t as u32));
-            closers.iter().copied().for_each(&mut consider);
+                .for_each(|t| consider(t as u32, 0.0));
+            closers.iter().for_each(|&t| consider(t, 0.0));
         }
         Allowed::Digits(extra) => {
             (0..scores.len())
                 .filter(|&t| digit[t])
-                .for_each(|t| consider(t as u32));
-            extra.iter().copied().for_each(&mut consider);
+                .for_each(|t| consider(t as u32, 0.0));
+            extra.iter().for_each(|&t| consider(t, 0.0));
         }
         Allowed::Span {
-            tokens,
-            whole,
+            continuations,
             closers,
+            whole,
             free,
         } => {
-            for &t in tokens {
-                let bonus = if *whole && closers.contains(&t) {
-                    WHOLE_BONUS
-                } else {
-                    0.0
+            continuations.iter().for_each(|&t| consider(t, 0.0));
+            let bonus = if *whole { WHOLE_BONUS } else { 0.0 };
+            closers.iter().for_each(|&t| consider(t, bonus));
+            if *free {
+                let any = Allowed::Text {
+                    closers: Vec::new(),
+                    banned: Vec::new(),
                 };
-                let s = scores[t as usize] + bonus;
-                if s > best.0 || best.0 == f32::NEG_INFINITY && best.1 == tpl.sp.pad {
-                    best = (s, t);
-                }
-            }
-            if let Some(free) = free {
-                let alt = pick(free, scores, tpl, digit);
+                let alt = pick(&any, scores, tpl, digit);
                 if scores[alt as usize] > best.0 + FREE_MARGIN {
                     return alt;
                 }
