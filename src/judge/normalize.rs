@@ -38,7 +38,8 @@ pub fn words(s: &str) -> Vec<String> {
 
 // ---- Numbers -------------------------------------------------------------------------------------
 
-const UNITS: [&str; 20] = [
+/// Number words from zero to nineteen, indexed by their value.
+pub const UNITS: [&str; 20] = [
     "zero",
     "one",
     "two",

@@ -26,6 +26,8 @@ use serde_json::{Map, Value};
 use super::spoken::{format_date, parse_date, Spoken};
 use super::{Context, Failure, Job, Outcome, Teacher, TeacherError};
 use crate::conversation::{Conversation, Message, ToolCall};
+use crate::dates::{MONTHS, WEEKDAYS};
+use crate::judge::normalize::UNITS;
 use crate::tools::{Function, FunctionKind, ToolSet};
 
 /// A result record: field name → value as text (SGD results are all strings).
@@ -760,19 +762,9 @@ struct Guards {
 
 /// Words that carry a value said in a form no call uses ("at one in the afternoon", "for two",
 /// "next Thursday"): a template keeping one would contradict the values refilled around it.
+/// Besides these: number words up to twelve, weekday names and month names but "may" (a verb
+/// far more often than a month).
 const VALUE_WORDS: &[&str] = &[
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-    "eleven",
-    "twelve",
     "half",
     "quarter",
     "noon",
@@ -786,27 +778,16 @@ const VALUE_WORDS: &[&str] = &[
     "tomorrow",
     "yesterday",
     "weekend",
-    "monday",
-    "tuesday",
-    "wednesday",
-    "thursday",
-    "friday",
-    "saturday",
-    "sunday",
-    "january",
-    "february",
-    "march",
-    "april",
-    "june",
-    "july",
-    "august",
-    "september",
-    "october",
-    "november",
-    "december",
     "o'clock",
     "pm",
 ];
+
+fn is_value_word(w: &str) -> bool {
+    VALUE_WORDS.contains(&w)
+        || UNITS[1..=12].contains(&w)
+        || WEEKDAYS.contains(&w)
+        || (w != "may" && MONTHS.contains(&w))
+}
 
 impl Guards {
     /// No value-like leftovers, no value words, no flag talk, no proper noun that is not a known
@@ -819,10 +800,7 @@ impl Guards {
             .split(|c: char| !c.is_alphanumeric() && c != '\'' && c != '{' && c != '}')
             .filter(|w| !w.contains('{'))
             .map(|w| w.trim_matches('\'').to_lowercase());
-        if outside_words
-            .into_iter()
-            .any(|w| VALUE_WORDS.contains(&w.as_str()))
-        {
+        if outside_words.into_iter().any(|w| is_value_word(&w)) {
             return false;
         }
         let mut sentence_start = true;

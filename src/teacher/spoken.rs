@@ -17,11 +17,10 @@ use rand::seq::IndexedRandom;
 use rand::Rng;
 
 use crate::dates::{Date, MONTHS, WEEKDAYS};
+use crate::judge::normalize::UNITS;
 
-const NUMBER_WORDS: &[&str] = &[
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-    "eleven", "twelve",
-];
+/// Counts up to this are said in words too ("four"); larger ones only in digits.
+const MAX_WORDED: usize = 12;
 
 /// What a canonical value is, by its shape.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,9 +46,7 @@ fn shape(value: &str) -> Option<Shape> {
         return parse_date(value).map(Shape::Date);
     }
     match value.parse::<usize>() {
-        Ok(n) if (2..NUMBER_WORDS.len()).contains(&n) && !value.starts_with('0') => {
-            Some(Shape::Count(n))
-        }
+        Ok(n) if (2..=MAX_WORDED).contains(&n) && !value.starts_with('0') => Some(Shape::Count(n)),
         _ => None,
     }
 }
@@ -192,7 +189,7 @@ impl Spoken {
                     out.push(format!("the {}", ordinal(d)));
                 }
             }
-            Some(Shape::Count(n)) => out.push(NUMBER_WORDS[n].to_string()),
+            Some(Shape::Count(n)) => out.push(UNITS[n].to_string()),
             None => {}
         }
         out
@@ -252,7 +249,7 @@ impl Spoken {
                 }
                 f
             }
-            Shape::Count(n) => vec![n.to_string(), n.to_string(), NUMBER_WORDS[n].to_string()],
+            Shape::Count(n) => vec![n.to_string(), n.to_string(), UNITS[n].to_string()],
         };
         forms.choose(rng).expect("non-empty").clone()
     }
