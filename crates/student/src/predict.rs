@@ -38,8 +38,7 @@ pub fn predict(
     let digits = digit_tokens(tpl);
     let spans = SpanSetup::new(tpl, span_params);
     let mut out: Vec<Option<ToolCall>> = vec![None; pairs.len()];
-    let started = Instant::now();
-    let mut done = 0;
+    let mut log = PairLog::new(pairs.len());
     for chunk in order.chunks(p.batch_size.max(1)) {
         let batch: Vec<&Prompt> = chunk.iter().map(|&i| &prompts[i]).collect();
         let calls =
@@ -47,26 +46,58 @@ pub fn predict(
         for (&i, c) in chunk.iter().zip(calls) {
             out[i] = Some(c);
         }
-        done += chunk.len();
-        progress(Progress {
-            done: done as u64,
-            total: Some(pairs.len() as u64),
-            message: format!(
-                "{:.1} pairs/s",
-                done as f64 / started.elapsed().as_secs_f64().max(1e-9)
-            ),
-        });
+        log.batch(chunk.len(), progress);
     }
-    let secs = started.elapsed().as_secs_f64();
-    let stats = json!({
-        "pairs": pairs.len(),
-        "predict_seconds": (secs * 100.0).round() / 100.0,
-        "pairs_per_second": ((pairs.len() as f64 / secs.max(1e-9)) * 100.0).round() / 100.0,
-    });
+    let stats = Value::Object(log.stats());
     (
         out.into_iter().map(|c| c.expect("decoded")).collect(),
         stats,
     )
+}
+
+/// Progress lines (pairs/s) and timing statistics of a prediction run, shared by both families.
+pub struct PairLog {
+    started: Instant,
+    total: usize,
+    done: usize,
+}
+
+impl PairLog {
+    /// Starts the clock for `total` pairs.
+    pub fn new(total: usize) -> PairLog {
+        PairLog {
+            started: Instant::now(),
+            total,
+            done: 0,
+        }
+    }
+
+    /// Records `n` more decoded pairs and reports progress.
+    pub fn batch(&mut self, n: usize, progress: &mut dyn FnMut(Progress)) {
+        self.done += n;
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        progress(Progress {
+            done: self.done as u64,
+            total: Some(self.total as u64),
+            message: format!("{:.1} pairs/s", self.done as f64 / secs),
+        });
+    }
+
+    /// `pairs`, `predict_seconds`, `pairs_per_second`.
+    pub fn stats(&self) -> serde_json::Map<String, Value> {
+        let secs = self.started.elapsed().as_secs_f64();
+        let mut m = serde_json::Map::new();
+        m.insert("pairs".into(), json!(self.total));
+        m.insert(
+            "predict_seconds".into(),
+            json!((secs * 100.0).round() / 100.0),
+        );
+        m.insert(
+            "pairs_per_second".into(),
+            json!(((self.total as f64 / secs.max(1e-9)) * 100.0).round() / 100.0),
+        );
+        m
+    }
 }
 
 /// Decodes one batch of prompts (each ends with `<|call|>`) into calls; with `spans`, span

@@ -13,11 +13,9 @@
 //! prefix ([`CallLayout`]) and decodes greedily with a KV cache, batched with left padding,
 //! under [`crate::json_call`]'s constraints, so every output is a call the tool schemas accept.
 
+use crate::predict::PairLog;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
@@ -31,7 +29,7 @@ use crate::hf::{self, HfModelDir};
 use crate::json_call::{CallLayout, JsonCallState, JsonLimits, JsonSchema, TokenBytes};
 use crate::lora::LoraConfig;
 use crate::qwen3::{causal_lm_loss, KvCache, Qwen3, IGNORE_INDEX};
-use crate::train::{device, lr_at, plan_batches, LossLog};
+use crate::train::{device, lr_at, LossLog, Schedule};
 use crate::{Progress, WorkerError};
 
 /// The file in a saved `model/` that says it is a `qwen3` student and how it was saved.
@@ -164,7 +162,6 @@ pub fn train(
     let dev = device(p.device)?;
     let kind = hf::default_kind(dev);
     tch::manual_seed(p.seed as i64);
-    let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
     let mut model = HfModelDir::open(base)
         .and_then(|d| d.load(dev, kind))
         .map_err(invalid)?;
@@ -184,25 +181,12 @@ pub fn train(
     let pad = pad_id(&tok);
 
     let lens: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
-    let per_epoch = plan_batches(&lens, p.batch_tokens, &mut rng.clone()).len();
-    let total_micro = ((per_epoch as f64) * p.epochs).ceil().max(1.0) as usize;
-    let accum = p.grad_accum.max(1);
-    let total_steps = total_micro.div_ceil(accum);
-
+    let mut schedule = Schedule::new(lens, p);
+    let total_steps = schedule.total_steps;
     let mut log = LossLog::new(total_steps);
-    let mut queue: Vec<Vec<usize>> = Vec::new();
-    let mut micro = 0usize;
     for step in 0..total_steps {
         opt.set_lr(lr_at(p, step, total_steps));
-        let mut group = Vec::new();
-        while group.len() < accum && micro < total_micro {
-            if queue.is_empty() {
-                queue = plan_batches(&lens, p.batch_tokens, &mut rng);
-                queue.reverse();
-            }
-            group.push(queue.pop().expect("refilled"));
-            micro += 1;
-        }
+        let group = schedule.next_step();
         let mut step_loss = 0f64;
         for ids in &group {
             let exs: Vec<&Example> = ids.iter().map(|&i| &examples[i]).collect();
@@ -366,8 +350,8 @@ pub fn predict(
     order.sort_by_key(|&i| prompts[i].len());
     let pad = pad_id(&tok);
     let mut out: Vec<Option<ToolCall>> = vec![None; pairs.len()];
-    let (mut done, mut unfinished) = (0usize, 0usize);
-    let started = Instant::now();
+    let mut unfinished = 0usize;
+    let mut log = PairLog::new(pairs.len());
     for chunk in order.chunks(p.batch_size.max(1)) {
         let batch: Vec<&[i64]> = chunk.iter().map(|&i| prompts[i].as_slice()).collect();
         let states = tch::no_grad(|| decode_batch(&model, &table, &schema, &batch, &lim, pad));
@@ -375,25 +359,13 @@ pub fn predict(
             unfinished += usize::from(!st.done());
             out[i] = Some(st.call(&schema));
         }
-        done += chunk.len();
-        progress(Progress {
-            done: done as u64,
-            total: Some(pairs.len() as u64),
-            message: format!(
-                "{:.1} pairs/s",
-                done as f64 / started.elapsed().as_secs_f64().max(1e-9)
-            ),
-        });
+        log.batch(chunk.len(), progress);
     }
-    let secs = started.elapsed().as_secs_f64();
-    let stats = json!({
-        "family": "qwen3",
-        "pairs": pairs.len(),
-        "unfinished_calls": unfinished,
-        "predict_seconds": (secs * 100.0).round() / 100.0,
-        "pairs_per_second": ((pairs.len() as f64 / secs.max(1e-9)) * 100.0).round() / 100.0,
-        "device": format!("{dev:?}"),
-    });
+    let mut stats = log.stats();
+    stats.insert("family".into(), json!("qwen3"));
+    stats.insert("unfinished_calls".into(), json!(unfinished));
+    stats.insert("device".into(), json!(format!("{dev:?}")));
+    let stats = Value::Object(stats);
     Ok((
         out.into_iter().map(|c| c.expect("decoded")).collect(),
         stats,

@@ -209,6 +209,54 @@ pub fn plan_batches(lens: &[usize], batch_tokens: usize, rng: &mut ChaCha8Rng) -
     batches
 }
 
+/// Which micro-batches each optimizer step trains on: `epochs` passes of length-bucketed
+/// batches ([`plan_batches`], replanned at every pass), `grad_accum` micro-batches a step.
+pub struct Schedule {
+    lens: Vec<usize>,
+    batch_tokens: usize,
+    rng: ChaCha8Rng,
+    queue: Vec<Vec<usize>>,
+    micro: usize,
+    total_micro: usize,
+    accum: usize,
+    /// Optimizer steps in the run.
+    pub total_steps: usize,
+}
+
+impl Schedule {
+    /// A schedule over examples of lengths `lens`; batch orders are drawn from `p.seed`.
+    pub fn new(lens: Vec<usize>, p: &TrainParams) -> Schedule {
+        let rng = ChaCha8Rng::seed_from_u64(p.seed);
+        let per_epoch = plan_batches(&lens, p.batch_tokens, &mut rng.clone()).len();
+        let total_micro = ((per_epoch as f64) * p.epochs).ceil().max(1.0) as usize;
+        let accum = p.grad_accum.max(1);
+        Schedule {
+            lens,
+            batch_tokens: p.batch_tokens,
+            rng,
+            queue: Vec::new(),
+            micro: 0,
+            total_micro,
+            accum,
+            total_steps: total_micro.div_ceil(accum),
+        }
+    }
+
+    /// The micro-batches (example indices) of the next optimizer step.
+    pub fn next_step(&mut self) -> Vec<Vec<usize>> {
+        let mut group = Vec::new();
+        while group.len() < self.accum && self.micro < self.total_micro {
+            if self.queue.is_empty() {
+                self.queue = plan_batches(&self.lens, self.batch_tokens, &mut self.rng);
+                self.queue.reverse();
+            }
+            group.push(self.queue.pop().expect("refilled"));
+            self.micro += 1;
+        }
+        group
+    }
+}
+
 /// The learning rate of optimizer step `step` of `total_steps`: linear warm-up over
 /// `warmup_steps` (at most half the run), then cosine decay to `min_lr_ratio` of the peak.
 pub fn lr_at(p: &TrainParams, step: usize, total_steps: usize) -> f64 {
@@ -263,7 +311,6 @@ pub fn train(
     }
     let dev = device(p.device)?;
     tch::manual_seed(p.seed as i64);
-    let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
     let windows: Vec<Window> = conversations
         .iter()
         .flat_map(|c| tpl.windows(&tpl.render(&c.messages), p.context as usize))
@@ -303,26 +350,12 @@ pub fn train(
     .build(&vs, p.lr)
     .map_err(|e| WorkerError::Torch(e.to_string()))?;
 
-    let per_epoch = plan_batches(&lens, p.batch_tokens, &mut rng.clone()).len();
-    let total_micro = ((per_epoch as f64) * p.epochs).ceil().max(1.0) as usize;
-    let accum = p.grad_accum.max(1);
-    let total_steps = total_micro.div_ceil(accum);
-    let lr_at = |step: usize| lr_at(p, step, total_steps);
-
+    let mut schedule = Schedule::new(lens, p);
+    let total_steps = schedule.total_steps;
     let mut log = LossLog::new(total_steps);
-    let mut queue: Vec<Vec<usize>> = Vec::new();
-    let mut micro = 0usize;
     for step in 0..total_steps {
-        opt.set_lr(lr_at(step));
-        let mut group = Vec::new();
-        while group.len() < accum && micro < total_micro {
-            if queue.is_empty() {
-                queue = plan_batches(&lens, p.batch_tokens, &mut rng);
-                queue.reverse();
-            }
-            group.push(queue.pop().expect("refilled"));
-            micro += 1;
-        }
+        opt.set_lr(lr_at(p, step, total_steps));
+        let group = schedule.next_step();
         let batches: Vec<Batch> = group
             .iter()
             .map(|ids| {
