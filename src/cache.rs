@@ -4,9 +4,10 @@
 //! A step's key is blake3 over a canonical JSON form of its kind, implementation version,
 //! canonical parameters, its inputs' *output* hashes (so a rerun that reproduces identical bytes
 //! stops invalidation there: early cut-off) and the content hashes of external files it reads.
-//! Entries live in `cache/<key>/` (`manifest.json` + `out/`). They are written in `cache/.tmp/`,
-//! fsynced and renamed into place, so a crash never leaves an entry a later run trusts; an entry
-//! that fails its checks is a miss, never an error.
+//! Entries live in `cache/<key>/` (`manifest.json` + `out/`). They are written in `cache/.tmp/`
+//! and renamed into place; the manifest, the commit mark, is written only once the outputs are
+//! durable, so a crash never leaves an entry a later run trusts; an entry that fails its checks
+//! (no manifest, a wrong one, missing files) is a miss, never an error.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -175,6 +176,43 @@ impl Drop for Pending {
     }
 }
 
+/// What [`Cache::expose`] found or did.
+#[derive(Debug)]
+pub enum Exposure {
+    /// Another run published this key meanwhile: its valid entry.
+    Existing(Manifest),
+    /// The outputs are in place and readable; the entry still needs [`Exposed::commit`].
+    New(Exposed),
+}
+
+/// An entry in place whose outputs are readable but not yet trusted (no manifest yet).
+#[derive(Debug)]
+pub struct Exposed {
+    dir: PathBuf,
+    /// The manifest it will be committed with (outputs and their hashes filled in).
+    pub manifest: Manifest,
+}
+
+impl Exposed {
+    /// Makes the outputs durable, then writes the manifest (through a synced temporary file
+    /// and a rename), which is what makes later runs trust the entry. A crash before the rename
+    /// leaves an entry without a manifest: a miss, replaced by the next run that computes it.
+    pub fn commit(self) -> Result<(), CacheError> {
+        sync_tree(&self.dir.join("out"))?;
+        tracing::debug!(dir = %self.dir.display(), "outputs synced");
+        let tmp = self.dir.join("manifest.json.tmp");
+        let text = serde_json::to_vec_pretty(&self.manifest).expect("manifest serializes");
+        let write = || -> io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            io::Write::write_all(&mut f, &text)?;
+            f.sync_data()
+        };
+        write().map_err(io_err(&tmp))?;
+        let path = self.dir.join("manifest.json");
+        fs::rename(&tmp, &path).map_err(io_err(&path))
+    }
+}
+
 /// A held file lock, released on drop.
 pub struct Lock(#[allow(dead_code)] File);
 
@@ -250,28 +288,35 @@ impl Cache {
         })
     }
 
-    /// Hashes the outputs, writes the manifest, fsyncs and renames the entry into place.
-    /// If another run published the same key meanwhile, theirs is kept (same content by
-    /// construction) and ours discarded.
-    pub fn publish(
-        &self,
-        pending: Pending,
-        mut manifest: Manifest,
-    ) -> Result<Manifest, CacheError> {
+    /// Hashes the outputs, makes them durable and commits the entry ([`Cache::expose`] then
+    /// [`Exposed::commit`]). If another run published the same key meanwhile, theirs is kept
+    /// (same content by construction) and ours discarded.
+    pub fn publish(&self, pending: Pending, manifest: Manifest) -> Result<Manifest, CacheError> {
+        match self.expose(pending, manifest)? {
+            Exposure::Existing(m) => Ok(m),
+            Exposure::New(e) => {
+                let m = e.manifest.clone();
+                e.commit()?;
+                Ok(m)
+            }
+        }
+    }
+
+    /// Hashes the outputs and renames the entry into place *without* its manifest: dependents
+    /// in this run may read its outputs at once, while no run trusts it (an entry without
+    /// `manifest.json` is a miss) until [`Exposed::commit`] has made the outputs durable and
+    /// written the manifest. The caller holds the key's lock until then.
+    pub fn expose(&self, pending: Pending, mut manifest: Manifest) -> Result<Exposure, CacheError> {
         manifest.outputs = hash_tree(&pending.out_dir)?;
         manifest.output_hash = output_hash(&manifest.outputs);
         tracing::debug!(key = %pending.key.short(), "outputs hashed");
-        let mpath = pending.dir.join("manifest.json");
-        let text = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
-        fs::write(&mpath, text).map_err(io_err(&mpath))?;
-        sync_tree(&pending.dir)?;
-        tracing::debug!(key = %pending.key.short(), "outputs synced");
         let target = self.entry_dir(&pending.key);
         if let Some(existing) = self.lookup(&pending.key) {
-            return Ok(existing);
+            return Ok(Exposure::Existing(existing));
         }
         if target.exists() {
-            // A corrupt leftover (e.g. bit rot, hand edits): replace it.
+            // A leftover that is no valid entry (a crash before its commit, bit rot, hand
+            // edits): replace it.
             let _ = fs::remove_dir_all(&target);
         }
         match fs::rename(&pending.dir, &target) {
@@ -279,6 +324,7 @@ impl Cache {
             Err(_) if self.lookup(&pending.key).is_some() => {
                 return self
                     .lookup(&pending.key)
+                    .map(Exposure::Existing)
                     .ok_or_else(|| unreachable_io(&target))
             }
             Err(e) => {
@@ -288,7 +334,10 @@ impl Cache {
                 })
             }
         }
-        Ok(manifest)
+        Ok(Exposure::New(Exposed {
+            dir: target,
+            manifest,
+        }))
     }
 
     /// Deletes an entry (used by `gc` and tests).
@@ -436,10 +485,11 @@ pub fn output_hash(files: &[OutputFile]) -> String {
     h.finalize().to_hex().to_string()
 }
 
-/// Makes every file's content durable before the entry is renamed into place. Directories are
-/// not synced: if a crash loses a directory entry or the rename itself, the entry is absent or
-/// lacks a file its manifest lists, and [`Cache::lookup`] treats it as a miss. Content is what
-/// must never be half-written under a valid manifest, and that is what this guarantees.
+/// Makes every file's content durable before the entry's manifest is written. Directories are
+/// not synced: if a crash loses a directory entry or a rename, the entry is absent, has no
+/// manifest or lacks a file its manifest lists, and [`Cache::lookup`] treats it as a miss.
+/// Content is what must never be half-written under a valid manifest, and that is what this
+/// guarantees.
 ///
 /// Writeback of every file is started before the first `fdatasync` waits: their block
 /// allocations then land in one journal commit, instead of each `fdatasync` waiting for a
@@ -643,5 +693,48 @@ mod tests {
                 .is_none(),
             "no temp left"
         );
+    }
+
+    #[test]
+    fn an_exposed_entry_is_readable_but_untrusted_until_committed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::open(tmp.path()).unwrap();
+        let p = parts(serde_json::json!({"exposed": true}));
+        let key = p.key();
+        let manifest = Manifest {
+            key: key.clone(),
+            label: "t".into(),
+            parts: p,
+            outputs: vec![],
+            output_hash: String::new(),
+            tracelab_version: "t".into(),
+            started_at: 0.0,
+            duration_s: 0.0,
+            stats: Map::new(),
+        };
+        let write = |text: &str| {
+            let pending = cache.begin(&key).unwrap();
+            fs::write(pending.out_dir.join("x.txt"), text).unwrap();
+            pending
+        };
+        // Exposed and never committed (a crash before the commit): readable, but a miss.
+        let Exposure::New(e) = cache.expose(write("first"), manifest.clone()).unwrap() else {
+            panic!("nothing was published before")
+        };
+        assert_eq!(
+            fs::read_to_string(cache.out_dir(&key).join("x.txt")).unwrap(),
+            "first"
+        );
+        assert!(cache.lookup(&key).is_none(), "no manifest, no trust");
+        drop(e);
+        // The next run that computes the key replaces the leftover and commits.
+        let m = cache.publish(write("second"), manifest).unwrap();
+        assert_eq!(cache.lookup(&key).unwrap().output_hash, m.output_hash);
+        assert_eq!(
+            fs::read_to_string(cache.out_dir(&key).join("x.txt")).unwrap(),
+            "second"
+        );
+        assert!(cache.verify(&key).unwrap());
+        assert!(!cache.entry_dir(&key).join("manifest.json.tmp").exists());
     }
 }

@@ -4,11 +4,13 @@
 //! The same key computation also serves `plan` ([`plan`]), which says for each node whether it is
 //! cached and, if not, why it will run.
 //!
-//! A node's job slots (and GPU) are freed as soon as its own work ends; its worker then hashes,
-//! fsyncs and renames the entry into place while the next ready node already runs. Publication is
-//! unchanged (see [`Cache::publish`]): only its position on the critical path moves. Dependents
-//! still start only after the rename, the per-key lock is held until then, and a crash at any
-//! point leaves at most a directory in `cache/.tmp/` that no run trusts.
+//! A node's job slots (and GPU) are freed as soon as its own work ends; its worker then hashes
+//! the outputs and renames the entry into place without its manifest (see [`Cache::expose`]),
+//! and dependents start on those outputs at once, while the worker makes them durable and
+//! writes the manifest that commits the entry ([`Exposed::commit`]). Only a committed entry is
+//! trusted by later runs; the per-key lock is held until the commit, the run ends only after
+//! every commit, and a crash at any point leaves at most a directory in `cache/.tmp/` or an
+//! entry without a manifest, which no run trusts.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -22,7 +24,9 @@ use petgraph::stable_graph::NodeIndex;
 use petgraph::visit::NodeIndexable;
 use serde_json::{Map, Value};
 
-use crate::cache::{Cache, CacheError, KeyParts, Manifest, StatCache, StepKey};
+use crate::cache::{
+    Cache, CacheError, Exposed, Exposure, KeyParts, Lock, Manifest, StatCache, StepKey,
+};
 use crate::dag::{Dag, InputRole};
 use crate::events::{Event, Reporter};
 use crate::steps::{Inputs, Progress, Resource, StepContext, StepError};
@@ -385,8 +389,23 @@ enum Msg {
     /// The node's own work ended (or never started): its slots and GPU are free again, while the
     /// worker goes on publishing.
     Released { slots: usize, gpu: bool },
-    /// The node is settled: published, reused, failed or cancelled.
-    Finished(NodeIndex, Box<Result<Manifest, Failure>>),
+    /// The node is settled: published (its outputs readable by dependents), reused, failed or
+    /// cancelled. `committing`: its worker now makes the entry durable and trusted, and sends
+    /// [`Msg::Committed`] when done.
+    Finished {
+        n: NodeIndex,
+        result: Box<Result<Manifest, Failure>>,
+        committing: bool,
+    },
+    /// A published node's entry is committed (or could not be: the error).
+    Committed(NodeIndex, Option<String>),
+}
+
+/// A step's published entry, and what remains to commit it (with its key lock, held until the
+/// entry is committed).
+struct Published {
+    manifest: Manifest,
+    commit: Option<(Exposed, Lock)>,
 }
 
 /// Sends [`Msg::Released`] once: when the step's work ends, or when the worker exits early.
@@ -439,6 +458,8 @@ pub fn run(
     let (mut free_slots, mut free_gpus) = (jobs, opts.gpus);
     // Nodes launched and not yet settled (running their step or publishing it).
     let mut running = 0usize;
+    // Published nodes whose entries are still being committed.
+    let mut committing = 0usize;
     let (tx, rx) = mpsc::channel::<Msg>();
     let (jobs_tx, jobs_rx) = mpsc::channel::<(Launch, Inputs)>();
     let mut ran_inputs: Vec<bool> = vec![false; dag.graph.node_bound()];
@@ -583,7 +604,7 @@ pub fn run(
                     progressed = true;
                 }
             }
-            if running == 0 {
+            if running == 0 && committing == 0 {
                 break;
             }
             let (n, result) = match rx.recv().expect("a worker is running") {
@@ -594,7 +615,28 @@ pub fn run(
                     }
                     continue;
                 }
-                Msg::Finished(n, result) => (n, *result),
+                Msg::Committed(n, error) => {
+                    committing -= 1;
+                    if let Some(e) = error {
+                        let node = &dag.graph[n];
+                        let e = format!("its cache entry could not be committed: {e}");
+                        reporter.event(&Event::StepFailed {
+                            label: node.label.clone(),
+                            error: e.clone(),
+                        });
+                        new_state.remove(&node.label);
+                        outcome.insert(n, Outcome::Failed(e));
+                    }
+                    continue;
+                }
+                Msg::Finished {
+                    n,
+                    result,
+                    committing: c,
+                } => {
+                    committing += usize::from(c);
+                    (n, *result)
+                }
             };
             running -= 1;
             let node = &dag.graph[n];
@@ -750,16 +792,42 @@ fn worker(
             dag, cache, root, &launch, &inputs, reporter, cancel, &release,
         );
         release.send();
-        // Idle before the scheduler hears of the result, so that the node it launches next
-        // can go to this worker instead of a new one.
-        idle.fetch_add(1, Ordering::SeqCst);
-        let _ = tx.send(Msg::Finished(launch.n, Box::new(result)));
+        let (result, commit) = match result {
+            Ok(p) => (Ok(p.manifest), p.commit),
+            Err(e) => (Err(e), None),
+        };
+        let n = launch.n;
+        match commit {
+            // Dependents start on the published outputs while this worker commits the entry.
+            Some((exposed, lock)) => {
+                let _ = tx.send(Msg::Finished {
+                    n,
+                    result: Box::new(result),
+                    committing: true,
+                });
+                let error = exposed.commit().err().map(|e| e.to_string());
+                drop(lock);
+                idle.fetch_add(1, Ordering::SeqCst);
+                let _ = tx.send(Msg::Committed(n, error));
+            }
+            None => {
+                // Idle before the scheduler hears of the result, so that the node it launches
+                // next can go to this worker instead of a new one.
+                idle.fetch_add(1, Ordering::SeqCst);
+                let _ = tx.send(Msg::Finished {
+                    n,
+                    result: Box::new(result),
+                    committing: false,
+                });
+            }
+        }
     }
 }
 
 /// Runs one node in a worker thread: lock its key, re-check the cache, run, release its slots
-/// (`release`), publish. The key lock is held until the entry is in place, so a concurrent run
-/// waiting for this key finds the published entry, never a half-published one.
+/// (`release`), expose its outputs. The key lock goes with the exposed entry and is held until
+/// the entry is committed, so a concurrent run waiting for this key finds a committed entry,
+/// never an uncommitted one.
 #[allow(clippy::too_many_arguments)]
 fn execute(
     dag: &Dag,
@@ -770,10 +838,10 @@ fn execute(
     reporter: &dyn Reporter,
     cancel: &AtomicBool,
     release: &Release<'_>,
-) -> Result<Manifest, Failure> {
+) -> Result<Published, Failure> {
     let node = &dag.graph[launch.n];
     // Another run may be computing the same key: wait for it instead of doing the work twice.
-    let _lock = cache.lock_key(&launch.key)?;
+    let lock = cache.lock_key(&launch.key)?;
     if !launch.forced {
         if let Some(m) = cache.lookup(&launch.key) {
             return Err(Failure::Reused(Box::new(m)));
@@ -841,5 +909,14 @@ fn execute(
         cache.remove(&launch.key)?;
     }
     tracing::info!(label = %node.label, seconds = manifest.duration_s, "publishing");
-    Ok(cache.publish(pending, manifest)?)
+    Ok(match cache.expose(pending, manifest)? {
+        Exposure::Existing(manifest) => Published {
+            manifest,
+            commit: None,
+        },
+        Exposure::New(exposed) => Published {
+            manifest: exposed.manifest.clone(),
+            commit: Some((exposed, lock)),
+        },
+    })
 }
