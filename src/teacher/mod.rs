@@ -5,6 +5,7 @@
 //! Two implementations: [`offline::OfflineTeacher`], a schema-guided dialogue simulator that needs
 //! no model, and [`http::HttpTeacher`], which asks an OpenAI-compatible LLM.
 
+pub mod builtin;
 pub mod http;
 pub mod offline;
 pub mod spoken;

@@ -23,6 +23,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde_json::{Map, Value};
 
+use super::builtin::{self, Role, Said};
 use super::spoken::{format_date, parse_date, Spoken};
 use super::{Context, Failure, Job, Outcome, Teacher, TeacherError};
 use crate::conversation::{Conversation, Message, ToolCall};
@@ -42,6 +43,8 @@ struct Arg {
     is_flag: bool,
     /// The phrase a user says to ask for a true flag ("has live music").
     predicate: String,
+    /// What kind of thing the value is, which decides how built-in phrasings say it.
+    role: Role,
 }
 
 impl Arg {
@@ -69,6 +72,11 @@ impl Arg {
             validator,
             is_flag,
             predicate: flag_predicate(name, description),
+            role: Role::of(
+                name,
+                description,
+                schema.get("type").and_then(Value::as_str) == Some("integer"),
+            ),
         }
     }
 
@@ -147,6 +155,11 @@ struct Func {
     required: Vec<usize>,
     optional: Vec<usize>,
     args: Vec<Arg>,
+    /// What a search finds, in words ("restaurant"), from its description.
+    noun: String,
+    /// What a transaction does, without and with the booked thing's name (`{}`), from its
+    /// description ("reserve a table", "reserve a table at {}").
+    act: (String, String),
 }
 
 impl Func {
@@ -159,12 +172,15 @@ impl Func {
             .collect();
         let (req, opt): (Vec<usize>, Vec<usize>) =
             (0..args.len()).partition(|i| required.contains(args[*i].name.as_str()));
+        let noun = builtin::search_noun(&f.description);
         Func {
             name: f.name.clone(),
             kind: f.kind,
             required: req,
             optional: opt,
             args,
+            act: builtin::transaction_phrase(&f.description, &noun),
+            noun,
         }
     }
 
@@ -1037,40 +1053,6 @@ fn learn_templates(
 
 // ---- Simulation ----------------------------------------------------------------------------
 
-const BUILTIN_OPENER: &[&str] = &[
-    "Hi, I need some help finding something.",
-    "Hello, can you help me look something up?",
-    "Hi there, I'm looking for a recommendation.",
-    "Can you help me find a place?",
-];
-const BUILTIN_ANOTHER: &[&str] = &[
-    "Are there any other options?",
-    "What else do you have?",
-    "Can you suggest something else?",
-    "Anything else you can find?",
-];
-const BUILTIN_CONFIRM_U: &[&str] = &[
-    "Yes, please go ahead.",
-    "Yes, that's right.",
-    "That works, please book it.",
-    "Sounds good, yes.",
-];
-const BUILTIN_THANKS: &[&str] = &[
-    "Thanks, that's all I needed.",
-    "Thank you, that's everything.",
-    "Great, thanks for your help.",
-    "No, that will be all. Thanks!",
-];
-const BUILTIN_DECLINE: &[&str] = &[
-    "Not right now, thanks. That's all.",
-    "No need to book anything, thank you.",
-];
-const BUILTIN_CLOSE: &[&str] = &[
-    "You're welcome. Have a great day!",
-    "Glad I could help. Enjoy!",
-    "Happy to help. Goodbye!",
-];
-
 /// The offline teacher.
 pub struct OfflineTeacher {
     respond_name: String,
@@ -1121,6 +1103,17 @@ fn widen(values: &[String], reference_date: &str) -> Vec<String> {
     out.into_iter().collect()
 }
 
+/// What a user message that states values does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Act {
+    /// Asks for a search or a transaction with these values.
+    Request,
+    /// Answers the assistant's question for a value.
+    Answer,
+    /// Changes a value given before (after a lead such as "Actually, …").
+    Change,
+}
+
 /// The state of one conversation being written.
 struct Writer<'t> {
     teacher: &'t OfflineTeacher,
@@ -1165,8 +1158,14 @@ impl Writer<'_> {
     }
 
     fn pick<'a>(&mut self, learned: &'a [String], builtin: &'a [&'a str]) -> String {
-        // Mostly trace phrasings (domain signal), sometimes built-ins for variety and coverage.
-        if !learned.is_empty() && (builtin.is_empty() || self.rng.random_bool(0.8)) {
+        // Trace phrasings (domain signal) as far as the traces offer variety, built-ins for the
+        // rest.
+        let share = if builtin.is_empty() {
+            1.0
+        } else {
+            builtin::LEARNED_SHARE
+        };
+        if !learned.is_empty() && self.rng.random_bool(share) {
             learned.choose(&mut self.rng).expect("non-empty").clone()
         } else {
             builtin
@@ -1176,8 +1175,14 @@ impl Writer<'_> {
         }
     }
 
-    /// A user message stating `given` (argument → text); flags are said as predicates.
-    fn inform(&mut self, func: &Func, given: &[(String, String)], lead: Option<&str>) -> String {
+    /// A user message stating `given` (argument → text) as `act`; flags are said as predicates.
+    fn inform(
+        &mut self,
+        func: &Func,
+        given: &[(String, String)],
+        lead: Option<&str>,
+        act: Act,
+    ) -> String {
         let mut plain: Vec<(String, String)> = Vec::new();
         let mut flags = Vec::new();
         for (k, v) in given {
@@ -1207,11 +1212,41 @@ impl Writer<'_> {
         };
         let mut text = if plain.is_empty() {
             String::new()
-        } else if !learned.is_empty() && self.rng.random_bool(0.85) {
+        } else if !learned.is_empty() && self.rng.random_bool(builtin::LEARNED_SHARE) {
             let t = learned.choose(&mut self.rng).expect("non-empty");
             fill(t, &values).expect("keys match")
         } else {
-            builtin_inform(&mut self.rng, &plain)
+            let humans: Vec<String> = plain.iter().map(|(k, _)| human(k)).collect();
+            let said: Vec<Said<'_>> = plain
+                .iter()
+                .zip(&humans)
+                .map(|((k, v), h)| Said {
+                    role: func.arg(k).map_or(Role::Category, |a| a.role),
+                    human: h,
+                    value: v,
+                })
+                .collect();
+            let rng = &mut self.rng;
+            match (act, func.kind) {
+                (Act::Request, FunctionKind::Transaction) => {
+                    let entity = self.teacher.domain.entity.as_deref();
+                    let name = said
+                        .iter()
+                        .zip(&plain)
+                        .find(|(_, (k, _))| Some(k.as_str()) == entity)
+                        .map(|(s, _)| s.value);
+                    let rest: Vec<Said<'_>> = said
+                        .into_iter()
+                        .zip(&plain)
+                        .filter(|(_, (k, _))| Some(k.as_str()) != entity)
+                        .map(|(s, _)| s)
+                        .collect();
+                    builtin::transaction_request(rng, &func.act, name, &rest)
+                }
+                (Act::Request, _) => builtin::search_request(rng, &func.noun, &said),
+                _ if said.len() == 1 => builtin::answer(rng, &said[0]),
+                _ => builtin::statement(rng, &said),
+            }
         };
         if let Some(lead) = lead {
             text = if text.is_empty() {
@@ -1221,7 +1256,17 @@ impl Writer<'_> {
             };
         }
         if !flags.is_empty() {
-            let f = format!("I'd like a place that {}.", flags.join(" and "));
+            let f = format!(
+                "{} {}.",
+                [
+                    "I'd like a place that",
+                    "It should be somewhere that",
+                    "Ideally one that"
+                ]
+                .choose(&mut self.rng)
+                .expect("non-empty"),
+                flags.join(" and ")
+            );
             text = if text.is_empty() {
                 f
             } else {
@@ -1293,28 +1338,6 @@ fn flag_qa(rng: &mut ChaCha8Rng, predicate: &str, yes: bool) -> (String, String)
     .expect("non-empty")
     .clone();
     (q, a)
-}
-
-fn builtin_inform(rng: &mut ChaCha8Rng, plain: &[(String, String)]) -> String {
-    if let [(k, v)] = plain {
-        let h = human(k);
-        let forms = [
-            format!("{v}, please."),
-            format!("I'd prefer {v}."),
-            format!("Let's go with {v}."),
-            format!("The {h} should be {v}."),
-            format!("Make it {v}."),
-        ];
-        return forms.choose(rng).expect("non-empty").clone();
-    }
-    let parts: Vec<String> = plain
-        .iter()
-        .map(|(k, v)| format!("{} {v}", human(k)))
-        .collect();
-    let lead = ["I'm looking for", "Please find", "I need"]
-        .choose(rng)
-        .expect("non-empty");
-    format!("{lead} {}.", parts.join(" and "))
 }
 
 /// What the plan of one conversation looks like: counts that add up to the target length.
@@ -1603,16 +1626,16 @@ impl OfflineTeacher {
             .map(|(_, kv)| kv.clone())
             .collect();
         let opener = if opener_given.is_empty() {
-            w.pick(&self.domain.templates.opener, BUILTIN_OPENER)
+            w.pick(&self.domain.templates.opener, builtin::OPENER)
         } else {
-            w.inform(search, &opener_given, None)
+            w.inform(search, &opener_given, None, Act::Request)
         };
         w.user(opener);
         for &i in order[..plan.asked].iter() {
             let (k, v) = goal[i].clone();
             let q = w.ask(&k);
             w.say(q);
-            let a = w.inform(search, &[(k, v)], None);
+            let a = w.inform(search, &[(k, v)], None, Act::Answer);
             w.user(a);
         }
         // Search at once: all required arguments are known now.
@@ -1656,14 +1679,9 @@ impl OfflineTeacher {
                     Some(slot) => slot.1 = v.clone(),
                     None => current.push((k.clone(), v.clone())),
                 }
-                let lead = [
-                    "Actually, let me change that.",
-                    "Hmm, can you search again?",
-                    "Let's try something else.",
-                    "Could you look again?",
-                ]
-                .choose(&mut w.rng)
-                .map(|s| s.to_string());
+                let lead = builtin::RESEARCH_LEAD
+                    .choose(&mut w.rng)
+                    .map(|s| s.to_string());
                 // Mostly a phrasing some trace used to search again, else lead + statement.
                 let learned = self
                     .domain
@@ -1678,13 +1696,13 @@ impl OfflineTeacher {
                     let values: BTreeMap<String, String> = [(k.clone(), v.clone())].into();
                     w.fill_spoken(&t, &values).unwrap_or(t)
                 } else {
-                    w.inform(search, &[(k, v)], lead.as_deref())
+                    w.inform(search, &[(k, v)], lead.as_deref(), Act::Change)
                 };
                 w.user(text);
                 shown = self.search_and_present(&mut w, search, &current)?;
                 shown_at = 0;
             } else if shown.len() > shown_at + 1 && w.rng.random_bool(0.4) {
-                let q = w.pick(&self.domain.templates.another, BUILTIN_ANOTHER);
+                let q = w.pick(&self.domain.templates.another, builtin::ANOTHER);
                 w.user(q);
                 shown_at += 1;
                 let text = self.present(
@@ -1756,7 +1774,7 @@ impl OfflineTeacher {
             let req_text = if request.is_empty() {
                 lead.unwrap_or_default()
             } else {
-                let with_entity = w.inform(t, &request, None);
+                let with_entity = w.inform(t, &request, None, Act::Request);
                 if entity
                     .as_ref()
                     .is_some_and(|e| request.iter().any(|(k, _)| k == e))
@@ -1770,7 +1788,7 @@ impl OfflineTeacher {
             for (k, v) in asked_tx.iter().cloned() {
                 let q = w.ask(&k);
                 w.say(q);
-                let a = w.inform(t, &[(k, v)], None);
+                let a = w.inform(t, &[(k, v)], None, Act::Answer);
                 w.user(a);
             }
             // The call's arguments: search values, the chosen record, what the user said.
@@ -1802,7 +1820,7 @@ impl OfflineTeacher {
                     t.name, t.args[*missing].name
                 )));
             }
-            let confirm = self.confirm_text(&mut w, &said);
+            let confirm = self.confirm_text(&mut w, t, &said);
             w.say(confirm);
             if plan.change {
                 // "No, make it 8 pm": a value the user gave or accepted changes, and the
@@ -1834,16 +1852,17 @@ impl OfflineTeacher {
                         ]
                         .choose(&mut w.rng)
                         .map(|s| s.to_string());
-                        let text = w.inform(t, &[(a.name.clone(), v)], lead.as_deref());
+                        let text =
+                            w.inform(t, &[(a.name.clone(), v)], lead.as_deref(), Act::Change);
                         w.user(text);
-                        let confirm = self.confirm_text(&mut w, &said);
+                        let confirm = self.confirm_text(&mut w, t, &said);
                         w.say(confirm);
                     }
                     // Nothing to change (one value known): the user asks about the place instead.
                     None => self.detail(&mut w, &record),
                 }
             }
-            let yes = w.pick(&self.domain.templates.confirm_u, BUILTIN_CONFIRM_U);
+            let yes = w.pick(&self.domain.templates.confirm_u, builtin::CONFIRM_U);
             // Users often confirm and ask something in the same message ("Yes. Do they serve
             // alcohol?"): the booking still comes first, the answer rides on its report.
             let question = if w.rng.random_bool(0.4) {
@@ -1872,13 +1891,13 @@ impl OfflineTeacher {
                 None => done,
             };
             w.say(done);
-            let thanks = w.pick(&self.domain.templates.thanks, BUILTIN_THANKS);
+            let thanks = w.pick(&self.domain.templates.thanks, builtin::THANKS);
             w.user(thanks);
         } else {
-            let bye = w.pick(&[], BUILTIN_DECLINE);
+            let bye = w.pick(&[], builtin::DECLINE);
             w.user(bye);
         }
-        let close = w.pick(&self.domain.templates.close, BUILTIN_CLOSE);
+        let close = w.pick(&self.domain.templates.close, builtin::CLOSE);
         w.say(close);
 
         if w.turns < lo || w.turns > hi {
@@ -1976,7 +1995,7 @@ impl OfflineTeacher {
                 w.say(a);
             }
             None => {
-                let q = w.pick(&self.domain.templates.another, BUILTIN_ANOTHER);
+                let q = w.pick(&self.domain.templates.another, builtin::ANOTHER);
                 w.user(q);
                 w.say("That is the only option I found.".into());
             }
@@ -2046,7 +2065,12 @@ impl OfflineTeacher {
         Some((q, a))
     }
 
-    fn confirm_text(&self, w: &mut Writer<'_>, said: &BTreeMap<String, String>) -> String {
+    fn confirm_text(
+        &self,
+        w: &mut Writer<'_>,
+        tx: &Func,
+        said: &BTreeMap<String, String>,
+    ) -> String {
         let usable: Vec<String> = self
             .domain
             .templates
@@ -2056,19 +2080,39 @@ impl OfflineTeacher {
             .filter(|t| placeholders(t).into_iter().eq(said.keys().cloned()))
             .cloned()
             .collect();
-        let listing: Vec<String> = said
+        let spoken: Vec<(String, String, String)> = said
             .iter()
-            .map(|(k, v)| format!("{}: {}", human(k), self.spoken.say(v, &mut w.rng)))
+            .map(|(k, v)| (k.clone(), human(k), self.spoken.say(v, &mut w.rng)))
             .collect();
+        let listing: Vec<String> = spoken.iter().map(|(_, h, v)| format!("{h}: {v}")).collect();
+        let entity = self.domain.entity.as_deref();
+        let name = spoken
+            .iter()
+            .find(|(k, _, _)| Some(k.as_str()) == entity)
+            .map(|(_, _, v)| v.as_str());
+        let mut rest: Vec<Said<'_>> = spoken
+            .iter()
+            .filter(|(k, _, _)| Some(k.as_str()) != entity)
+            .map(|(k, h, v)| Said {
+                role: tx.arg(k).map_or(Role::Category, |a| a.role),
+                human: h,
+                value: v,
+            })
+            .collect();
+        rest.shuffle(&mut w.rng);
         let builtin = [
             format!(
                 "Please confirm the details: {}. Is that right?",
                 listing.join(", ")
             ),
             format!("Just to confirm: {}. Shall I go ahead?", listing.join(", ")),
+            builtin::confirmation(&mut w.rng, &tx.act, name, &rest),
+            builtin::confirmation(&mut w.rng, &tx.act, name, &rest),
+            builtin::confirmation(&mut w.rng, &tx.act, name, &rest),
         ];
         let b: Vec<&str> = builtin.iter().map(String::as_str).collect();
         let t = w.pick(&usable, &b);
+        // Built-ins are already filled; learned templates take the values as said.
         w.fill_spoken(&t, said).unwrap_or(t)
     }
 
@@ -2295,6 +2339,46 @@ mod tests {
             "{counts:?}"
         );
         assert!(v.accepted.len() >= 114, "{counts:?}");
+    }
+
+    #[test]
+    fn built_in_phrasings_vary_what_one_trace_teaches() {
+        // One trace teaches one opener ("I want {cuisine} food."): the built-in requests, said
+        // from the arguments' roles, add the rest.
+        let traces = vec![trace(0, "Paris", "Thai", "Baan Thai", "18:30")];
+        let tools = tools();
+        let task = Task {
+            settings: TaskSettings::default(),
+            description: String::new(),
+        };
+        let ctx = Context {
+            task: &task,
+            tools: &tools,
+            traces: &traces,
+        };
+        let t = OfflineTeacher::new(&ctx).unwrap();
+        let jobs = super::super::plan_jobs(300, &task.settings.mutation_topics, 5);
+        let convs: Vec<Conversation> = t
+            .generate(&jobs, &|_| {}, &AtomicBool::new(false))
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .collect();
+        let openers: BTreeSet<&str> = convs
+            .iter()
+            .filter_map(|c| match c.messages.first() {
+                Some(Message::User { content }) => Some(content.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(openers.len() >= 12, "{openers:?}");
+        // A built-in request states both values in one sentence around the search's noun.
+        assert!(
+            openers
+                .iter()
+                .any(|o| o.contains("Thai place") && o.contains("Paris")),
+            "{openers:?}"
+        );
     }
 
     #[test]
