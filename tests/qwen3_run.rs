@@ -10,23 +10,11 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
+#[path = "../crates/student/tests/common/python.rs"]
+mod python;
+
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> Option<PathBuf> {
-    let mut candidates = Vec::new();
-    if let Ok(p) = std::env::var("TRACELAB_PYTHON") {
-        candidates.push(PathBuf::from(p));
-    }
-    candidates.push(repo_root().join(".venv/bin/python"));
-    candidates.push(PathBuf::from("python3"));
-    candidates.into_iter().find(|py| {
-        Command::new(py)
-            .args(["-c", "import transformers, peft, safetensors, tokenizers"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
 }
 
 const CITIES: [&str; 4] = ["Fremont", "Oakland", "Napa", "Dublin"];
@@ -121,7 +109,7 @@ fn run(root: &Path) -> Vec<String> {
 
 #[test]
 fn qwen3_cell_runs_end_to_end_and_its_checkpoint_is_in_the_key() {
-    let Some(py) = python() else {
+    let Some(py) = python::python(&repo_root()) else {
         eprintln!(
             "SKIP: no python with transformers, peft, safetensors and tokenizers \
              (run scripts/setup.sh, or set TRACELAB_PYTHON)"
@@ -133,17 +121,7 @@ fn qwen3_cell_runs_end_to_end_and_its_checkpoint_is_in_the_key() {
     for d in ["experiments", "scenarios", "data"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
-    let out = Command::new(&py)
-        .arg(repo_root().join("crates/student/tests/qwen3_reference.py"))
-        .arg("setup")
-        .arg(root.join("ckpt"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "qwen3_reference.py setup failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python::reference(&repo_root(), &py, "setup", &root.join("ckpt"));
     // The fixture's small BPE spells the tool header in many tokens: give the (rotary) model
     // room beyond its 256 positions; no weight depends on this setting.
     let cfg_path = root.join("ckpt/model/config.json");

@@ -9,8 +9,7 @@
 //! the project's `.venv`, then `python3`).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use serde_json::{json, Map, Value};
 use tch::nn::OptimizerConfig;
@@ -22,6 +21,10 @@ use tracelab_student::hf::{self, HfError, HfModelDir};
 use tracelab_student::lora::LoraConfig;
 use tracelab_student::qwen3::{causal_lm_loss, Config, KvCache, Qwen3};
 
+mod common;
+use common::python::{python, reference as run_reference};
+use common::repo_root;
+
 const TOL: f64 = 1e-4;
 
 /// tch's random generator is global: tests that seed it and draw from it take this lock, so that
@@ -30,44 +33,6 @@ static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
     RNG.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/qwen3_reference.py")
-}
-
-/// The first interpreter that has everything the reference script imports.
-fn python() -> Option<PathBuf> {
-    let mut candidates = Vec::new();
-    if let Ok(p) = std::env::var("TRACELAB_PYTHON") {
-        candidates.push(PathBuf::from(p));
-    }
-    candidates.push(repo_root().join(".venv/bin/python"));
-    candidates.push(PathBuf::from("python3"));
-    candidates.into_iter().find(|py| {
-        Command::new(py)
-            .args(["-c", "import transformers, peft, safetensors, tokenizers"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
-
-fn run_reference(py: &Path, cmd: &str, dir: &Path) {
-    let out = Command::new(py)
-        .arg(script())
-        .arg(cmd)
-        .arg(dir)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "qwen3_reference.py {cmd} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn read(path: &Path) -> BTreeMap<String, Tensor> {
@@ -136,7 +101,7 @@ fn conversation() -> (Vec<Message>, ToolSet) {
 
 #[test]
 fn qwen3_matches_transformers_and_peft() {
-    let Some(py) = python() else {
+    let Some(py) = python(&repo_root()) else {
         eprintln!(
             "SKIPPED qwen3 parity: no python with transformers, peft, safetensors and tokenizers \
              (set TRACELAB_PYTHON or install them into .venv)"
@@ -152,7 +117,7 @@ fn qwen3_matches_transformers_and_peft() {
             .unwrap(),
     )
     .unwrap();
-    run_reference(&py, "setup", dir);
+    run_reference(&repo_root(), &py, "setup", dir);
     let reference = read(&dir.join("reference.safetensors"));
     let ids = &reference["input_ids"];
     let labels = &reference["labels"];
@@ -220,7 +185,7 @@ fn qwen3_matches_transformers_and_peft() {
             "merged checkpoint lacks {f}"
         );
     }
-    run_reference(&py, "verify", dir);
+    run_reference(&repo_root(), &py, "verify", dir);
     let verify = read(&dir.join("verify.safetensors"));
     let d = max_abs_diff(&verify["merged_logits"], &adapted);
     println!("merged checkpoint in transformers: max |diff| = {d:.2e}");

@@ -7,8 +7,6 @@
 //! transformers, peft, safetensors and tokenizers is missing (`TRACELAB_PYTHON`, else the
 //! project's `.venv`, else `python3`).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
@@ -17,57 +15,9 @@ use tracelab_student::hf;
 use tracelab_student::qwen3::Qwen3;
 use tracelab_student::qwen3_student;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn python() -> Option<PathBuf> {
-    let mut candidates = Vec::new();
-    if let Ok(p) = std::env::var("TRACELAB_PYTHON") {
-        candidates.push(PathBuf::from(p));
-    }
-    candidates.push(repo_root().join(".venv/bin/python"));
-    candidates.push(PathBuf::from("python3"));
-    candidates.into_iter().find(|py| {
-        Command::new(py)
-            .args(["-c", "import transformers, peft, safetensors, tokenizers"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
-
-fn reference(py: &Path, cmd: &str, dir: &Path) {
-    let out = Command::new(py)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/qwen3_reference.py"))
-        .arg(cmd)
-        .arg(dir)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "qwen3_reference.py {cmd} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn run(dir: &Path, job: Value) -> (bool, Vec<Value>, String) {
-    let path = dir.join(format!("{}.job.json", job["task"].as_str().unwrap()));
-    std::fs::write(&path, job.to_string()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tracelab-student"))
-        .arg(&path)
-        .env("OMP_WAIT_POLICY", "PASSIVE")
-        .output()
-        .unwrap();
-    let lines = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("every stdout line is JSON"))
-        .collect();
-    (
-        out.status.success(),
-        lines,
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
+mod common;
+use common::python::{python, reference};
+use common::{repo_root, run_worker as run};
 
 const CITIES: [&str; 4] = ["Fremont", "Oakland", "Napa", "Dublin"];
 
@@ -99,7 +49,7 @@ fn train_params(save: &str) -> Value {
 
 #[test]
 fn qwen3_student_trains_predicts_and_saves_loadable_checkpoints() {
-    let Some(py) = python() else {
+    let Some(py) = python(&repo_root()) else {
         eprintln!(
             "SKIPPED qwen3 worker test: no python with transformers, peft, safetensors and \
              tokenizers (run scripts/setup.sh, or set TRACELAB_PYTHON)"
@@ -108,7 +58,7 @@ fn qwen3_student_trains_predicts_and_saves_loadable_checkpoints() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    reference(&py, "setup", d);
+    reference(&repo_root(), &py, "setup", d);
     let base = d.join("model");
     // The fixture's 400-token BPE spells the tool header in many tokens: give the (rotary)
     // model room beyond its 256 positions; no weight depends on this setting.
@@ -261,7 +211,7 @@ fn qwen3_student_trains_predicts_and_saves_loadable_checkpoints() {
 
     // transformers loads the merged checkpoint, PEFT the adapter: same logits as the worker's.
     std::fs::rename(d.join("adapter"), d.join("rust_adapter")).unwrap();
-    reference(&py, "verify", d);
+    reference(&repo_root(), &py, "verify", d);
     let verify: std::collections::BTreeMap<String, Tensor> =
         hf::read_safetensors(&d.join("verify.safetensors"))
             .unwrap()

@@ -164,3 +164,104 @@ fn span_arguments_are_copied_from_the_prompt_unless_the_model_insists() {
         "{value:?} should not be a span"
     );
 }
+
+#[test]
+fn a_span_argument_copies_values_labelled_with_its_own_key() {
+    use std::collections::BTreeMap;
+    use tracelab_student::grammar::{digit_tokens, pick, CallState, Limits, SpanSetup};
+    use tracelab_student::train::SpanShape;
+
+    let s = json!({"type": "string"});
+    let tools = ToolSet::from_openai(
+        &json!([
+            {"type": "function", "function": {"name": "Find", "parameters": {"type": "object",
+                "properties": {"cuisine": s, "city": s}, "required": ["cuisine", "city"]}}},
+            {"type": "function", "function": {"name": "Book", "parameters": {"type": "object",
+                "properties": {"restaurant_name": s, "city": s},
+                "required": ["restaurant_name", "city"]}}}
+        ]),
+        DEFAULT_RESPOND,
+        &[],
+        "t",
+    )
+    .unwrap();
+    let args = |v: serde_json::Value| v.as_object().unwrap().clone();
+    let messages = vec![
+        Message::User {
+            content: "Thai food in Oakland".into(),
+        },
+        Message::call(ToolCall::new(
+            "Find",
+            args(json!({"cuisine": "Thai", "city": "Oakland"})),
+        )),
+        Message::Tool {
+            tool_call_id: String::new(),
+            content: r#"[{"restaurant_name": "Thai House", "city": "Oakland"}]"#.into(),
+        },
+        Message::call(ToolCall::new(
+            DEFAULT_RESPOND,
+            args(json!({"message": "Thai House is nice."})),
+        )),
+        Message::User {
+            content: "Book it".into(),
+        },
+    ];
+    let texts = vec![
+        " Thai food in Oakland".to_string(),
+        " Thai House".into(),
+        " restaurant_name: city: cuisine:".into(),
+    ];
+    let tok = tokenizer::train_bpe(&texts, 300, 1).unwrap();
+    let tpl = ChatTemplate::new(tok, &tools, 2, Some("2019-03-01")).unwrap();
+    let prompt = tpl.prompt(&messages, 256, 41);
+    let spans: BTreeMap<String, BTreeMap<String, SpanShape>> = [(
+        "Book".to_string(),
+        [
+            ("restaurant_name".to_string(), SpanShape::Words),
+            ("city".to_string(), SpanShape::Words),
+        ]
+        .into(),
+    )]
+    .into();
+    let setup = SpanSetup::new(&tpl, &spans);
+    let lim = Limits {
+        max_value_tokens: 12,
+        max_new_tokens: 40,
+    };
+    let digits = digit_tokens(&tpl);
+    // The model wants `Book`, then `restaurant_name`, and in the value it likes "Thai" and ending
+    // right after it: without labels that is the cuisine value "Thai", a whole run (+3 to end
+    // there). With labels, the cuisine is no source for a restaurant name, and the labelled
+    // value "Thai House" gets the label bonus.
+    let mut name_scores = vec![0f32; tpl.vocab];
+    for &t in tpl
+        .encode(" Book")
+        .iter()
+        .chain(&tpl.encode(" restaurant_name"))
+    {
+        name_scores[t as usize] = 5.0;
+    }
+    let mut value_scores = vec![0f32; tpl.vocab];
+    for &t in &tpl.encode(" Thai") {
+        value_scores[t as usize] = 1.0;
+    }
+    for &t in &tpl.encode(" Oakland") {
+        value_scores[t as usize] = 0.8;
+    }
+    value_scores[tpl.sp.end as usize] = 0.5;
+    value_scores[tpl.sp.arg as usize] = 0.5;
+    let mut st = CallState::with_spans(setup.source(&prompt.tokens, &prompt.copyable));
+    while !st.done() {
+        let scores = if st.in_value() {
+            &value_scores
+        } else {
+            &name_scores
+        };
+        let t = pick(&st.allowed(&tpl, &lim), scores, &tpl, &digits);
+        st.push(&tpl, t);
+    }
+    let call = st.call(&tpl);
+    assert_eq!(call.name, "Book");
+    assert_eq!(call.arguments["restaurant_name"], "Thai House");
+    assert_eq!(call.arguments["city"], "Oakland");
+}

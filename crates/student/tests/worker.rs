@@ -2,31 +2,14 @@
 //! written, failures reported on stderr with a non-zero status.
 
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::{json, Value};
 
+mod common;
+use common::run_worker as run;
+
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
-}
-
-fn run(dir: &Path, job: Value) -> (bool, Vec<Value>, String) {
-    let path = dir.join(format!("{}.job.json", job["task"].as_str().unwrap()));
-    write(&path, &job.to_string());
-    let out = Command::new(env!("CARGO_BIN_EXE_tracelab-student"))
-        .arg(&path)
-        .env("OMP_WAIT_POLICY", "PASSIVE")
-        .output()
-        .unwrap();
-    let lines = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("every stdout line is JSON"))
-        .collect();
-    (
-        out.status.success(),
-        lines,
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
 }
 
 fn conversation(i: usize) -> Value {
