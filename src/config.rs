@@ -17,7 +17,7 @@ use toml::de::{DeTable, DeValue};
 use crate::steps;
 
 /// A configuration problem, located in a file (or in a `--set` argument).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ConfigError {
     /// The file, or `--set KEY=VALUE` for command-line overrides.
     pub origin: String,
@@ -67,7 +67,7 @@ impl Source {
             position: None,
             key: None,
             message: format!("cannot read: {e}"),
-            missing_file: false,
+            ..Default::default()
         })?;
         Ok(Source { origin, text })
     }
@@ -79,7 +79,7 @@ impl Source {
             position: e.span().map(|s| self.line_col(s.start)),
             key: None,
             message: e.message().trim().to_string(),
-            missing_file: false,
+            ..Default::default()
         })
     }
 
@@ -135,7 +135,7 @@ impl Source {
             position: self.locate(path),
             key: Some(path.to_string()),
             message: message.into(),
-            missing_file: false,
+            ..Default::default()
         }
     }
 }
@@ -351,7 +351,7 @@ impl SetOverride {
             position: None,
             key: Some(self.key.clone()),
             message,
-            missing_file: false,
+            ..Default::default()
         };
         let parts: Vec<&str> = self.key.split('.').collect();
         let (last, parents) = parts.split_last().expect("non-empty key");
@@ -407,7 +407,7 @@ impl Experiment {
                     position: None,
                     key: Some(key.to_string()),
                     message,
-                    missing_file: false,
+                    ..Default::default()
                 }
             } else {
                 source.error(key, message)

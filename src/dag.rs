@@ -139,7 +139,7 @@ impl Builder<'_> {
             message: format!(
                 "this build of tracelab has no `{kind}` step, which every experiment needs"
             ),
-            missing_file: false,
+            ..Default::default()
         })
     }
 
@@ -345,7 +345,7 @@ pub fn build(exp: &Experiment) -> Result<Dag, ConfigError> {
         position: None,
         key: None,
         message: format!("the steps form a cycle through `{}`", b.graph[n].label),
-        missing_file: false,
+        ..Default::default()
     })?;
     Ok(Dag {
         graph: b.graph,
