@@ -35,12 +35,18 @@ impl Default for PredictParams {
 /// The `predict` step.
 pub struct Predict;
 
+/// Revision of the worker's decoding alone on top of [`super::train::WORKER_VERSION`] (which
+/// covers what all three worker steps share): bumped for a decoding change that needs no
+/// retraining. None since version 5.
+const DECODE_REVISION: u32 = 0;
+
 impl Step for Predict {
     fn kind(&self) -> &'static str {
         "predict"
     }
     fn version(&self) -> u32 {
-        super::train::WORKER_VERSION
+        // Decoding changes alone do not retrain: they bump DECODE_REVISION.
+        super::train::WORKER_VERSION * 100 + DECODE_REVISION
     }
     fn about(&self) -> &'static str {
         "answer every evaluation pair with the student (schema-constrained greedy decoding)"

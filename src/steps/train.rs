@@ -548,7 +548,9 @@ pub(crate) fn worker_resource(params: &Value, jobs: usize) -> Resource {
 /// spans of the prompt. `family = "qwen3"` (LoRA on a Hugging Face checkpoint, its chat
 /// template and tokenizer, JSON-constrained decoding).
 /// 4: span arguments keep the shape of their training values (a time is no city's name).
-pub const WORKER_VERSION: u32 = 4;
+/// 5: train records which span arguments repeat values labelled with their key (keyed); predict
+/// takes those from such values, never from a value labelled with another key.
+pub const WORKER_VERSION: u32 = 5;
 
 /// The `train` step.
 pub struct Train;

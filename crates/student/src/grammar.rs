@@ -14,6 +14,13 @@
 //! [`WHOLE_BONUS`]. When the model is much surer of a token that starts no span (the user said
 //! "SF", the call needs `San Francisco`), the value is written freely instead.
 //!
+//! The prompt labels some values with a key: a result field's value follows ` key:`, an earlier
+//! call's argument follows ` key<|val|>`. A *keyed* argument (one whose training values nearly
+//! always repeat such a value; see [`keyed_params`](crate::train::keyed_params)), such as a
+//! booking's `restaurant_name`, is never copied from a value labelled with another key (the
+//! cuisine `Mexican`), and continuing a value labelled with its own key gets [`LABEL_BONUS`] (so
+//! the result's `Bombay To Goa` wins over `Bombay to Goa at 17:30` in the assistant's sentence).
+//!
 //! This is the tiny template's layout, where names, keys and values are separated by special
 //! tokens. Hugging Face students write calls as JSON text instead: [`crate::json_call`] applies
 //! the same rules to that layout, byte by byte.
@@ -24,7 +31,7 @@ use serde_json::{Map, Value};
 use tracelab::conversation::ToolCall;
 
 use crate::template::{ChatTemplate, FnSpec, ValueKind};
-use crate::train::{SpanParams, SpanShape};
+use crate::train::{KeyedParams, SpanParams, SpanShape};
 
 /// Tokens allowed next.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +56,9 @@ pub enum Allowed {
         closers: Vec<u32>,
         /// Closers get [`WHOLE_BONUS`]: the value so far is a whole copyable unit.
         whole: bool,
+        /// Continuations that follow a value labelled with this argument's own key (a result
+        /// field or an earlier call's argument of the same name): they get [`LABEL_BONUS`].
+        preferred: Vec<u32>,
         /// The value may still be written freely instead.
         free: bool,
     },
@@ -56,6 +66,11 @@ pub enum Allowed {
 
 /// Log-probability bonus for ending a span value where it is a whole copyable unit.
 pub const WHOLE_BONUS: f32 = 3.0;
+
+/// Log-probability bonus for continuing a value the prompt labels with the argument's own key:
+/// a reservation's `restaurant_name` copies a result's `restaurant_name`, not the same words
+/// from the assistant's sentence around it.
+pub const LABEL_BONUS: f32 = 2.0;
 
 /// How much likelier (in log-probability) the best free-text token must be than the best span
 /// start for a span argument to be written freely.
@@ -137,11 +152,76 @@ impl Lexicon {
 pub struct SpanSetup {
     lexicon: Arc<Lexicon>,
     params: Arc<Vec<Vec<Option<SpanShape>>>>,
+    labels: Arc<Labels>,
+}
+
+/// How the prompt labels copyable values: the tokens right before a result field's value
+/// (` key:`) or a call argument's value (` key<|val|>`), for every argument key of the service
+/// functions (the reply's `message` labels nothing: its sentences mention every kind of value).
+/// Only keyed parameters ([`crate::train::keyed_params`]) draw on the labels.
+#[derive(Debug)]
+struct Labels {
+    /// Label patterns, each with the index of its key in `keys`.
+    patterns: Vec<(Vec<u32>, usize)>,
+    /// Per function, per parameter: the index of its key, when it has label patterns.
+    param_key: Vec<Vec<Option<usize>>>,
+}
+
+impl Labels {
+    fn new(tpl: &ChatTemplate, keyed: &KeyedParams) -> Labels {
+        let mut keys: Vec<String> = Vec::new();
+        let mut patterns = Vec::new();
+        let mut param_key = Vec::new();
+        for f in &tpl.functions {
+            let service = f.name != tpl.respond_name();
+            param_key.push(
+                f.params
+                    .iter()
+                    .map(|p| {
+                        if !service {
+                            return None;
+                        }
+                        let i = match keys.iter().position(|k| *k == p.key) {
+                            Some(i) => i,
+                            None => {
+                                keys.push(p.key.clone());
+                                let i = keys.len() - 1;
+                                patterns.push((tpl.encode(&format!(" {}:", p.key)), i));
+                                let mut call = p.key_tokens.clone();
+                                call.push(tpl.sp.val);
+                                patterns.push((call, i));
+                                i
+                            }
+                        };
+                        // Every key labels runs; only keyed parameters look at labels.
+                        keyed
+                            .get(&f.name)
+                            .is_some_and(|k| k.contains(&p.key))
+                            .then_some(i)
+                    })
+                    .collect(),
+            );
+        }
+        Labels {
+            patterns,
+            param_key,
+        }
+    }
+
+    /// The key labelling a run that starts at `start` in `tokens`.
+    fn of_run(&self, tokens: &[u32], start: usize) -> Option<usize> {
+        let before = &tokens[..start];
+        self.patterns
+            .iter()
+            .find(|(p, _)| !p.is_empty() && before.ends_with(p))
+            .map(|(_, k)| *k)
+    }
 }
 
 impl SpanSetup {
-    /// From the model's span parameters (function → argument names).
-    pub fn new(tpl: &ChatTemplate, span_params: &SpanParams) -> SpanSetup {
+    /// From the model's span parameters (function → argument names) and those of them taken
+    /// from values labelled with their own key.
+    pub fn new(tpl: &ChatTemplate, span_params: &SpanParams, keyed: &KeyedParams) -> SpanSetup {
         let params = tpl
             .functions
             .iter()
@@ -156,12 +236,19 @@ impl SpanSetup {
         SpanSetup {
             lexicon: Arc::new(Lexicon::new(tpl)),
             params: Arc::new(params),
+            labels: Arc::new(Labels::new(tpl, keyed)),
         }
     }
 
     /// The span source of one prompt.
     pub fn source(&self, tokens: &[u32], copyable: &[bool]) -> SpanSource {
-        SpanSource::new(tokens, copyable, self.lexicon.clone(), self.params.clone())
+        SpanSource::new(
+            tokens,
+            copyable,
+            self.lexicon.clone(),
+            self.params.clone(),
+            Some(self.labels.clone()),
+        )
     }
 }
 
@@ -170,36 +257,56 @@ impl SpanSetup {
 pub struct SpanSource {
     /// Maximal runs of copyable prompt tokens.
     runs: Vec<Vec<u32>>,
+    /// The key labelling each run, if any (see [`Labels`]).
+    run_keys: Vec<Option<usize>>,
     lexicon: Arc<Lexicon>,
     /// Per function of the template, per parameter: decoded as a span of this shape.
     params: Arc<Vec<Vec<Option<SpanShape>>>>,
+    labels: Option<Arc<Labels>>,
 }
 
 impl SpanSource {
     /// The copyable runs of a prompt; `params` marks span parameters per function.
-    pub fn new(
+    fn new(
         tokens: &[u32],
         copyable: &[bool],
         lexicon: Arc<Lexicon>,
         params: Arc<Vec<Vec<Option<SpanShape>>>>,
+        labels: Option<Arc<Labels>>,
     ) -> SpanSource {
         let mut runs = Vec::new();
+        let mut run_keys = Vec::new();
         let mut run = Vec::new();
-        for (&t, &c) in tokens.iter().zip(copyable) {
+        let mut start = 0;
+        let key_at = |start: usize| labels.as_ref().and_then(|l| l.of_run(tokens, start));
+        for (i, (&t, &c)) in tokens.iter().zip(copyable).enumerate() {
             if c {
+                if run.is_empty() {
+                    start = i;
+                }
                 run.push(t);
             } else if !run.is_empty() {
                 runs.push(std::mem::take(&mut run));
+                run_keys.push(key_at(start));
             }
         }
         if !run.is_empty() {
             runs.push(run);
+            run_keys.push(key_at(start));
         }
         SpanSource {
             runs,
+            run_keys,
             lexicon,
             params,
+            labels,
         }
+    }
+
+    /// The key index of a function's parameter, when the prompt's labels can name it.
+    fn param_key(&self, func: usize, param: usize) -> Option<usize> {
+        let labels = self.labels.as_ref()?;
+        labels.param_key.get(func)?.get(param).copied()?
     }
 
     fn shape(&self, func: usize, param: usize) -> Option<SpanShape> {
@@ -216,22 +323,36 @@ impl SpanSource {
             && (shape != SpanShape::Digits || (!lx.lettered[t] && lx.starts_digit[t]))
     }
 
-    /// Tokens that continue `prefix` as a span of some run, whether `prefix` may end here (it
-    /// is a whole-word span somewhere, of the value's `shape`) and whether it is a whole run.
-    /// An empty prefix may start at any word start.
-    fn next(&self, prefix: &[u32], shape: SpanShape) -> (Vec<u32>, bool, bool) {
+    /// What may follow `prefix` as a span of some run (see [`Next`]). An empty prefix may start
+    /// at any word start. `key`: the argument's key, when the prompt labels values with it;
+    /// where some run carries that label, runs labelled with another key (a cuisine, a city,
+    /// a time) are no source for this argument.
+    fn next(&self, prefix: &[u32], shape: SpanShape, key: Option<usize>) -> Next {
         let lx = &self.lexicon;
         // Digits-shaped values take no token with a letter; word-shaped ones may end only once
         // they have a letter.
         let shaped_end =
             shape != SpanShape::Words || prefix.iter().any(|&t| lx.lettered[t as usize]);
         let mut next = Vec::new();
+        let mut preferred = Vec::new();
         let mut can_end = false;
         let mut whole = false;
         let sentence_end = lx.ends_sentence(prefix);
-        for run in &self.runs {
+        let labelled = key.filter(|k| self.run_keys.contains(&Some(*k)));
+        for (run, run_key) in self.runs.iter().zip(&self.run_keys) {
+            let own = labelled.is_some() && *run_key == labelled;
+            if labelled.is_some() && run_key.is_some() && !own {
+                continue;
+            }
             if prefix.is_empty() {
-                next.extend(run.iter().copied().filter(|&t| self.can_start(t, shape)));
+                for &t in run.iter().filter(|&&t| self.can_start(t, shape)) {
+                    next.push(t);
+                    // Only the value's first word starts it: a bonus for any word of a long
+                    // labelled value would favour starting in its middle.
+                    if own && run[0] == t && !preferred.contains(&t) {
+                        preferred.push(t);
+                    }
+                }
                 continue;
             }
             if run.len() < prefix.len() {
@@ -256,20 +377,40 @@ impl SpanSource {
                         let fits = shape != SpanShape::Digits || !lx.lettered[t_us];
                         if !lx.breaks[t_us] && !crosses_sentence && fits {
                             next.push(t);
+                            if own && i == 0 && !preferred.contains(&t) {
+                                preferred.push(t);
+                            }
                         }
                     }
                 }
             }
         }
         // Distinct, in prompt order (the order breaks ties between equally likely tokens).
-        let mut distinct = Vec::with_capacity(next.len());
+        let mut continuations = Vec::with_capacity(next.len());
         for t in next {
-            if !distinct.contains(&t) {
-                distinct.push(t);
+            if !continuations.contains(&t) {
+                continuations.push(t);
             }
         }
-        (distinct, can_end, whole)
+        Next {
+            continuations,
+            preferred,
+            can_end,
+            whole,
+        }
     }
+}
+
+/// What may follow a span value's prefix.
+struct Next {
+    /// Tokens that continue it as a span of some run.
+    continuations: Vec<u32>,
+    /// Those that continue a run labelled with the argument's own key, from its start.
+    preferred: Vec<u32>,
+    /// It may end here: it is a whole-word span somewhere, of the value's shape.
+    can_end: bool,
+    /// It is a whole run.
+    whole: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -458,10 +599,17 @@ impl CallState {
                     }
                     ValueKind::Free if self.span_here().is_some() => {
                         let (spans, shape) = self.span_here().expect("checked");
-                        let (mut continuations, can_end, whole) = spans.next(&self.item, shape);
+                        let key = spans.param_key(self.func.expect("function chosen"), *p);
+                        let Next {
+                            mut continuations,
+                            mut preferred,
+                            can_end,
+                            whole,
+                        } = spans.next(&self.item, shape, key);
                         let full = self.item.len() >= lim.max_value_tokens || wrap_up;
                         if full {
                             continuations.clear();
+                            preferred.clear();
                         }
                         let first = self.item.is_empty();
                         if first && continuations.is_empty() {
@@ -480,6 +628,7 @@ impl CallState {
                             continuations,
                             closers,
                             whole,
+                            preferred,
                             free: first,
                         }
                     }
@@ -641,9 +790,17 @@ pub fn pick(allowed: &Allowed, scores: &[f32], tpl: &ChatTemplate, digit: &[bool
             continuations,
             closers,
             whole,
+            preferred,
             free,
         } => {
-            continuations.iter().for_each(|&t| consider(t, 0.0));
+            continuations.iter().for_each(|&t| {
+                let bonus = if preferred.contains(&t) {
+                    LABEL_BONUS
+                } else {
+                    0.0
+                };
+                consider(t, bonus)
+            });
             let bonus = if *whole { WHOLE_BONUS } else { 0.0 };
             closers.iter().for_each(|&t| consider(t, bonus));
             if *free {

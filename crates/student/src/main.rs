@@ -47,8 +47,8 @@ use tracelab::steps::tokenizer::TokenizerParams;
 use tracelab::steps::train::{TrainParams, WorkerJob};
 use tracelab::tools::{ToolSet, DEFAULT_RESPOND};
 use tracelab_student::{
-    corpus_texts, data, predict, qwen3_student, template::ChatTemplate, tokenizer, train, Progress,
-    WorkerError,
+    corpus_texts, data, grammar, predict, qwen3_student, template::ChatTemplate, tokenizer, train,
+    Progress, WorkerError,
 };
 
 fn emit(v: &Value) {
@@ -186,7 +186,7 @@ fn run(job: &WorkerJob) -> Result<Value, WorkerError> {
                 &tpl,
                 &pairs,
                 &p,
-                &saved.span_params,
+                &grammar::SpanSetup::new(&tpl, &saved.span_params, &saved.keyed_params),
                 dev,
                 &mut report,
             );

@@ -14,13 +14,13 @@ use crate::template::{ChatTemplate, Prompt};
 use crate::Progress;
 
 /// Predicts one call per pair. Pairs are decoded in batches of similar prompt length; the
-/// arguments in `span_params` are decoded as spans of the conversation.
+/// span arguments of `spans` are decoded as spans of the conversation.
 pub fn predict(
     model: &Tiny,
     tpl: &ChatTemplate,
     pairs: &[EvalPair],
     p: &PredictParams,
-    span_params: &crate::train::SpanParams,
+    spans: &SpanSetup,
     dev: Device,
     progress: &mut dyn FnMut(Progress),
 ) -> (Vec<ToolCall>, Value) {
@@ -36,13 +36,12 @@ pub fn predict(
     let mut order: Vec<usize> = (0..pairs.len()).collect();
     order.sort_by_key(|&i| prompts[i].tokens.len());
     let digits = digit_tokens(tpl);
-    let spans = SpanSetup::new(tpl, span_params);
     let mut out: Vec<Option<ToolCall>> = vec![None; pairs.len()];
     let mut log = PairLog::new(pairs.len());
     for chunk in order.chunks(p.batch_size.max(1)) {
         let batch: Vec<&Prompt> = chunk.iter().map(|&i| &prompts[i]).collect();
         let calls =
-            tch::no_grad(|| decode_batch(model, tpl, &batch, &lim, &digits, Some(&spans), dev));
+            tch::no_grad(|| decode_batch(model, tpl, &batch, &lim, &digits, Some(spans), dev));
         for (&i, c) in chunk.iter().zip(calls) {
             out[i] = Some(c);
         }

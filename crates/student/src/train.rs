@@ -2,7 +2,7 @@
 //! linear warm-up and cosine decay, gradient clipping and accumulation, bf16 autocast on GPU, and
 //! a safetensors checkpoint with its `config.json`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Instant;
 
@@ -35,10 +35,88 @@ pub struct SavedConfig {
     /// values (see [`span_params`]).
     #[serde(default)]
     pub span_params: SpanParams,
+    /// Per function, the span arguments whose values are nearly always a value the prompt
+    /// already labels with the same key (see [`keyed_params`]).
+    #[serde(default)]
+    pub keyed_params: KeyedParams,
 }
 
 /// Per function, per span argument, the shape its training values had.
 pub type SpanParams = BTreeMap<String, BTreeMap<String, SpanShape>>;
+
+/// Per function, the span arguments decoding draws from values labelled with their own key.
+pub type KeyedParams = BTreeMap<String, BTreeSet<String>>;
+
+/// Share of training calls, among those whose prompt already shows a value under the argument's
+/// key, that must repeat one of those values for the argument to be keyed. A booked restaurant's
+/// name repeats a result's (92% on the clean traces); a reservation's time often changes what an
+/// earlier call said (56%), and so does a repeated search's city (79%).
+pub const KEYED_RATE: f64 = 0.9;
+
+/// The span arguments whose training values repeat a value the prompt labels with the same key
+/// (a result field, or an earlier call's argument, of that name) in at least [`KEYED_RATE`] of
+/// the calls where such a value exists (and in at least 5). Decoding then takes those arguments
+/// from values labelled with their key rather than from the same words in a sentence, and never
+/// from a value labelled with another key (see [`crate::grammar`]).
+pub fn keyed_params(
+    tpl: &ChatTemplate,
+    conversations: &[Conversation],
+    spans: &SpanParams,
+) -> KeyedParams {
+    let text = |v: &Value| {
+        tpl.normalize(&match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .trim()
+        .to_string()
+    };
+    // Per (function, argument): calls with a labelled value of the key, and repeats of one.
+    let mut counts: BTreeMap<(String, String), (usize, usize)> = BTreeMap::new();
+    for c in conversations {
+        let mut labelled: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for m in &c.messages {
+            match m {
+                Message::Tool { content, .. } => {
+                    let records = match serde_json::from_str::<Value>(content) {
+                        Ok(Value::Array(a)) => a,
+                        Ok(other) => vec![other],
+                        Err(_) => continue,
+                    };
+                    // Only the records the prompt shows.
+                    for r in records.iter().take(tpl.max_records) {
+                        for (k, v) in r.as_object().into_iter().flatten() {
+                            labelled.entry(k.clone()).or_default().insert(text(v));
+                        }
+                    }
+                }
+                Message::Assistant { tool_calls, .. } => {
+                    for call in tool_calls.iter().filter(|c| c.name != tpl.respond_name()) {
+                        for (k, v) in &call.arguments {
+                            let is_span = spans.get(&call.name).is_some_and(|a| a.contains_key(k));
+                            if let (true, Some(seen)) = (is_span, labelled.get(k)) {
+                                let e = counts.entry((call.name.clone(), k.clone())).or_default();
+                                e.0 += 1;
+                                e.1 += usize::from(seen.contains(&text(v)));
+                            }
+                        }
+                        for (k, v) in &call.arguments {
+                            labelled.entry(k.clone()).or_default().insert(text(v));
+                        }
+                    }
+                }
+                Message::User { .. } | Message::System { .. } => {}
+            }
+        }
+    }
+    let mut out = KeyedParams::new();
+    for ((f, k), (n, repeats)) in counts {
+        if n >= 5 && repeats as f64 >= KEYED_RATE * n as f64 {
+            out.entry(f).or_default().insert(k);
+        }
+    }
+    out
+}
 
 /// What every training value of a span argument looked like: decoding keeps to it, so a time
 /// is never copied from a city's name.
@@ -383,11 +461,21 @@ pub fn train(
         log.step(step, step_loss, progress);
     }
     let spans = span_params(tpl, conversations);
-    save(&vs, &cfg, p.max_records, reference_date, &spans, out)?;
+    let keyed = keyed_params(tpl, conversations, &spans);
+    save(
+        &vs,
+        &cfg,
+        p.max_records,
+        reference_date,
+        &spans,
+        &keyed,
+        out,
+    )?;
     let mut stats = log.stats();
     stats.insert("parameters".into(), json!(n_params));
     stats.insert("windows".into(), json!(windows.len()));
     stats.insert("span_params".into(), json!(spans));
+    stats.insert("keyed_params".into(), json!(keyed));
     stats.insert("device".into(), json!(format!("{dev:?}")));
     Ok(Value::Object(stats))
 }
@@ -482,6 +570,7 @@ pub fn save(
     max_records: usize,
     reference_date: Option<&str>,
     span_params: &SpanParams,
+    keyed_params: &KeyedParams,
     out: &Path,
 ) -> Result<(), WorkerError> {
     std::fs::create_dir_all(out).map_err(|e| WorkerError::io(out, e))?;
@@ -491,6 +580,7 @@ pub fn save(
         max_records,
         reference_date: reference_date.map(str::to_string),
         span_params: span_params.clone(),
+        keyed_params: keyed_params.clone(),
     };
     let cfg_path = out.join(CONFIG_FILE);
     std::fs::write(

@@ -7,7 +7,6 @@
 //! transformers, peft, safetensors and tokenizers is missing (`TRACELAB_PYTHON`, else the
 //! project's `.venv`, else `python3`).
 
-
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 use tracelab::tools::{ToolSet, DEFAULT_RESPOND};

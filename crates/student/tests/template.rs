@@ -3,7 +3,7 @@
 //! sources, and windows keep the header, fit the context and cover every assistant turn once.
 
 use serde_json::json;
-use tracelab::conversation::{Message, ToolCall};
+use tracelab::conversation::{Conversation, Message, ToolCall};
 use tracelab::tools::{ToolSet, DEFAULT_RESPOND};
 use tracelab_student::template::{ChatTemplate, Target};
 use tracelab_student::tokenizer;
@@ -116,7 +116,7 @@ fn span_arguments_are_copied_from_the_prompt_unless_the_model_insists() {
         [("city".to_string(), SpanShape::Words)].into(),
     )]
     .into();
-    let setup = SpanSetup::new(&tpl, &spans);
+    let setup = SpanSetup::new(&tpl, &spans, &Default::default());
     let lim = Limits {
         max_value_tokens: 12,
         max_new_tokens: 40,
@@ -177,7 +177,7 @@ fn a_span_argument_copies_values_labelled_with_its_own_key() {
             {"type": "function", "function": {"name": "Find", "parameters": {"type": "object",
                 "properties": {"cuisine": s, "city": s}, "required": ["cuisine", "city"]}}},
             {"type": "function", "function": {"name": "Book", "parameters": {"type": "object",
-                "properties": {"restaurant_name": s, "city": s},
+                "properties": {"restaurant_name": s, "city": s, "time": s},
                 "required": ["restaurant_name", "city"]}}}
         ]),
         DEFAULT_RESPOND,
@@ -223,7 +223,52 @@ fn a_span_argument_copies_values_labelled_with_its_own_key() {
         .into(),
     )]
     .into();
-    let setup = SpanSetup::new(&tpl, &spans);
+    // Which arguments are keyed comes from training conversations: a booking's name and city
+    // repeat what the prompt showed under their keys, its time is what the user changed it to.
+    let corpus: Vec<Conversation> = ["Thai House", "Lupa", "Chez Nous", "Aperto", "Nopa"]
+        .iter()
+        .map(|name| {
+            let book = |time: &str| {
+                Message::call(ToolCall::new(
+                    "Book",
+                    args(json!({"restaurant_name": name, "city": "Oakland", "time": time})),
+                ))
+            };
+            Conversation {
+                id: name.to_string(),
+                messages: vec![
+                    messages[0].clone(),
+                    messages[1].clone(),
+                    Message::Tool {
+                        tool_call_id: String::new(),
+                        content: json!([{"restaurant_name": name, "city": "Oakland"}]).to_string(),
+                    },
+                    book("18:00"),
+                    Message::User {
+                        content: "Make it 19:00 instead".into(),
+                    },
+                    book("19:00"),
+                ],
+                meta: Default::default(),
+            }
+        })
+        .collect();
+    let with_time: BTreeMap<String, BTreeMap<String, SpanShape>> = [(
+        "Book".to_string(),
+        [
+            ("restaurant_name".to_string(), SpanShape::Words),
+            ("city".to_string(), SpanShape::Words),
+            ("time".to_string(), SpanShape::Digits),
+        ]
+        .into(),
+    )]
+    .into();
+    let keyed = tracelab_student::train::keyed_params(&tpl, &corpus, &with_time);
+    assert_eq!(
+        keyed["Book"],
+        ["city".to_string(), "restaurant_name".to_string()].into()
+    );
+    let setup = SpanSetup::new(&tpl, &spans, &keyed);
     let lim = Limits {
         max_value_tokens: 12,
         max_new_tokens: 40,
