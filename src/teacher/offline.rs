@@ -10,7 +10,7 @@
 //! copied: the simulator writes every call itself from the schema.
 //!
 //! Nothing here knows about restaurants: search vs transaction comes from
-//! [`FunctionKind`](crate::tools::FunctionKind), the "entity" field (the name a transaction
+//! [`FunctionKind`], the "entity" field (the name a transaction
 //! books) is the transaction's required argument that search results carry and search does not
 //! take.
 

@@ -11,7 +11,7 @@
 //! whole call fits `max_new_tokens`. The layout differs: a byte-level BPE token can span several
 //! JSON pieces (`"}}`, `": "`), so this machine advances byte by byte, and a token is allowed when
 //! all its bytes are. Prefix queries over names, keys and enum values reuse
-//! [`crate::grammar::trie_next`].
+//! the grammar module's `trie_next`.
 
 use serde_json::{json, Map, Value};
 use tracelab::conversation::{Message, ToolCall};
