@@ -117,7 +117,8 @@ pub fn search_noun(description: &str) -> String {
 
 /// What a transaction does, from its description, with `{}` where the booked thing's name
 /// goes: "Reserve a table at a restaurant" → ("reserve a table", "reserve a table at {}").
-/// `None` when the description does not start with a verb phrase of that shape.
+/// A description without such a prepositional tail gets "… for {}"; one of a single word,
+/// "make a booking".
 pub fn transaction_phrase(description: &str, noun: &str) -> (String, String) {
     let d = description.trim().trim_end_matches('.');
     let lower = d.to_lowercase();
@@ -275,6 +276,25 @@ pub fn search_request(rng: &mut ChaCha8Rng, noun: &str, said: &[Said<'_>]) -> St
     )
 }
 
+/// The act of `phrase` (see [`transaction_phrase`]), naming the booked thing when `name` is given.
+fn act(phrase: &(String, String), name: Option<&str>) -> String {
+    match name {
+        Some(n) => phrase.1.replace("{}", n),
+        None => phrase.0.clone(),
+    }
+}
+
+/// One of `frames` (a text with `{act}` and `{rest}`, and whether it asks) as a sentence.
+fn framed(rng: &mut ChaCha8Rng, frames: &[(&str, bool)], act: &str, rest: &[String]) -> String {
+    let (frame, question) = *frames.choose(rng).expect("non-empty");
+    sentence(
+        &frame
+            .replace("{act}", act)
+            .replace("{rest}", &rest.join(" ")),
+        question,
+    )
+}
+
 /// A transaction request ("Can you reserve a table at Lupa at 7 pm for 2 people?"); `name` is
 /// the booked thing's name when the user says it.
 pub fn transaction_request(
@@ -283,16 +303,11 @@ pub fn transaction_request(
     name: Option<&str>,
     said: &[Said<'_>],
 ) -> String {
-    let act = match name {
-        Some(n) => phrase.1.replace("{}", n),
-        None => phrase.0.clone(),
-    };
     let rest: Vec<String> = said
         .iter()
         .map(|s| slot_phrase(rng, s.role, s.human, s.value))
         .collect();
-    let rest = rest.join(" ");
-    let (frame, question) = *[
+    let frames = [
         ("I'd like to {act} {rest}", false),
         ("Please {act} {rest}", false),
         ("Can you {act} {rest}", true),
@@ -301,13 +316,8 @@ pub fn transaction_request(
         ("Let's {act} {rest}", false),
         ("I would like you to {act} {rest}", false),
         ("Go ahead and {act} {rest}", false),
-    ]
-    .choose(rng)
-    .expect("non-empty");
-    sentence(
-        &frame.replace("{act}", &act).replace("{rest}", &rest),
-        question,
-    )
+    ];
+    framed(rng, &frames, &act(phrase, name), &rest)
 }
 
 /// The assistant's confirmation before a transaction ("Please confirm: reserve a table at
@@ -318,10 +328,6 @@ pub fn confirmation(
     name: Option<&str>,
     said: &[Said<'_>],
 ) -> String {
-    let act = match name {
-        Some(n) => phrase.1.replace("{}", n),
-        None => phrase.0.clone(),
-    };
     let rest: Vec<String> = said
         .iter()
         .map(|s| match s.role {
@@ -329,8 +335,7 @@ pub fn confirmation(
             _ => slot_phrase(rng, s.role, s.human, s.value),
         })
         .collect();
-    let rest = rest.join(" ");
-    let (frame, question) = *[
+    let frames = [
         ("Please confirm: {act} {rest}", false),
         ("Just to confirm, you'd like to {act} {rest}", true),
         ("So you want me to {act} {rest}, is that right", true),
@@ -339,13 +344,8 @@ pub fn confirmation(
         ("Please confirm the following: {act} {rest}", false),
         ("To confirm: {act} {rest}. Shall I go ahead", true),
         ("You'd like me to {act} {rest}. Does that sound right", true),
-    ]
-    .choose(rng)
-    .expect("non-empty");
-    sentence(
-        &frame.replace("{act}", &act).replace("{rest}", &rest),
-        question,
-    )
+    ];
+    framed(rng, &frames, &act(phrase, name), &rest)
 }
 
 /// A short answer giving one value the assistant asked for ("In San Jose.", "Mexican, please.").
@@ -417,32 +417,6 @@ pub fn answer(rng: &mut ChaCha8Rng, s: &Said<'_>) -> String {
             .as_str(),
         f.ends_with('?'),
     )
-}
-
-/// Statements of several values that are not a request ("In San Jose at 7 pm.").
-pub fn statement(rng: &mut ChaCha8Rng, said: &[Said<'_>]) -> String {
-    let parts: Vec<String> = said
-        .iter()
-        .map(|s| match s.role {
-            Role::Category | Role::Name => {
-                if rng.random_bool(0.5) {
-                    format!("{} {}", s.value, s.human)
-                } else {
-                    format!("{} {}", s.human, s.value)
-                }
-            }
-            _ => slot_phrase(rng, s.role, s.human, s.value),
-        })
-        .collect();
-    let lead = ["", "I'd like it ", "Make it ", "Let's say "]
-        .choose(rng)
-        .expect("non-empty");
-    let body = if lead.is_empty() || said.iter().any(|s| s.role == Role::Category) {
-        parts.join(", ")
-    } else {
-        format!("{lead}{}", parts.join(" "))
-    };
-    sentence(&body, false)
 }
 
 /// Value-free first messages.
@@ -558,34 +532,21 @@ mod tests {
 
     #[test]
     fn roles_come_from_names_and_descriptions() {
-        assert_eq!(
-            Role::of("city", "City in which the restaurant is located", false),
-            Role::Place
-        );
-        assert_eq!(
-            Role::of("date", "Date for the reservation", false),
-            Role::Date
-        );
-        assert_eq!(
-            Role::of("time", "Time for the reservation", false),
-            Role::Time
-        );
-        assert_eq!(
-            Role::of("party_size", "Party size for a reservation", false),
-            Role::Count
-        );
-        assert_eq!(
-            Role::of("restaurant_name", "Name of the restaurant", false),
-            Role::Name
-        );
-        assert_eq!(
-            Role::of("cuisine", "Cuisine of food served", false),
-            Role::Category
-        );
-        assert_eq!(
-            Role::of("where_to", "Town or city of the hotel", false),
-            Role::Place
-        );
+        for (name, description, role) in [
+            (
+                "city",
+                "City in which the restaurant is located",
+                Role::Place,
+            ),
+            ("date", "Date for the reservation", Role::Date),
+            ("time", "Time for the reservation", Role::Time),
+            ("party_size", "Party size for a reservation", Role::Count),
+            ("restaurant_name", "Name of the restaurant", Role::Name),
+            ("cuisine", "Cuisine of food served", Role::Category),
+            ("where_to", "Town or city of the hotel", Role::Place),
+        ] {
+            assert_eq!(Role::of(name, description, false), role, "{name}");
+        }
     }
 
     #[test]

@@ -1217,35 +1217,20 @@ impl Writer<'_> {
             fill(t, &values).expect("keys match")
         } else {
             let humans: Vec<String> = plain.iter().map(|(k, _)| human(k)).collect();
-            let said: Vec<Said<'_>> = plain
-                .iter()
-                .zip(&humans)
-                .map(|((k, v), h)| Said {
-                    role: func.arg(k).map_or(Role::Category, |a| a.role),
-                    human: h,
-                    value: v,
-                })
-                .collect();
+            let (name, said) = self.teacher.said(func, &plain, &humans);
             let rng = &mut self.rng;
             match (act, func.kind) {
                 (Act::Request, FunctionKind::Transaction) => {
-                    let entity = self.teacher.domain.entity.as_deref();
-                    let name = said
-                        .iter()
-                        .zip(&plain)
-                        .find(|(_, (k, _))| Some(k.as_str()) == entity)
-                        .map(|(s, _)| s.value);
-                    let rest: Vec<Said<'_>> = said
-                        .into_iter()
-                        .zip(&plain)
-                        .filter(|(_, (k, _))| Some(k.as_str()) != entity)
-                        .map(|(s, _)| s)
-                        .collect();
-                    builtin::transaction_request(rng, &func.act, name, &rest)
+                    builtin::transaction_request(rng, &func.act, name.map(|n| n.value), &said)
                 }
                 (Act::Request, _) => builtin::search_request(rng, &func.noun, &said),
-                _ if said.len() == 1 => builtin::answer(rng, &said[0]),
-                _ => builtin::statement(rng, &said),
+                // Answers and changes state one value at a time.
+                _ => name
+                    .iter()
+                    .chain(&said)
+                    .map(|s| builtin::answer(rng, s))
+                    .collect::<Vec<_>>()
+                    .join(" "),
             }
         };
         if let Some(lead) = lead {
@@ -2065,6 +2050,32 @@ impl OfflineTeacher {
         Some((q, a))
     }
 
+    /// Values (argument → text as said, with the argument's name in words alongside) as the
+    /// built-in phrasings take them: the booked entity's name apart, the rest with their roles.
+    fn said<'a>(
+        &self,
+        func: &Func,
+        values: &'a [(String, String)],
+        humans: &'a [String],
+    ) -> (Option<Said<'a>>, Vec<Said<'a>>) {
+        let entity = self.domain.entity.as_deref();
+        let mut name = None;
+        let mut rest = Vec::new();
+        for ((k, v), h) in values.iter().zip(humans) {
+            let s = Said {
+                role: func.arg(k).map_or(Role::Category, |a| a.role),
+                human: h,
+                value: v,
+            };
+            if func.kind == FunctionKind::Transaction && Some(k.as_str()) == entity {
+                name = Some(s);
+            } else {
+                rest.push(s);
+            }
+        }
+        (name, rest)
+    }
+
     fn confirm_text(
         &self,
         w: &mut Writer<'_>,
@@ -2080,26 +2091,20 @@ impl OfflineTeacher {
             .filter(|t| placeholders(t).into_iter().eq(said.keys().cloned()))
             .cloned()
             .collect();
-        let spoken: Vec<(String, String, String)> = said
+        let spoken: Vec<(String, String)> = said
             .iter()
-            .map(|(k, v)| (k.clone(), human(k), self.spoken.say(v, &mut w.rng)))
+            .map(|(k, v)| (k.clone(), self.spoken.say(v, &mut w.rng)))
             .collect();
-        let listing: Vec<String> = spoken.iter().map(|(_, h, v)| format!("{h}: {v}")).collect();
-        let entity = self.domain.entity.as_deref();
-        let name = spoken
+        let humans: Vec<String> = spoken.iter().map(|(k, _)| human(k)).collect();
+        let listing: Vec<String> = spoken
             .iter()
-            .find(|(k, _, _)| Some(k.as_str()) == entity)
-            .map(|(_, _, v)| v.as_str());
-        let mut rest: Vec<Said<'_>> = spoken
-            .iter()
-            .filter(|(k, _, _)| Some(k.as_str()) != entity)
-            .map(|(k, h, v)| Said {
-                role: tx.arg(k).map_or(Role::Category, |a| a.role),
-                human: h,
-                value: v,
-            })
+            .zip(&humans)
+            .map(|((_, v), h)| format!("{h}: {v}"))
             .collect();
+        let (name, mut rest) = self.said(tx, &spoken, &humans);
+        let name = name.map(|n| n.value);
         rest.shuffle(&mut w.rng);
+        // Natural confirmations three times out of five, listings of the details otherwise.
         let builtin = [
             format!(
                 "Please confirm the details: {}. Is that right?",
@@ -2212,6 +2217,22 @@ mod tests {
         .unwrap()
     }
 
+    /// The offline teacher of `traces` on [`tools`] with a default task (returned for its
+    /// mutation topics).
+    fn teacher(traces: &[Conversation]) -> (OfflineTeacher, Task) {
+        let task = Task {
+            settings: TaskSettings::default(),
+            description: String::new(),
+        };
+        let tools = tools();
+        let ctx = Context {
+            task: &task,
+            tools: &tools,
+            traces,
+        };
+        (OfflineTeacher::new(&ctx).unwrap(), task)
+    }
+
     fn call(name: &str, args: Value) -> Message {
         Message::call(ToolCall::new(name, args.as_object().unwrap().clone()))
     }
@@ -2258,17 +2279,7 @@ mod tests {
         .enumerate()
         .map(|(i, (a, b, c, d))| trace(i, a, b, c, d))
         .collect();
-        let tools = tools();
-        let task = Task {
-            settings: TaskSettings::default(),
-            description: String::new(),
-        };
-        let ctx = Context {
-            task: &task,
-            tools: &tools,
-            traces: &traces,
-        };
-        let t = OfflineTeacher::new(&ctx).unwrap();
+        let (t, task) = teacher(&traces);
         assert_eq!(t.domain().entity.as_deref(), Some("name"));
         assert!(t.domain().templates.ask.contains_key("city"));
         let jobs = super::super::plan_jobs(120, &task.settings.mutation_topics, 9);
@@ -2325,7 +2336,7 @@ mod tests {
         assert!(bookings > 50, "bookings: {bookings}");
         let v = validate(
             convs,
-            &tools,
+            &tools(),
             &task.settings.mutation_topics,
             &ValidateConfig::default(),
         );
@@ -2346,17 +2357,7 @@ mod tests {
         // One trace teaches one opener ("I want {cuisine} food."): the built-in requests, said
         // from the arguments' roles, add the rest.
         let traces = vec![trace(0, "Paris", "Thai", "Baan Thai", "18:30")];
-        let tools = tools();
-        let task = Task {
-            settings: TaskSettings::default(),
-            description: String::new(),
-        };
-        let ctx = Context {
-            task: &task,
-            tools: &tools,
-            traces: &traces,
-        };
-        let t = OfflineTeacher::new(&ctx).unwrap();
+        let (t, task) = teacher(&traces);
         let jobs = super::super::plan_jobs(300, &task.settings.mutation_topics, 5);
         let convs: Vec<Conversation> = t
             .generate(&jobs, &|_| {}, &AtomicBool::new(false))
