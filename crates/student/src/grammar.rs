@@ -247,7 +247,7 @@ impl SpanSetup {
             copyable,
             self.lexicon.clone(),
             self.params.clone(),
-            Some(self.labels.clone()),
+            self.labels.clone(),
         )
     }
 }
@@ -262,7 +262,7 @@ pub struct SpanSource {
     lexicon: Arc<Lexicon>,
     /// Per function of the template, per parameter: decoded as a span of this shape.
     params: Arc<Vec<Vec<Option<SpanShape>>>>,
-    labels: Option<Arc<Labels>>,
+    labels: Arc<Labels>,
 }
 
 impl SpanSource {
@@ -272,13 +272,13 @@ impl SpanSource {
         copyable: &[bool],
         lexicon: Arc<Lexicon>,
         params: Arc<Vec<Vec<Option<SpanShape>>>>,
-        labels: Option<Arc<Labels>>,
+        labels: Arc<Labels>,
     ) -> SpanSource {
         let mut runs = Vec::new();
         let mut run_keys = Vec::new();
         let mut run = Vec::new();
         let mut start = 0;
-        let key_at = |start: usize| labels.as_ref().and_then(|l| l.of_run(tokens, start));
+        let key_at = |start: usize| labels.of_run(tokens, start);
         for (i, (&t, &c)) in tokens.iter().zip(copyable).enumerate() {
             if c {
                 if run.is_empty() {
@@ -305,8 +305,7 @@ impl SpanSource {
 
     /// The key index of a function's parameter, when the prompt's labels can name it.
     fn param_key(&self, func: usize, param: usize) -> Option<usize> {
-        let labels = self.labels.as_ref()?;
-        labels.param_key.get(func)?.get(param).copied()?
+        self.labels.param_key.get(func)?.get(param).copied()?
     }
 
     fn shape(&self, func: usize, param: usize) -> Option<SpanShape> {

@@ -41,6 +41,15 @@ pub struct SavedConfig {
     pub keyed_params: KeyedParams,
 }
 
+/// An argument value as the template normalizes text (strings as they are, other JSON as
+/// written).
+fn normalized(tpl: &ChatTemplate, v: &Value) -> String {
+    tpl.normalize(&match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}
+
 /// Per function, per span argument, the shape its training values had.
 pub type SpanParams = BTreeMap<String, BTreeMap<String, SpanShape>>;
 
@@ -63,14 +72,7 @@ pub fn keyed_params(
     conversations: &[Conversation],
     spans: &SpanParams,
 ) -> KeyedParams {
-    let text = |v: &Value| {
-        tpl.normalize(&match v {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        })
-        .trim()
-        .to_string()
-    };
+    let text = |v: &Value| normalized(tpl, v).trim().to_string();
     // Per (function, argument): calls with a labelled value of the key, and repeats of one.
     let mut counts: BTreeMap<(String, String), (usize, usize)> = BTreeMap::new();
     for c in conversations {
@@ -165,11 +167,7 @@ pub fn span_params(tpl: &ChatTemplate, conversations: &[Conversation]) -> SpanPa
                 Message::Assistant { tool_calls, .. } => {
                     for call in tool_calls {
                         for (k, v) in &call.arguments {
-                            let text = match v {
-                                Value::String(s) => s.clone(),
-                                other => other.to_string(),
-                            };
-                            let text = tpl.normalize(&text);
+                            let text = normalized(tpl, v);
                             if call.name == tpl.respond_name() {
                                 seen.push(' ');
                                 seen.push_str(&text);

@@ -103,10 +103,36 @@ fn windows_keep_the_header_and_cover_every_call_once() {
     assert_eq!(&p.tokens[..r.header_len], header);
 }
 
+/// Decodes one call greedily from `st` with fixed log-probabilities: `value_scores` inside
+/// argument values, `name_scores` elsewhere.
+fn decode_call(
+    tpl: &ChatTemplate,
+    mut st: tracelab_student::grammar::CallState,
+    name_scores: &[f32],
+    value_scores: &[f32],
+) -> ToolCall {
+    use tracelab_student::grammar::{digit_tokens, pick, Limits};
+    let lim = Limits {
+        max_value_tokens: 12,
+        max_new_tokens: 40,
+    };
+    let digits = digit_tokens(tpl);
+    while !st.done() {
+        let scores = if st.in_value() {
+            value_scores
+        } else {
+            name_scores
+        };
+        let t = pick(&st.allowed(tpl, &lim), scores, tpl, &digits);
+        st.push(tpl, t);
+    }
+    st.call(tpl)
+}
+
 #[test]
 fn span_arguments_are_copied_from_the_prompt_unless_the_model_insists() {
     use std::collections::BTreeMap;
-    use tracelab_student::grammar::{digit_tokens, pick, CallState, Limits, SpanSetup};
+    use tracelab_student::grammar::{CallState, SpanSetup};
     use tracelab_student::train::SpanShape;
 
     let (tpl, messages) = setup();
@@ -117,16 +143,10 @@ fn span_arguments_are_copied_from_the_prompt_unless_the_model_insists() {
     )]
     .into();
     let setup = SpanSetup::new(&tpl, &spans, &Default::default());
-    let lim = Limits {
-        max_value_tokens: 12,
-        max_new_tokens: 40,
-    };
-    let digits = digit_tokens(&tpl);
     let function = tpl.encode(" FindRestaurants");
     let city = tpl.encode(" Walnut Creek");
     let outsider = tpl.encode(" x")[0];
     let decode = |outsider_score: f32| {
-        let mut st = CallState::with_spans(setup.source(&prompt.tokens, &prompt.copyable));
         // The model wants the function; in the value it likes the city's tokens a little,
         // ending a value a bit less, and one token that is nowhere in the prompt by
         // `outsider_score`.
@@ -140,16 +160,8 @@ fn span_arguments_are_copied_from_the_prompt_unless_the_model_insists() {
         }
         value_scores[tpl.sp.end as usize] = 0.5;
         value_scores[outsider as usize] = outsider_score;
-        while !st.done() {
-            let scores = if st.in_value() {
-                &value_scores
-            } else {
-                &name_scores
-            };
-            let t = pick(&st.allowed(&tpl, &lim), scores, &tpl, &digits);
-            st.push(&tpl, t);
-        }
-        st.call(&tpl)
+        let st = CallState::with_spans(setup.source(&prompt.tokens, &prompt.copyable));
+        decode_call(&tpl, st, &name_scores, &value_scores)
     };
     // The outsider is likelier than any span start, but not by the margin: the span wins, and
     // it stops where the model prefers to end rather than running on into "please".
@@ -168,7 +180,7 @@ fn span_arguments_are_copied_from_the_prompt_unless_the_model_insists() {
 #[test]
 fn a_span_argument_copies_values_labelled_with_its_own_key() {
     use std::collections::BTreeMap;
-    use tracelab_student::grammar::{digit_tokens, pick, CallState, Limits, SpanSetup};
+    use tracelab_student::grammar::{CallState, SpanSetup};
     use tracelab_student::train::SpanShape;
 
     let s = json!({"type": "string"});
@@ -269,11 +281,6 @@ fn a_span_argument_copies_values_labelled_with_its_own_key() {
         ["city".to_string(), "restaurant_name".to_string()].into()
     );
     let setup = SpanSetup::new(&tpl, &spans, &keyed);
-    let lim = Limits {
-        max_value_tokens: 12,
-        max_new_tokens: 40,
-    };
-    let digits = digit_tokens(&tpl);
     // The model wants `Book`, then `restaurant_name`, and in the value it likes "Thai" and ending
     // right after it: without labels that is the cuisine value "Thai", a whole run (+3 to end
     // there). With labels, the cuisine is no source for a restaurant name, and the labelled
@@ -295,17 +302,8 @@ fn a_span_argument_copies_values_labelled_with_its_own_key() {
     }
     value_scores[tpl.sp.end as usize] = 0.5;
     value_scores[tpl.sp.arg as usize] = 0.5;
-    let mut st = CallState::with_spans(setup.source(&prompt.tokens, &prompt.copyable));
-    while !st.done() {
-        let scores = if st.in_value() {
-            &value_scores
-        } else {
-            &name_scores
-        };
-        let t = pick(&st.allowed(&tpl, &lim), scores, &tpl, &digits);
-        st.push(&tpl, t);
-    }
-    let call = st.call(&tpl);
+    let st = CallState::with_spans(setup.source(&prompt.tokens, &prompt.copyable));
+    let call = decode_call(&tpl, st, &name_scores, &value_scores);
     assert_eq!(call.name, "Book");
     assert_eq!(call.arguments["restaurant_name"], "Thai House");
     assert_eq!(call.arguments["city"], "Oakland");
