@@ -158,7 +158,8 @@ pub struct Cache {
     pub dir: PathBuf,
 }
 
-/// An entry being written: outputs go into `out_dir`, then [`Cache::publish`] moves it into place.
+/// An entry being written: outputs go into `out_dir`, then [`Cache::expose`] (or
+/// [`Cache::publish`], which also commits) moves it into place.
 #[derive(Debug)]
 pub struct Pending {
     /// The key it will be published under.
@@ -658,6 +659,21 @@ mod tests {
         assert_ne!(a.key(), parts(serde_json::json!({"a": 1, "b": 3})).key());
     }
 
+    /// A manifest for `parts`, before publication fills in its outputs.
+    fn manifest(parts: KeyParts) -> Manifest {
+        Manifest {
+            key: parts.key(),
+            label: "t".into(),
+            parts,
+            outputs: vec![],
+            output_hash: String::new(),
+            tracelab_version: "t".into(),
+            started_at: 0.0,
+            duration_s: 0.0,
+            stats: Map::new(),
+        }
+    }
+
     #[test]
     fn publish_is_atomic_and_corrupt_entries_miss() {
         let tmp = tempfile::tempdir().unwrap();
@@ -667,18 +683,7 @@ mod tests {
         assert!(cache.lookup(&key).is_none());
         let pending = cache.begin(&key).unwrap();
         fs::write(pending.out_dir.join("x.txt"), "hello").unwrap();
-        let m = Manifest {
-            key: key.clone(),
-            label: "t".into(),
-            parts: p,
-            outputs: vec![],
-            output_hash: String::new(),
-            tracelab_version: "t".into(),
-            started_at: 0.0,
-            duration_s: 0.0,
-            stats: Map::new(),
-        };
-        let m = cache.publish(pending, m).unwrap();
+        let m = cache.publish(pending, manifest(p)).unwrap();
         assert_eq!(m.outputs.len(), 1);
         assert!(cache.lookup(&key).is_some());
         assert!(cache.verify(&key).unwrap());
@@ -701,17 +706,7 @@ mod tests {
         let cache = Cache::open(tmp.path()).unwrap();
         let p = parts(serde_json::json!({"exposed": true}));
         let key = p.key();
-        let manifest = Manifest {
-            key: key.clone(),
-            label: "t".into(),
-            parts: p,
-            outputs: vec![],
-            output_hash: String::new(),
-            tracelab_version: "t".into(),
-            started_at: 0.0,
-            duration_s: 0.0,
-            stats: Map::new(),
-        };
+        let manifest = manifest(p);
         let write = |text: &str| {
             let pending = cache.begin(&key).unwrap();
             fs::write(pending.out_dir.join("x.txt"), text).unwrap();

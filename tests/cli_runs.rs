@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+mod common;
+use common::{assistant_call, write_jsonl_project};
+
 const CITIES: &[&str] = &[
     "San Jose",
     "Oakland",
@@ -33,10 +36,7 @@ fn conversation(i: usize) -> Value {
     let cuisine = CUISINES[i % CUISINES.len()];
     let name = NAMES[(i / 2) % NAMES.len()];
     let time = format!("{}:30", 17 + i % 4);
-    let call = |id: &str, name: &str, args: Value| {
-        json!({"role": "assistant", "content": null, "tool_calls": [
-            {"id": id, "type": "function", "function": {"name": name, "arguments": args.to_string()}}]})
-    };
+    let call = assistant_call;
     let record = json!({"restaurant_name": name, "city": city, "cuisine": cuisine, "price_range": "moderate",
                         "phone_number": "555-0100", "street_address": "1 Main Street",
                         "has_live_music": "False", "serves_alcohol": "True"});
@@ -106,28 +106,15 @@ conversations = {}
 fn project(conversations: usize) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    for d in ["experiments", "scenarios", "data"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::write(
-        root.join("scenarios/clean.toml"),
-        "description = \"as is\"\noperators = []\n",
-    )
-    .unwrap();
+    let traces: Vec<Value> = (0..60).map(conversation).collect();
+    write_jsonl_project(
+        root,
+        &traces,
+        &tools(),
+        "t.toml",
+        &experiment(conversations, 5),
+    );
     write_low(root, 5);
-    let lines: Vec<String> = (0..60).map(|i| conversation(i).to_string()).collect();
-    std::fs::write(root.join("data/traces.jsonl"), lines.join("\n") + "\n").unwrap();
-    std::fs::write(root.join("data/tools.json"), tools().to_string()).unwrap();
-    std::fs::write(
-        root.join("data/task.md"),
-        "+++\nreference_date = \"2019-03-01\"\n+++\nA restaurant assistant.\n",
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("experiments/t.toml"),
-        experiment(conversations, 5),
-    )
-    .unwrap();
     dir
 }
 

@@ -10,8 +10,11 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
+mod common;
 #[path = "../crates/student/tests/common/python.rs"]
 mod python;
+
+use common::{assistant_call, write_jsonl_project};
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -21,10 +24,7 @@ const CITIES: [&str; 4] = ["Fremont", "Oakland", "Napa", "Dublin"];
 
 fn conversation(i: usize) -> Value {
     let city = CITIES[i % CITIES.len()];
-    let call = |id: &str, name: &str, args: Value| {
-        json!({"role": "assistant", "content": null, "tool_calls": [
-            {"id": id, "type": "function", "function": {"name": name, "arguments": args.to_string()}}]})
-    };
+    let call = assistant_call;
     let record = json!({"restaurant_name": format!("Cafe {i}"), "city": city});
     json!({"messages": [
         {"role": "user", "content": format!("Find me food in {city}.")},
@@ -118,9 +118,6 @@ fn qwen3_cell_runs_end_to_end_and_its_checkpoint_is_in_the_key() {
     };
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    for d in ["experiments", "scenarios", "data"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
     python::reference(&repo_root(), &py, "setup", &root.join("ckpt"));
     // The fixture's small BPE spells the tool header in many tokens: give the (rotary) model
     // room beyond its 256 positions; no weight depends on this setting.
@@ -132,20 +129,8 @@ fn qwen3_cell_runs_end_to_end_and_its_checkpoint_is_in_the_key() {
         std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     };
     set_positions(2048);
-    std::fs::write(
-        root.join("scenarios/clean.toml"),
-        "description = \"as is\"\noperators = []\n",
-    )
-    .unwrap();
-    let lines: Vec<String> = (0..12).map(|i| conversation(i).to_string()).collect();
-    std::fs::write(root.join("data/traces.jsonl"), lines.join("\n") + "\n").unwrap();
-    std::fs::write(root.join("data/tools.json"), tools().to_string()).unwrap();
-    std::fs::write(
-        root.join("data/task.md"),
-        "+++\nreference_date = \"2019-03-01\"\n+++\nA restaurant assistant.\n",
-    )
-    .unwrap();
-    std::fs::write(root.join("experiments/q.toml"), EXPERIMENT).unwrap();
+    let traces: Vec<Value> = (0..12).map(conversation).collect();
+    write_jsonl_project(root, &traces, &tools(), "q.toml", EXPERIMENT);
 
     let first = run(root);
     for step in ["tokenizer", "train", "predict", "judge"] {

@@ -2,12 +2,12 @@
 //! of the study's scenario corruptions (the data helper's corrupt step is the real one).
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 use tracelab::conversation::{Conversation, Message, ToolCall};
 use tracelab::formats::sgd;
 use tracelab::tools::{ToolSet, DEFAULT_RESPOND};
@@ -326,4 +326,38 @@ pub fn noisy(r1: &[Conversation], seed: u64) -> Vec<Conversation> {
             c
         })
         .collect()
+}
+
+/// An assistant message in OpenAI format with one tool call.
+pub fn assistant_call(id: &str, name: &str, args: Value) -> Value {
+    json!({"role": "assistant", "content": null, "tool_calls": [
+        {"id": id, "type": "function", "function": {"name": name, "arguments": args.to_string()}}]})
+}
+
+/// Lays out a small JSONL project in `root`: a `clean` scenario without operators,
+/// `data/traces.jsonl` (one conversation a line), `data/tools.json`, a task file with the
+/// reference date, and `experiments/<name>` holding `experiment`.
+pub fn write_jsonl_project(
+    root: &Path,
+    traces: &[Value],
+    tools: &Value,
+    name: &str,
+    experiment: &str,
+) {
+    for d in ["experiments", "scenarios", "data"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let write = |path: &str, text: String| std::fs::write(root.join(path), text).unwrap();
+    write(
+        "scenarios/clean.toml",
+        "description = \"as is\"\noperators = []\n".into(),
+    );
+    let lines: Vec<String> = traces.iter().map(Value::to_string).collect();
+    write("data/traces.jsonl", lines.join("\n") + "\n");
+    write("data/tools.json", tools.to_string());
+    write(
+        "data/task.md",
+        "+++\nreference_date = \"2019-03-01\"\n+++\nA restaurant assistant.\n".into(),
+    );
+    write(&format!("experiments/{name}"), experiment.to_string());
 }
