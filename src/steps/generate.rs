@@ -85,7 +85,9 @@ impl Step for Generate {
         // 7: built-in search and booking requests, answers and confirmations phrased from the
         // arguments' roles (no more "I'm looking for cuisine X and city Y"); larger built-in
         // banks; learned phrasings 85% of the time where there are any.
-        7
+        // 8: bookings of a place the user names, with no search, and bookings after a search,
+        // as often as the traces have them.
+        8
     }
     fn about(&self) -> &'static str {
         "write synthetic conversations with a teacher (offline simulator or an LLM) from filtered traces"

@@ -492,6 +492,13 @@ pub const THANKS: &[&str] = &[
     "No, thanks. That's it.",
 ];
 
+/// User requests to hear a confirmation again.
+pub const REPEAT: &[&str] = &[
+    "Sorry, could you repeat the details?",
+    "Can you say that again, please?",
+    "Could you go over that once more?",
+];
+
 /// Value-free endings without a transaction.
 pub const DECLINE: &[&str] = &[
     "Not right now, thanks. That's all.",
