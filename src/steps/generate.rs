@@ -87,7 +87,8 @@ impl Step for Generate {
         // banks; learned phrasings 85% of the time where there are any.
         // 8: bookings of a place the user names, with no search, and bookings after a search,
         // as often as the traces have them.
-        8
+        // 9: a short conversation with no room for a booking searches only (v8 failed some).
+        9
     }
     fn about(&self) -> &'static str {
         "write synthetic conversations with a teacher (offline simulator or an LLM) from filtered traces"

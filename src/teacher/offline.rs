@@ -1559,9 +1559,11 @@ impl OfflineTeacher {
         tx: Option<&Func>,
         tx_missing: usize,
     ) -> Option<Plan> {
-        for _ in 0..64 {
+        for attempt in 0..64 {
             let asked = rng.random_range(0..=search.required.len());
-            let book = tx.is_some() && rng.random_bool(self.domain.flows.search_then_book);
+            // A short bucket may have no room for a booking: after half the attempts, none.
+            let book =
+                tx.is_some() && attempt < 32 && rng.random_bool(self.domain.flows.search_then_book);
             let asked_tx = if book {
                 rng.random_range(0..=tx_missing)
             } else {
