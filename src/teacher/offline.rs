@@ -1175,6 +1175,25 @@ enum Act {
     Change,
 }
 
+/// What a booking starts from (see [`OfflineTeacher::book`]).
+#[derive(Clone, Copy)]
+struct Booking<'a> {
+    /// The place booked: a presented result, or a place the user knows.
+    record: &'a Record,
+    /// Values settled before (a search's), not said again.
+    known: &'a [(String, String)],
+    /// Values the user states; the first `asked` of them the assistant asks for one by one.
+    stated: &'a [(String, String)],
+    /// How many of `stated` are asked for.
+    asked: usize,
+    /// The user changes a value at the confirmation, and the assistant confirms again.
+    change: bool,
+    /// How often the request names the place when `stated` does not.
+    name_share: f64,
+    /// The call may fail (nothing comes back).
+    may_fail: bool,
+}
+
 /// The layout of a booking without a search (see [`OfflineTeacher::direct_plan`]).
 struct DirectPlan {
     /// Values asked one by one (the rest are in the request).
@@ -1824,18 +1843,16 @@ impl OfflineTeacher {
                     .ok_or_else(|| format!("no value for {}", t.args[i].name))?;
                 extra.push((t.args[i].name.clone(), v));
             }
-            self.book(
-                w,
-                search,
-                t,
-                &record,
-                &current,
-                &extra,
-                plan.asked_tx,
-                plan.change,
-                0.6,
-                true,
-            )?;
+            let booking = Booking {
+                record: &record,
+                known: &current,
+                stated: &extra,
+                asked: plan.asked_tx,
+                change: plan.change,
+                name_share: 0.6,
+                may_fail: true,
+            };
+            self.book(w, search, t, &booking)?;
             let thanks = w.pick(&self.domain.templates.thanks, builtin::THANKS);
             w.user(thanks);
         } else {
@@ -1845,26 +1862,27 @@ impl OfflineTeacher {
         Ok(())
     }
 
-    /// Books `record` through `t` and reports it: the user's request (the values of `extra`
-    /// after the first `asked`, which the assistant asks for one by one, and optional values as
+    /// Books `b.record` through `t` and reports it: the user's request (the stated values after
+    /// the first `b.asked`, which the assistant asks for one by one, and optional values as
     /// often as the traces pass them), the assistant's confirmation, perhaps a change and a new
-    /// confirmation, the user's yes, the call and its report. `known`: values settled before
-    /// (a search's), not said again; `name_share`: how often the request names the record.
-    /// Returns the booked record, or `None` when the booking failed.
-    #[allow(clippy::too_many_arguments)]
+    /// confirmation, the user's yes, the call and its report. Returns the booked record, or
+    /// `None` when the booking failed.
     fn book(
         &self,
         w: &mut Writer<'_>,
         search: &Func,
         t: &Func,
-        record: &Record,
-        known: &[(String, String)],
-        extra: &[(String, String)],
-        asked: usize,
-        change: bool,
-        name_share: f64,
-        may_fail: bool,
+        b: &Booking<'_>,
     ) -> Result<Option<Record>, String> {
+        let Booking {
+            record,
+            known,
+            stated: extra,
+            asked,
+            change,
+            name_share,
+            may_fail,
+        } = *b;
         let entity = self.domain.entity.clone();
         // Optional transaction values, as often as the traces' calls pass them; the user
         // states about half of them, the others are defaults the assistant proposes in its
@@ -2132,19 +2150,17 @@ impl OfflineTeacher {
         let at = extra.iter().position(|(k, _)| k == entity).unwrap_or(0);
         let named = extra.remove(at);
         extra.push(named);
-        let booked = self.book(
-            w,
-            search,
-            t,
-            &record,
-            &[],
-            &extra,
-            plan.asked,
-            plan.change,
-            0.0,
+        let booking = Booking {
+            record: &record,
+            known: &[],
+            stated: &extra,
+            asked: plan.asked,
+            change: plan.change,
+            name_share: 0.0,
             // Questions about the place follow only a booking that brought it back.
-            plan.questions == 0,
-        )?;
+            may_fail: plan.questions == 0,
+        };
+        let booked = self.book(w, search, t, &booking)?;
         if let Some(booked) = booked {
             for _ in 0..plan.questions {
                 self.detail(w, &booked);
