@@ -4,10 +4,12 @@
 //! their required and optional arguments, search as soon as the search function's required
 //! arguments are known, ask for missing ones with the reply function, present results, let the
 //! user change a value or search again, call the transaction once the user confirms and its
-//! required arguments are known, then close. The traces supply only domain signal ([`Domain`]):
-//! argument values, result records, and user/assistant phrasings delexicalized into templates and
-//! refilled with other values. Which function a trace called, when, and under which name is never
-//! copied: the simulator writes every call itself from the schema.
+//! required arguments are known, then close; or, where the user names what to book, collect the
+//! transaction's arguments, confirm and book with no search. The traces supply only domain
+//! signal ([`Domain`]): argument values, result records, user/assistant phrasings delexicalized
+//! into templates and refilled with other values, and how often each flow occurs ([`Flows`]).
+//! Which function a trace called, when, and under which name is never copied: the simulator
+//! writes every call itself from the schema.
 //!
 //! Nothing here knows about restaurants: search vs transaction comes from
 //! [`FunctionKind`], the "entity" field (the name a transaction
