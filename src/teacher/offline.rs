@@ -1675,7 +1675,7 @@ impl OfflineTeacher {
         // one fits the length bucket; otherwise a search, perhaps followed by a booking.
         let direct = match (tx, entity.as_deref()) {
             (Some(t), Some(e)) if w.rng.random_bool(self.domain.flows.transaction_first) => self
-                .direct_plan(&mut w.rng, search, t, e, (lo, hi, target))
+                .direct_plan(&mut w.rng, search, t, (lo, hi, target))
                 .map(|p| (t, e, p)),
             _ => None,
         };
@@ -2055,16 +2055,10 @@ impl OfflineTeacher {
         t: &'f Func,
         said: &BTreeMap<String, String>,
     ) -> Option<(&'f Arg, Value, String)> {
-        let entity = self.domain.entity.as_deref();
         let mut changeable: Vec<&Arg> = t
             .args
             .iter()
-            .filter(|a| {
-                !a.is_flag
-                    && said.contains_key(&a.name)
-                    && search.arg(&a.name).is_none()
-                    && entity != Some(a.name.as_str())
-            })
+            .filter(|a| said.contains_key(&a.name) && self.changeable(search, a))
             .collect();
         changeable.shuffle(&mut w.rng);
         changeable.into_iter().find_map(|a| {
@@ -2072,6 +2066,14 @@ impl OfflineTeacher {
             let v = self.draw(&mut w.rng, a, old)?;
             Some((a, a.json(&v)?, v))
         })
+    }
+
+    /// Whether the user may change `a`, a transaction argument, at the confirmation: a time or
+    /// a party size, not a flag, the booked place or what the search settled (its city).
+    fn changeable(&self, search: &Func, a: &Arg) -> bool {
+        !a.is_flag
+            && search.arg(&a.name).is_none()
+            && self.domain.entity.as_deref() != Some(a.name.as_str())
     }
 
     /// Lays out a booking without a search within `lo..=hi` turns (near `target`, of the
@@ -2084,15 +2086,14 @@ impl OfflineTeacher {
         rng: &mut ChaCha8Rng,
         search: &Func,
         t: &Func,
-        entity: &str,
         (lo, hi, target): (usize, usize, usize),
     ) -> Option<DirectPlan> {
         // A value the user may change at the confirmation (a time, not the place or its city):
         // with none, a change would have to be a question about a place nothing has shown.
-        let changeable = t.required.iter().any(|&i| {
-            let a = &t.args[i];
-            !a.is_flag && search.arg(&a.name).is_none() && a.name != entity
-        });
+        let changeable = t
+            .required
+            .iter()
+            .any(|&i| self.changeable(search, &t.args[i]));
         for _ in 0..64 {
             let asked = rng.random_range(0..=t.required.len());
             let change = changeable && rng.random_bool(0.35);
@@ -2510,6 +2511,29 @@ mod tests {
         call("respond_to_user", json!({ "message": t }))
     }
 
+    /// A trace's ending: the assistant confirms, the user accepts, the booking, thanks.
+    fn booked(city: &str, name: &str, time: &str) -> Vec<Message> {
+        vec![
+            say(&format!("Booking {name} in {city} at {time}, correct?")),
+            Message::User {
+                content: "Yes please.".into(),
+            },
+            call(
+                "Book",
+                json!({"name": name, "city": city, "time": time, "guests": 2}),
+            ),
+            Message::Tool {
+                tool_call_id: String::new(),
+                content: json!([{"name": name, "time": time}]).to_string(),
+            },
+            say("Your table is booked."),
+            Message::User {
+                content: "Thanks!".into(),
+            },
+            say("Enjoy your meal."),
+        ]
+    }
+
     fn trace(i: usize, city: &str, cuisine: &str, name: &str, time: &str) -> Conversation {
         let user = |t: String| Message::User { content: t };
         let mut c = Conversation {
@@ -2522,14 +2546,10 @@ mod tests {
                 Message::Tool { tool_call_id: String::new(), content: json!([{"name": name, "city": city, "cuisine": cuisine, "phone": "555-0100"}]).to_string() },
                 say(&format!("{name} is a nice {cuisine} place in {city}.")),
                 user(format!("Book {name} at {time}.")),
-                say(&format!("Booking {name} in {city} at {time}, correct?")),
-                user("Yes please.".into()),
-                call("Book", json!({"name": name, "city": city, "time": time, "guests": 2})),
-                Message::Tool { tool_call_id: String::new(), content: json!([{"name": name, "time": time}]).to_string() },
-                say("Your table is booked."),
-                user("Thanks!".into()),
-                say("Enjoy your meal."),
-            ],
+            ]
+            .into_iter()
+            .chain(booked(city, name, time))
+            .collect(),
             meta: Default::default(),
         };
         c.assign_call_ids();
@@ -2630,17 +2650,10 @@ mod tests {
                 user(format!("Please book a table at {name} in {city}.")),
                 say("What time?"),
                 user(format!("At {time}.")),
-                say(&format!("Booking {name} in {city} at {time}, correct?")),
-                user("Yes please.".into()),
-                call("Book", json!({"name": name, "city": city, "time": time})),
-                Message::Tool {
-                    tool_call_id: String::new(),
-                    content: json!([{"name": name, "city": city, "time": time}]).to_string(),
-                },
-                say("Your table is booked."),
-                user("Thanks!".into()),
-                say("Enjoy your meal."),
-            ],
+            ]
+            .into_iter()
+            .chain(booked(city, name, time))
+            .collect(),
             meta: Default::default(),
         };
         c.assign_call_ids();
