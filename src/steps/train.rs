@@ -550,7 +550,9 @@ pub(crate) fn worker_resource(params: &Value, jobs: usize) -> Resource {
 /// 4: span arguments keep the shape of their training values (a time is no city's name).
 /// 5: train records which span arguments repeat values labelled with their key (keyed); predict
 /// takes those from such values, never from a value labelled with another key.
-pub const WORKER_VERSION: u32 = 5;
+/// 6: train records the vocabularies of categorical arguments (a cuisine, a city); predict
+/// decodes those as spans whose sources include their training values, each whole.
+pub const WORKER_VERSION: u32 = 6;
 
 /// The `train` step.
 pub struct Train;

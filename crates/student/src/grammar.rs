@@ -14,6 +14,11 @@
 //! [`WHOLE_BONUS`]. When the model is much surer of a token that starts no span (the user said
 //! "SF", the call needs `San Francisco`), the value is written freely instead.
 //!
+//! A *categorical* argument (a cuisine, a city: few training values that repeat; see
+//! [`vocab_params`](crate::train::vocab_params)) is a span argument whose sources also include
+//! its training values, each as a whole: the user's "ramen" may become `Japanese` and "SFO"
+//! `San Francisco`, while a piece of a word (`plings` from "Dumplings") or a date stays out.
+//!
 //! The prompt labels some values with a key: a result field's value follows ` key:`, an earlier
 //! call's argument follows ` key<|val|>`. A *keyed* argument (one whose training values nearly
 //! always repeat such a value; see [`keyed_params`](crate::train::keyed_params)), such as a
@@ -31,7 +36,7 @@ use serde_json::{Map, Value};
 use tracelab::conversation::ToolCall;
 
 use crate::template::{ChatTemplate, FnSpec, ValueKind};
-use crate::train::{KeyedParams, SpanParams, SpanShape};
+use crate::train::{KeyedParams, SpanShape, ValueRules};
 
 /// Tokens allowed next.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,9 +61,11 @@ pub enum Allowed {
         closers: Vec<u32>,
         /// Closers get [`WHOLE_BONUS`]: the value so far is a whole copyable unit.
         whole: bool,
-        /// Continuations that follow a value labelled with this argument's own key (a result
-        /// field or an earlier call's argument of the same name): they get [`LABEL_BONUS`].
-        preferred: Vec<u32>,
+        /// Continuations with a bonus to their log-probability: those that follow a value
+        /// labelled with this argument's own key (a result field or an earlier call's argument
+        /// of the same name) get [`LABEL_BONUS`], those of a learned value the user said
+        /// [`SAID_BONUS`].
+        preferred: Vec<(u32, f32)>,
         /// The value may still be written freely instead.
         free: bool,
     },
@@ -71,6 +78,20 @@ pub const WHOLE_BONUS: f32 = 3.0;
 /// a reservation's `restaurant_name` copies a result's `restaurant_name`, not the same words
 /// from the assistant's sentence around it.
 pub const LABEL_BONUS: f32 = 2.0;
+
+/// Log-probability bonus for a categorical argument's learned value that the user said (in
+/// any case): the student, trained on targets that are half categories the user never said
+/// (`Japanese` for "ramen"), otherwise writes its most frequent values (`American` for "asian
+/// food").
+pub const SAID_BONUS: f32 = 5.0;
+
+/// Adds `t` to `preferred` with `bonus`, keeping the larger bonus of a token listed twice.
+fn prefer(preferred: &mut Vec<(u32, f32)>, t: u32, bonus: f32) {
+    match preferred.iter_mut().find(|(p, _)| *p == t) {
+        Some((_, b)) => *b = b.max(bonus),
+        None => preferred.push((t, bonus)),
+    }
+}
 
 /// How much likelier (in log-probability) the best free-text token must be than the best span
 /// start for a span argument to be written freely.
@@ -129,7 +150,8 @@ impl Lexicon {
     }
 
     /// Whether `prefix` ends a sentence: it ends with a full stop after a word of three or more
-    /// letters ("… in Milpitas." but not "St." or "P.F.").
+    /// letters or one with a digit ("… in Milpitas.", "… on 2019-03-01." but not "St." or
+    /// "P.F.").
     fn ends_sentence(&self, prefix: &[u32]) -> bool {
         let text: String = prefix
             .iter()
@@ -138,11 +160,14 @@ impl Lexicon {
         let Some(body) = text.strip_suffix('.') else {
             return false;
         };
-        body.chars()
-            .rev()
-            .take_while(|c| c.is_alphanumeric())
-            .count()
-            >= 3
+        let word = body.rsplit(char::is_whitespace).next().unwrap_or(body);
+        word.chars().any(|c| c.is_ascii_digit())
+            || body
+                .chars()
+                .rev()
+                .take_while(|c| c.is_alphanumeric())
+                .count()
+                >= 3
     }
 }
 
@@ -153,6 +178,46 @@ pub struct SpanSetup {
     lexicon: Arc<Lexicon>,
     params: Arc<Vec<Vec<Option<SpanShape>>>>,
     labels: Arc<Labels>,
+    vocab: Arc<Vocab>,
+    roles: Arc<Roles>,
+}
+
+/// The special tokens that start a message or the tool header, and which of them starts a user
+/// message: what a categorical value "said" means.
+#[derive(Debug)]
+struct Roles {
+    starts: Vec<u32>,
+    user: u32,
+}
+
+/// Per function, per parameter: its learned vocabulary (see [`crate::train::vocab_params`]).
+type Vocab = Vec<Vec<Vec<LearnedValue>>>;
+
+/// One value of a categorical argument's vocabulary.
+#[derive(Debug, Clone)]
+struct LearnedValue {
+    /// Its tokens, as it would read after a space in the conversation.
+    tokens: Vec<u32>,
+    /// Its words folded (see [`folded`]), padded with a space on both sides.
+    folded: String,
+}
+
+/// Lower case, every run of other characters than letters and digits one space: "Asian" and
+/// "asian," fold alike.
+fn folded(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push(' ');
+    for c in text.chars() {
+        if c.is_alphanumeric() {
+            out.extend(c.to_lowercase());
+        } else if !out.ends_with(' ') {
+            out.push(' ');
+        }
+    }
+    if !out.ends_with(' ') {
+        out.push(' ');
+    }
+    out
 }
 
 /// How the prompt labels copyable values: the tokens right before a result field's value
@@ -219,24 +284,57 @@ impl Labels {
 }
 
 impl SpanSetup {
-    /// From the model's span parameters (function → argument names) and those of them taken
-    /// from values labelled with their own key.
-    pub fn new(tpl: &ChatTemplate, span_params: &SpanParams, keyed: &KeyedParams) -> SpanSetup {
+    /// From the model's value rules: its span parameters (function → argument names), those of
+    /// them taken from values labelled with their own key, and the categorical ones'
+    /// vocabularies.
+    pub fn new(tpl: &ChatTemplate, rules: &ValueRules) -> SpanSetup {
         let params = tpl
             .functions
             .iter()
             .map(|f| {
-                let names = span_params.get(&f.name);
+                let names = rules.span_params.get(&f.name);
                 f.params
                     .iter()
                     .map(|p| names.and_then(|n| n.get(&p.key)).copied())
                     .collect()
             })
             .collect();
+        let vocab = tpl
+            .functions
+            .iter()
+            .map(|f| {
+                let values = rules.vocab_params.get(&f.name);
+                f.params
+                    .iter()
+                    .map(|p| {
+                        let list = values.and_then(|v| v.get(&p.key));
+                        list.into_iter()
+                            .flatten()
+                            .map(|v| LearnedValue {
+                                tokens: tpl.encode(&format!(" {v}")),
+                                folded: folded(v),
+                            })
+                            .filter(|v| !v.tokens.is_empty())
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
         SpanSetup {
             lexicon: Arc::new(Lexicon::new(tpl)),
             params: Arc::new(params),
-            labels: Arc::new(Labels::new(tpl, keyed)),
+            labels: Arc::new(Labels::new(tpl, &rules.keyed_params)),
+            vocab: Arc::new(vocab),
+            roles: Arc::new(Roles {
+                starts: vec![
+                    tpl.sp.tools,
+                    tpl.sp.system,
+                    tpl.sp.user,
+                    tpl.sp.call,
+                    tpl.sp.result,
+                ],
+                user: tpl.sp.user,
+            }),
         }
     }
 
@@ -248,6 +346,8 @@ impl SpanSetup {
             self.lexicon.clone(),
             self.params.clone(),
             self.labels.clone(),
+            self.vocab.clone(),
+            &self.roles,
         )
     }
 }
@@ -263,6 +363,11 @@ pub struct SpanSource {
     /// Per function of the template, per parameter: decoded as a span of this shape.
     params: Arc<Vec<Vec<Option<SpanShape>>>>,
     labels: Arc<Labels>,
+    /// Learned vocabularies: more runs, each a whole value, for their parameter only.
+    vocab: Arc<Vocab>,
+    /// Per function, per parameter, per vocabulary value: whether the user's messages say it
+    /// (in any case: "asian food" says `Asian`).
+    said: Vec<Vec<Vec<bool>>>,
 }
 
 impl SpanSource {
@@ -273,6 +378,8 @@ impl SpanSource {
         lexicon: Arc<Lexicon>,
         params: Arc<Vec<Vec<Option<SpanShape>>>>,
         labels: Arc<Labels>,
+        vocab: Arc<Vocab>,
+        roles: &Roles,
     ) -> SpanSource {
         let mut runs = Vec::new();
         let mut run_keys = Vec::new();
@@ -294,13 +401,52 @@ impl SpanSource {
             runs.push(run);
             run_keys.push(key_at(start));
         }
+        // The user's words, each message folded on its own.
+        let mut text = String::new();
+        let mut message = String::new();
+        let mut in_user = false;
+        for &t in tokens {
+            if roles.starts.contains(&t) {
+                text.push_str(&folded(&std::mem::take(&mut message)));
+                in_user = t == roles.user;
+            } else if in_user {
+                message.push_str(&lexicon.texts[t as usize]);
+            }
+        }
+        text.push_str(&folded(&message));
+        let said = vocab
+            .iter()
+            .map(|f| {
+                f.iter()
+                    .map(|values| values.iter().map(|v| text.contains(&v.folded)).collect())
+                    .collect()
+            })
+            .collect();
         SpanSource {
             runs,
             run_keys,
             lexicon,
             params,
             labels,
+            vocab,
+            said,
         }
+    }
+
+    /// The vocabulary of a function's parameter (none for most) and which of its values the
+    /// prompt says.
+    fn vocab_of(&self, func: usize, param: usize) -> (&[LearnedValue], &[bool]) {
+        let values = self
+            .vocab
+            .get(func)
+            .and_then(|p| p.get(param))
+            .map_or(&[][..], Vec::as_slice);
+        let said = self
+            .said
+            .get(func)
+            .and_then(|p| p.get(param))
+            .map_or(&[][..], Vec::as_slice);
+        (values, said)
     }
 
     /// The key index of a function's parameter, when the prompt's labels can name it.
@@ -325,8 +471,16 @@ impl SpanSource {
     /// What may follow `prefix` as a span of some run (see [`Next`]). An empty prefix may start
     /// at any word start. `key`: the argument's key, when the prompt labels values with it;
     /// where some run carries that label, runs labelled with another key (a cuisine, a city,
-    /// a time) are no source for this argument.
-    fn next(&self, prefix: &[u32], shape: SpanShape, key: Option<usize>) -> Next {
+    /// a time) are no source for this argument. `vocab`: the argument's vocabulary, whole
+    /// values that are runs too (a value starts only at their start), and which of them the
+    /// prompt says: those are preferred like a value labelled with the argument's key.
+    fn next(
+        &self,
+        prefix: &[u32],
+        shape: SpanShape,
+        key: Option<usize>,
+        (vocab, said): (&[LearnedValue], &[bool]),
+    ) -> Next {
         let lx = &self.lexicon;
         // Digits-shaped values take no token with a letter; word-shaped ones may end only once
         // they have a letter.
@@ -338,18 +492,52 @@ impl SpanSource {
         let mut whole = false;
         let sentence_end = lx.ends_sentence(prefix);
         let labelled = key.filter(|k| self.run_keys.contains(&Some(*k)));
-        for (run, run_key) in self.runs.iter().zip(&self.run_keys) {
-            let own = labelled.is_some() && *run_key == labelled;
+        let prompt = self
+            .runs
+            .iter()
+            .zip(&self.run_keys)
+            .map(|(r, k)| (r, *k, false, false));
+        let learned = vocab
+            .iter()
+            .zip(said)
+            .map(|(v, &said)| (&v.tokens, None, true, said));
+        // A categorical argument whose values all begin with a letter (a cuisine) does not
+        // begin at a number in the conversation (a date).
+        let letters_first =
+            !vocab.is_empty() && vocab.iter().all(|v| !lx.starts_digit[v.tokens[0] as usize]);
+        // Nothing but spaces so far: the next token begins the value's first word.
+        let blank = prefix
+            .iter()
+            .all(|&t| lx.texts[t as usize].trim().is_empty());
+        for (run, run_key, whole_only, said) in prompt.chain(learned) {
+            let own = labelled.is_some() && run_key == labelled;
             if labelled.is_some() && run_key.is_some() && !own {
                 continue;
             }
+            let bonus = match (own, said) {
+                (_, true) => Some(SAID_BONUS),
+                (true, false) => Some(LABEL_BONUS),
+                (false, false) => None,
+            };
+            if prefix.is_empty() && whole_only {
+                if self.can_start(run[0], shape) {
+                    next.push(run[0]);
+                    if let Some(b) = bonus {
+                        prefer(&mut preferred, run[0], b);
+                    }
+                }
+                continue;
+            }
             if prefix.is_empty() {
-                for &t in run.iter().filter(|&&t| self.can_start(t, shape)) {
+                let starts = run.iter().filter(|&&t| {
+                    self.can_start(t, shape) && !(letters_first && lx.starts_digit[t as usize])
+                });
+                for &t in starts {
                     next.push(t);
                     // Only the value's first word starts it: a bonus for any word of a long
                     // labelled value would favour starting in its middle.
-                    if own && run[0] == t && !preferred.contains(&t) {
-                        preferred.push(t);
+                    if let (Some(b), true) = (bonus, run[0] == t) {
+                        prefer(&mut preferred, t, b);
                     }
                 }
                 continue;
@@ -357,7 +545,12 @@ impl SpanSource {
             if run.len() < prefix.len() {
                 continue;
             }
-            for i in 0..=run.len() - prefix.len() {
+            let last_start = if whole_only {
+                0
+            } else {
+                run.len() - prefix.len()
+            };
+            for i in 0..=last_start {
                 if run[i..i + prefix.len()] != *prefix {
                     continue;
                 }
@@ -372,12 +565,16 @@ impl SpanSource {
                         if !lx.continues_word[t_us] {
                             can_end |= shaped_end;
                         }
-                        let crosses_sentence = sentence_end && lx.starts_word[t_us];
-                        let fits = shape != SpanShape::Digits || !lx.lettered[t_us];
+                        // Neither past a sentence's end nor taking its full stop along.
+                        let crosses_sentence = sentence_end && lx.starts_word[t_us]
+                            || lx.texts[t_us].ends_with('.')
+                                && lx.ends_sentence(&[prefix, &[t]].concat());
+                        let fits = (shape != SpanShape::Digits || !lx.lettered[t_us])
+                            && !(letters_first && blank && lx.starts_digit[t_us]);
                         if !lx.breaks[t_us] && !crosses_sentence && fits {
                             next.push(t);
-                            if own && i == 0 && !preferred.contains(&t) {
-                                preferred.push(t);
+                            if let (Some(b), 0) = (bonus, i) {
+                                prefer(&mut preferred, t, b);
                             }
                         }
                     }
@@ -404,8 +601,8 @@ impl SpanSource {
 struct Next {
     /// Tokens that continue it as a span of some run.
     continuations: Vec<u32>,
-    /// Those that continue a run labelled with the argument's own key, from its start.
-    preferred: Vec<u32>,
+    /// Those with a bonus (see [`Allowed::Span`]).
+    preferred: Vec<(u32, f32)>,
     /// It may end here: it is a whole-word span somewhere, of the value's shape.
     can_end: bool,
     /// It is a whole run.
@@ -598,13 +795,14 @@ impl CallState {
                     }
                     ValueKind::Free if self.span_here().is_some() => {
                         let (spans, shape) = self.span_here().expect("checked");
-                        let key = spans.param_key(self.func.expect("function chosen"), *p);
+                        let func = self.func.expect("function chosen");
+                        let key = spans.param_key(func, *p);
                         let Next {
                             mut continuations,
                             mut preferred,
                             can_end,
                             whole,
-                        } = spans.next(&self.item, shape, key);
+                        } = spans.next(&self.item, shape, key, spans.vocab_of(func, *p));
                         let full = self.item.len() >= lim.max_value_tokens || wrap_up;
                         if full {
                             continuations.clear();
@@ -623,12 +821,15 @@ impl CallState {
                         } else {
                             Vec::new()
                         };
+                        // A categorical argument's vocabulary covers what free writing is
+                        // for (the user's "SF" for `San Francisco`).
+                        let learned = !spans.vocab_of(func, *p).0.is_empty();
                         Allowed::Span {
                             continuations,
                             closers,
                             whole,
                             preferred,
-                            free: first,
+                            free: first && !learned,
                         }
                     }
                     ValueKind::Free | ValueKind::Integer => {
@@ -708,7 +909,13 @@ impl CallState {
                 // A first token that starts no span: the model chose to write this value freely.
                 if self.item.is_empty() && token != tpl.sp.arg && token != tpl.sp.end {
                     if let Some((spans, shape)) = self.span_here() {
-                        let in_prompt = spans.runs.iter().any(|r| r.contains(&token));
+                        let func = self.func.expect("function chosen");
+                        let in_prompt = spans.runs.iter().any(|r| r.contains(&token))
+                            || spans
+                                .vocab_of(func, p)
+                                .0
+                                .iter()
+                                .any(|v| v.tokens[0] == token);
                         if !(in_prompt && spans.can_start(token, shape)) {
                             self.free_value = true;
                         }
@@ -793,11 +1000,10 @@ pub fn pick(allowed: &Allowed, scores: &[f32], tpl: &ChatTemplate, digit: &[bool
             free,
         } => {
             continuations.iter().for_each(|&t| {
-                let bonus = if preferred.contains(&t) {
-                    LABEL_BONUS
-                } else {
-                    0.0
-                };
+                let bonus = preferred
+                    .iter()
+                    .find(|(p, _)| *p == t)
+                    .map_or(0.0, |&(_, b)| b);
                 consider(t, bonus)
             });
             let bonus = if *whole { WHOLE_BONUS } else { 0.0 };

@@ -186,7 +186,7 @@ fn run(job: &WorkerJob) -> Result<Value, WorkerError> {
                 &tpl,
                 &pairs,
                 &p,
-                &grammar::SpanSetup::new(&tpl, &saved.span_params, &saved.keyed_params),
+                &grammar::SpanSetup::new(&tpl, &saved.rules),
                 dev,
                 &mut report,
             );

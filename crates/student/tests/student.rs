@@ -335,16 +335,7 @@ fn checkpoint_reloads_to_identical_predictions_and_training_is_deterministic() {
         [tpl.sp.arg, tpl.sp.end],
     );
     let c = tempfile::tempdir().unwrap();
-    train::save(
-        &vs,
-        &cfg,
-        2,
-        None,
-        &Default::default(),
-        &Default::default(),
-        c.path(),
-    )
-    .unwrap();
+    train::save(&vs, &cfg, 2, None, &Default::default(), c.path()).unwrap();
     let (_, _vc, reloaded) = train::load(
         c.path(),
         &tpl.is_special,

@@ -9,6 +9,11 @@ use tracelab_student::template::{ChatTemplate, Target};
 use tracelab_student::tokenizer;
 
 fn setup() -> (ChatTemplate, Vec<Message>) {
+    setup_with(&[])
+}
+
+/// [`setup`] with a tokenizer that also learned `words`.
+fn setup_with(words: &[&str]) -> (ChatTemplate, Vec<Message>) {
     let tools = ToolSet::from_openai(
         &json!([{"type": "function", "function": {"name": "FindRestaurants", "parameters": {
             "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]),
@@ -40,6 +45,10 @@ fn setup() -> (ChatTemplate, Vec<Message>) {
         " Walnut Creek".into(),
         " city".into(),
     ];
+    let texts: Vec<String> = texts
+        .into_iter()
+        .chain(words.iter().map(|w| format!(" {w}")))
+        .collect();
     let tok = tokenizer::train_bpe(&texts, 300, 1).unwrap();
     let tpl = ChatTemplate::new(tok, &tools, 2, Some("2019-03-01")).unwrap();
     (tpl, messages)
@@ -133,7 +142,7 @@ fn decode_call(
 fn span_arguments_are_copied_from_the_prompt_unless_the_model_insists() {
     use std::collections::BTreeMap;
     use tracelab_student::grammar::{CallState, SpanSetup};
-    use tracelab_student::train::SpanShape;
+    use tracelab_student::train::{SpanShape, ValueRules};
 
     let (tpl, messages) = setup();
     let prompt = tpl.prompt(&messages[..1], 128, 41);
@@ -142,7 +151,13 @@ fn span_arguments_are_copied_from_the_prompt_unless_the_model_insists() {
         [("city".to_string(), SpanShape::Words)].into(),
     )]
     .into();
-    let setup = SpanSetup::new(&tpl, &spans, &Default::default());
+    let setup = SpanSetup::new(
+        &tpl,
+        &ValueRules {
+            span_params: spans.clone(),
+            ..Default::default()
+        },
+    );
     let function = tpl.encode(" FindRestaurants");
     let city = tpl.encode(" Walnut Creek");
     let outsider = tpl.encode(" x")[0];
@@ -178,10 +193,116 @@ fn span_arguments_are_copied_from_the_prompt_unless_the_model_insists() {
 }
 
 #[test]
+fn a_categorical_argument_takes_whole_learned_values_or_prompt_words() {
+    use std::collections::BTreeMap;
+    use tracelab_student::grammar::{CallState, SpanSetup};
+    use tracelab_student::train::{vocab_params, ValueRules};
+
+    let (tpl, messages) = setup_with(&["San Francisco", "Oakland", "Napa", "Dinner"]);
+    let searches = |city: &dyn Fn(usize) -> String| -> Vec<Conversation> {
+        (0..24)
+            .map(|i| {
+                let mut a = serde_json::Map::new();
+                a.insert("city".into(), city(i).into());
+                Conversation {
+                    id: i.to_string(),
+                    messages: vec![Message::call(ToolCall::new("FindRestaurants", a))],
+                    meta: Default::default(),
+                }
+            })
+            .collect()
+    };
+    // 24 searches in 24 cities: no vocabulary (it would only offer values to invent).
+    assert!(vocab_params(&tpl, &searches(&|i| format!("Town{i}"))).is_empty());
+    // 24 searches in two cities: a categorical argument, most frequent value first.
+    let corpus = searches(&|i| {
+        if i % 3 == 0 {
+            "San Francisco"
+        } else {
+            "Oakland"
+        }
+        .into()
+    });
+    assert_eq!(
+        vocab_params(&tpl, &corpus),
+        BTreeMap::from([(
+            "FindRestaurants".to_string(),
+            BTreeMap::from([(
+                "city".to_string(),
+                vec!["Oakland".to_string(), "San Francisco".to_string()]
+            )])
+        )])
+    );
+    let rules = ValueRules::learn(&tpl, &corpus);
+    assert!(rules.span_params["FindRestaurants"].contains_key("city"));
+    let setup = SpanSetup::new(&tpl, &rules);
+    let decode_after = |messages: &[Message], liked: &[(&str, f32)]| {
+        let prompt = tpl.prompt(messages, 128, 41);
+        let mut name_scores = vec![0f32; tpl.vocab];
+        for &t in &tpl.encode(" FindRestaurants") {
+            name_scores[t as usize] = 5.0;
+        }
+        let mut value_scores = vec![0f32; tpl.vocab];
+        for (text, score) in liked {
+            for &t in &tpl.encode(text) {
+                value_scores[t as usize] = *score;
+            }
+        }
+        value_scores[tpl.sp.end as usize] = 0.5;
+        let st = CallState::with_spans(setup.source(&prompt.tokens, &prompt.copyable));
+        decode_call(&tpl, st, &name_scores, &value_scores)
+    };
+    // After "Food in Walnut Creek please.":
+    let decode = |liked: &[(&str, f32)]| decode_after(&messages[..1], liked);
+    // A learned value the conversation never says is written (a user's "SFO" for San
+    // Francisco in the traces).
+    let call = decode(&[(" Oakland", 1.0)]);
+    assert_eq!(call.arguments["city"], "Oakland");
+    // The prompt's words stay a source.
+    let call = decode(&[(" Walnut Creek", 1.0)]);
+    assert_eq!(call.arguments["city"], "Walnut Creek");
+    // Neither a learned value nor a prompt word is begun in its middle (`plings` from
+    // "Dumplings"), though the model likes those pieces (less than by the free-text margin).
+    let (mid_value, mid_word) = (tpl.encode(" Oakland")[1], tpl.encode(" Food")[1]);
+    let (mid_value, mid_word) = (tpl.decode(&[mid_value]), tpl.decode(&[mid_word]));
+    let call = decode(&[(&mid_value, 2.5), (&mid_word, 2.5), (" Walnut Creek", 1.0)]);
+    assert_eq!(call.arguments["city"], "Walnut Creek");
+    // A span never takes a sentence's full stop along.
+    let call = decode(&[(".", 3.0), (" please", 1.5), (" Walnut Creek", 2.0)]);
+    assert_eq!(call.arguments["city"], "Walnut Creek please");
+
+    let user = |text: &str| Message::User {
+        content: text.into(),
+    };
+    let reply = |text: &str| {
+        let mut a = serde_json::Map::new();
+        a.insert("message".into(), text.into());
+        Message::call(ToolCall::new(DEFAULT_RESPOND, a))
+    };
+    // A learned value the user said, in any case, wins over a likelier one (by less than
+    // SAID_BONUS); said by the assistant only, it does not.
+    let liked = [(" Oakland", 3.0), (" San Francisco", 0.0)];
+    let call = decode_after(&[user("Dinner in san francisco")], &liked);
+    assert_eq!(call.arguments["city"], "San Francisco");
+    let call = decode_after(
+        &[user("Dinner"), reply("In san francisco?"), user("Yes")],
+        &liked,
+    );
+    assert_eq!(call.arguments["city"], "Oakland");
+    // Learned values all begin with a letter, so a value does not begin at a number the user
+    // said (a date for a cuisine), though the model likes it.
+    let call = decode_after(
+        &[user("Dinner on 2019-03-08 in Napa")],
+        &[("2019", 2.0), ("-03-08", 2.0), (" Napa", 1.0)],
+    );
+    assert_eq!(call.arguments["city"], "Napa");
+}
+
+#[test]
 fn a_span_argument_copies_values_labelled_with_its_own_key() {
     use std::collections::BTreeMap;
     use tracelab_student::grammar::{CallState, SpanSetup};
-    use tracelab_student::train::SpanShape;
+    use tracelab_student::train::{SpanShape, ValueRules};
 
     let s = json!({"type": "string"});
     let tools = ToolSet::from_openai(
@@ -280,7 +401,14 @@ fn a_span_argument_copies_values_labelled_with_its_own_key() {
         keyed["Book"],
         ["city".to_string(), "restaurant_name".to_string()].into()
     );
-    let setup = SpanSetup::new(&tpl, &spans, &keyed);
+    let setup = SpanSetup::new(
+        &tpl,
+        &ValueRules {
+            span_params: spans.clone(),
+            keyed_params: keyed,
+            ..Default::default()
+        },
+    );
     // The model wants `Book`, then `restaurant_name`, and in the value it likes "Thai" and ending
     // right after it: without labels that is the cuisine value "Thai", a whole run (+3 to end
     // there). With labels, the cuisine is no source for a restaurant name, and the labelled
