@@ -552,7 +552,9 @@ pub(crate) fn worker_resource(params: &Value, jobs: usize) -> Resource {
 /// takes those from such values, never from a value labelled with another key.
 /// 6: train records the vocabularies of categorical arguments (a cuisine, a city); predict
 /// decodes those as spans whose sources include their training values, each whole.
-pub const WORKER_VERSION: u32 = 6;
+/// 7: train records which optional arguments need evidence in the user's words; predict opens
+/// those only after such a word.
+pub const WORKER_VERSION: u32 = 7;
 
 /// The `train` step.
 pub struct Train;

@@ -19,6 +19,11 @@
 //! its training values, each as a whole: the user's "ramen" may become `Japanese` and "SFO"
 //! `San Francisco`, while a piece of a word (`plings` from "Dumplings") or a date stays out.
 //!
+//! An optional argument that training passed only when the user's words asked for it (a price
+//! range; see [`evidence_params`](crate::train::evidence_params)) is opened only when the
+//! user's messages hold one of its evidence words, so the student no longer adds a price range
+//! to a search where nobody mentioned a price.
+//!
 //! The prompt labels some values with a key: a result field's value follows ` key:`, an earlier
 //! call's argument follows ` key<|val|>`. A *keyed* argument (one whose training values nearly
 //! always repeat such a value; see [`keyed_params`](crate::train::keyed_params)), such as a
@@ -30,6 +35,7 @@
 //! tokens. Hugging Face students write calls as JSON text instead: [`crate::json_call`] applies
 //! the same rules to that layout, byte by byte.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -180,6 +186,9 @@ pub struct SpanSetup {
     labels: Arc<Labels>,
     vocab: Arc<Vocab>,
     roles: Arc<Roles>,
+    /// Per function, per parameter: the words that must occur in the user's messages for it
+    /// to be passed (see [`crate::train::evidence_params`]).
+    evidence: Arc<Vec<Vec<Option<BTreeSet<String>>>>>,
 }
 
 /// The special tokens that start a message or the tool header, and which of them starts a user
@@ -204,7 +213,7 @@ struct LearnedValue {
 
 /// Lower case, every run of other characters than letters and digits one space: "Asian" and
 /// "asian," fold alike.
-fn folded(text: &str) -> String {
+pub(crate) fn folded(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
     out.push(' ');
     for c in text.chars() {
@@ -320,7 +329,19 @@ impl SpanSetup {
                     .collect()
             })
             .collect();
+        let evidence = tpl
+            .functions
+            .iter()
+            .map(|f| {
+                let args = rules.evidence_params.get(&f.name);
+                f.params
+                    .iter()
+                    .map(|p| args.and_then(|a| a.get(&p.key)).cloned())
+                    .collect()
+            })
+            .collect();
         SpanSetup {
+            evidence: Arc::new(evidence),
             lexicon: Arc::new(Lexicon::new(tpl)),
             params: Arc::new(params),
             labels: Arc::new(Labels::new(tpl, &rules.keyed_params)),
@@ -340,15 +361,7 @@ impl SpanSetup {
 
     /// The span source of one prompt.
     pub fn source(&self, tokens: &[u32], copyable: &[bool]) -> SpanSource {
-        SpanSource::new(
-            tokens,
-            copyable,
-            self.lexicon.clone(),
-            self.params.clone(),
-            self.labels.clone(),
-            self.vocab.clone(),
-            &self.roles,
-        )
+        SpanSource::new(tokens, copyable, self)
     }
 }
 
@@ -368,19 +381,22 @@ pub struct SpanSource {
     /// Per function, per parameter, per vocabulary value: whether the user's messages say it
     /// (in any case: "asian food" says `Asian`).
     said: Vec<Vec<Vec<bool>>>,
+    /// Per function, per parameter: whether it may be passed (it needs no evidence, or the
+    /// user's messages have some).
+    evident: Vec<Vec<bool>>,
 }
 
 impl SpanSource {
-    /// The copyable runs of a prompt; `params` marks span parameters per function.
-    fn new(
-        tokens: &[u32],
-        copyable: &[bool],
-        lexicon: Arc<Lexicon>,
-        params: Arc<Vec<Vec<Option<SpanShape>>>>,
-        labels: Arc<Labels>,
-        vocab: Arc<Vocab>,
-        roles: &Roles,
-    ) -> SpanSource {
+    /// The copyable runs of a prompt, what its user messages say, and the model's rules.
+    fn new(tokens: &[u32], copyable: &[bool], setup: &SpanSetup) -> SpanSource {
+        let SpanSetup {
+            lexicon,
+            params,
+            labels,
+            vocab,
+            roles,
+            evidence,
+        } = setup;
         let mut runs = Vec::new();
         let mut run_keys = Vec::new();
         let mut run = Vec::new();
@@ -422,14 +438,27 @@ impl SpanSource {
                     .collect()
             })
             .collect();
+        let user_words: BTreeSet<&str> = text.split_whitespace().collect();
+        let evident = evidence
+            .iter()
+            .map(|f| {
+                f.iter()
+                    .map(|e| {
+                        e.as_ref()
+                            .is_none_or(|e| e.iter().any(|w| user_words.contains(w.as_str())))
+                    })
+                    .collect()
+            })
+            .collect();
         SpanSource {
             runs,
             run_keys,
-            lexicon,
-            params,
-            labels,
-            vocab,
+            lexicon: lexicon.clone(),
+            params: params.clone(),
+            labels: labels.clone(),
+            vocab: vocab.clone(),
             said,
+            evident,
         }
     }
 
@@ -711,6 +740,21 @@ impl CallState {
         matches!(self.phase, Phase::Value(_))
     }
 
+    /// Whether parameter `p` of the chosen function may still be passed: unused, and required or
+    /// evidenced by the user's words (where span decoding knows them).
+    fn open(&self, f: &FnSpec, p: usize) -> bool {
+        let func = self.func.expect("function chosen");
+        !self.used.contains(&p)
+            && (f.required.contains(&p)
+                || self.spans.as_ref().is_none_or(|s| {
+                    s.evident
+                        .get(func)
+                        .and_then(|e| e.get(p))
+                        .copied()
+                        .unwrap_or(true)
+                }))
+    }
+
     fn missing_required(&self, f: &FnSpec) -> Vec<usize> {
         f.required
             .iter()
@@ -732,7 +776,7 @@ impl CallState {
     fn closers(&self, tpl: &ChatTemplate, f: &FnSpec, wrap_up: bool) -> Vec<u32> {
         let missing = self.missing_required(f);
         let mut c = Vec::new();
-        let optional_left = self.used.len() < f.params.len();
+        let optional_left = (0..f.params.len()).any(|p| self.open(f, p));
         if !missing.is_empty() || (optional_left && !wrap_up) {
             c.push(tpl.sp.arg);
         }
@@ -772,7 +816,7 @@ impl CallState {
                 let wrap_up = self.item.is_empty() && left <= self.min_finish(tpl, f) + 4;
                 let missing = self.missing_required(f);
                 let keys = (0..f.params.len())
-                    .filter(|p| !self.used.contains(p) && (!wrap_up || missing.contains(p)))
+                    .filter(|&p| self.open(f, p) && (!wrap_up || missing.contains(&p)))
                     .map(|p| f.params[p].key_tokens.as_slice());
                 let (mut next, complete) = trie_next(keys, &self.item);
                 if complete {

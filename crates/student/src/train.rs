@@ -52,6 +52,10 @@ pub struct ValueRules {
     /// [`vocab_params`]).
     #[serde(default)]
     pub vocab_params: VocabParams,
+    /// Per function, the optional arguments that need evidence in the user's words, and those
+    /// words (see [`evidence_params`]).
+    #[serde(default)]
+    pub evidence_params: EvidenceParams,
 }
 
 impl ValueRules {
@@ -75,6 +79,7 @@ impl ValueRules {
             span_params,
             keyed_params,
             vocab_params,
+            evidence_params: evidence_params(tpl, conversations),
         }
     }
 }
@@ -294,6 +299,105 @@ pub fn vocab_params(tpl: &ChatTemplate, conversations: &[Conversation]) -> Vocab
         out.entry(f)
             .or_default()
             .insert(k, ranked.into_iter().map(|(v, _)| v).collect());
+    }
+    out
+}
+
+/// Per function, per optional argument, the words whose presence in the user's messages
+/// announces it.
+pub type EvidenceParams = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;
+
+/// How much more often a word must occur in the user's messages before calls that pass an
+/// optional argument than before calls that leave it out, to count as evidence for it.
+pub const EVIDENCE_LIFT: f64 = 5.0;
+
+/// Share of the training calls passing an optional argument whose user messages must hold one
+/// of its evidence words for decoding to require one.
+pub const EVIDENCE_COVERAGE: f64 = 0.9;
+
+/// The optional arguments (of functions other than the reply) that training passed only when
+/// the user's words asked for them, with those words. Per optional argument passed in at least
+/// 5 training calls and left out in at least 10: a word of the user's messages so far is
+/// evidence when at least 3 calls passing the argument had it and it is [`EVIDENCE_LIFT`] times
+/// as frequent before those calls as before the others ("pricey", "affordable", "moderate" for
+/// a search's `price_range`). The argument needs evidence when at least [`EVIDENCE_COVERAGE`]
+/// of the calls passing it had some. Decoding then opens the argument only after a user's
+/// message with an evidence word: the student, having seen the price range in a third of the
+/// searches, otherwise adds one to searches where nobody mentioned a price.
+pub fn evidence_params(tpl: &ChatTemplate, conversations: &[Conversation]) -> EvidenceParams {
+    // Per (function, optional argument): calls passing it / leaving it out, and per word the
+    // calls of each kind whose user messages had it.
+    type Tally = (usize, usize, BTreeMap<String, (usize, usize)>);
+    let mut tallies: BTreeMap<(String, String), Tally> = BTreeMap::new();
+    // Per call: its key and the user's words before it, to measure coverage afterwards.
+    let mut calls: Vec<(String, BTreeSet<String>, BTreeSet<String>)> = Vec::new();
+    for c in conversations {
+        let mut words: BTreeSet<String> = BTreeSet::new();
+        for m in &c.messages {
+            match m {
+                Message::User { content } => {
+                    words.extend(
+                        crate::grammar::folded(content)
+                            .split_whitespace()
+                            .map(str::to_string),
+                    );
+                }
+                Message::Assistant { tool_calls, .. } => {
+                    for call in tool_calls.iter().filter(|c| c.name != tpl.respond_name()) {
+                        let Some(f) = tpl.functions.iter().find(|f| f.name == call.name) else {
+                            continue;
+                        };
+                        for (i, p) in f.params.iter().enumerate() {
+                            if f.required.contains(&i) {
+                                continue;
+                            }
+                            let passed = call.arguments.contains_key(&p.key);
+                            let t = tallies.entry((f.name.clone(), p.key.clone())).or_default();
+                            if passed {
+                                t.0 += 1;
+                            } else {
+                                t.1 += 1;
+                            }
+                            for w in &words {
+                                let e = t.2.entry(w.clone()).or_default();
+                                if passed {
+                                    e.0 += 1;
+                                } else {
+                                    e.1 += 1;
+                                }
+                            }
+                        }
+                        let passed = call.arguments.keys().cloned().collect();
+                        calls.push((call.name.clone(), passed, words.clone()));
+                    }
+                }
+                Message::Tool { .. } | Message::System { .. } => {}
+            }
+        }
+    }
+    let mut out = EvidenceParams::new();
+    for ((f, k), (with, without, per_word)) in tallies {
+        if with < 5 || without < 10 {
+            continue;
+        }
+        let evidence: BTreeSet<String> = per_word
+            .into_iter()
+            .filter(|(_, (a, b))| {
+                *a >= 3
+                    && *a as f64 / with as f64
+                        >= EVIDENCE_LIFT * (*b as f64 + 1.0) / (without as f64 + 1.0)
+            })
+            .map(|(w, _)| w)
+            .collect();
+        let covered = calls
+            .iter()
+            .filter(|(name, passed, words)| {
+                *name == f && passed.contains(&k) && words.iter().any(|w| evidence.contains(w))
+            })
+            .count();
+        if covered as f64 >= EVIDENCE_COVERAGE * with as f64 {
+            out.entry(f).or_default().insert(k, evidence);
+        }
     }
     out
 }
@@ -562,6 +666,14 @@ pub fn train(
     stats.insert("windows".into(), json!(windows.len()));
     stats.insert("span_params".into(), json!(rules.span_params));
     stats.insert("keyed_params".into(), json!(rules.keyed_params));
+    stats.insert(
+        "evidence_params".into(),
+        json!(rules
+            .evidence_params
+            .iter()
+            .map(|(f, args)| (f, args.iter().map(|(k, v)| (k, v.len())).collect()))
+            .collect::<BTreeMap<_, BTreeMap<_, _>>>()),
+    );
     stats.insert(
         "vocab_params".into(),
         json!(rules

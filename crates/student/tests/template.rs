@@ -299,6 +299,92 @@ fn a_categorical_argument_takes_whole_learned_values_or_prompt_words() {
 }
 
 #[test]
+fn an_optional_argument_needs_evidence_in_the_users_words() {
+    use tracelab_student::grammar::{CallState, SpanSetup};
+    use tracelab_student::train::{evidence_params, ValueRules};
+
+    let tools = ToolSet::from_openai(
+        &json!([{"type": "function", "function": {"name": "Find", "parameters": {
+            "type": "object", "properties": {
+                "city": {"type": "string"},
+                "price_range": {"type": "string", "enum": ["cheap", "pricey"]}},
+            "required": ["city"]}}}]),
+        DEFAULT_RESPOND,
+        &[],
+        "t",
+    )
+    .unwrap();
+    let texts: Vec<String> = [
+        "Food in Oakland",
+        "Something cheap in Oakland",
+        "price_range",
+    ]
+    .iter()
+    .map(|t| format!(" {t}"))
+    .collect();
+    let tok = tokenizer::train_bpe(&texts, 300, 1).unwrap();
+    let tpl = ChatTemplate::new(tok, &tools, 2, Some("2019-03-01")).unwrap();
+    let user = |text: &str| Message::User {
+        content: text.into(),
+    };
+    let find = |args: serde_json::Value| {
+        Message::call(ToolCall::new("Find", args.as_object().unwrap().clone()))
+    };
+    // Training passed a price range exactly when the user named one.
+    let corpus: Vec<Conversation> = (0..30)
+        .map(|i| {
+            let (said, call) = match i % 3 {
+                0 => (
+                    "Something cheap in Oakland",
+                    json!({"city": "Oakland", "price_range": "cheap"}),
+                ),
+                1 => (
+                    "A pricey place in Oakland",
+                    json!({"city": "Oakland", "price_range": "pricey"}),
+                ),
+                _ => ("Food in Oakland", json!({"city": "Oakland"})),
+            };
+            Conversation {
+                id: i.to_string(),
+                messages: vec![user(said), find(call)],
+                meta: Default::default(),
+            }
+        })
+        .collect();
+    let evidence = evidence_params(&tpl, &corpus);
+    let words = &evidence["Find"]["price_range"];
+    assert!(
+        words.contains("cheap") && words.contains("pricey"),
+        "{words:?}"
+    );
+    assert!(!words.contains("oakland"), "{words:?}");
+    let setup = SpanSetup::new(&tpl, &ValueRules::learn(&tpl, &corpus));
+    // The model always wants a price range, first.
+    let mut name_scores = vec![0f32; tpl.vocab];
+    for &t in tpl
+        .encode(" Find")
+        .iter()
+        .chain(&tpl.encode(" price_range"))
+    {
+        name_scores[t as usize] = 5.0;
+    }
+    let mut value_scores = vec![0f32; tpl.vocab];
+    for &t in tpl.encode(" cheap").iter().chain(&tpl.encode(" Oakland")) {
+        value_scores[t as usize] = 1.0;
+    }
+    let decode = |said: &str| {
+        let prompt = tpl.prompt(&[user(said)], 128, 41);
+        let st = CallState::with_spans(setup.source(&prompt.tokens, &prompt.copyable));
+        decode_call(&tpl, st, &name_scores, &value_scores)
+    };
+    let call = decode("Something cheap in Oakland");
+    assert_eq!(call.arguments.get("price_range"), Some(&json!("cheap")));
+    let call = decode("Food in Oakland");
+    assert_eq!(call.arguments.get("price_range"), None, "{call:?}");
+    assert_eq!(call.arguments["city"], "Oakland");
+}
+
+#[test]
 fn a_span_argument_copies_values_labelled_with_its_own_key() {
     use std::collections::BTreeMap;
     use tracelab_student::grammar::{CallState, SpanSetup};
