@@ -35,7 +35,7 @@
 //! tokens. Hugging Face students write calls as JSON text instead: [`crate::json_call`] applies
 //! the same rules to that layout, byte by byte.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -297,49 +297,37 @@ impl SpanSetup {
     /// them taken from values labelled with their own key, and the categorical ones'
     /// vocabularies.
     pub fn new(tpl: &ChatTemplate, rules: &ValueRules) -> SpanSetup {
-        let params = tpl
-            .functions
-            .iter()
-            .map(|f| {
-                let names = rules.span_params.get(&f.name);
-                f.params
-                    .iter()
-                    .map(|p| names.and_then(|n| n.get(&p.key)).copied())
-                    .collect()
-            })
-            .collect();
-        let vocab = tpl
-            .functions
-            .iter()
-            .map(|f| {
-                let values = rules.vocab_params.get(&f.name);
-                f.params
-                    .iter()
-                    .map(|p| {
-                        let list = values.and_then(|v| v.get(&p.key));
-                        list.into_iter()
-                            .flatten()
-                            .map(|v| LearnedValue {
-                                tokens: tpl.encode(&format!(" {v}")),
-                                folded: folded(v),
-                            })
-                            .filter(|v| !v.tokens.is_empty())
-                            .collect()
-                    })
-                    .collect()
-            })
-            .collect();
-        let evidence = tpl
-            .functions
-            .iter()
-            .map(|f| {
-                let args = rules.evidence_params.get(&f.name);
-                f.params
-                    .iter()
-                    .map(|p| args.and_then(|a| a.get(&p.key)).cloned())
-                    .collect()
-            })
-            .collect();
+        // One entry per function of the template, per parameter, from a rule map keyed by
+        // function and argument names.
+        fn per_param<R, T>(
+            tpl: &ChatTemplate,
+            rule: &BTreeMap<String, BTreeMap<String, R>>,
+            make: impl Fn(Option<&R>) -> T,
+        ) -> Vec<Vec<T>> {
+            tpl.functions
+                .iter()
+                .map(|f| {
+                    let args = rule.get(&f.name);
+                    f.params
+                        .iter()
+                        .map(|p| make(args.and_then(|a| a.get(&p.key))))
+                        .collect()
+                })
+                .collect()
+        }
+        let params = per_param(tpl, &rules.span_params, |shape| shape.copied());
+        let vocab = per_param(tpl, &rules.vocab_params, |values| {
+            values
+                .into_iter()
+                .flatten()
+                .map(|v| LearnedValue {
+                    tokens: tpl.encode(&format!(" {v}")),
+                    folded: folded(v),
+                })
+                .filter(|v| !v.tokens.is_empty())
+                .collect()
+        });
+        let evidence = per_param(tpl, &rules.evidence_params, |words| words.cloned());
         SpanSetup {
             evidence: Arc::new(evidence),
             lexicon: Arc::new(Lexicon::new(tpl)),

@@ -666,21 +666,25 @@ pub fn train(
     stats.insert("windows".into(), json!(windows.len()));
     stats.insert("span_params".into(), json!(rules.span_params));
     stats.insert("keyed_params".into(), json!(rules.keyed_params));
+    // Word and value lists by their sizes: the manifest stays readable.
+    fn sizes<C>(
+        rule: &BTreeMap<String, BTreeMap<String, C>>,
+        len: impl Fn(&C) -> usize,
+    ) -> BTreeMap<&str, BTreeMap<&str, usize>> {
+        rule.iter()
+            .map(|(f, args)| {
+                let n = args.iter().map(|(k, v)| (k.as_str(), len(v)));
+                (f.as_str(), n.collect())
+            })
+            .collect()
+    }
     stats.insert(
         "evidence_params".into(),
-        json!(rules
-            .evidence_params
-            .iter()
-            .map(|(f, args)| (f, args.iter().map(|(k, v)| (k, v.len())).collect()))
-            .collect::<BTreeMap<_, BTreeMap<_, _>>>()),
+        json!(sizes(&rules.evidence_params, BTreeSet::len)),
     );
     stats.insert(
         "vocab_params".into(),
-        json!(rules
-            .vocab_params
-            .iter()
-            .map(|(f, args)| (f, args.iter().map(|(k, v)| (k, v.len())).collect()))
-            .collect::<BTreeMap<_, BTreeMap<_, _>>>()),
+        json!(sizes(&rules.vocab_params, Vec::len)),
     );
     stats.insert("device".into(), json!(format!("{dev:?}")));
     Ok(Value::Object(stats))
