@@ -239,20 +239,28 @@ struct Labels {
     patterns: Vec<(Vec<u32>, usize)>,
     /// Per function, per parameter: the index of its key, when it has label patterns.
     param_key: Vec<Vec<Option<usize>>>,
+    /// The call-argument patterns (` key<|val|>`) alone, with their key's index.
+    call_patterns: Vec<(Vec<u32>, usize)>,
+    /// Per function, per parameter of a service: the index of its key (keyed or not).
+    any_key: Vec<Vec<Option<usize>>>,
 }
 
 impl Labels {
     fn new(tpl: &ChatTemplate, keyed: &KeyedParams) -> Labels {
         let mut keys: Vec<String> = Vec::new();
         let mut patterns = Vec::new();
+        let mut call_patterns = Vec::new();
         let mut param_key = Vec::new();
+        let mut any_key = Vec::new();
         for f in &tpl.functions {
             let service = f.name != tpl.respond_name();
+            any_key.push(Vec::new());
             param_key.push(
                 f.params
                     .iter()
                     .map(|p| {
                         if !service {
+                            any_key.last_mut().expect("pushed").push(None);
                             return None;
                         }
                         let i = match keys.iter().position(|k| *k == p.key) {
@@ -263,10 +271,12 @@ impl Labels {
                                 patterns.push((tpl.encode(&format!(" {}:", p.key)), i));
                                 let mut call = p.key_tokens.clone();
                                 call.push(tpl.sp.val);
-                                patterns.push((call, i));
+                                patterns.push((call.clone(), i));
+                                call_patterns.push((call, i));
                                 i
                             }
                         };
+                        any_key.last_mut().expect("pushed").push(Some(i));
                         // Every key labels runs; only keyed parameters look at labels.
                         keyed
                             .get(&f.name)
@@ -279,7 +289,18 @@ impl Labels {
         Labels {
             patterns,
             param_key,
+            call_patterns,
+            any_key,
         }
+    }
+
+    /// The key of the earlier call argument whose value starts at `start` in `tokens`, if any.
+    fn passed_at(&self, tokens: &[u32], start: usize) -> Option<usize> {
+        let before = &tokens[..start];
+        self.call_patterns
+            .iter()
+            .find(|(p, _)| !p.is_empty() && before.ends_with(p))
+            .map(|(_, k)| *k)
     }
 
     /// The key labelling a run that starts at `start` in `tokens`.
@@ -390,10 +411,13 @@ impl SpanSource {
         let mut run = Vec::new();
         let mut start = 0;
         let key_at = |start: usize| labels.of_run(tokens, start);
+        // Keys that an earlier call in the prompt passed.
+        let mut passed = BTreeSet::new();
         for (i, (&t, &c)) in tokens.iter().zip(copyable).enumerate() {
             if c {
                 if run.is_empty() {
                     start = i;
+                    passed.extend(labels.passed_at(tokens, i));
                 }
                 run.push(t);
             } else if !run.is_empty() {
@@ -427,13 +451,19 @@ impl SpanSource {
             })
             .collect();
         let user_words: BTreeSet<&str> = text.split_whitespace().collect();
+        // An optional argument is evidenced by the user's words, or by an earlier call that
+        // passed it (a repeated search keeps its price range though the request that named it
+        // is cut from the window).
         let evident = evidence
             .iter()
-            .map(|f| {
+            .zip(&labels.any_key)
+            .map(|(f, keys)| {
                 f.iter()
-                    .map(|e| {
+                    .zip(keys)
+                    .map(|(e, k)| {
                         e.as_ref()
                             .is_none_or(|e| e.iter().any(|w| user_words.contains(w.as_str())))
+                            || k.is_some_and(|k| passed.contains(&k))
                     })
                     .collect()
             })

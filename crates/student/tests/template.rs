@@ -382,6 +382,16 @@ fn an_optional_argument_needs_evidence_in_the_users_words() {
     let call = decode("Food in Oakland");
     assert_eq!(call.arguments.get("price_range"), None, "{call:?}");
     assert_eq!(call.arguments["city"], "Oakland");
+    // An earlier call in the prompt that passed it is evidence too (the request that named the
+    // price may be cut from the window).
+    let earlier = [
+        find(json!({"city": "Oakland", "price_range": "cheap"})),
+        user("Food in Oakland"),
+    ];
+    let prompt = tpl.prompt(&earlier, 128, 41);
+    let st = CallState::with_spans(setup.source(&prompt.tokens, &prompt.copyable));
+    let call = decode_call(&tpl, st, &name_scores, &value_scores);
+    assert_eq!(call.arguments.get("price_range"), Some(&json!("cheap")));
 }
 
 #[test]
