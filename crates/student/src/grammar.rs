@@ -41,6 +41,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use tracelab::conversation::ToolCall;
 
+use crate::normalize::folded;
 use crate::template::{ChatTemplate, FnSpec, ValueKind};
 use crate::train::{KeyedParams, SpanShape, ValueRules};
 
@@ -211,105 +212,83 @@ struct LearnedValue {
     folded: String,
 }
 
-/// Lower case, every run of other characters than letters and digits one space: "Asian" and
-/// "asian," fold alike.
-pub(crate) fn folded(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push(' ');
-    for c in text.chars() {
-        if c.is_alphanumeric() {
-            out.extend(c.to_lowercase());
-        } else if !out.ends_with(' ') {
-            out.push(' ');
-        }
-    }
-    if !out.ends_with(' ') {
-        out.push(' ');
-    }
-    out
-}
-
 /// How the prompt labels copyable values: the tokens right before a result field's value
 /// (` key:`) or a call argument's value (` key<|val|>`), for every argument key of the service
 /// functions (the reply's `message` labels nothing: its sentences mention every kind of value).
 /// Only keyed parameters ([`crate::train::keyed_params`]) draw on the labels.
 #[derive(Debug)]
 struct Labels {
-    /// Label patterns, each with the index of its key in `keys`.
-    patterns: Vec<(Vec<u32>, usize)>,
-    /// Per function, per parameter: the index of its key, when it has label patterns.
-    param_key: Vec<Vec<Option<usize>>>,
-    /// The call-argument patterns (` key<|val|>`) alone, with their key's index.
-    call_patterns: Vec<(Vec<u32>, usize)>,
-    /// Per function, per parameter of a service: the index of its key (keyed or not).
-    any_key: Vec<Vec<Option<usize>>>,
+    /// Label patterns, each with the index of its key in `keys` and whether it labels an
+    /// earlier call's argument (` key<|val|>`) rather than a result field (` key:`).
+    patterns: Vec<(Vec<u32>, usize, bool)>,
+    /// Per function, per parameter of a service: the index of its key.
+    key_of: Vec<Vec<Option<usize>>>,
+    /// Per function, per parameter: it is keyed (it draws on the labels).
+    keyed: Vec<Vec<bool>>,
 }
 
 impl Labels {
     fn new(tpl: &ChatTemplate, keyed: &KeyedParams) -> Labels {
         let mut keys: Vec<String> = Vec::new();
         let mut patterns = Vec::new();
-        let mut call_patterns = Vec::new();
-        let mut param_key = Vec::new();
-        let mut any_key = Vec::new();
+        let mut key_of = Vec::new();
         for f in &tpl.functions {
             let service = f.name != tpl.respond_name();
-            any_key.push(Vec::new());
-            param_key.push(
+            let of_f = f.params.iter().map(|p| {
+                if !service {
+                    return None;
+                }
+                Some(match keys.iter().position(|k| *k == p.key) {
+                    Some(i) => i,
+                    None => {
+                        keys.push(p.key.clone());
+                        let i = keys.len() - 1;
+                        patterns.push((tpl.encode(&format!(" {}:", p.key)), i, false));
+                        let mut call = p.key_tokens.clone();
+                        call.push(tpl.sp.val);
+                        patterns.push((call, i, true));
+                        i
+                    }
+                })
+            });
+            key_of.push(of_f.collect());
+        }
+        // Every key labels runs; only keyed parameters look at labels.
+        let keyed = tpl
+            .functions
+            .iter()
+            .map(|f| {
+                let names = keyed.get(&f.name);
                 f.params
                     .iter()
-                    .map(|p| {
-                        if !service {
-                            any_key.last_mut().expect("pushed").push(None);
-                            return None;
-                        }
-                        let i = match keys.iter().position(|k| *k == p.key) {
-                            Some(i) => i,
-                            None => {
-                                keys.push(p.key.clone());
-                                let i = keys.len() - 1;
-                                patterns.push((tpl.encode(&format!(" {}:", p.key)), i));
-                                let mut call = p.key_tokens.clone();
-                                call.push(tpl.sp.val);
-                                patterns.push((call.clone(), i));
-                                call_patterns.push((call, i));
-                                i
-                            }
-                        };
-                        any_key.last_mut().expect("pushed").push(Some(i));
-                        // Every key labels runs; only keyed parameters look at labels.
-                        keyed
-                            .get(&f.name)
-                            .is_some_and(|k| k.contains(&p.key))
-                            .then_some(i)
-                    })
-                    .collect(),
-            );
-        }
+                    .map(|p| names.is_some_and(|k| k.contains(&p.key)))
+                    .collect()
+            })
+            .collect();
         Labels {
             patterns,
-            param_key,
-            call_patterns,
-            any_key,
+            key_of,
+            keyed,
         }
     }
 
-    /// The key of the earlier call argument whose value starts at `start` in `tokens`, if any.
-    fn passed_at(&self, tokens: &[u32], start: usize) -> Option<usize> {
-        let before = &tokens[..start];
-        self.call_patterns
-            .iter()
-            .find(|(p, _)| !p.is_empty() && before.ends_with(p))
-            .map(|(_, k)| *k)
-    }
-
-    /// The key labelling a run that starts at `start` in `tokens`.
-    fn of_run(&self, tokens: &[u32], start: usize) -> Option<usize> {
+    /// The key labelling a run that starts at `start` in `tokens`, and whether the label is an
+    /// earlier call's argument.
+    fn of_run(&self, tokens: &[u32], start: usize) -> Option<(usize, bool)> {
         let before = &tokens[..start];
         self.patterns
             .iter()
-            .find(|(p, _)| !p.is_empty() && before.ends_with(p))
-            .map(|(_, k)| *k)
+            .find(|(p, _, _)| !p.is_empty() && before.ends_with(p))
+            .map(|&(_, k, call)| (k, call))
+    }
+
+    /// The key index of a function's parameter: any service parameter's, or (`keyed_only`)
+    /// only a keyed one's.
+    fn key(&self, func: usize, param: usize, keyed_only: bool) -> Option<usize> {
+        if keyed_only && !self.keyed.get(func)?.get(param).copied()? {
+            return None;
+        }
+        self.key_of.get(func)?.get(param).copied()?
     }
 }
 
@@ -410,24 +389,28 @@ impl SpanSource {
         let mut run_keys = Vec::new();
         let mut run = Vec::new();
         let mut start = 0;
-        let key_at = |start: usize| labels.of_run(tokens, start);
         // Keys that an earlier call in the prompt passed.
         let mut passed = BTreeSet::new();
+        let mut close = |run: Vec<u32>, start: usize| {
+            let label = labels.of_run(tokens, start);
+            if let Some((k, true)) = label {
+                passed.insert(k);
+            }
+            runs.push(run);
+            run_keys.push(label.map(|(k, _)| k));
+        };
         for (i, (&t, &c)) in tokens.iter().zip(copyable).enumerate() {
             if c {
                 if run.is_empty() {
                     start = i;
-                    passed.extend(labels.passed_at(tokens, i));
                 }
                 run.push(t);
             } else if !run.is_empty() {
-                runs.push(std::mem::take(&mut run));
-                run_keys.push(key_at(start));
+                close(std::mem::take(&mut run), start);
             }
         }
         if !run.is_empty() {
-            runs.push(run);
-            run_keys.push(key_at(start));
+            close(run, start);
         }
         // The user's words, each message folded on its own.
         let mut text = String::new();
@@ -456,14 +439,16 @@ impl SpanSource {
         // is cut from the window).
         let evident = evidence
             .iter()
-            .zip(&labels.any_key)
-            .map(|(f, keys)| {
+            .enumerate()
+            .map(|(fi, f)| {
                 f.iter()
-                    .zip(keys)
-                    .map(|(e, k)| {
+                    .enumerate()
+                    .map(|(pi, e)| {
                         e.as_ref()
                             .is_none_or(|e| e.iter().any(|w| user_words.contains(w.as_str())))
-                            || k.is_some_and(|k| passed.contains(&k))
+                            || labels
+                                .key(fi, pi, false)
+                                .is_some_and(|k| passed.contains(&k))
                     })
                     .collect()
             })
@@ -498,7 +483,7 @@ impl SpanSource {
 
     /// The key index of a function's parameter, when the prompt's labels can name it.
     fn param_key(&self, func: usize, param: usize) -> Option<usize> {
-        self.labels.param_key.get(func)?.get(param).copied()?
+        self.labels.key(func, param, true)
     }
 
     fn shape(&self, func: usize, param: usize) -> Option<SpanShape> {

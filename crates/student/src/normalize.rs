@@ -1,6 +1,8 @@
 //! Text normalization shared by training and prediction: clock times and dates in messages are
 //! rewritten to the canonical forms service calls use (`19:45`, `2019-03-12`), so that a value
-//! the user or the assistant said is the same tokens as the argument and can be copied.
+//! the user or the assistant said is the same tokens as the argument and can be copied. Words
+//! are also compared folded ([`folded`]): a categorical value the user said in any case, an
+//! evidence word of an optional argument.
 //!
 //! Measured motivation (MEASUREMENTS.md): without it the student had to *convert* "7:45 pm" to
 //! `19:45` and "next Friday" to `2019-03-08` with its vocabulary head, and got the hour or the
@@ -195,6 +197,24 @@ fn in_address(before: &str, after: &str) -> bool {
         .next()
         .is_some_and(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_digit()));
     prev_is_number || ADDRESS_WORDS.contains(&next.as_str())
+}
+
+/// Lower case, every run of other characters than letters and digits one space: "Asian" and
+/// "asian," fold alike.
+pub fn folded(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push(' ');
+    for c in text.chars() {
+        if c.is_alphanumeric() {
+            out.extend(c.to_lowercase());
+        } else if !out.ends_with(' ') {
+            out.push(' ');
+        }
+    }
+    if !out.ends_with(' ') {
+        out.push(' ');
+    }
+    out
 }
 
 #[cfg(test)]

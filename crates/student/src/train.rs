@@ -16,6 +16,7 @@ use tracelab::conversation::{Conversation, Message};
 use tracelab::steps::train::TrainParams;
 
 use crate::model::{Tiny, TinyConfig};
+use crate::normalize::folded;
 use crate::template::{ChatTemplate, Target, ValueKind, Window};
 use crate::{Progress, WorkerError};
 
@@ -325,22 +326,21 @@ pub const EVIDENCE_COVERAGE: f64 = 0.9;
 /// message with an evidence word: the student, having seen the price range in a third of the
 /// searches, otherwise adds one to searches where nobody mentioned a price.
 pub fn evidence_params(tpl: &ChatTemplate, conversations: &[Conversation]) -> EvidenceParams {
-    // Per (function, optional argument): calls passing it / leaving it out, and per word the
-    // calls of each kind whose user messages had it.
-    type Tally = (usize, usize, BTreeMap<String, (usize, usize)>);
+    // Per (function, optional argument): the user's words before each call passing it, the
+    // number of calls leaving it out, and per word the calls of each kind that had it.
+    #[derive(Default)]
+    struct Tally {
+        passing: Vec<BTreeSet<String>>,
+        without: usize,
+        per_word: BTreeMap<String, (usize, usize)>,
+    }
     let mut tallies: BTreeMap<(String, String), Tally> = BTreeMap::new();
-    // Per call: its key and the user's words before it, to measure coverage afterwards.
-    let mut calls: Vec<(String, BTreeSet<String>, BTreeSet<String>)> = Vec::new();
     for c in conversations {
         let mut words: BTreeSet<String> = BTreeSet::new();
         for m in &c.messages {
             match m {
                 Message::User { content } => {
-                    words.extend(
-                        crate::grammar::folded(content)
-                            .split_whitespace()
-                            .map(str::to_string),
-                    );
+                    words.extend(folded(content).split_whitespace().map(str::to_string));
                 }
                 Message::Assistant { tool_calls, .. } => {
                     for call in tool_calls.iter().filter(|c| c.name != tpl.respond_name()) {
@@ -354,12 +354,12 @@ pub fn evidence_params(tpl: &ChatTemplate, conversations: &[Conversation]) -> Ev
                             let passed = call.arguments.contains_key(&p.key);
                             let t = tallies.entry((f.name.clone(), p.key.clone())).or_default();
                             if passed {
-                                t.0 += 1;
+                                t.passing.push(words.clone());
                             } else {
-                                t.1 += 1;
+                                t.without += 1;
                             }
                             for w in &words {
-                                let e = t.2.entry(w.clone()).or_default();
+                                let e = t.per_word.entry(w.clone()).or_default();
                                 if passed {
                                     e.0 += 1;
                                 } else {
@@ -367,8 +367,6 @@ pub fn evidence_params(tpl: &ChatTemplate, conversations: &[Conversation]) -> Ev
                                 }
                             }
                         }
-                        let passed = call.arguments.keys().cloned().collect();
-                        calls.push((call.name.clone(), passed, words.clone()));
                     }
                 }
                 Message::Tool { .. } | Message::System { .. } => {}
@@ -376,11 +374,13 @@ pub fn evidence_params(tpl: &ChatTemplate, conversations: &[Conversation]) -> Ev
         }
     }
     let mut out = EvidenceParams::new();
-    for ((f, k), (with, without, per_word)) in tallies {
+    for ((f, k), t) in tallies {
+        let (with, without) = (t.passing.len(), t.without);
         if with < 5 || without < 10 {
             continue;
         }
-        let evidence: BTreeSet<String> = per_word
+        let evidence: BTreeSet<String> = t
+            .per_word
             .into_iter()
             .filter(|(_, (a, b))| {
                 *a >= 3
@@ -389,11 +389,10 @@ pub fn evidence_params(tpl: &ChatTemplate, conversations: &[Conversation]) -> Ev
             })
             .map(|(w, _)| w)
             .collect();
-        let covered = calls
+        let covered = t
+            .passing
             .iter()
-            .filter(|(name, passed, words)| {
-                *name == f && passed.contains(&k) && words.iter().any(|w| evidence.contains(w))
-            })
+            .filter(|words| words.iter().any(|w| evidence.contains(w)))
             .count();
         if covered as f64 >= EVIDENCE_COVERAGE * with as f64 {
             out.entry(f).or_default().insert(k, evidence);
