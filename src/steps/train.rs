@@ -554,7 +554,10 @@ pub(crate) fn worker_resource(params: &Value, jobs: usize) -> Resource {
 /// decodes those as spans whose sources include their training values, each whole.
 /// 7: train records which optional arguments need evidence in the user's words; predict opens
 /// those only after such a word.
-pub const WORKER_VERSION: u32 = 7;
+/// 8: train records the words that ask for a categorical value without saying it (aliases:
+/// "pizza" for `Italian`); predict counts those as said, and a keyed argument whose key labels
+/// some value is not copied from the assistant's sentences.
+pub const WORKER_VERSION: u32 = 8;
 
 /// The `train` step.
 pub struct Train;

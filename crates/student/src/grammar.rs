@@ -28,12 +28,20 @@
 //! call's argument follows ` key<|val|>`. A *keyed* argument (one whose training values nearly
 //! always repeat such a value; see [`keyed_params`](crate::train::keyed_params)), such as a
 //! booking's `restaurant_name`, is never copied from a value labelled with another key (the
-//! cuisine `Mexican`), and continuing a value labelled with its own key gets [`LABEL_BONUS`] (so
-//! the result's `Bombay To Goa` wins over `Bombay to Goa at 17:30` in the assistant's sentence).
+//! cuisine `Mexican`) nor, once the prompt labels some value with its own key, from the
+//! assistant's sentences (`Korean` from "a Korean place called Restaurant Chungdam"; the user
+//! may still name another), and continuing a value labelled with its own key gets
+//! [`LABEL_BONUS`] (so the result's `Bombay To Goa` wins over `Bombay to Goa at 17:30` in the
+//! user's sentence).
+//!
+//! A categorical value the user asks for by a word that training learned to mean it (an
+//! *alias*: "pizza" for `Italian`, "SF" for `San Francisco`; see
+//! [`alias_params`](crate::train::alias_params)) counts as said.
 //!
 //! This is the tiny template's layout, where names, keys and values are separated by special
 //! tokens. Hugging Face students write calls as JSON text instead: [`crate::json_call`] applies
-//! the same rules to that layout, byte by byte.
+//! the structural rules (names, keys, enums, digits, lengths) to that layout, byte by byte; the
+//! span, vocabulary, alias and evidence rules are this layout's only.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -210,6 +218,8 @@ struct LearnedValue {
     tokens: Vec<u32>,
     /// Its words folded (see [`folded`]), padded with a space on both sides.
     folded: String,
+    /// User words that ask for it without saying it (see [`crate::train::alias_params`]).
+    aliases: BTreeSet<String>,
 }
 
 /// How the prompt labels copyable values: the tokens right before a result field's value
@@ -316,17 +326,34 @@ impl SpanSetup {
                 .collect()
         }
         let params = per_param(tpl, &rules.span_params, |shape| shape.copied());
-        let vocab = per_param(tpl, &rules.vocab_params, |values| {
-            values
-                .into_iter()
-                .flatten()
-                .map(|v| LearnedValue {
-                    tokens: tpl.encode(&format!(" {v}")),
-                    folded: folded(v),
-                })
-                .filter(|v| !v.tokens.is_empty())
-                .collect()
-        });
+        let vocab: Vocab = tpl
+            .functions
+            .iter()
+            .map(|f| {
+                let values = rules.vocab_params.get(&f.name);
+                let aliases = rules.alias_params.get(&f.name);
+                f.params
+                    .iter()
+                    .map(|p| {
+                        let aliases = aliases.and_then(|a| a.get(&p.key));
+                        values
+                            .and_then(|a| a.get(&p.key))
+                            .into_iter()
+                            .flatten()
+                            .map(|v| LearnedValue {
+                                tokens: tpl.encode(&format!(" {v}")),
+                                folded: folded(v),
+                                aliases: aliases
+                                    .and_then(|a| a.get(v))
+                                    .cloned()
+                                    .unwrap_or_default(),
+                            })
+                            .filter(|v| !v.tokens.is_empty())
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
         let evidence = per_param(tpl, &rules.evidence_params, |words| words.cloned());
         SpanSetup {
             evidence: Arc::new(evidence),
@@ -360,6 +387,8 @@ pub struct SpanSource {
     runs: Vec<Vec<u32>>,
     /// The key labelling each run, if any (see [`Labels`]).
     run_keys: Vec<Option<usize>>,
+    /// Whether each run is in a user's message.
+    run_user: Vec<bool>,
     lexicon: Arc<Lexicon>,
     /// Per function of the template, per parameter: decoded as a span of this shape.
     params: Arc<Vec<Vec<Option<SpanShape>>>>,
@@ -387,30 +416,36 @@ impl SpanSource {
         } = setup;
         let mut runs = Vec::new();
         let mut run_keys = Vec::new();
+        let mut run_user = Vec::new();
         let mut run = Vec::new();
         let mut start = 0;
+        let mut in_user = false;
         // Keys that an earlier call in the prompt passed.
         let mut passed = BTreeSet::new();
-        let mut close = |run: Vec<u32>, start: usize| {
+        let mut close = |run: Vec<u32>, start: usize, in_user: bool| {
             let label = labels.of_run(tokens, start);
             if let Some((k, true)) = label {
                 passed.insert(k);
             }
             runs.push(run);
             run_keys.push(label.map(|(k, _)| k));
+            run_user.push(in_user);
         };
         for (i, (&t, &c)) in tokens.iter().zip(copyable).enumerate() {
+            if roles.starts.contains(&t) {
+                in_user = t == roles.user;
+            }
             if c {
                 if run.is_empty() {
                     start = i;
                 }
                 run.push(t);
             } else if !run.is_empty() {
-                close(std::mem::take(&mut run), start);
+                close(std::mem::take(&mut run), start, in_user);
             }
         }
         if !run.is_empty() {
-            close(run, start);
+            close(run, start, in_user);
         }
         // The user's words, each message folded on its own.
         let mut text = String::new();
@@ -425,15 +460,23 @@ impl SpanSource {
             }
         }
         text.push_str(&folded(&message));
+        let user_words: BTreeSet<&str> = text.split_whitespace().collect();
         let said = vocab
             .iter()
             .map(|f| {
                 f.iter()
-                    .map(|values| values.iter().map(|v| text.contains(&v.folded)).collect())
+                    .map(|values| {
+                        values
+                            .iter()
+                            .map(|v| {
+                                text.contains(&v.folded)
+                                    || v.aliases.iter().any(|w| user_words.contains(w.as_str()))
+                            })
+                            .collect()
+                    })
                     .collect()
             })
             .collect();
-        let user_words: BTreeSet<&str> = text.split_whitespace().collect();
         // An optional argument is evidenced by the user's words, or by an earlier call that
         // passed it (a repeated search keeps its price range though the request that named it
         // is cut from the window).
@@ -456,6 +499,7 @@ impl SpanSource {
         SpanSource {
             runs,
             run_keys,
+            run_user,
             lexicon: lexicon.clone(),
             params: params.clone(),
             labels: labels.clone(),
@@ -502,8 +546,9 @@ impl SpanSource {
 
     /// What may follow `prefix` as a span of some run (see [`Next`]). An empty prefix may start
     /// at any word start. `key`: the argument's key, when the prompt labels values with it;
-    /// where some run carries that label, runs labelled with another key (a cuisine, a city,
-    /// a time) are no source for this argument. `vocab`: the argument's vocabulary, whole
+    /// where some run carries that label, the sources are those runs and the user's messages
+    /// (not runs labelled with another key, such as a cuisine, a city or a time, nor the
+    /// assistant's sentences). `vocab`: the argument's vocabulary, whole
     /// values that are runs too (a value starts only at their start), and which of them the
     /// prompt says: those are preferred like a value labelled with the argument's key.
     fn next(
@@ -528,11 +573,12 @@ impl SpanSource {
             .runs
             .iter()
             .zip(&self.run_keys)
-            .map(|(r, k)| (r, *k, false, false));
+            .zip(&self.run_user)
+            .map(|((r, k), u)| (r, *k, false, false, *u));
         let learned = vocab
             .iter()
             .zip(said)
-            .map(|(v, &said)| (&v.tokens, None, true, said));
+            .map(|(v, &said)| (&v.tokens, None, true, said, false));
         // A categorical argument whose values all begin with a letter (a cuisine) does not
         // begin at a number in the conversation (a date).
         let letters_first =
@@ -541,9 +587,15 @@ impl SpanSource {
         let blank = prefix
             .iter()
             .all(|&t| lx.texts[t as usize].trim().is_empty());
-        for (run, run_key, whole_only, said) in prompt.chain(learned) {
+        for (run, run_key, whole_only, said, user) in prompt.chain(learned) {
             let own = labelled.is_some() && run_key == labelled;
             if labelled.is_some() && run_key.is_some() && !own {
+                continue;
+            }
+            // Where the prompt labels values with the argument's key, the assistant's own
+            // sentences are no source: their words around a name (`Korean` in "a Korean place
+            // called Restaurant Chungdam") are not the name. The user may still name another.
+            if labelled.is_some() && !own && !said && !user {
                 continue;
             }
             let bonus = match (own, said) {

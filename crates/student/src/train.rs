@@ -57,6 +57,10 @@ pub struct ValueRules {
     /// words (see [`evidence_params`]).
     #[serde(default)]
     pub evidence_params: EvidenceParams,
+    /// Per function, per categorical argument, per value: the user's words that ask for it
+    /// without saying it (see [`alias_params`]).
+    #[serde(default)]
+    pub alias_params: AliasParams,
 }
 
 impl ValueRules {
@@ -77,6 +81,7 @@ impl ValueRules {
         }
         let keyed_params = keyed_params(tpl, conversations, &span_params);
         ValueRules {
+            alias_params: alias_params(tpl, conversations, &vocab_params),
             span_params,
             keyed_params,
             vocab_params,
@@ -300,6 +305,101 @@ pub fn vocab_params(tpl: &ChatTemplate, conversations: &[Conversation]) -> Vocab
         out.entry(f)
             .or_default()
             .insert(k, ranked.into_iter().map(|(v, _)| v).collect());
+    }
+    out
+}
+
+/// Per function, per categorical argument, per value: the words that ask for it.
+pub type AliasParams = BTreeMap<String, BTreeMap<String, BTreeMap<String, BTreeSet<String>>>>;
+
+/// Fewest training calls in which a word must have asked for a value it does not say.
+pub const ALIAS_MIN_CALLS: usize = 3;
+
+/// Share of the training calls of a categorical argument with a word in the user's messages
+/// that must have had one value, unsaid, for the word to be that value's alias.
+pub const ALIAS_SHARE: f64 = 0.75;
+
+/// The user's words that name a categorical argument's value without saying it: SGD's searches
+/// want `Italian` where the user said "pizza" or "pasta", `Indian` for "Punjabi", `San
+/// Francisco` for "SF". Per categorical argument (see [`vocab_params`]), over its training calls
+/// whose user messages so far do not say the value: a word of those messages is an alias of the
+/// value when at least [`ALIAS_MIN_CALLS`] such calls had it and at least [`ALIAS_SHARE`] of
+/// all the argument's calls with the word in the user's messages had that value. Words of any
+/// learned value (a city's "park", a cuisine's "american") are no alias. Decoding treats a value
+/// whose alias the user said like a value the user said.
+pub fn alias_params(
+    tpl: &ChatTemplate,
+    conversations: &[Conversation],
+    vocab: &VocabParams,
+) -> AliasParams {
+    let value_words: BTreeSet<String> = vocab
+        .values()
+        .flat_map(|args| args.values().flatten())
+        .flat_map(|v| {
+            folded(v)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    // Per (function, argument): calls per user word, and per (word, value) the calls with the
+    // word whose user messages did not say the value.
+    #[derive(Default)]
+    struct Tally {
+        with_word: BTreeMap<String, usize>,
+        unsaid: BTreeMap<(String, String), usize>,
+    }
+    let mut tallies: BTreeMap<(&str, &str), Tally> = BTreeMap::new();
+    for c in conversations {
+        let mut text = String::new();
+        for m in &c.messages {
+            match m {
+                Message::User { content } => text.push_str(&folded(content)),
+                Message::Assistant { tool_calls, .. } => {
+                    let words: BTreeSet<&str> = text.split_whitespace().collect();
+                    for call in tool_calls {
+                        let Some(args) = vocab.get(&call.name) else {
+                            continue;
+                        };
+                        for (k, v) in &call.arguments {
+                            let Some((key, _)) = args.get_key_value(k) else {
+                                continue;
+                            };
+                            let value = normalized(tpl, v).trim().to_string();
+                            let said = text.contains(&folded(&value));
+                            let t = tallies
+                                .entry((call.name.as_str(), key.as_str()))
+                                .or_default();
+                            for w in &words {
+                                *t.with_word.entry(w.to_string()).or_default() += 1;
+                                if !said {
+                                    *t.unsaid.entry((w.to_string(), value.clone())).or_default() +=
+                                        1;
+                                }
+                            }
+                        }
+                    }
+                }
+                Message::Tool { .. } | Message::System { .. } => {}
+            }
+        }
+    }
+    let mut out = AliasParams::new();
+    for ((f, k), t) in tallies {
+        for ((w, v), n) in t.unsaid {
+            if n >= ALIAS_MIN_CALLS
+                && n as f64 >= ALIAS_SHARE * t.with_word[&w] as f64
+                && !value_words.contains(&w)
+            {
+                out.entry(f.to_string())
+                    .or_default()
+                    .entry(k.to_string())
+                    .or_default()
+                    .entry(v)
+                    .or_default()
+                    .insert(w);
+            }
+        }
     }
     out
 }
@@ -684,6 +784,10 @@ pub fn train(
     stats.insert(
         "vocab_params".into(),
         json!(sizes(&rules.vocab_params, Vec::len)),
+    );
+    stats.insert(
+        "alias_params".into(),
+        json!(sizes(&rules.alias_params, BTreeMap::len)),
     );
     stats.insert("device".into(), json!(format!("{dev:?}")));
     Ok(Value::Object(stats))

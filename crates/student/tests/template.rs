@@ -299,6 +299,75 @@ fn a_categorical_argument_takes_whole_learned_values_or_prompt_words() {
 }
 
 #[test]
+fn a_categorical_value_asked_for_by_its_alias_counts_as_said() {
+    use std::collections::{BTreeMap, BTreeSet};
+    use tracelab_student::grammar::{CallState, SpanSetup};
+    use tracelab_student::train::{alias_params, vocab_params, ValueRules};
+
+    let (tpl, _) = setup_with(&["San Francisco", "Oakland", "sf", "Dinner"]);
+    let user = |text: &str| Message::User {
+        content: text.into(),
+    };
+    // 20 searches in Oakland, said; 4 in San Francisco, asked for as "SF".
+    let corpus: Vec<Conversation> = (0..24)
+        .map(|i| {
+            let (said, city) = if i % 6 == 0 {
+                ("SF", "San Francisco")
+            } else {
+                ("Oakland", "Oakland")
+            };
+            let mut a = serde_json::Map::new();
+            a.insert("city".into(), city.into());
+            Conversation {
+                id: i.to_string(),
+                messages: vec![
+                    user(&format!("Dinner in {said}, please.")),
+                    Message::call(ToolCall::new("FindRestaurants", a)),
+                ],
+                meta: Default::default(),
+            }
+        })
+        .collect();
+    // "sf" asked for San Francisco in all 4 searches with it; "dinner" and "in" came before
+    // every search, mostly Oakland's; "oakland" is a value's own word.
+    let aliases = alias_params(&tpl, &corpus, &vocab_params(&tpl, &corpus));
+    assert_eq!(
+        aliases,
+        BTreeMap::from([(
+            "FindRestaurants".to_string(),
+            BTreeMap::from([(
+                "city".to_string(),
+                BTreeMap::from([(
+                    "San Francisco".to_string(),
+                    BTreeSet::from(["sf".to_string()])
+                )])
+            )])
+        )])
+    );
+    let setup = SpanSetup::new(&tpl, &ValueRules::learn(&tpl, &corpus));
+    let decode_after = |messages: &[Message]| {
+        let prompt = tpl.prompt(messages, 128, 41);
+        let mut name_scores = vec![0f32; tpl.vocab];
+        for &t in &tpl.encode(" FindRestaurants") {
+            name_scores[t as usize] = 5.0;
+        }
+        let mut value_scores = vec![0f32; tpl.vocab];
+        for &t in &tpl.encode(" Oakland") {
+            value_scores[t as usize] = 3.0;
+        }
+        value_scores[tpl.sp.end as usize] = 0.5;
+        let st = CallState::with_spans(setup.source(&prompt.tokens, &prompt.copyable));
+        decode_call(&tpl, st, &name_scores, &value_scores)
+    };
+    // The alias makes the value as good as said: it wins over the likelier Oakland.
+    let call = decode_after(&[user("Dinner in SF tonight")]);
+    assert_eq!(call.arguments["city"], "San Francisco");
+    // Without it, the model's choice stands.
+    let call = decode_after(&[user("Dinner tonight")]);
+    assert_eq!(call.arguments["city"], "Oakland");
+}
+
+#[test]
 fn an_optional_argument_needs_evidence_in_the_users_words() {
     use tracelab_student::grammar::{CallState, SpanSetup};
     use tracelab_student::train::{evidence_params, ValueRules};
