@@ -4,7 +4,7 @@
 # what tch 0.24 is tested with here) and the Python packages the parity tests and benchmarks use,
 # then a build of every binary. Source it or run it; it prints what it does.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 TORCH_VERSION=2.11.0
 # transformers, peft, safetensors, tokenizers: the Qwen3 parity tests build tiny checkpoints with them.
