@@ -37,7 +37,7 @@ pub struct Predict;
 
 /// Revision of the worker's decoding alone on top of [`super::train::WORKER_VERSION`] (which
 /// covers what all three worker steps share): bumped for a decoding change that needs no
-/// retraining. Since version 8: none yet.
+/// retraining. Since version 9: none yet.
 const DECODE_REVISION: u32 = 0;
 
 impl Step for Predict {

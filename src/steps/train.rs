@@ -557,7 +557,10 @@ pub(crate) fn worker_resource(params: &Value, jobs: usize) -> Resource {
 /// 8: train records the words that ask for a categorical value without saying it (aliases:
 /// "pizza" for `Italian`); predict counts those as said, and a keyed argument whose key labels
 /// some value is not copied from the assistant's sentences.
-pub const WORKER_VERSION: u32 = 8;
+/// 9: times said as SGD's users say them ("half past 5 in the evening", "twelve pm", "evening
+/// 5:30", "noon") are rewritten to their canonical `HH:MM` in every text (before, "half past 5
+/// in the evening" became "half past 17:00", and the student copied 17:00).
+pub const WORKER_VERSION: u32 = 9;
 
 /// The `train` step.
 pub struct Train;

@@ -7,10 +7,20 @@
 //! Measured motivation (MEASUREMENTS.md): without it the student had to *convert* "7:45 pm" to
 //! `19:45` and "next Friday" to `2019-03-08` with its vocabulary head, and got the hour or the
 //! day wrong on half of the reservations. Relative dates resolve against the task's reference
-//! date ("today" in the data).
+//! date ("today" in the data). Times are read by the judge's parser
+//! ([`tracelab::judge::normalize::parse_time`]), so the forms SGD's users say ("half past 5 in
+//! the evening", "a quarter to 8 pm", "twelve pm", "evening 5:30", "noon": about 40% of the
+//! times Restaurants_1 users say) become the canonical value the call carries, as the judge
+//! reads them.
 
 use regex::{Captures, Regex};
 use tracelab::dates::{Date, MONTHS, WEEKDAYS};
+use tracelab::judge::normalize::{format_time, parse_time, UNITS};
+
+/// Words after a number that make it a count ("evening 2 people"), not an hour.
+const COUNT_WORDS: &[&str] = &[
+    "people", "persons", "person", "guests", "of", "seats", "diners",
+];
 
 /// Rewrites times and dates in text.
 #[derive(Debug, Clone)]
@@ -48,9 +58,13 @@ impl Normalizer {
         let months = MONTHS.join("|");
         Normalizer {
             reference,
-            time_re: Regex::new(
-                r"(?i)\b(\d{1,2})(?::(\d{2}))?\s*(a\.?m\.?|p\.?m\.?|in the morning|in the afternoon|in the evening|at night)(?:\W|$)",
-            )
+            time_re: Regex::new(&format!(
+                r"(?i)\b(?:a\s+)?(?:(?P<noon>(?:12\s+)?noon)|(?P<time>{rel}?(?:\d{{1,2}}|{hours})(?::\d{{2}})?{oclock}\s*(?:{marker})|(?:morning|afternoon|evening|night),?\s+(?:at\s+)?\d{{1,2}}(?::\d{{2}})?))(?P<tail>\W|$)",
+                rel = r"(?:(?:half|quarter)\s+(?:past|to)\s+)",
+                hours = UNITS[1..=12].join("|"),
+                oclock = r"(?:\s*o'?\s?clock)?",
+                marker = r"a\.?m\.?|p\.?m\.?|in the morning|in the afternoon|in the evening|at night",
+            ))
             .expect("valid regex"),
             month_day_re: Regex::new(&format!(
                 r"(?i)\b({months})\s+(\d{{1,2}})(?:st|nd|rd|th)?\b"
@@ -73,29 +87,24 @@ impl Normalizer {
     /// Rewrites every recognized time and (with a reference date) date in `text`.
     pub fn text(&self, text: &str) -> String {
         let out = self.time_re.replace_all(text, |c: &Captures| {
-            let mut h: u32 = c[1].parse().unwrap_or(0);
-            let m: u32 = c.get(2).map_or(0, |m| m.as_str().parse().unwrap_or(0));
-            let marker = c[3].to_ascii_lowercase();
-            let pm = marker.starts_with('p')
-                || marker.contains("afternoon")
-                || marker.contains("evening")
-                || marker.contains("night");
-            if h > 12 || m > 59 {
-                return c[0].to_string();
+            let whole = c.get(0).expect("match");
+            // The character that ended the match (space, punctuation) stays.
+            let tail = &c["tail"];
+            if c.name("noon").is_some() {
+                return format!("12:00{tail}");
             }
-            if pm && h < 12 {
-                h += 12;
-            } else if !pm && h == 12 {
-                h = 0;
+            // "evening 2 people" is a count, not a time.
+            let said = &c["time"];
+            let counted = said.ends_with(|ch: char| ch.is_ascii_digit())
+                && text[whole.end()..]
+                    .split_whitespace()
+                    .next()
+                    .is_some_and(|w| COUNT_WORDS.contains(&w.to_ascii_lowercase().as_str()));
+            // The judge's reader of times; a time with two readings (no marker) stays as said.
+            match parse_time(said).as_slice() {
+                [m] if !counted => format!("{}{tail}", format_time(*m)),
+                _ => whole.as_str().to_string(),
             }
-            // Keep the character that ended the match (space, punctuation).
-            let tail: String = c[0]
-                .chars()
-                .last()
-                .filter(|ch| !ch.is_alphanumeric() && *ch != '.')
-                .map(String::from)
-                .unwrap_or_default();
-            format!("{h:02}:{m:02}{tail}")
         });
         let Some((y, mo, d)) = self.reference else {
             return out.into_owned();
@@ -230,6 +239,41 @@ mod tests {
     }
 
     #[test]
+    fn every_time_the_teacher_says_reads_back_as_its_value() {
+        let n = Normalizer::new(Some("2019-03-01"));
+        let spoken = tracelab::teacher::spoken::Spoken::new("2019-03-01");
+        for hour in 0..24 {
+            for minute in [0, 15, 30, 45] {
+                let value = format!("{hour:02}:{minute:02}");
+                for form in spoken.forms(&value) {
+                    // A form with no part of the day ("7:30", "half past 7", "7 o'clock") is
+                    // either time; it stays as said.
+                    let marked = [
+                        "am",
+                        "pm",
+                        "a.m.",
+                        "p.m.",
+                        "morning",
+                        "afternoon",
+                        "evening",
+                        "night",
+                        "noon",
+                    ]
+                    .iter()
+                    .any(|m| form.ends_with(m));
+                    let expected = if marked {
+                        value.as_str()
+                    } else {
+                        form.as_str()
+                    };
+                    let read = n.text(&format!("at {form} please"));
+                    assert_eq!(read, format!("at {expected} please"), "{form} for {value}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn times_and_dates_become_canonical() {
         let n = Normalizer::new(Some("2019-03-01"));
         assert_eq!(n.text("at 7:45 pm today."), "at 19:45 2019-03-01.");
@@ -245,6 +289,39 @@ mod tests {
         );
         assert_eq!(n.text("the day after tomorrow"), "the 2019-03-03");
         assert_eq!(n.text("Sukho Thai at 17:00"), "Sukho Thai at 17:00");
+        // How SGD's users say times: spoken quarters and halves, hours in words, the part of
+        // the day first, noon.
+        for (said, canonical) in [
+            ("half past 5 in the evening please.", "17:30 please."),
+            ("at a quarter past 12 in the afternoon", "at 12:15"),
+            ("Book it at quarter to 8 in the evening", "Book it at 19:45"),
+            ("a quarter to 12 in the morning", "11:45"),
+            ("at quarter to 1 in the afternoon", "at 12:45"),
+            ("for twelve pm at a restaurant", "for 12:00 at a restaurant"),
+            ("at seven in the evening.", "at 19:00."),
+            ("Eleven am works", "11:00 works"),
+            (
+                "on the 14th of March at evening 5:30.",
+                "on 2019-03-14 at 17:30.",
+            ),
+            ("afternoon 2.", "14:00."),
+            ("7 o'clock in the evening", "19:00"),
+            ("at noon or 12 noon", "at 12:00 or 12:00"),
+            ("5 p.m. today", "17:00 2019-03-01"),
+        ] {
+            assert_eq!(n.text(said), canonical, "{said}");
+        }
+        // Not times: a count after a part of the day, an hour with no marker, words that
+        // begin like one.
+        for same in [
+            "Saturday evening 2 people",
+            "at 7 o'clock",
+            "at 5",
+            "5 amazing places",
+            "in the afternoon",
+        ] {
+            assert_eq!(n.text(same), same);
+        }
         let plain = Normalizer::new(None);
         assert_eq!(plain.text("tomorrow at 6 pm"), "tomorrow at 18:00");
     }
