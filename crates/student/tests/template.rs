@@ -600,4 +600,22 @@ fn a_span_argument_copies_values_labelled_with_its_own_key() {
     assert_eq!(call.name, "Book");
     assert_eq!(call.arguments["restaurant_name"], "Thai House");
     assert_eq!(call.arguments["city"], "Oakland");
+
+    // Where the prompt labels a restaurant name, the assistant's own words around it are no
+    // source: the model likes "Nopa", which only the assistant's sentence says.
+    let mut told = messages.clone();
+    told[3] = Message::call(ToolCall::new(
+        DEFAULT_RESPOND,
+        args(json!({"message": "Nopa is full, Thai House is nice."})),
+    ));
+    let prompt = tpl.prompt(&told, 256, 41);
+    let mut value_scores = vec![0f32; tpl.vocab];
+    for &t in &tpl.encode(" Nopa") {
+        value_scores[t as usize] = 4.0;
+    }
+    value_scores[tpl.sp.end as usize] = 0.5;
+    value_scores[tpl.sp.arg as usize] = 0.5;
+    let st = CallState::with_spans(setup.source(&prompt.tokens, &prompt.copyable));
+    let call = decode_call(&tpl, st, &name_scores, &value_scores);
+    assert_eq!(call.arguments["restaurant_name"], "Thai House");
 }
