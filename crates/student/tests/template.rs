@@ -511,7 +511,6 @@ fn a_span_argument_copies_values_labelled_with_its_own_key() {
     ];
     let tok = tokenizer::train_bpe(&texts, 300, 1).unwrap();
     let tpl = ChatTemplate::new(tok, &tools, 2, Some("2019-03-01")).unwrap();
-    let prompt = tpl.prompt(&messages, 256, 41);
     let spans: BTreeMap<String, BTreeMap<String, SpanShape>> = [(
         "Book".to_string(),
         [
@@ -586,17 +585,21 @@ fn a_span_argument_copies_values_labelled_with_its_own_key() {
     {
         name_scores[t as usize] = 5.0;
     }
-    let mut value_scores = vec![0f32; tpl.vocab];
-    for &t in &tpl.encode(" Thai") {
-        value_scores[t as usize] = 1.0;
-    }
-    for &t in &tpl.encode(" Oakland") {
-        value_scores[t as usize] = 0.8;
-    }
-    value_scores[tpl.sp.end as usize] = 0.5;
-    value_scores[tpl.sp.arg as usize] = 0.5;
-    let st = CallState::with_spans(setup.source(&prompt.tokens, &prompt.copyable));
-    let call = decode_call(&tpl, st, &name_scores, &value_scores);
+    // Decodes after `messages` with the model liking each word's tokens by its score.
+    let decode_liking = |messages: &[Message], liked: &[(&str, f32)]| {
+        let mut value_scores = vec![0f32; tpl.vocab];
+        for (word, score) in liked {
+            for &t in &tpl.encode(word) {
+                value_scores[t as usize] = *score;
+            }
+        }
+        value_scores[tpl.sp.end as usize] = 0.5;
+        value_scores[tpl.sp.arg as usize] = 0.5;
+        let prompt = tpl.prompt(messages, 256, 41);
+        let st = CallState::with_spans(setup.source(&prompt.tokens, &prompt.copyable));
+        decode_call(&tpl, st, &name_scores, &value_scores)
+    };
+    let call = decode_liking(&messages, &[(" Thai", 1.0), (" Oakland", 0.8)]);
     assert_eq!(call.name, "Book");
     assert_eq!(call.arguments["restaurant_name"], "Thai House");
     assert_eq!(call.arguments["city"], "Oakland");
@@ -608,14 +611,6 @@ fn a_span_argument_copies_values_labelled_with_its_own_key() {
         DEFAULT_RESPOND,
         args(json!({"message": "Nopa is full, Thai House is nice."})),
     ));
-    let prompt = tpl.prompt(&told, 256, 41);
-    let mut value_scores = vec![0f32; tpl.vocab];
-    for &t in &tpl.encode(" Nopa") {
-        value_scores[t as usize] = 4.0;
-    }
-    value_scores[tpl.sp.end as usize] = 0.5;
-    value_scores[tpl.sp.arg as usize] = 0.5;
-    let st = CallState::with_spans(setup.source(&prompt.tokens, &prompt.copyable));
-    let call = decode_call(&tpl, st, &name_scores, &value_scores);
+    let call = decode_liking(&told, &[(" Nopa", 4.0)]);
     assert_eq!(call.arguments["restaurant_name"], "Thai House");
 }
