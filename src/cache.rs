@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::UNIX_EPOCH;
 
-use fs4::fs_std::FileExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -111,7 +110,61 @@ pub struct OutputFile {
     pub size: u64,
     /// blake3 of the content.
     pub blake3: String,
+    /// The file's identity when the entry was committed (or last re-hashed): while it is
+    /// unchanged, the content is trusted without reading it; any change means a re-hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stat: Option<FileStat>,
 }
+
+impl OutputFile {
+    /// Same path and content (whatever the recorded stat).
+    fn same_content(&self, other: &OutputFile) -> bool {
+        self.path == other.path && self.size == other.size && self.blake3 == other.blake3
+    }
+}
+
+/// What identifies a file's version without reading it: an edit changes the change time (which
+/// no user call can set back) and usually the modification time; a replacement changes the
+/// inode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStat {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i128,
+    /// Status change time, nanoseconds since the Unix epoch.
+    pub ctime_ns: i128,
+    /// Inode number.
+    pub inode: u64,
+}
+
+impl FileStat {
+    fn of(meta: &fs::Metadata) -> FileStat {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        FileStat {
+            size: meta.len(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+            inode: meta.ino(),
+        }
+    }
+
+    /// The stat to record for a file, or `None` while it is too recent to be trusted: file
+    /// times come from a coarse clock (one tick can be 10 ms), so an edit in the same tick as
+    /// the recording would leave every field unchanged ("racy" files, as git calls them).
+    /// Such a file is re-hashed at its next lookup, which records its stat then.
+    fn recordable(meta: &fs::Metadata) -> Option<FileStat> {
+        let stat = FileStat::of(meta);
+        let now = std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        (stat.ctime_ns.max(stat.mtime_ns) + RACY_NS < now).then_some(stat)
+    }
+}
+
+/// How long after its last change a file's stat is trusted (see [`FileStat::recordable`]).
+const RACY_NS: i128 = 100_000_000;
 
 /// `manifest.json` of a cache entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,14 +193,23 @@ pub struct Manifest {
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     /// File-system error on a path.
-    #[error("cache: {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    /// (The cause is part of the message and not a `source()`, so that a chain printed with
+    /// `{:#}` says it once.)
+    #[error("cache: {path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
+    /// A lock was not free within `--lock-timeout`.
+    #[error("gave up after {seconds}s waiting for {what}, held by {holder} (--lock-timeout)")]
+    LockTimeout {
+        what: String,
+        holder: String,
+        seconds: f64,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
-    move |source| CacheError::Io {
+    move |error| CacheError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -198,24 +260,171 @@ impl Exposed {
     /// Makes the outputs durable, then writes the manifest (through a synced temporary file
     /// and a rename), which is what makes later runs trust the entry. A crash before the rename
     /// leaves an entry without a manifest: a miss, replaced by the next run that computes it.
-    pub fn commit(self) -> Result<(), CacheError> {
-        sync_tree(&self.dir.join("out"))?;
+    pub fn commit(mut self) -> Result<(), CacheError> {
+        let out = self.dir.join("out");
+        sync_tree(&out)?;
         tracing::debug!(dir = %self.dir.display(), "outputs synced");
-        let tmp = self.dir.join("manifest.json.tmp");
-        let text = serde_json::to_vec_pretty(&self.manifest).expect("manifest serializes");
-        let write = || -> io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            io::Write::write_all(&mut f, &text)?;
-            f.sync_data()
-        };
-        write().map_err(io_err(&tmp))?;
-        let path = self.dir.join("manifest.json");
-        fs::rename(&tmp, &path).map_err(io_err(&path))
+        for f in &mut self.manifest.outputs {
+            let path = out.join(&f.path);
+            f.stat = FileStat::recordable(&fs::metadata(&path).map_err(io_err(&path))?);
+        }
+        write_manifest(&self.dir, &self.manifest, "tmp")
     }
 }
 
-/// A held file lock, released on drop.
-pub struct Lock(#[allow(dead_code)] File);
+/// Writes `manifest.json` through a synced temporary file (named with `tag`) and a rename.
+fn write_manifest(dir: &Path, manifest: &Manifest, tag: &str) -> Result<(), CacheError> {
+    let tmp = dir.join(format!("manifest.json.{tag}"));
+    let text = serde_json::to_vec_pretty(manifest).expect("manifest serializes");
+    let write = || -> io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        io::Write::write_all(&mut f, &text)?;
+        f.sync_data()
+    };
+    if let Err(e) = write() {
+        let _ = fs::remove_file(&tmp);
+        return Err(CacheError::Io {
+            path: tmp,
+            error: e,
+        });
+    }
+    let path = dir.join("manifest.json");
+    fs::rename(&tmp, &path).map_err(io_err(&path))
+}
+
+/// A held file lock, released on drop (with the note that named its holder).
+pub struct Lock {
+    /// The locked file; `None` for a read-only cache, where no lock could be taken.
+    _file: Option<File>,
+    /// `.locks/holders/<pid>`, removed on release.
+    note: Option<PathBuf>,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if let Some(note) = &self.note {
+            let _ = fs::remove_file(note);
+        }
+    }
+}
+
+/// How a process waits for a lock another one holds.
+#[derive(Clone, Copy)]
+pub struct LockWait<'a> {
+    /// Give up after this long (`--lock-timeout`); `None` waits as long as it takes.
+    pub timeout: Option<std::time::Duration>,
+    /// Called once, when the lock turns out to be held: what is waited for, and by whom it is
+    /// held.
+    pub on_wait: &'a dyn Fn(&str, &str),
+}
+
+impl LockWait<'_> {
+    /// Waits silently and for as long as it takes.
+    pub const FOREVER: LockWait<'static> = LockWait {
+        timeout: None,
+        on_wait: &|_, _| {},
+    };
+}
+
+/// Opens (creating if needed) a lock file; read-only when it cannot be written, since a lock
+/// on a file descriptor opened for reading works as well.
+fn open_lock_file(path: &Path) -> Result<File, CacheError> {
+    let rw = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path);
+    match rw {
+        Ok(f) => Ok(f),
+        Err(e) if read_only(&e) => File::open(path).map_err(|_| CacheError::Io {
+            path: path.to_path_buf(),
+            error: e,
+        }),
+        Err(e) => Err(CacheError::Io {
+            path: path.to_path_buf(),
+            error: e,
+        }),
+    }
+}
+
+/// An error that says the file system (or its permissions) forbids writing.
+fn read_only(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+    )
+}
+
+/// Takes `file`'s lock; while it is held elsewhere, says so once through `wait.on_wait` and
+/// polls until it is free or `wait.timeout` has passed.
+fn acquire(
+    file: &File,
+    path: &Path,
+    exclusive: bool,
+    wait: &LockWait<'_>,
+    what: &dyn Fn() -> String,
+    holder: &dyn Fn() -> String,
+) -> Result<(), CacheError> {
+    let try_once = || match if exclusive {
+        file.try_lock()
+    } else {
+        file.try_lock_shared()
+    } {
+        Ok(()) => Ok(true),
+        Err(fs::TryLockError::WouldBlock) => Ok(false),
+        Err(fs::TryLockError::Error(e)) => Err(CacheError::Io {
+            path: path.to_path_buf(),
+            error: e,
+        }),
+    };
+    if try_once()? {
+        return Ok(());
+    }
+    let held_by = holder();
+    (wait.on_wait)(&what(), &held_by);
+    let start = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(10);
+    loop {
+        if let Some(limit) = wait.timeout {
+            if start.elapsed() >= limit {
+                return Err(CacheError::LockTimeout {
+                    what: what(),
+                    holder: holder(),
+                    seconds: limit.as_secs_f64(),
+                });
+            }
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(200));
+        if try_once()? {
+            return Ok(());
+        }
+    }
+}
+
+/// The processes registered as holding the cache lock that are still alive, described.
+fn live_holders(dir: &Path) -> String {
+    let mut found: Vec<String> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = fs::remove_file(e.path()); // a holder that died without cleaning up
+                return None;
+            }
+            let who = fs::read_to_string(e.path()).unwrap_or_default();
+            Some(format!("pid {pid} ({})", who.trim()))
+        })
+        .collect();
+    found.sort();
+    if found.is_empty() {
+        "another process".into()
+    } else {
+        found.join(", ")
+    }
+}
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -246,31 +455,80 @@ impl Cache {
         self.dir.join("responses")
     }
 
-    /// The manifest of a valid entry, or `None` (absent or corrupt: a miss).
-    pub fn lookup(&self, key: &StepKey) -> Option<Manifest> {
-        let dir = self.entry_dir(key);
-        let text = fs::read(dir.join("manifest.json")).ok()?;
+    /// The manifest of an entry as written, without checking its outputs; `None` when absent
+    /// or unreadable.
+    pub fn read_manifest(&self, key: &StepKey) -> Option<Manifest> {
+        let text = fs::read(self.entry_dir(key).join("manifest.json")).ok()?;
         let m: Manifest = serde_json::from_slice(&text).ok()?;
-        if &m.key != key {
-            return None;
-        }
-        let out = dir.join("out");
-        for f in &m.outputs {
-            match fs::metadata(out.join(&f.path)) {
-                Ok(meta) if meta.len() == f.size => {}
-                _ => return None,
+        (&m.key == key).then_some(m)
+    }
+
+    /// The manifest of a valid entry, or `None` (absent or corrupt: a miss).
+    ///
+    /// An output whose stat still matches the one recorded is trusted unread; one whose stat
+    /// changed (an edit, a copy of the cache, bit rot that touched it) is re-hashed, and a
+    /// content that differs from the manifest's makes the entry a miss. When the content is
+    /// intact, the new stat is recorded (best effort: a read-only cache just re-hashes again).
+    pub fn lookup(&self, key: &StepKey) -> Option<Manifest> {
+        let mut m = self.read_manifest(key)?;
+        let out = self.out_dir(key);
+        let mut refreshed = false;
+        for f in &mut m.outputs {
+            let path = out.join(&f.path);
+            let meta = fs::metadata(&path).ok()?;
+            if meta.len() != f.size {
+                return None;
             }
+            if f.stat.as_ref() == Some(&FileStat::of(&meta)) {
+                continue;
+            }
+            if hash_file(&path).ok()? != f.blake3 {
+                tracing::warn!(file = %path.display(), "cached output changed since its commit: a miss");
+                return None;
+            }
+            let stat = FileStat::recordable(&meta);
+            refreshed |= stat.is_some();
+            f.stat = stat;
+        }
+        if refreshed {
+            let tag = format!(
+                "{}.{}.tmp",
+                std::process::id(),
+                TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+            );
+            let _ = write_manifest(&self.entry_dir(key), &m, &tag);
         }
         Some(m)
     }
 
-    /// Re-hashes an entry's outputs and compares them with its manifest (`tracelab verify`).
-    pub fn verify(&self, key: &StepKey) -> Result<bool, CacheError> {
-        let Some(m) = self.lookup(key) else {
-            return Ok(false);
+    /// Re-hashes every output of an entry (`tracelab verify`), whatever its recorded stat says,
+    /// and lists what differs from its manifest: empty when the entry is intact.
+    pub fn verify(&self, key: &StepKey) -> Result<Vec<String>, CacheError> {
+        let Some(m) = self.read_manifest(key) else {
+            return Ok(vec!["no readable manifest".into()]);
         };
-        let files = hash_tree(&self.out_dir(key))?;
-        Ok(files == m.outputs)
+        let out = self.out_dir(key);
+        let found = if out.is_dir() {
+            hash_tree(&out)?
+        } else {
+            Vec::new()
+        };
+        let mut problems = Vec::new();
+        for f in &m.outputs {
+            match found.iter().find(|x| x.path == f.path) {
+                None => problems.push(format!("{}: missing", f.path)),
+                Some(x) if !x.same_content(f) => {
+                    problems.push(format!("{}: content differs from the manifest", f.path))
+                }
+                Some(_) => {}
+            }
+        }
+        for x in &found {
+            if !m.outputs.iter().any(|f| f.path == x.path) {
+                problems.push(format!("{}: not in the manifest", x.path));
+            }
+        }
+        Ok(problems)
     }
 
     /// Starts writing an entry.
@@ -331,7 +589,7 @@ impl Cache {
             Err(e) => {
                 return Err(CacheError::Io {
                     path: target,
-                    source: e,
+                    error: e,
                 })
             }
         }
@@ -354,7 +612,7 @@ impl Cache {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(CacheError::Io {
                 path: dir,
-                source: e,
+                error: e,
             }),
         }
     }
@@ -373,33 +631,75 @@ impl Cache {
         Ok(v)
     }
 
-    /// Blocks until this process holds the exclusive lock for computing `key`.
-    pub fn lock_key(&self, key: &StepKey) -> Result<Lock, CacheError> {
-        self.lock(
-            &self.dir.join(".locks").join(format!("{}.lock", key.0)),
-            true,
-        )
-    }
-
-    /// Lock held by every run (shared) and by `gc` (exclusive).
-    pub fn lock_cache(&self, exclusive: bool) -> Result<Lock, CacheError> {
-        self.lock(&self.dir.join(".lock"), exclusive)
-    }
-
-    fn lock(&self, path: &Path, exclusive: bool) -> Result<Lock, CacheError> {
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(io_err(path))?;
-        if exclusive {
-            f.lock_exclusive()
-        } else {
-            f.lock_shared()
+    /// Takes the exclusive lock for computing `key` (`who`: the step's label, recorded in the
+    /// lock file so that a waiting process can say who holds it). While another process holds
+    /// it, `wait` describes whom this one waits for (see [`LockWait`]).
+    pub fn lock_key(
+        &self,
+        key: &StepKey,
+        who: &str,
+        wait: &LockWait<'_>,
+    ) -> Result<Lock, CacheError> {
+        let path = self.dir.join(".locks").join(format!("{}.lock", key.0));
+        let file = open_lock_file(&path)?;
+        let what = || format!("the lock of step {who}");
+        let holder = || {
+            let text = fs::read_to_string(&path).unwrap_or_default();
+            let text = text.trim();
+            if text.is_empty() {
+                "another process".to_string()
+            } else {
+                text.to_string()
+            }
+        };
+        acquire(&file, &path, true, wait, &what, &holder)?;
+        // Say who holds it (best effort: a waiter without it says "another process").
+        if file.set_len(0).is_ok() {
+            let _ = io::Write::write_all(
+                &mut &file,
+                format!("pid {} ({who})", std::process::id()).as_bytes(),
+            );
         }
-        .map_err(io_err(path))?;
-        Ok(Lock(f))
+        Ok(Lock {
+            _file: Some(file),
+            note: None,
+        })
+    }
+
+    /// The lock held by every run (shared) and by `gc` (exclusive); `who` (e.g. "tracelab run
+    /// smoke") is registered in `.locks/holders/<pid>` for as long as it is held, so that a
+    /// process that has to wait can say whom for. A cache this process cannot write (a
+    /// read-only mount, another user's) is read without the lock: nothing can be computed or
+    /// removed there anyway, and what can be read is still served.
+    pub fn lock_cache(
+        &self,
+        exclusive: bool,
+        who: &str,
+        wait: &LockWait<'_>,
+    ) -> Result<Lock, CacheError> {
+        let path = self.dir.join(".lock");
+        let file = match open_lock_file(&path) {
+            Ok(f) => f,
+            Err(CacheError::Io { ref error, .. }) if !exclusive && read_only(error) => {
+                tracing::info!(cache = %self.dir.display(), "read-only cache: no lock taken");
+                return Ok(Lock {
+                    _file: None,
+                    note: None,
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let holders = self.dir.join(".locks").join("holders");
+        let what = || "the cache".to_string();
+        let holder = || live_holders(&holders);
+        acquire(&file, &path, exclusive, wait, &what, &holder)?;
+        let note = holders.join(std::process::id().to_string());
+        let note =
+            (fs::create_dir_all(&holders).is_ok() && fs::write(&note, who).is_ok()).then_some(note);
+        Ok(Lock {
+            _file: Some(file),
+            note,
+        })
     }
 
     /// Removes temporary directories left by runs that died (kill -9, power loss).
@@ -425,7 +725,7 @@ impl Cache {
 fn unreachable_io(path: &Path) -> CacheError {
     CacheError::Io {
         path: path.to_path_buf(),
-        source: io::Error::other("entry vanished after publication"),
+        error: io::Error::other("entry vanished after publication"),
     }
 }
 
@@ -466,6 +766,7 @@ pub fn hash_tree(dir: &Path) -> Result<Vec<OutputFile>, CacheError> {
                     path: rel,
                     size,
                     blake3: hash_file(&p)?,
+                    stat: None,
                 });
             }
         }
@@ -686,7 +987,7 @@ mod tests {
         let m = cache.publish(pending, manifest(p)).unwrap();
         assert_eq!(m.outputs.len(), 1);
         assert!(cache.lookup(&key).is_some());
-        assert!(cache.verify(&key).unwrap());
+        assert!(cache.verify(&key).unwrap().is_empty());
         fs::write(cache.out_dir(&key).join("x.txt"), "truncated!!").unwrap();
         assert!(cache.lookup(&key).is_none(), "size mismatch is a miss");
         fs::write(cache.entry_dir(&key).join("manifest.json"), "{not json").unwrap();
@@ -698,6 +999,62 @@ mod tests {
                 .is_none(),
             "no temp left"
         );
+    }
+
+    /// Publishes one entry with `x.txt` = `text`.
+    fn published(cache: &Cache, text: &str) -> StepKey {
+        let p = parts(serde_json::json!({"text": text}));
+        let pending = cache.begin(&p.key()).unwrap();
+        fs::write(pending.out_dir.join("x.txt"), text).unwrap();
+        cache.publish(pending, manifest(p)).unwrap().key
+    }
+
+    fn edit_keeping_size(cache: &Cache, key: &StepKey) {
+        let path = cache.out_dir(key).join("x.txt");
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[0] ^= 0x20; // "respond_to_user" → "Respond_to_user": same size
+        let mut f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        io::Write::write_all(&mut f, &bytes).unwrap();
+    }
+
+    #[test]
+    fn a_same_size_edit_right_after_the_commit_is_a_miss() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::open(tmp.path()).unwrap();
+        let key = published(&cache, "respond_to_user");
+        edit_keeping_size(&cache, &key);
+        assert!(
+            cache.lookup(&key).is_none(),
+            "the edited content is not trusted"
+        );
+        assert_eq!(
+            cache.verify(&key).unwrap(),
+            vec!["x.txt: content differs from the manifest".to_string()]
+        );
+    }
+
+    #[test]
+    fn a_recorded_stat_spares_the_read_and_any_change_re_hashes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::open(tmp.path()).unwrap();
+        let key = published(&cache, "respond_to_user");
+        // Past the racy window, a lookup records the file's stat in the manifest.
+        std::thread::sleep(std::time::Duration::from_nanos(2 * RACY_NS as u64));
+        assert!(cache.lookup(&key).is_some());
+        let recorded = cache.read_manifest(&key).unwrap().outputs[0].stat.clone();
+        assert!(
+            recorded.is_some(),
+            "the stat is recorded once the file is settled"
+        );
+        // Rewriting the same bytes changes the stat, not the content: still a hit.
+        let path = cache.out_dir(&key).join("x.txt");
+        fs::write(&path, "respond_to_user").unwrap();
+        assert!(cache.lookup(&key).is_some(), "same content after a re-hash");
+        // A same-size edit of a file whose stat was recorded is a miss.
+        std::thread::sleep(std::time::Duration::from_nanos(2 * RACY_NS as u64));
+        assert!(cache.lookup(&key).is_some());
+        edit_keeping_size(&cache, &key);
+        assert!(cache.lookup(&key).is_none(), "the edit is noticed");
     }
 
     #[test]
@@ -729,7 +1086,7 @@ mod tests {
             fs::read_to_string(cache.out_dir(&key).join("x.txt")).unwrap(),
             "second"
         );
-        assert!(cache.verify(&key).unwrap());
+        assert!(cache.verify(&key).unwrap().is_empty());
         assert!(!cache.entry_dir(&key).join("manifest.json.tmp").exists());
     }
 }

@@ -16,6 +16,13 @@ pub enum Event {
         /// Parallel job slots.
         jobs: usize,
     },
+    /// The run waits for the cache lock, held exclusively by another process (`gc`).
+    RunWaiting {
+        /// What it waits for.
+        what: String,
+        /// Who holds it.
+        holder: String,
+    },
     /// A node's output was found in the cache.
     StepCached {
         /// Node label.
@@ -31,6 +38,16 @@ pub enum Event {
         label: String,
         /// Cache key.
         key: String,
+    },
+    /// A started node waits for a lock another process holds (another run computing the same
+    /// step, or `gc`).
+    StepWaiting {
+        /// Node label.
+        label: String,
+        /// What it waits for.
+        what: String,
+        /// Who holds it (process id and what it does).
+        holder: String,
     },
     /// Progress inside a long step.
     StepProgress {

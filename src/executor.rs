@@ -25,7 +25,7 @@ use petgraph::visit::NodeIndexable;
 use serde_json::{Map, Value};
 
 use crate::cache::{
-    Cache, CacheError, Exposed, Exposure, KeyParts, Lock, Manifest, StatCache, StepKey,
+    Cache, CacheError, Exposed, Exposure, KeyParts, Lock, LockWait, Manifest, StatCache, StepKey,
 };
 use crate::dag::{Dag, InputRole};
 use crate::events::{Event, Reporter};
@@ -42,6 +42,9 @@ pub struct RunOptions {
     pub only: Option<GlobSet>,
     /// Ignore the cache for nodes matching this.
     pub force: Option<GlobSet>,
+    /// How long to wait for a lock another process holds before failing (`None`: as long as
+    /// it takes).
+    pub lock_timeout: Option<std::time::Duration>,
 }
 
 /// Outcome of one node.
@@ -238,6 +241,36 @@ pub fn plan(
     experiment: &str,
     force: Option<&GlobSet>,
 ) -> Result<Vec<PlanLine>, RunError> {
+    walk(dag, cache, root, experiment, force, &|k| cache.lookup(k))
+}
+
+/// Every cache entry a run of the DAG reaches, as (label, key), whether or not its outputs are
+/// still intact: what `tracelab verify` re-hashes.
+pub fn reachable(
+    dag: &Dag,
+    cache: &Cache,
+    root: &Path,
+    experiment: &str,
+) -> Result<Vec<(String, StepKey)>, RunError> {
+    let lines = walk(dag, cache, root, experiment, None, &|k| {
+        cache.read_manifest(k)
+    })?;
+    Ok(lines
+        .into_iter()
+        .filter_map(|l| Some((l.label, l.cached?)))
+        .collect())
+}
+
+/// The DAG in order, each node's key computed from its inputs' output hashes; `find` says which
+/// keys have an entry (and gives its manifest).
+fn walk(
+    dag: &Dag,
+    cache: &Cache,
+    root: &Path,
+    experiment: &str,
+    force: Option<&GlobSet>,
+    find: &dyn Fn(&StepKey) -> Option<Manifest>,
+) -> Result<Vec<PlanLine>, RunError> {
     let keys = Keys::new(dag, root, cache);
     let state = load_state(cache, experiment);
     let mut hashes: BTreeMap<NodeIndex, String> = BTreeMap::new();
@@ -263,7 +296,7 @@ pub fn plan(
         let parts = keys.parts(n, &hashes)?;
         let key = parts.key();
         let forced = force.is_some_and(|g| node.matches(&|l| g.is_match(l)));
-        match cache.lookup(&key) {
+        match find(&key) {
             Some(m) if !forced => {
                 hashes.insert(n, m.output_hash);
                 lines.push(PlanLine {
@@ -377,6 +410,7 @@ enum Status {
 
 struct Launch {
     n: NodeIndex,
+    lock_timeout: Option<std::time::Duration>,
     parts: KeyParts,
     key: StepKey,
     forced: bool,
@@ -438,7 +472,17 @@ pub fn run(
     cancel: &AtomicBool,
 ) -> Result<Summary, RunError> {
     let start = Instant::now();
-    let _shared = cache.lock_cache(false)?;
+    let on_wait = |what: &str, holder: &str| {
+        reporter.event(&Event::RunWaiting {
+            what: what.to_string(),
+            holder: holder.to_string(),
+        });
+    };
+    let wait = LockWait {
+        timeout: opts.lock_timeout,
+        on_wait: &on_wait,
+    };
+    let _shared = cache.lock_cache(false, &format!("tracelab run {experiment}"), &wait)?;
     cache.clean_stale_tmp();
     let keys = Keys::new(dag, root, cache);
     let sel = selected(dag, opts.only.as_ref());
@@ -576,6 +620,7 @@ pub fn run(
                     let inputs_dirs = input_dirs(dag, n, &summary.out_dirs);
                     let launch = Launch {
                         n,
+                        lock_timeout: opts.lock_timeout,
                         parts: *parts,
                         key,
                         forced,
@@ -840,8 +885,20 @@ fn execute(
     release: &Release<'_>,
 ) -> Result<Published, Failure> {
     let node = &dag.graph[launch.n];
-    // Another run may be computing the same key: wait for it instead of doing the work twice.
-    let lock = cache.lock_key(&launch.key)?;
+    // Another run may be computing the same key: wait for it instead of doing the work twice,
+    // and say so.
+    let on_wait = |what: &str, holder: &str| {
+        reporter.event(&Event::StepWaiting {
+            label: node.label.clone(),
+            what: what.to_string(),
+            holder: holder.to_string(),
+        });
+    };
+    let wait = LockWait {
+        timeout: launch.lock_timeout,
+        on_wait: &on_wait,
+    };
+    let lock = cache.lock_key(&launch.key, &node.label, &wait)?;
     if !launch.forced {
         if let Some(m) = cache.lookup(&launch.key) {
             return Err(Failure::Reused(Box::new(m)));

@@ -19,6 +19,7 @@ pub mod judge;
 pub mod llm;
 pub mod llm_mock;
 pub mod reporter;
+pub mod results;
 pub mod scenario;
 pub mod split;
 pub mod steps;

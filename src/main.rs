@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-use tracelab::cache::{Cache, StepKey};
+use tracelab::cache::{Cache, LockWait, StepKey};
 use tracelab::config::{Experiment, SetOverride};
 use tracelab::dag::{self, Dag};
 use tracelab::events::Reporter;
@@ -36,6 +36,21 @@ struct Cli {
     /// Cache directory (default: `cache/` in the project root).
     #[arg(long, global = true, env = "TRACELAB_CACHE")]
     cache: Option<PathBuf>,
+    /// Give up after this many seconds waiting for a lock another tracelab process holds (a
+    /// run computing the same step, `gc`); by default wait as long as it takes.
+    #[arg(long, global = true, value_name = "SECONDS")]
+    lock_timeout: Option<f64>,
+}
+
+impl Cli {
+    fn lock_timeout(&self) -> Result<Option<std::time::Duration>> {
+        self.lock_timeout
+            .map(|s| {
+                std::time::Duration::try_from_secs_f64(s)
+                    .map_err(|_| anyhow::anyhow!("--lock-timeout {s}: not a number of seconds"))
+            })
+            .transpose()
+    }
 }
 
 #[derive(clap::Args)]
@@ -99,6 +114,15 @@ enum Command {
         /// Step label or glob, e.g. `data/ingest` or `*/corrupt`.
         #[arg(long)]
         step: String,
+    },
+    /// Re-hash every cache entry a run of the experiment reaches; remove those whose files
+    /// no longer match their manifest (the next run recomputes them).
+    Verify {
+        #[command(flatten)]
+        exp: ExpArgs,
+        /// Only report damaged entries; keep them.
+        #[arg(long)]
+        keep: bool,
     },
     /// Delete cache entries that no experiment under `experiments/` reaches.
     Gc {
@@ -216,6 +240,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 gpus: gpus(),
                 only: globs(only)?,
                 force: globs(force)?,
+                lock_timeout: cli.lock_timeout()?,
             };
             let reporter: Box<dyn Reporter> = if cli.json {
                 Box::new(JsonReporter::new())
@@ -241,7 +266,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             if let Some(dir) = l.dag.report.and_then(|n| summary.out_dirs.get(&n)) {
                 let results = publish_results(&l.exp, dir)?;
                 if !cli.json {
-                    print!("{}", std::fs::read_to_string(dir.join("table.md"))?);
+                    print!("{}", read_table(dir)?);
                     eprintln!("results: {}", results.display());
                 }
             }
@@ -271,7 +296,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Command::Show { exp } => {
             let l = load(exp, cache_dir)?;
             let dir = report_dir(&l)?;
-            print!("{}", std::fs::read_to_string(dir.join("table.md"))?);
+            print!("{}", read_table(&dir)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Export { exp, csv } => {
@@ -313,7 +338,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Gc { root, dry_run } => gc(root, cache_dir, *dry_run),
+        Command::Verify { exp, keep } => verify(&load(exp, cache_dir)?, *keep),
+        Command::Gc { root, dry_run } => gc(root, cache_dir, *dry_run, cli.lock_timeout()?),
         Command::Judge(args) => {
             let metrics = args.run()?;
             print!("{metrics}");
@@ -351,6 +377,11 @@ fn print_plan(l: &Loaded, force: Option<&GlobSet>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn read_table(report: &Path) -> Result<String> {
+    let path = report.join("table.md");
+    std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+}
+
 fn report_dir(l: &Loaded) -> Result<PathBuf> {
     let Some(report) = l.dag.report else {
         bail!("this experiment's pipelines judge nothing, so it has no result table")
@@ -373,19 +404,59 @@ fn report_dir(l: &Loaded) -> Result<PathBuf> {
 /// Copies the report's files to `results/<experiment>/` (each written atomically).
 fn publish_results(exp: &Experiment, report: &Path) -> Result<PathBuf> {
     let dest = exp.root.join("results").join(&exp.name);
-    std::fs::create_dir_all(&dest)?;
-    for f in ["table.md", "table.csv", "long.csv", "chart.svg"] {
-        let tmp = dest.join(format!(".{f}.tmp"));
-        std::fs::copy(report.join(f), &tmp)?;
-        std::fs::rename(&tmp, dest.join(f))?;
-    }
-    Ok(dest)
+    Ok(tracelab::results::publish(report, &dest)?)
 }
 
-fn gc(root: &Path, cache_dir: Option<&Path>, dry_run: bool) -> Result<ExitCode> {
+/// `tracelab verify`: re-hashes each reachable entry; exit status 1 when any was damaged.
+fn verify(l: &Loaded, keep: bool) -> Result<ExitCode> {
+    let entries = executor::reachable(&l.dag, &l.cache, &l.exp.root, &l.exp.name)?;
+    let mut damaged = 0;
+    for (label, key) in &entries {
+        let problems = l.cache.verify(key)?;
+        if problems.is_empty() {
+            continue;
+        }
+        damaged += 1;
+        println!("damaged {label} ({}): {}", key.short(), problems.join("; "));
+        if !keep {
+            // Not while a run recomputes it.
+            let _lock = l
+                .cache
+                .lock_key(key, "tracelab verify", &LockWait::FOREVER)?;
+            l.cache.remove(key)?;
+            println!("removed {label}: the next run recomputes it");
+        }
+    }
+    eprintln!(
+        "{} entries verified, {damaged} damaged{}",
+        entries.len(),
+        if damaged > 0 && !keep {
+            " (removed)"
+        } else {
+            ""
+        }
+    );
+    Ok(if damaged == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn gc(
+    root: &Path,
+    cache_dir: Option<&Path>,
+    dry_run: bool,
+    lock_timeout: Option<std::time::Duration>,
+) -> Result<ExitCode> {
     let dir = cache_dir.map_or_else(|| root.join("cache"), Path::to_path_buf);
     let cache = Cache::open(&dir)?;
-    let _lock = cache.lock_cache(true)?;
+    let on_wait = |what: &str, holder: &str| eprintln!("gc: waiting for {what}, held by {holder}");
+    let wait = LockWait {
+        timeout: lock_timeout,
+        on_wait: &on_wait,
+    };
+    let _lock = cache.lock_cache(true, "tracelab gc", &wait)?;
     let mut keep: std::collections::BTreeSet<StepKey> = Default::default();
     let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("experiments"))
         .with_context(|| format!("{}: no experiments/ folder", root.display()))?

@@ -122,6 +122,14 @@ impl Reporter for HumanReporter {
                 }
                 None => eprintln!("start   {label}"),
             },
+            Event::RunWaiting { what, holder } => {
+                self.line(format!("waiting for {what}, held by {holder}"))
+            }
+            Event::StepWaiting {
+                label,
+                what,
+                holder,
+            } => self.line(format!("waiting {label}: for {what}, held by {holder}")),
             Event::StepProgress {
                 label,
                 done,

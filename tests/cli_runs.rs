@@ -390,3 +390,163 @@ fn gc_drops_only_unreachable_entries_and_graph_draws_the_dag() {
         .unwrap();
     assert!(String::from_utf8_lossy(&mermaid.stdout).starts_with("flowchart LR"));
 }
+
+/// Runs `tracelab run --json` with extra flags; returns (exit code, stdout, stderr).
+fn run_with(root: &Path, extra: &[&str]) -> (i32, String, String) {
+    let out = tracelab(root)
+        .args(["run", "experiments/t.toml", "--json", "--jobs", "2"])
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Takes a lock on `path` in this (test) process, as another tracelab would.
+fn hold(path: &Path, exclusive: bool) -> std::fs::File {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .unwrap();
+    if exclusive {
+        f.lock().unwrap();
+    } else {
+        f.lock_shared().unwrap();
+    }
+    f
+}
+
+#[test]
+fn waiting_for_a_lock_says_for_what_and_whom_and_gives_up_at_the_timeout() {
+    let p = project(20);
+    let root = p.path();
+    let first = run(root);
+    let me = std::process::id();
+
+    // gc during a run: it names the run it waits for, and gives up at --lock-timeout.
+    let holders = root.join("cache/.locks/holders");
+    std::fs::create_dir_all(&holders).unwrap();
+    std::fs::write(holders.join(me.to_string()), "tracelab run t").unwrap();
+    let shared = hold(&root.join("cache/.lock"), false);
+    let gc = tracelab(root)
+        .args(["gc", "--lock-timeout", "0.3"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&gc.stderr);
+    assert_eq!(gc.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "waiting for the cache, held by pid {me} (tracelab run t)"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("gave up after 0.3s"), "{err}");
+    drop(shared);
+    std::fs::remove_file(holders.join(me.to_string())).unwrap();
+
+    // A step whose key another process is computing: a step_waiting event names the holder;
+    // the step fails at the timeout, and nothing is computed twice.
+    let label = "clean/synthetic/s1/generate";
+    let key = first["step_finished"]
+        .iter()
+        .position(|l| l == label)
+        .expect("generate ran");
+    let _ = key;
+    let entry = std::fs::read_dir(root.join("cache"))
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            std::fs::read_to_string(e.path().join("manifest.json"))
+                .is_ok_and(|m| m.contains(&format!("\"label\": \"{label}\"")))
+        })
+        .expect("generate entry");
+    let key = entry.file_name().to_string_lossy().into_owned();
+    std::fs::remove_dir_all(entry.path()).unwrap();
+    let lock_path = root.join(format!("cache/.locks/{key}.lock"));
+    let held = hold(&lock_path, true);
+    std::fs::write(&lock_path, format!("pid {me} ({label})")).unwrap();
+    let (code, out, err) = run_with(root, &["--lock-timeout", "0.4"]);
+    assert_eq!(code, 1, "the step fails, the run ends: {err}");
+    let waiting: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["event"] == "step_waiting")
+        .collect();
+    assert_eq!(waiting.len(), 1, "{out}");
+    assert_eq!(waiting[0]["label"], label);
+    assert_eq!(waiting[0]["holder"], format!("pid {me} ({label})").as_str());
+    assert!(
+        out.contains("gave up after 0.4s waiting for the lock of step"),
+        "{out}"
+    );
+    drop(held);
+    // Once the lock is free, the run computes the step.
+    assert_eq!(ran(&run(root)), [label]);
+}
+
+#[test]
+fn verify_rehashes_every_reachable_entry_and_removes_damaged_ones() {
+    let p = project(20);
+    let root = p.path();
+    run(root);
+    let verify = |extra: &[&str]| {
+        let out = tracelab(root)
+            .args(["verify", "experiments/t.toml"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = verify(&[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("11 entries verified, 0 damaged"), "{err}");
+
+    // A same-size edit of a cached output: plan treats it as a miss, verify finds it.
+    let label = "clean/synthetic/s1/validate";
+    let entry = std::fs::read_dir(root.join("cache"))
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            std::fs::read_to_string(e.path().join("manifest.json"))
+                .is_ok_and(|m| m.contains(&format!("\"label\": \"{label}\"")))
+        })
+        .expect("validate entry");
+    let file = entry.path().join("out/traces.jsonl");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let edited = text.replacen("respond_to_user", "ReserveRestaura", 1);
+    assert_eq!(edited.len(), text.len());
+    assert_ne!(edited, text);
+    std::fs::write(&file, edited).unwrap();
+    let plan = tracelab(root)
+        .args(["plan", "experiments/t.toml"])
+        .output()
+        .unwrap();
+    let plan = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        plan.lines()
+            .any(|l| l.starts_with("run") && l.contains(label)),
+        "the edited entry is a miss: {plan}"
+    );
+    let (code, out, _) = verify(&["--keep"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        out.contains(&format!("damaged {label}")) && out.contains("traces.jsonl: content differs"),
+        "{out}"
+    );
+    assert!(entry.path().exists(), "--keep keeps it");
+    let (code, out, _) = verify(&[]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains(&format!("removed {label}")), "{out}");
+    assert!(!entry.path().exists());
+    assert_eq!(ran(&run(root)), [label], "the next run recomputes it");
+    assert_eq!(verify(&[]).0, Some(0));
+}

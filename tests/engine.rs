@@ -164,6 +164,7 @@ fn opts(jobs: usize) -> RunOptions {
         gpus: 0,
         only: None,
         force: None,
+        lock_timeout: None,
     }
 }
 

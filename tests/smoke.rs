@@ -107,4 +107,93 @@ fn smoke_experiment_runs_end_to_end_and_reruns_nothing() {
     let (again, second) = run();
     assert_eq!(again, table, "a second run prints the same table");
     assert!(second.contains("\n0 ran, "), "nothing reruns: {second}");
+
+    concurrent_noop_runs_all_succeed(root, &sgd);
+    a_noop_run_needs_no_write_access_to_the_cache(root, &sgd, &table);
+}
+
+fn tracelab_run(root: &Path, sgd: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tracelab"));
+    c.args(["run", "experiments/smoke.toml", "--quiet", "--set"])
+        .arg(format!("data.path={}", sgd.display()))
+        .current_dir(root);
+    c
+}
+
+/// Pairs of no-op runs on one complete cache, at the same moment: each publishes the same
+/// results, and none may fail (they used to share one temporary file name in `results/`).
+fn concurrent_noop_runs_all_succeed(root: &Path, sgd: &Path) {
+    let mut failures = Vec::new();
+    for _ in 0..15 {
+        let spawn = || {
+            tracelab_run(root, sgd)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn(), spawn());
+        for out in [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()] {
+            if !out.status.success() {
+                failures.push(String::from_utf8_lossy(&out.stderr).into_owned());
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "concurrent no-op runs failed: {failures:?}"
+    );
+}
+
+/// A run with nothing to compute on a read-only cache (a read-only bind mount, in a mount
+/// namespace of its own) prints the table; one with work to do says once what it cannot write.
+fn a_noop_run_needs_no_write_access_to_the_cache(root: &Path, sgd: &Path, table: &str) {
+    let probe = Command::new("unshare")
+        .args(["-m", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !probe {
+        eprintln!("SKIPPED read-only cache check: `unshare -m` is not available here");
+        return;
+    }
+    let cache = root.join("cache");
+    let in_read_only_cache = |extra: &str| {
+        let run = tracelab_run(root, sgd);
+        let args: Vec<String> = std::iter::once(run.get_program())
+            .chain(run.get_args())
+            .map(|a| shell_quote(&a.to_string_lossy()))
+            .collect();
+        let script = format!(
+            "mount --bind {c} {c} && mount -o remount,bind,ro {c} && exec {} {extra}",
+            args.join(" "),
+            c = shell_quote(&cache.to_string_lossy()),
+        );
+        Command::new("unshare")
+            .args(["-m", "sh", "-c", &script])
+            .current_dir(root)
+            .output()
+            .unwrap()
+    };
+    let out = in_read_only_cache("");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "a no-op run on a read-only cache: {stderr}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), table);
+
+    let out = in_read_only_cache("--set judge.bootstrap_samples=101");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the judge steps cannot be written");
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .all(|l| l.matches("Read-only file system").count() <= 1),
+        "each message says why once: {stderr}"
+    );
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
