@@ -433,6 +433,7 @@ pub fn run_worker(ctx: &StepContext<'_>, job: &WorkerJob) -> Result<Map<String, 
         // machine trained 10x slower than 1 thread; passive waiting removes that cliff.
         cmd.env("OMP_WAIT_POLICY", "PASSIVE");
     }
+    die_with_parent(&mut cmd);
     let mut child = cmd
         .arg(&job_path)
         .stdin(Stdio::null())
@@ -504,6 +505,36 @@ pub fn run_worker(ctx: &StepContext<'_>, job: &WorkerJob) -> Result<Map<String, 
         )));
     }
     Ok(stats)
+}
+
+/// Makes the worker die with tracelab: without this, a `kill -9` (or a second Ctrl-C, which
+/// exits at once) leaves it training to the end, re-parented to init, writing into a temporary
+/// directory the next run cleans. Linux sends the signal when the *thread* that spawned the
+/// worker exits; steps run on the executor's worker threads, which live until every step has
+/// ended, so only tracelab's death fires it. Elsewhere the worker stops at its next progress
+/// line, which fails once the pipe's reader is gone.
+fn die_with_parent(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: the closure runs in the child between fork and exec and makes only
+        // async-signal-safe calls (prctl, getppid; the errors do not allocate).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // tracelab died before the prctl: no signal will come.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
 }
 
 /// Builds a job with the step's params and the given inputs, writing into `output`.
