@@ -1,5 +1,6 @@
 //! The student worker's process life, with the real binaries on a small generated project: the
-//! worker dies with tracelab (`kill -9`).
+//! worker dies with tracelab (`kill -9`), and a terminal's Ctrl-C (SIGINT to the whole process
+//! group, worker included) is an interruption, not a failure.
 //!
 //! Other tests and other runs start workers at the same time, so a test finds its own worker by
 //! its command line, which names the test's unique temporary directory, and touches no other.
@@ -163,4 +164,48 @@ fn the_worker_dies_with_a_killed_tracelab() {
     child.kill().unwrap(); // SIGKILL: no handler runs, nothing is cleaned up
     child.wait().unwrap();
     assert_workers_gone(root, Duration::from_secs(3));
+}
+
+#[test]
+fn a_terminal_ctrl_c_is_an_interruption_with_every_skip_reported() {
+    let p = project();
+    let root = p.path();
+    let mut child = spawn_run(root, true);
+    let mut stderr = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    wait_for_train_worker(&mut lines, root);
+    // What a terminal does: the signal goes to the whole foreground group, worker included.
+    let group = child.id() as i32;
+    // SAFETY: plain syscall on the process group this test created for the run.
+    assert_eq!(unsafe { libc::kill(-group, libc::SIGINT) }, 0);
+    let rest: Vec<Value> = lines
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    let status = child.wait().unwrap();
+    let stderr = err_reader.join().unwrap();
+    assert_workers_gone(root, Duration::from_secs(3));
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(!stderr.contains("failed"), "{stderr}");
+    let of = |kind: &'static str| rest.iter().filter(move |v| v["event"] == kind);
+    assert_eq!(of("step_failed").count(), 0, "{rest:?}");
+    let skipped: Vec<&str> = of("step_skipped")
+        .map(|v| v["label"].as_str().unwrap())
+        .collect();
+    assert!(
+        skipped.iter().any(|l| l.ends_with("/train")),
+        "the interrupted train is skipped: {skipped:?}"
+    );
+    let finished = of("run_finished").next().expect("run_finished");
+    assert_eq!(finished["interrupted"], true);
+    assert_eq!(finished["failed"], 0);
+    assert_eq!(
+        finished["skipped"],
+        skipped.len(),
+        "every skipped step has its event: {skipped:?}"
+    );
 }
