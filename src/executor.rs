@@ -752,9 +752,15 @@ pub fn run(
         let o = if !sel[n.index()] {
             Outcome::Excluded
         } else {
-            outcome
-                .remove(&n)
-                .unwrap_or_else(|| Outcome::Skipped("interrupted".into()))
+            // A node the interruption left waiting is reported like every other skip, so that
+            // `run_finished.skipped` counts the `step_skipped` events.
+            outcome.remove(&n).unwrap_or_else(|| {
+                reporter.event(&Event::StepSkipped {
+                    label: dag.graph[n].label.clone(),
+                    reason: "interrupted".into(),
+                });
+                Outcome::Skipped("interrupted".into())
+            })
         };
         summary.outcomes.push((dag.graph[n].label.clone(), o));
     }

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -421,7 +422,8 @@ pub fn worker_path() -> Result<PathBuf, StepError> {
 }
 
 /// Runs the worker on `job`, forwarding progress, and returns the `stats` object of its last
-/// `{"stats": …}` line. Stderr becomes the error message on failure; cancellation kills it.
+/// `{"stats": …}` line. Stderr becomes the error message on failure; cancellation kills it, and
+/// a worker the interruption's own signal killed (a terminal's Ctrl-C) is cancelled, not failed.
 pub fn run_worker(ctx: &StepContext<'_>, job: &WorkerJob) -> Result<Map<String, Value>, StepError> {
     let job_path = ctx.out_dir.join(".worker-job.json");
     let text = serde_json::to_string_pretty(job).expect("job serializes");
@@ -433,6 +435,7 @@ pub fn run_worker(ctx: &StepContext<'_>, job: &WorkerJob) -> Result<Map<String, 
         // machine trained 10x slower than 1 thread; passive waiting removes that cliff.
         cmd.env("OMP_WAIT_POLICY", "PASSIVE");
     }
+    die_with_parent(&mut cmd);
     let mut child = cmd
         .arg(&job_path)
         .stdin(Stdio::null())
@@ -488,6 +491,9 @@ pub fn run_worker(ctx: &StepContext<'_>, job: &WorkerJob) -> Result<Map<String, 
     let _ = out_reader.join();
     let err = err_reader.join().unwrap_or_default();
     let _ = std::fs::remove_file(&job_path);
+    if !status.success() && interrupted(ctx.cancel, status) {
+        return Err(StepError::Cancelled);
+    }
     if !status.success() {
         let tail: String = err
             .lines()
@@ -504,6 +510,64 @@ pub fn run_worker(ctx: &StepContext<'_>, job: &WorkerJob) -> Result<Map<String, 
         )));
     }
     Ok(stats)
+}
+
+/// Makes the worker die with tracelab: without this, a `kill -9` (or a second Ctrl-C, which
+/// exits at once) leaves it training to the end, re-parented to init, writing into a temporary
+/// directory the next run cleans. Linux sends the signal when the *thread* that spawned the
+/// worker exits; steps run on the executor's worker threads, which live until every step has
+/// ended, so only tracelab's death fires it. Elsewhere the worker stops at its next progress
+/// line, which fails once the pipe's reader is gone.
+fn die_with_parent(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: the closure runs in the child between fork and exec and makes only
+        // async-signal-safe calls (prctl, getppid; the errors do not allocate).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // tracelab died before the prctl: no signal will come.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
+}
+
+/// Whether a worker that failed with `status` was stopped by the run's interruption rather than
+/// failing. A terminal's Ctrl-C reaches the whole process group: the worker may die of the
+/// SIGINT before tracelab's own handler has set the cancel flag, so a worker killed by a
+/// terminal's signal waits a moment for the flag; a worker killed that way with no flag
+/// following (someone signalled the worker alone) has failed.
+fn interrupted(cancel: &AtomicBool, status: std::process::ExitStatus) -> bool {
+    #[cfg(unix)]
+    let by_terminal = {
+        use std::os::unix::process::ExitStatusExt;
+        matches!(
+            status.signal(),
+            Some(libc::SIGINT | libc::SIGTERM | libc::SIGHUP)
+        )
+    };
+    #[cfg(not(unix))]
+    let by_terminal = false;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        if cancel.load(Ordering::SeqCst) {
+            return true;
+        }
+        if !by_terminal || std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// Builds a job with the step's params and the given inputs, writing into `output`.
@@ -757,6 +821,37 @@ mod tests {
         let p = super::super::predict::Predict;
         let gpu = p.canonical_params(&json!({"device": "cuda"})).unwrap();
         assert_eq!(p.resource(&gpu, 2), Resource::Gpu);
+    }
+
+    #[test]
+    fn a_worker_killed_by_a_terminal_signal_is_cancelled_only_when_the_run_is() {
+        use std::os::unix::process::ExitStatusExt;
+        let sh = |script: &str| Command::new("sh").args(["-c", script]).status().unwrap();
+        let by_sigint = sh("kill -INT $$");
+        assert_eq!(by_sigint.signal(), Some(libc::SIGINT));
+        // The group's Ctrl-C may kill the worker before tracelab's handler sets the flag.
+        let cancel = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                cancel.store(true, Ordering::SeqCst);
+            });
+            assert!(
+                interrupted(&cancel, by_sigint),
+                "the flag came after the death"
+            );
+        });
+        let not_set = AtomicBool::new(false);
+        assert!(
+            !interrupted(&not_set, by_sigint),
+            "the worker alone was signalled: a failure"
+        );
+        let failed = sh("exit 3");
+        assert!(!interrupted(&not_set, failed));
+        assert!(
+            interrupted(&AtomicBool::new(true), failed),
+            "the run is interrupted"
+        );
     }
 
     #[test]

@@ -22,7 +22,8 @@
 //!
 //! Stdout carries one JSON object a line: progress `{"done": n, "total": n|null, "message": "…"}`
 //! and, last, `{"stats": {…}}` (statistics for the step's manifest). Diagnostics go to stderr;
-//! a non-zero exit status means failure and stderr says why.
+//! a non-zero exit status means failure and stderr says why. A line that cannot be written
+//! (the orchestrator is gone) ends the worker with status 1.
 //!
 //! Model families: `params.family` (train) selects the implementation; at predict time a
 //! `model/tracelab_student.json` marks a `qwen3` student, otherwise `family` in
@@ -51,10 +52,19 @@ use tracelab_student::{
     Progress, WorkerError,
 };
 
+/// Writes one line to the orchestrator. A failed write means it is gone (EPIPE: Rust ignores
+/// SIGPIPE, so writes to a closed pipe fail instead of killing us) and nobody will use what this
+/// worker makes, so it stops now instead of training on into a directory that may be cleaned.
 fn emit(v: &Value) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{v}");
-    let _ = out.flush();
+    if let Err(e) = writeln!(out, "{v}").and_then(|()| out.flush()) {
+        // Not eprintln!: it panics when stderr, likely closed as well, cannot be written.
+        let _ = writeln!(
+            std::io::stderr(),
+            "stdout: {e}; stopping (the orchestrator is gone)"
+        );
+        std::process::exit(1);
+    }
 }
 
 fn report(p: Progress) {

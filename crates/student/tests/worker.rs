@@ -1,7 +1,10 @@
 //! The worker contract end to end: job files in, JSON progress and stats lines out, artifacts
 //! written, failures reported on stderr with a non-zero status.
 
+use std::io::Read;
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -26,10 +29,8 @@ fn conversation(i: usize) -> Value {
     ]})
 }
 
-#[test]
-fn tokenizer_train_predict_through_job_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// Writes `traces.jsonl`, `tools.json` and `task.md` into `d`.
+fn write_inputs(d: &Path) {
     let traces: Vec<String> = (0..12).map(|i| conversation(i).to_string()).collect();
     write(&d.join("traces.jsonl"), &traces.join("\n"));
     write(
@@ -43,18 +44,28 @@ fn tokenizer_train_predict_through_job_files() {
         &d.join("task.md"),
         "+++\nreference_date = \"2019-03-01\"\n+++\nToy.\n",
     );
+}
+
+/// A tokenizer job's JSON for the inputs of [`write_inputs`], writing `d/tokenizer.json`.
+fn tokenizer_job(d: &Path) -> Value {
+    let p = |k: &str| d.join(k).display().to_string();
+    json!({"task": "tokenizer", "params": {"vocab_size": 300, "min_frequency": 2, "path": null},
+        "inputs": {"traces": p("traces.jsonl"), "tools": p("tools.json")},
+        "output": p("tokenizer.json"), "threads": 1})
+}
+
+#[test]
+fn tokenizer_train_predict_through_job_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_inputs(d);
     let c = conversation(1);
     let pair = json!({"id": "t1#0", "question": [c["messages"][0]],
         "answer": {"name": "FindRestaurants", "arguments": {"cuisine": "Mexican", "city": "Oakland"}}});
     write(&d.join("pairs.jsonl"), &pair.to_string());
     let p = |k: &str| d.join(k).display().to_string();
 
-    let (ok, lines, err) = run(
-        d,
-        json!({"task": "tokenizer", "params": {"vocab_size": 300, "min_frequency": 2, "path": null},
-            "inputs": {"traces": p("traces.jsonl"), "tools": p("tools.json")},
-            "output": p("tokenizer.json"), "threads": 1}),
-    );
+    let (ok, lines, err) = run(d, tokenizer_job(d));
     assert!(ok, "{err}");
     assert!(
         lines.last().unwrap()["stats"]["vocab_size"]
@@ -119,4 +130,61 @@ fn tokenizer_train_predict_through_job_files() {
     );
     assert!(!ok);
     assert!(err.contains("bad.jsonl:1"), "{err}");
+}
+
+/// The orchestrator gone (its end of the progress pipe closed): the worker's next progress line
+/// fails with EPIPE, and it stops there with a non-zero status instead of training to the end.
+#[test]
+fn a_worker_whose_stdout_is_closed_stops_at_its_next_progress_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_inputs(d);
+    let (ok, _, err) = run(d, tokenizer_job(d));
+    assert!(ok, "{err}");
+    // About 40 progress lines over the run: the first comes after a fortieth of it.
+    let params = json!({"layers": 1, "width": 32, "heads": 2, "context": 96, "epochs": 40,
+        "batch_tokens": 512, "device": "cpu"});
+    let params = tracelab::steps::find("train")
+        .unwrap()
+        .canonical_params(&params)
+        .unwrap();
+    let p = |k: &str| d.join(k).display().to_string();
+    let job = json!({"task": "train", "params": params,
+        "inputs": {"traces": p("traces.jsonl"), "tools": p("tools.json"),
+                   "tokenizer": p("tokenizer.json"), "task": p("task.md")},
+        "output": p("model"), "threads": 1});
+    write(&d.join("train.job.json"), &job.to_string());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tracelab-student"))
+        .arg(d.join("train.job.json"))
+        .env("OMP_WAIT_POLICY", "PASSIVE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the read end: every write of the worker now fails
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the worker trained on for 30 s with its stdout closed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!status.success(), "a worker that cannot report must fail");
+    assert!(err.contains("stdout"), "{err}");
+    assert!(
+        !d.join("model/model.safetensors").exists(),
+        "no model saved"
+    );
 }
