@@ -187,9 +187,8 @@ pub fn build(exp: &Experiment) -> Result<Dag, ConfigError> {
         seen: HashMap::new(),
     };
     let d = &exp.data;
-    let at = |key: &'static str| {
-        move |path: &str, msg: String| exp.source.error(&join_key(key, path), msg)
-    };
+    let at =
+        |key: &'static str| move |path: &str, msg: String| exp.error(&join_key(key, path), msg);
 
     // Data stage: ingest the target pool, derive the schema, split off the test set.
     let ingest = b.data_step("ingest")?;
@@ -224,7 +223,7 @@ pub fn build(exp: &Experiment) -> Result<Dag, ConfigError> {
     };
     merge(&mut split_raw, &exp.params_for("split", None, None));
     let split_params = b.canonical(split, &split_raw, &at("split"))?;
-    let split_inputs = b.wire(split, &avail, &|m| exp.source.error("split", m))?;
+    let split_inputs = b.wire(split, &avail, &|m| exp.error("split", m))?;
     let split_node = b.add(split, split_params, split_inputs, "data/split".into());
     for a in split.produces() {
         avail.insert(*a, split_node);
@@ -262,8 +261,7 @@ pub fn build(exp: &Experiment) -> Result<Dag, ConfigError> {
                         }
                         merge(&mut p, &exp.params_for("ingest", None, None));
                         let p = b.canonical(ingest, &p, &|path: &str, msg| {
-                            exp.source
-                                .error(&join_key(&format!("data.roles.{role}"), path), msg)
+                            exp.error(&join_key(&format!("data.roles.{role}"), path), msg)
                         })?;
                         let n = b.add(ingest, p, vec![], format!("data/ingest:{role}"));
                         role_nodes.insert(role.clone(), n);
@@ -295,14 +293,13 @@ pub fn build(exp: &Experiment) -> Result<Dag, ConfigError> {
                         raw["seed"] = json!(seed);
                     }
                     let params = b.canonical(*step, &raw, &|path: &str, msg| {
-                        exp.source.error(
+                        exp.error(
                             &exp.param_key(step.kind(), Some(&p.name), Some(&sc.name), path),
                             msg,
                         )
                     })?;
                     let inputs = b.wire(*step, &chain, &|m| {
-                        exp.source
-                            .error(&format!("pipelines.{}.steps[{i}]", p.name), m)
+                        exp.error(&format!("pipelines.{}.steps[{i}]", p.name), m)
                     })?;
                     let n = b.add(
                         *step,
