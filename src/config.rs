@@ -544,6 +544,15 @@ impl Experiment {
                     e.into_inner().message().to_string(),
                 )
             })?;
+            if pf.steps.is_empty() {
+                return Err(locate(
+                    &format!("pipelines.{pname}.steps"),
+                    format!(
+                        "pipeline {pname:?} has no steps; known kinds: {}",
+                        known_kinds()
+                    ),
+                ));
+            }
             let mut kinds = Vec::new();
             for (i, k) in pf.steps.iter().enumerate() {
                 let step = steps::find(k)

@@ -52,6 +52,15 @@ pub enum FormatError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// What was asked for is not in the data (an SGD service no `schema.json` lists). There is
+    /// no line to point at: the request, not the file, is wrong.
+    #[error("{path}: {message}")]
+    NotFound {
+        /// Where it was looked for.
+        path: PathBuf,
+        /// What is missing, and what is there instead.
+        message: String,
+    },
     /// A line or record is malformed.
     #[error("{file}:{line}: {message}")]
     Invalid {

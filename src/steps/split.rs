@@ -42,6 +42,27 @@ fn default_n() -> usize {
 /// The `split` step.
 pub struct Split;
 
+/// Checks, when the experiment is loaded, that the seeded choice leaves something to train on:
+/// `pool` is the most conversations the target pool can hold (see
+/// [`super::ingest::pool_bound`]), `source` what it is read from.
+pub fn check_pool(params: &Value, pool: usize, source: &str) -> Result<(), ParamError> {
+    let p: SplitParams = serde_json::from_value(params.clone()).map_err(|e| ParamError {
+        path: String::new(),
+        message: e.to_string(),
+    })?;
+    if p.test_file.is_none() && p.test_conversations >= pool {
+        return Err(ParamError {
+            path: "test_conversations".into(),
+            message: format!(
+                "holding out {} conversations leaves none to train on: {source} has at most \
+                 {pool}",
+                p.test_conversations
+            ),
+        });
+    }
+    Ok(())
+}
+
 impl Step for Split {
     fn kind(&self) -> &'static str {
         "split"
