@@ -56,6 +56,9 @@ fn yes() -> bool {
     true
 }
 
+/// The `meta` key of a JSONL trace that holds `path:line` of the line it was read from.
+pub const SOURCE_LINE: &str = "source_line";
+
 /// The `ingest` step.
 pub struct Ingest;
 
@@ -64,7 +67,8 @@ impl Step for Ingest {
         "ingest"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: JSONL traces carry meta.source_line (the file and line they were read from).
+        2
     }
     fn about(&self) -> &'static str {
         "read a trace pool (SGD service dialogues or OpenAI chat JSONL) into traces.jsonl"
@@ -124,7 +128,13 @@ impl Step for Ingest {
         let (convs, skipped) = match p.format {
             TraceFormat::Jsonl => {
                 let r = formats::read_conversations(&path, p.on_bad_trace).map_err(data)?;
-                (r.conversations, r.skipped)
+                // Where each trace came from, so later checks can name the user's file and line.
+                let mut convs = r.conversations;
+                for (c, line) in convs.iter_mut().zip(&r.lines) {
+                    c.meta
+                        .insert(SOURCE_LINE.into(), format!("{}:{line}", p.path).into());
+                }
+                (convs, r.skipped)
             }
             TraceFormat::Sgd => {
                 let service = p.service.clone().unwrap_or_default();
@@ -164,6 +174,9 @@ impl Step for Ingest {
         }
         ctx.stat("skipped", skipped.len() as u64);
         if !skipped.is_empty() {
+            for why in &skipped {
+                ctx.warn(format!("skipped an unreadable trace: {why}"));
+            }
             ctx.stat("skipped_traces", json!(skipped));
         }
         Ok(())
