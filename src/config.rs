@@ -305,6 +305,8 @@ pub struct Experiment {
     overrides: BTreeMap<String, BTreeMap<String, Value>>,
     /// The experiment file's source, for locating errors.
     pub source: Source,
+    /// The `--set` overrides applied, so later checks blame them and not the file.
+    sets: Vec<SetOverride>,
 }
 
 /// One command-line override `KEY=VALUE`.
@@ -333,6 +335,16 @@ impl std::str::FromStr for SetOverride {
 }
 
 impl SetOverride {
+    /// Whether this override wrote `key`, a table above it, or something inside it. Keys are
+    /// compared by whole segments: `scenarios` covers `scenarios[0]`, not `scenarios_extra`.
+    fn touches(&self, key: &str) -> bool {
+        let within = |long: &str, short: &str| {
+            long.strip_prefix(short)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        };
+        within(key, &self.key) || within(&self.key, key)
+    }
+
     fn origin(&self) -> String {
         format!("--set {}={}", self.key, self.value)
     }
@@ -369,6 +381,22 @@ impl SetOverride {
     }
 }
 
+/// An error about `key`: blamed on the last `--set` that touched it (the bad value came from the
+/// command line, and a file position would point at a value that is not the one used), else
+/// located in `source`.
+fn blame(source: &Source, sets: &[SetOverride], key: &str, message: String) -> ConfigError {
+    match sets.iter().rev().find(|s| s.touches(key)) {
+        Some(s) => ConfigError {
+            origin: s.origin(),
+            position: None,
+            key: Some(key.to_string()),
+            message,
+            ..Default::default()
+        },
+        None => source.error(key, message),
+    }
+}
+
 /// Finds the project root for an experiment file: the nearest ancestor with `scenarios/`.
 pub fn project_root(experiment: &Path) -> PathBuf {
     let abs = std::path::absolute(experiment).unwrap_or_else(|_| experiment.to_path_buf());
@@ -395,24 +423,7 @@ impl Experiment {
         for s in sets {
             s.apply(&mut table)?;
         }
-        // Errors in keys a --set touched are reported against the --set, not the file.
-        let locate = |key: &str, message: String| -> ConfigError {
-            if let Some(s) = sets.iter().rev().find(|s| {
-                key == s.key
-                    || key.starts_with(&format!("{}.", s.key))
-                    || s.key.starts_with(&format!("{key}."))
-            }) {
-                ConfigError {
-                    origin: s.origin(),
-                    position: None,
-                    key: Some(key.to_string()),
-                    message,
-                    ..Default::default()
-                }
-            } else {
-                source.error(key, message)
-            }
-        };
+        let locate = |key: &str, message: String| blame(&source, sets, key, message);
 
         // Split reserved keys from step tables.
         let mut head = toml::Table::new();
@@ -533,6 +544,15 @@ impl Experiment {
                     e.into_inner().message().to_string(),
                 )
             })?;
+            if pf.steps.is_empty() {
+                return Err(locate(
+                    &format!("pipelines.{pname}.steps"),
+                    format!(
+                        "pipeline {pname:?} has no steps; known kinds: {}",
+                        known_kinds()
+                    ),
+                ));
+            }
             let mut kinds = Vec::new();
             for (i, k) in pf.steps.iter().enumerate() {
                 let step = steps::find(k)
@@ -604,9 +624,16 @@ impl Experiment {
             step_tables,
             overrides,
             source: source.clone(),
+            sets: sets.to_vec(),
         };
         exp.check_params(&locate)?;
         Ok(exp)
+    }
+
+    /// An error about the dotted `key` of the experiment: located in the file, or blamed on the
+    /// `--set` that wrote it.
+    pub fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        blame(&self.source, &self.sets, key, message.into())
     }
 
     /// Parameters of a step kind in a cell: its table, then the pipeline's overrides, then the
@@ -755,6 +782,19 @@ mod tests {
             Some((2, 4)),
             "deepest existing part"
         );
+    }
+
+    #[test]
+    fn a_set_touches_keys_by_whole_segments() {
+        let s: SetOverride = "scenarios=[\"x\"]".parse().unwrap();
+        assert!(s.touches("scenarios"));
+        assert!(s.touches("scenarios[0]"));
+        assert!(!s.touches("scenarios_extra"));
+        let s: SetOverride = "train.width=8".parse().unwrap();
+        assert!(s.touches("train"), "a table above the key");
+        assert!(s.touches("train.width"));
+        assert!(!s.touches("train.widths"));
+        assert!(!s.touches("overrides.direct.train.width"));
     }
 
     #[test]

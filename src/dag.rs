@@ -143,15 +143,27 @@ impl Builder<'_> {
         })
     }
 
-    /// Canonicalizes a step's parameters, locating errors at `key_of(path)` in `source`.
+    /// Canonicalizes a step's parameters and checks the files they name, locating errors with
+    /// `locate(path inside the step's table, message)`. Every node goes through here, so a bad
+    /// value fails when the experiment is loaded, not when its step's turn comes.
     fn canonical(
         &self,
         step: &dyn Step,
         raw: &Value,
         locate: &dyn Fn(&str, String) -> ConfigError,
     ) -> Result<Value, ConfigError> {
-        step.canonical_params(raw)
-            .map_err(|e| locate(&e.path, e.message))
+        let params = step
+            .canonical_params(raw)
+            .map_err(|e| locate(&e.path, e.message))?;
+        match step.external_files(&params, &self.exp.root) {
+            Ok(_) => Ok(params),
+            Err(steps::StepError::Param { key, message }) => Err(locate(&key, message)),
+            Err(steps::StepError::MissingFile { key, message }) => Err(ConfigError {
+                missing_file: true,
+                ..locate(&key, message)
+            }),
+            Err(other) => Err(locate("", other.to_string())),
+        }
     }
 
     /// Wires a step's consumed artifacts from `avail`.
@@ -187,9 +199,8 @@ pub fn build(exp: &Experiment) -> Result<Dag, ConfigError> {
         seen: HashMap::new(),
     };
     let d = &exp.data;
-    let at = |key: &'static str| {
-        move |path: &str, msg: String| exp.source.error(&join_key(key, path), msg)
-    };
+    let at =
+        |key: &'static str| move |path: &str, msg: String| exp.error(&join_key(key, path), msg);
 
     // Data stage: ingest the target pool, derive the schema, split off the test set.
     let ingest = b.data_step("ingest")?;
@@ -224,7 +235,11 @@ pub fn build(exp: &Experiment) -> Result<Dag, ConfigError> {
     };
     merge(&mut split_raw, &exp.params_for("split", None, None));
     let split_params = b.canonical(split, &split_raw, &at("split"))?;
-    let split_inputs = b.wire(split, &avail, &|m| exp.source.error("split", m))?;
+    let pool = steps::ingest::pool_bound(&b.graph[ingest_node].params, &exp.root)
+        .map_err(|e| exp.error("data.path", e.to_string()))?;
+    steps::split::check_pool(&split_params, pool, &d.path)
+        .map_err(|e| at("split")(&e.path, e.message))?;
+    let split_inputs = b.wire(split, &avail, &|m| exp.error("split", m))?;
     let split_node = b.add(split, split_params, split_inputs, "data/split".into());
     for a in split.produces() {
         avail.insert(*a, split_node);
@@ -262,8 +277,7 @@ pub fn build(exp: &Experiment) -> Result<Dag, ConfigError> {
                         }
                         merge(&mut p, &exp.params_for("ingest", None, None));
                         let p = b.canonical(ingest, &p, &|path: &str, msg| {
-                            exp.source
-                                .error(&join_key(&format!("data.roles.{role}"), path), msg)
+                            exp.error(&join_key(&format!("data.roles.{role}"), path), msg)
                         })?;
                         let n = b.add(ingest, p, vec![], format!("data/ingest:{role}"));
                         role_nodes.insert(role.clone(), n);
@@ -295,14 +309,13 @@ pub fn build(exp: &Experiment) -> Result<Dag, ConfigError> {
                         raw["seed"] = json!(seed);
                     }
                     let params = b.canonical(*step, &raw, &|path: &str, msg| {
-                        exp.source.error(
+                        exp.error(
                             &exp.param_key(step.kind(), Some(&p.name), Some(&sc.name), path),
                             msg,
                         )
                     })?;
                     let inputs = b.wire(*step, &chain, &|m| {
-                        exp.source
-                            .error(&format!("pipelines.{}.steps[{i}]", p.name), m)
+                        exp.error(&format!("pipelines.{}.steps[{i}]", p.name), m)
                     })?;
                     let n = b.add(
                         *step,

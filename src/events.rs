@@ -69,6 +69,14 @@ pub enum Event {
         /// Wall time in seconds.
         seconds: f64,
     },
+    /// A node went on despite something the user should know (a skipped trace, a call to a
+    /// function the tools do not define). Sent after the node ran, before `StepFinished`.
+    StepWarning {
+        /// Node label.
+        label: String,
+        /// What happened, naming file and line where there are some.
+        message: String,
+    },
     /// A node failed.
     StepFailed {
         /// Node label.

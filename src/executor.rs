@@ -688,6 +688,10 @@ pub fn run(
             match result {
                 Ok(m) => {
                     tracing::debug!(label = %node.label, "published");
+                    for message in crate::steps::warnings(&m.stats) {
+                        let label = node.label.clone();
+                        reporter.event(&Event::StepWarning { label, message });
+                    }
                     reporter.event(&Event::StepFinished {
                         label: node.label.clone(),
                         key: m.key.0.clone(),

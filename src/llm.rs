@@ -74,6 +74,28 @@ fn default_backoff() -> f64 {
 }
 
 impl LlmConfig {
+    /// Checks what the types cannot, so an experiment fails when it is loaded rather than at its
+    /// first request: the error is the offending key and what is wrong with it.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let base = self.base_url.trim_end_matches('/');
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err((
+                "base_url",
+                format!("{base:?} must start with http:// or https://"),
+            ));
+        }
+        if self.model.trim().is_empty() {
+            return Err(("model", "must name the model to ask".into()));
+        }
+        if self.concurrency == 0 {
+            return Err(("concurrency", "must be at least 1".into()));
+        }
+        if self.timeout_s.is_nan() || self.timeout_s <= 0.0 {
+            return Err(("timeout_s", "must be positive".into()));
+        }
+        Ok(())
+    }
+
     /// A configuration with defaults for everything but the endpoint and model.
     pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Self {
         LlmConfig {
@@ -248,18 +270,10 @@ impl LlmClient {
     /// Builds a client; reads the API key from `config.api_key_env` now. Answers are cached in
     /// `cache_dir` (created when the first answer is stored).
     pub fn new(config: LlmConfig, cache_dir: &Path) -> Result<Self, LlmError> {
-        if config.concurrency == 0 {
-            return Err(LlmError::Config("concurrency must be at least 1".into()));
-        }
-        if config.timeout_s.is_nan() || config.timeout_s <= 0.0 {
-            return Err(LlmError::Config("timeout_s must be positive".into()));
-        }
+        config
+            .check()
+            .map_err(|(key, message)| LlmError::Config(format!("{key} {message}")))?;
         let base = config.base_url.trim_end_matches('/');
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(LlmError::Config(format!(
-                "base_url {base:?} must start with http:// or https://"
-            )));
-        }
         let api_key = match &config.api_key_env {
             None => None,
             Some(var) => Some(std::env::var(var).map_err(|_| LlmError::MissingKey(var.clone()))?),

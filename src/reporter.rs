@@ -152,6 +152,9 @@ impl Reporter for HumanReporter {
                 }
                 self.line(format!("done    {label} ({seconds:.1}s)"));
             }
+            Event::StepWarning { label, message } => {
+                self.line(format!("warning {label}: {message}"));
+            }
             Event::StepSkipped { label, reason } => {
                 if let Some(b) = &self.bars {
                     if let Some(pb) = b.steps.lock().expect("bars lock").remove(label) {

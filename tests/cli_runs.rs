@@ -90,9 +90,6 @@ test_conversations = 5
 [pipelines.synthetic]
 steps = ["filter", "generate", "validate"]
 
-[pipelines.direct]
-steps = []
-
 [generate]
 conversations = {conversations}
 

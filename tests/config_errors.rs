@@ -158,3 +158,40 @@ fn scenario_syntax_error_names_the_scenario_file() {
     let err = run_plan(p.path(), GOOD, &[]);
     assert!(err.contains("scenarios/clean.toml:"), "{err}");
 }
+
+/// Runs `plan` with `--set ARG` and checks the error blames the flag, not a file position.
+fn expect_blamed_on_set(arg: &str, wanted: &[&str]) {
+    let p = project();
+    let err = run_plan(p.path(), GOOD, &["--set", arg]);
+    let flag = format!("--set {arg}");
+    assert!(
+        err.contains(&flag),
+        "error should name {flag:?}, got:\n{err}"
+    );
+    assert!(
+        !err.contains("e.toml:"),
+        "the value came from the command line, not the file:\n{err}"
+    );
+    for w in wanted {
+        assert!(err.contains(w), "error should contain {w:?}, got:\n{err}");
+    }
+}
+
+#[test]
+fn set_of_an_unknown_scenario_is_blamed_on_the_flag() {
+    expect_blamed_on_set(
+        r#"scenarios=["nope"]"#,
+        &["key `scenarios[0]`", "unknown scenario \"nope\""],
+    );
+}
+
+#[test]
+fn set_of_an_unknown_step_kind_is_blamed_on_the_flag() {
+    expect_blamed_on_set(
+        r#"pipelines.direct.steps=["trian"]"#,
+        &[
+            "key `pipelines.direct.steps[0]`",
+            "unknown step kind \"trian\"",
+        ],
+    );
+}

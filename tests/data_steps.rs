@@ -207,7 +207,14 @@ fn jsonl_pipeline_by_hand() {
     let stats = run_step(
         "split",
         json!({"test_conversations": 20}),
-        inputs(&[(Artifact::Traces, &ing)], &[]),
+        inputs(
+            &[
+                (Artifact::Traces, &ing),
+                (Artifact::Tools, &sch),
+                (Artifact::Task, &sch),
+            ],
+            &[],
+        ),
         root,
         &spl,
     )
@@ -257,7 +264,14 @@ fn jsonl_pipeline_by_hand() {
     let stats = run_step(
         "split",
         json!({"test_file": "given.jsonl"}),
-        inputs(&[(Artifact::Traces, &ing)], &[]),
+        inputs(
+            &[
+                (Artifact::Traces, &ing),
+                (Artifact::Tools, &sch),
+                (Artifact::Task, &sch),
+            ],
+            &[],
+        ),
         root,
         &spl2,
     )
@@ -361,7 +375,14 @@ fn sgd_benchmark_data_by_hand() {
     let s = run_step(
         "split",
         json!({"test_conversations": 34, "seed": 0}),
-        inputs(&[(Artifact::Traces, &out("target"))], &[]),
+        inputs(
+            &[
+                (Artifact::Traces, &out("target")),
+                (Artifact::Tools, &out("schema")),
+                (Artifact::Task, &out("schema")),
+            ],
+            &[],
+        ),
         &root,
         &out("split"),
     )

@@ -37,6 +37,8 @@ pub enum OnBadTrace {
 pub struct ReadOutcome {
     /// The conversations that were read, in file order.
     pub conversations: Vec<Conversation>,
+    /// The 1-based line each conversation was read from (parallel to `conversations`).
+    pub lines: Vec<usize>,
     /// One entry per skipped trace, `"file:line: why"` (only with [`OnBadTrace::Skip`]).
     pub skipped: Vec<String>,
 }
@@ -51,6 +53,15 @@ pub enum FormatError {
         path: PathBuf,
         /// The underlying error.
         source: std::io::Error,
+    },
+    /// What was asked for is not in the data (an SGD service no `schema.json` lists). There is
+    /// no line to point at: the request, not the file, is wrong.
+    #[error("{path}: {message}")]
+    NotFound {
+        /// Where it was looked for.
+        path: PathBuf,
+        /// What is missing, and what is there instead.
+        message: String,
     },
     /// A line or record is malformed.
     #[error("{file}:{line}: {message}")]
@@ -89,7 +100,10 @@ pub fn read_conversations(path: &Path, on_bad: OnBadTrace) -> Result<ReadOutcome
         }
         let lineno = i + 1;
         match openai::parse_line(line, &format!("{stem}:{lineno}")) {
-            Ok(c) => out.conversations.push(c),
+            Ok(c) => {
+                out.conversations.push(c);
+                out.lines.push(lineno);
+            }
             Err(message) => match on_bad {
                 OnBadTrace::Error => {
                     return Err(FormatError::Invalid {

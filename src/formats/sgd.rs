@@ -30,6 +30,17 @@ pub struct Selection {
     pub single_domain: bool,
 }
 
+impl Selection {
+    /// Whether a dialogue with these `services` is selected.
+    fn selects(&self, services: &[&str]) -> bool {
+        if self.single_domain {
+            services == [self.service.as_str()]
+        } else {
+            services.contains(&self.service.as_str())
+        }
+    }
+}
+
 /// The dialogue files of the given splits, sorted by name within each split (the read order).
 pub fn dialogue_files(root: &Path, splits: &[String]) -> Result<Vec<PathBuf>, FormatError> {
     let mut out = Vec::new();
@@ -92,12 +103,7 @@ pub fn read_dialogues(root: &Path, sel: &Selection) -> Result<Vec<Conversation>,
                     .iter()
                     .filter_map(Value::as_str)
                     .collect();
-                let selected = if sel.single_domain {
-                    services == [sel.service.as_str()]
-                } else {
-                    services.contains(&sel.service.as_str())
-                };
-                if !selected {
+                if !sel.selects(&services) {
                     continue;
                 }
                 let mut c = dialogue_to_conversation(d).map_err(invalid)?;
@@ -192,6 +198,7 @@ pub struct ServiceSchema {
 /// it.
 pub fn find_service_schema(root: &Path, service: &str) -> Result<ServiceSchema, FormatError> {
     let mut consulted = Vec::new();
+    let mut known = std::collections::BTreeSet::new();
     for split in ["train", "dev", "test"] {
         let path = root.join(split).join("schema.json");
         if !path.exists() {
@@ -215,12 +222,52 @@ pub fn find_service_schema(root: &Path, service: &str) -> Result<ServiceSchema, 
                 consulted,
             });
         }
+        let names = v.as_array().into_iter().flatten();
+        known.extend(names.filter_map(|s| s.get("service_name")?.as_str().map(String::from)));
     }
-    Err(FormatError::Invalid {
-        file: root.display().to_string(),
-        line: 1,
-        message: format!("no schema.json under train/dev/test lists service {service:?}"),
+    let known = if known.is_empty() {
+        "none (no train/dev/test/schema.json here)".to_string()
+    } else {
+        known.into_iter().collect::<Vec<_>>().join(", ")
+    };
+    Err(FormatError::NotFound {
+        path: root.to_path_buf(),
+        message: format!(
+            "no schema.json under train/dev/test lists service {service:?}; known: {known}"
+        ),
     })
+}
+
+/// How many dialogues [`read_dialogues`] would select, without converting them: an experiment
+/// checks the size of its pool when it is loaded.
+pub fn count_dialogues(root: &Path, sel: &Selection) -> Result<usize, FormatError> {
+    let mut n = 0;
+    for file in dialogue_files(root, &sel.splits)? {
+        let text = std::fs::read_to_string(&file).map_err(|e| FormatError::io(&file, e))?;
+        let dialogues: Value =
+            text.parse()
+                .map_err(|e: serde_json::Error| FormatError::Invalid {
+                    file: file.display().to_string(),
+                    line: e.line(),
+                    message: format!("bad JSON: {e}"),
+                })?;
+        n += dialogues
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|d| {
+                let services: Vec<&str> = d
+                    .get("services")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                sel.selects(&services)
+            })
+            .count();
+    }
+    Ok(n)
 }
 
 /// Converts one SGD service schema into tools (see the module documentation); the reply function

@@ -131,8 +131,9 @@ impl Step for Generate {
                         .into(),
                 ))
             }
-            (TeacherKind::Http, Some(h)) if h.concurrency == 0 => {
-                return Err(bad("http.concurrency", "must be at least 1".into()))
+            (TeacherKind::Http, Some(h)) => {
+                h.check()
+                    .map_err(|(key, message)| bad(&format!("http.{key}"), message))?;
             }
             _ => {}
         }

@@ -56,6 +56,9 @@ fn yes() -> bool {
     true
 }
 
+/// The `meta` key of a JSONL trace that holds `path:line` of the line it was read from.
+pub const SOURCE_LINE: &str = "source_line";
+
 /// The `ingest` step.
 pub struct Ingest;
 
@@ -64,7 +67,8 @@ impl Step for Ingest {
         "ingest"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: JSONL traces carry meta.source_line (the file and line they were read from).
+        2
     }
     fn about(&self) -> &'static str {
         "read a trace pool (SGD service dialogues or OpenAI chat JSONL) into traces.jsonl"
@@ -103,10 +107,10 @@ impl Step for Ingest {
             TraceFormat::Sgd => {
                 let base = root.join(&p.path);
                 let service = p.service.as_deref().unwrap_or_default();
-                let mut files = sgd::dialogue_files(&base, &p.splits).map_err(data)?;
+                let mut files = sgd::dialogue_files(&base, &p.splits).map_err(param("splits"))?;
                 files.extend(
                     sgd::find_service_schema(&base, service)
-                        .map_err(data)?
+                        .map_err(param("service"))?
                         .consulted,
                 );
                 Ok(files
@@ -124,7 +128,13 @@ impl Step for Ingest {
         let (convs, skipped) = match p.format {
             TraceFormat::Jsonl => {
                 let r = formats::read_conversations(&path, p.on_bad_trace).map_err(data)?;
-                (r.conversations, r.skipped)
+                // Where each trace came from, so later checks can name the user's file and line.
+                let mut convs = r.conversations;
+                for (c, line) in convs.iter_mut().zip(&r.lines) {
+                    c.meta
+                        .insert(SOURCE_LINE.into(), format!("{}:{line}", p.path).into());
+                }
+                (convs, r.skipped)
             }
             TraceFormat::Sgd => {
                 let service = p.service.clone().unwrap_or_default();
@@ -164,6 +174,9 @@ impl Step for Ingest {
         }
         ctx.stat("skipped", skipped.len() as u64);
         if !skipped.is_empty() {
+            for why in &skipped {
+                ctx.warn(format!("skipped an unreadable trace: {why}"));
+            }
             ctx.stat("skipped_traces", json!(skipped));
         }
         Ok(())
@@ -172,6 +185,42 @@ impl Step for Ingest {
 
 fn data(e: formats::FormatError) -> StepError {
     StepError::Data(e.to_string())
+}
+
+/// Blames a data error on the parameter that asked for what is not there (a service no schema
+/// lists, a split with no dialogues), so it is reported at that key of the experiment.
+pub(super) fn param(key: &'static str) -> impl Fn(formats::FormatError) -> StepError {
+    move |e| match e {
+        formats::FormatError::NotFound { .. } | formats::FormatError::Io { .. } => {
+            StepError::Param {
+                key: key.into(),
+                message: e.to_string(),
+            }
+        }
+        other => data(other),
+    }
+}
+
+/// The most traces ingest can produce with these (canonical) parameters, found cheaply when the
+/// experiment is loaded: the SGD dialogues it selects, or the non-blank lines of a JSONL file
+/// (some of which `on_bad_trace = "skip"` may leave out).
+pub fn pool_bound(params: &Value, root: &Path) -> Result<usize, StepError> {
+    let p: IngestParams = typed(params)?;
+    let path = root.join(&p.path);
+    match p.format {
+        TraceFormat::Jsonl => {
+            let text = std::fs::read_to_string(&path).map_err(|e| StepError::io(&path, e))?;
+            Ok(text.lines().filter(|l| !l.trim().is_empty()).count())
+        }
+        TraceFormat::Sgd => {
+            let sel = sgd::Selection {
+                service: p.service.unwrap_or_default(),
+                splits: p.splits,
+                single_domain: p.single_domain,
+            };
+            sgd::count_dialogues(&path, &sel).map_err(data)
+        }
+    }
 }
 
 /// Statistics of a trace set: `traces`, `messages`, `assistant_turns`, `calls`,

@@ -115,7 +115,14 @@ impl Step for Judge {
                     message: "must be at least 1".into(),
                 })
             }
-            JudgeChoice::Llm => {}
+            JudgeChoice::Llm => {
+                if let Some(llm) = &p.llm {
+                    llm.check().map_err(|(key, message)| ParamError {
+                        path: format!("llm.{key}"),
+                        message,
+                    })?;
+                }
+            }
             // An LLM table kept "one table away" must not change the rubric judge's cache key.
             JudgeChoice::Rubric => {
                 p.llm = None;

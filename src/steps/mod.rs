@@ -236,6 +236,25 @@ pub trait Step: Sync {
     fn run(&self, ctx: &mut StepContext<'_>) -> Result<(), StepError>;
 }
 
+/// Most warnings one step run keeps word for word; the rest are counted.
+pub const MAX_WARNINGS: usize = 20;
+
+/// The warnings a step recorded with [`StepContext::warn`], as the run shows them: each one, then
+/// how many more there were.
+pub fn warnings(stats: &Map<String, Value>) -> Vec<String> {
+    let mut out: Vec<String> = stats
+        .get("warnings")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w.as_str().map(String::from))
+        .collect();
+    if let Some(n) = stats.get("warnings_omitted").and_then(Value::as_u64) {
+        out.push(format!("… and {n} more warnings"));
+    }
+    out
+}
+
 /// Progress of a long step, forwarded to the reporter as an event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Progress {
@@ -319,6 +338,24 @@ impl StepContext<'_> {
     /// Records one statistic for the manifest.
     pub fn stat(&mut self, key: &str, value: impl Into<Value>) {
         self.stats.insert(key.to_string(), value.into());
+    }
+
+    /// Records a warning: something the step went on despite (a skipped trace, a call to a
+    /// function the tools do not define). Warnings are kept in the manifest's `warnings` stat
+    /// (at most [`MAX_WARNINGS`]; `warnings_omitted` counts the rest) and shown when the run
+    /// finishes the step.
+    pub fn warn(&mut self, message: impl Into<String>) {
+        let list = self
+            .stats
+            .entry("warnings")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        match list.as_array_mut() {
+            Some(l) if l.len() < MAX_WARNINGS => l.push(Value::String(message.into())),
+            _ => {
+                let omitted = self.stats.get("warnings_omitted").and_then(Value::as_u64);
+                self.stat("warnings_omitted", omitted.unwrap_or(0) + 1);
+            }
+        }
     }
 
     /// Reports progress.

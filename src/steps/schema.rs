@@ -84,7 +84,7 @@ impl Step for Schema {
                     &root.join(&p.path),
                     p.service.as_deref().unwrap_or_default(),
                 )
-                .map_err(|e| StepError::Data(e.to_string()))?;
+                .map_err(super::ingest::param("service"))?;
                 files.extend(
                     found
                         .consulted

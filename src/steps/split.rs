@@ -13,9 +13,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::ingest::SOURCE_LINE;
 use super::{canonicalize, typed, Artifact, ParamError, Step, StepContext, StepError};
+use crate::conversation::Conversation;
 use crate::formats::{self, OnBadTrace};
 use crate::split::{expand, hold_out, with_test_set};
+use crate::tools::{ToolSet, DEFAULT_RESPOND};
 
 /// File name of the held-out conversations inside the split's output directory.
 pub const TEST_FILE: &str = "test.jsonl";
@@ -42,18 +45,55 @@ fn default_n() -> usize {
 /// The `split` step.
 pub struct Split;
 
+/// Every call in `pool` to a function `tools` does not define, with its conversation, in order.
+/// The generic reply function is always known: readers turn assistant text into it, and tasks
+/// with another reply name rename it downstream.
+fn unknown_calls<'a>(pool: &'a [Conversation], tools: &ToolSet) -> Vec<(&'a Conversation, String)> {
+    let mut out = Vec::new();
+    for c in pool {
+        for call in c.calls() {
+            if call.name != DEFAULT_RESPOND && tools.get(&call.name).is_none() {
+                out.push((c, call.name.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Checks, when the experiment is loaded, that the seeded choice leaves something to train on:
+/// `pool` is the most conversations the target pool can hold (see
+/// [`super::ingest::pool_bound`]), `source` what it is read from.
+pub fn check_pool(params: &Value, pool: usize, source: &str) -> Result<(), ParamError> {
+    let p: SplitParams = serde_json::from_value(params.clone()).map_err(|e| ParamError {
+        path: String::new(),
+        message: e.to_string(),
+    })?;
+    if p.test_file.is_none() && p.test_conversations >= pool {
+        return Err(ParamError {
+            path: "test_conversations".into(),
+            message: format!(
+                "holding out {} conversations leaves none to train on: {source} has at most \
+                 {pool}",
+                p.test_conversations
+            ),
+        });
+    }
+    Ok(())
+}
+
 impl Step for Split {
     fn kind(&self) -> &'static str {
         "split"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: reads the tools and warns about calls to functions they do not define.
+        2
     }
     fn about(&self) -> &'static str {
         "hold test conversations out of the pool and expand them into evaluation pairs"
     }
     fn consumes(&self) -> &'static [Artifact] {
-        &[Artifact::Traces]
+        &[Artifact::Traces, Artifact::Tools, Artifact::Task]
     }
     fn produces(&self) -> &'static [Artifact] {
         &[Artifact::Traces, Artifact::Pairs]
@@ -75,10 +115,28 @@ impl Step for Split {
     }
     fn run(&self, ctx: &mut StepContext<'_>) -> Result<(), StepError> {
         let p: SplitParams = typed(ctx.params)?;
-        let input = ctx.input(Artifact::Traces)?;
-        let pool = formats::read_conversations(&input, OnBadTrace::Error)
-            .map_err(|e| StepError::Data(e.to_string()))?
-            .conversations;
+        let input = super::filter::read_inputs(ctx, OnBadTrace::Error)?;
+        let pool = input.traces;
+        // The target pool is the user's data before any scenario touches it: a call to a function
+        // the tools do not define here is a problem of the data (later steps would quietly
+        // remap or drop it), so it is said now.
+        let unknown = unknown_calls(&pool, &input.tools);
+        for (c, name) in &unknown {
+            let at = c.meta.get(SOURCE_LINE).and_then(Value::as_str);
+            ctx.warn(format!(
+                "{}trace {:?} calls {name}, which the tools do not define",
+                at.map_or(String::new(), |a| format!("{a}: ")),
+                c.id
+            ));
+        }
+        let mut per_unknown: BTreeMap<&str, u64> = BTreeMap::new();
+        for (_, name) in &unknown {
+            *per_unknown.entry(name.as_str()).or_insert(0) += 1;
+        }
+        ctx.stat("unknown_function_calls", unknown.len() as u64);
+        if !per_unknown.is_empty() {
+            ctx.stat("unknown_functions", json!(per_unknown));
+        }
         let pool_in = pool.len();
         let split = match &p.test_file {
             Some(f) => {

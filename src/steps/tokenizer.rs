@@ -26,6 +26,10 @@ pub struct TokenizerParams {
     pub model_dir: Option<String>,
 }
 
+/// The smallest BPE the worker can train: the 256 byte tokens of the byte-level alphabet plus
+/// the chat template's 10 special tokens (`tracelab_student::tokenizer::SPECIAL_TOKENS`).
+pub const MIN_VOCAB: usize = 256 + 10;
+
 impl Default for TokenizerParams {
     fn default() -> Self {
         TokenizerParams {
@@ -64,6 +68,17 @@ impl Step for TokenizerStep {
                 message: "give either path (a tokenizer.json the template's tokens are added \
                           to) or model_dir (a checkpoint whose tokenizer is taken as is), not both"
                     .into(),
+            });
+        }
+        let trains = canonical["path"].is_null() && canonical["model_dir"].is_null();
+        let vocab = canonical["vocab_size"].as_u64().unwrap_or_default();
+        if trains && vocab < MIN_VOCAB as u64 {
+            return Err(ParamError {
+                path: "vocab_size".into(),
+                message: format!(
+                    "must be at least {MIN_VOCAB} (256 byte tokens and the template's special \
+                     tokens), got {vocab}"
+                ),
             });
         }
         Ok(canonical)

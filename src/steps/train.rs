@@ -206,6 +206,7 @@ impl TrainParams {
                         format!("`{key}` applies to family = \"qwen3\" only (family is \"tiny\")"),
                     ));
                 }
+                self.check_tiny_shape()?;
             }
             "qwen3" => {
                 if self.model_dir.as_deref().is_none_or(str::is_empty) {
@@ -291,6 +292,48 @@ impl TrainParams {
             return Err(err(
                 "epochs",
                 format!("must be positive, got {}", self.epochs),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the tiny student's architecture as the worker will build it, so a shape it cannot
+    /// build fails when the experiment is loaded, not inside the worker after upstream work.
+    fn check_tiny_shape(&self) -> Result<(), ParamError> {
+        let err = |path: &str, message: String| ParamError {
+            path: path.to_string(),
+            message,
+        };
+        for (key, value) in [
+            ("layers", self.layers),
+            ("width", self.width),
+            ("heads", self.heads),
+            ("context", self.context),
+        ] {
+            if value < 1 {
+                return Err(err(key, format!("must be at least 1, got {value}")));
+            }
+        }
+        for (key, value) in [("ffn", self.ffn), ("copy_dim", self.copy_dim)] {
+            if value < 0 {
+                return Err(err(key, format!("must be 0 or more, got {value}")));
+            }
+        }
+        // Each head gets width / heads dimensions, and rotary positions rotate them in pairs.
+        if self.width % self.heads != 0 || (self.width / self.heads) % 2 != 0 {
+            return Err(err(
+                "heads",
+                format!(
+                    "width {} must split into {} heads of an even size (width a multiple of \
+                     2 × heads)",
+                    self.width, self.heads
+                ),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(err(
+                "dropout",
+                format!("must be in [0, 1), got {}", self.dropout),
             ));
         }
         Ok(())

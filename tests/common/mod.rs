@@ -361,3 +361,26 @@ pub fn write_jsonl_project(
     );
     write(&format!("experiments/{name}"), experiment.to_string());
 }
+
+/// A four-message conversation: the user asks for Italian food in city `i`, the assistant calls
+/// `function(cuisine, city)`, gets no result and says so.
+pub fn small_conversation(i: usize, function: &str) -> Value {
+    json!({"messages": [
+        {"role": "user", "content": format!("Italian food in city {i}?")},
+        assistant_call("c0", function, json!({"cuisine": "Italian", "city": format!("c{i}")})),
+        {"role": "tool", "tool_call_id": "c0", "content": "[]"},
+        assistant_call("c1", "respond_to_user", json!({"message": "Nothing found."})),
+    ]})
+}
+
+/// Tools for [`small_conversation`]: `FindRestaurants(cuisine, city)` and the reply function.
+pub fn small_tools() -> Value {
+    json!([
+        {"type": "function", "function": {"name": "FindRestaurants", "x-kind": "search",
+          "parameters": {"type": "object", "properties": {"cuisine": {"type": "string"},
+          "city": {"type": "string"}}, "required": ["city"]}}},
+        {"type": "function", "function": {"name": "respond_to_user", "x-kind": "respond",
+          "parameters": {"type": "object", "properties": {"message": {"type": "string"}},
+          "required": ["message"]}}}
+    ])
+}
