@@ -235,6 +235,7 @@ pub fn parse_answer(text: &str) -> Result<Verdict, String> {
                 return Ok(Verdict {
                     good,
                     reason: reason.to_string(),
+                    fault: None,
                 });
             }
         }
@@ -262,6 +263,7 @@ pub fn parse_answer(text: &str) -> Result<Verdict, String> {
                 } else {
                     reason.to_string()
                 },
+                fault: None,
             })
         }
         None => {

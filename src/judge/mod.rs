@@ -27,7 +27,7 @@ pub use context::{parse_call, Context};
 pub use llm::{LlmJudge, LlmJudgeConfig, LlmJudgeError, LlmVerdict};
 pub use metrics::{Bootstrap, Metrics, PairScore};
 pub use normalize::Normalizer;
-pub use rubric::{Lexicon, Rubric, Verdict};
+pub use rubric::{Fault, Lexicon, Rubric, Verdict};
 
 use metrics::{rouge_l, staged};
 use normalize::{fold, value_text};
@@ -190,6 +190,7 @@ impl Outcome {
             "id": self.id,
             "verdict": u8::from(self.verdict.good),
             "reason": self.verdict.reason,
+            "class": self.verdict.class(),
             "reference": s.reference,
             "predicted": s.predicted,
             "exact": s.exact,
@@ -291,10 +292,8 @@ pub fn judge_rows_with(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let rubric = Rubric::new(&setup.tools, &norm, respond, Lexicon::build(&contexts));
-    let unparseable = |why: &str| Verdict {
-        good: false,
-        reason: format!("unparseable prediction: {why}"),
-    };
+    let unparseable =
+        |why: &str| Verdict::bad(Fault::Unreadable, format!("unparseable prediction: {why}"));
     let mut unanswered = 0usize;
     let verdicts: Vec<Verdict> = match &options.kind {
         JudgeKind::Rubric => rows
@@ -334,6 +333,7 @@ pub fn judge_rows_with(
                             Verdict {
                                 good: false,
                                 reason: format!("the judge gave no usable answer ({why})"),
+                                fault: None,
                             }
                         }
                     },

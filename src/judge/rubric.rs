@@ -15,6 +15,8 @@
 //! Nothing here knows about restaurants: field names come from the tool results and schemas, and
 //! words for facts come from the field names plus the synonym table.
 
+mod dialogue;
+
 use std::collections::BTreeSet;
 
 use serde_json::{Map, Value};
@@ -31,20 +33,96 @@ pub struct Verdict {
     pub good: bool,
     /// Why, in one line.
     pub reason: String,
+    /// For a bad verdict, the class of the fault (`None` when the judge did not say, as an LLM
+    /// judge's verdict).
+    pub fault: Option<Fault>,
 }
 
 impl Verdict {
-    fn good(reason: impl Into<String>) -> Verdict {
+    /// A good verdict.
+    pub fn good(reason: impl Into<String>) -> Verdict {
         Verdict {
             good: true,
             reason: reason.into(),
+            fault: None,
         }
     }
-    fn bad(reason: impl Into<String>) -> Verdict {
+
+    /// A bad verdict of class `fault`.
+    pub fn bad(fault: Fault, reason: impl Into<String>) -> Verdict {
         Verdict {
             good: false,
             reason: reason.into(),
+            fault: Some(fault),
         }
+    }
+
+    /// The verdict's class: `good`, or its fault's name (`bad` when the fault is not known).
+    pub fn class(&self) -> &'static str {
+        match (self.good, self.fault) {
+            (true, _) => "good",
+            (false, Some(f)) => f.name(),
+            (false, None) => "bad",
+        }
+    }
+}
+
+/// Why a prediction is bad: the classes of the labelling guide
+/// (`tests/fixtures/judge-labels/GUIDE.md`), in the order a judge checks them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Fault {
+    /// The output is no readable call.
+    Unreadable,
+    /// Another function than the reference's.
+    WrongFunction,
+    /// A service call with an argument naming another entity, invented, or unknown.
+    WrongArgument,
+    /// A reply stating a fact the tool results contradict.
+    ContradictsResults,
+    /// A reply announcing an outcome that did not happen.
+    FalseOutcome,
+    /// A reply right after a transaction that does not report its outcome.
+    MissedOutcome,
+    /// A reply stating a value other than the one the user gave or changed to.
+    ContradictsUser,
+    /// A reply that does not answer the user's latest request.
+    IgnoresRequest,
+    /// A reply acting on values nobody gave, or asking again for a value already given.
+    UnfoundedValues,
+}
+
+impl Fault {
+    /// Every class, in checking order.
+    pub const ALL: [Fault; 9] = [
+        Fault::Unreadable,
+        Fault::WrongFunction,
+        Fault::WrongArgument,
+        Fault::ContradictsResults,
+        Fault::FalseOutcome,
+        Fault::MissedOutcome,
+        Fault::ContradictsUser,
+        Fault::IgnoresRequest,
+        Fault::UnfoundedValues,
+    ];
+
+    /// The class's name in verdict files and label files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Unreadable => "unreadable",
+            Fault::WrongFunction => "wrong_function",
+            Fault::WrongArgument => "wrong_argument",
+            Fault::ContradictsResults => "contradicts_results",
+            Fault::FalseOutcome => "false_outcome",
+            Fault::MissedOutcome => "missed_outcome",
+            Fault::ContradictsUser => "contradicts_user",
+            Fault::IgnoresRequest => "ignores_request",
+            Fault::UnfoundedValues => "unfounded_values",
+        }
+    }
+
+    /// The class named `name`.
+    pub fn from_name(name: &str) -> Option<Fault> {
+        Fault::ALL.into_iter().find(|f| f.name() == name)
     }
 }
 
@@ -74,7 +152,13 @@ impl ArgReport {
 pub struct Lexicon {
     names: BTreeSet<String>,
     longest: usize,
+    /// Words that at least [`COMMON_NAME_WORD`] distinct names share ("restaurant", "grill",
+    /// "hotel"): they pad names rather than tell them apart.
+    common: BTreeSet<String>,
 }
+
+/// How many distinct names must share a word for it to count as padding.
+const COMMON_NAME_WORD: usize = 3;
 
 impl Lexicon {
     /// Collects name-like fields (keys containing `name`) from every record of `contexts`,
@@ -98,6 +182,17 @@ impl Lexicon {
                 }
             }
         }
+        let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+        for n in &names {
+            for w in n.split(' ').collect::<BTreeSet<_>>() {
+                *counts.entry(w).or_default() += 1;
+            }
+        }
+        let common = counts
+            .into_iter()
+            .filter(|(w, c)| *c >= COMMON_NAME_WORD && w.len() >= 3 && parse_number(w).is_none())
+            .map(|(w, _)| w.to_string())
+            .collect();
         names.retain(|n: &String| {
             let words = n.split(' ').count();
             !other.contains(n)
@@ -109,7 +204,11 @@ impl Lexicon {
             .map(|n| n.split(' ').count())
             .max()
             .unwrap_or(0);
-        Lexicon { names, longest }
+        Lexicon {
+            names,
+            longest,
+            common,
+        }
     }
 
     /// Number of names known.
@@ -144,6 +243,9 @@ pub struct Rubric<'a> {
     norm: &'a Normalizer,
     respond: String,
     lexicon: Lexicon,
+    /// Words that only pad a name: words many result names share ("restaurant", "hotel"),
+    /// the words of the functions' names, and English articles and conjunctions.
+    fillers: BTreeSet<String>,
 }
 
 /// Words negating a fact mentioned after them in the same clause.
@@ -166,26 +268,47 @@ const FIELD_VERBS: &[&str] = &[
     "support",
 ];
 
-/// Words that only pad a name ("Chili's Grill & Bar" is "Chili's").
-const GENERIC_NAME_WORDS: &[&str] = &[
-    "the",
-    "restaurant",
-    "restaurants",
-    "cafe",
-    "bar",
-    "grill",
-    "and",
-    "ca",
-    "california",
-    "city",
-    "kitchen",
-    "house",
-    "eatery",
-    "bistro",
-    "of",
-    "hotel",
-    "inn",
-];
+/// English words that pad a name ("The Bazille", "Bar and Grill").
+const NAME_GLUE: &[&str] = &["the", "and", "of", "a", "at", "in"];
+
+/// Words that only pad a name: the lexicon's common name words, the words of the functions'
+/// names in singular and plural, and [`NAME_GLUE`].
+fn fillers(tools: &ToolSet, lexicon: &Lexicon) -> BTreeSet<String> {
+    let mut out: BTreeSet<String> = NAME_GLUE.iter().map(|w| w.to_string()).collect();
+    out.extend(lexicon.common.iter().cloned());
+    for f in &tools.functions {
+        for w in dialogue::identifier_words(&f.name) {
+            let stem = w.trim_end_matches('s').to_string();
+            if stem.len() >= 3 {
+                out.insert(format!("{stem}s"));
+                out.insert(stem);
+            }
+        }
+    }
+    out
+}
+
+/// Folded words of the conversation's values of other parameters and fields than `param`
+/// (the city that "Yayoi Cupertino" ends with).
+fn other_values(ctx: &Context, param: &str) -> BTreeSet<String> {
+    let calls = ctx
+        .turns
+        .iter()
+        .filter_map(|t| t.call.as_ref())
+        .flat_map(|c| c.arguments.iter());
+    ctx.records()
+        .flat_map(|r| r.iter())
+        .chain(calls)
+        .filter(|(k, _)| k.as_str() != param)
+        .flat_map(|(_, v)| {
+            fold(&value_text(v))
+                .split(' ')
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .filter(|w| w.len() >= 3 && parse_number(w).is_none())
+        .collect()
+}
 
 impl<'a> Rubric<'a> {
     /// A judge for `tools` (the reply function is `respond`), comparing values with `norm`, and
@@ -195,6 +318,7 @@ impl<'a> Rubric<'a> {
             tools,
             norm,
             respond: respond.to_string(),
+            fillers: fillers(tools, &lexicon),
             lexicon,
         }
     }
@@ -207,13 +331,16 @@ impl<'a> Rubric<'a> {
     /// Judges `pred` against `reference` with the conversation prefix `ctx`.
     pub fn judge(&self, ctx: &Context, reference: &ToolCall, pred: &ToolCall) -> Verdict {
         if pred.name != reference.name {
-            return Verdict::bad(format!(
-                "called {}, the reference calls {}",
-                pred.name, reference.name
-            ));
+            return Verdict::bad(
+                Fault::WrongFunction,
+                format!(
+                    "called {}, the reference calls {}",
+                    pred.name, reference.name
+                ),
+            );
         }
         if reference.name == self.respond {
-            return self.judge_reply(ctx, pred);
+            return self.judge_reply(ctx, reference, pred);
         }
         let report = self.compare_args(ctx, reference, pred);
         if report.problems.is_empty() {
@@ -222,7 +349,10 @@ impl<'a> Rubric<'a> {
                 pred.name, report.matched, report.total
             ))
         } else {
-            Verdict::bad(format!("{}: {}", pred.name, report.problems.join("; ")))
+            Verdict::bad(
+                Fault::WrongArgument,
+                format!("{}: {}", pred.name, report.problems.join("; ")),
+            )
         }
     }
 
@@ -272,7 +402,9 @@ impl<'a> Rubric<'a> {
 
     /// Same value after normalization, or the same entity under a shorter or longer name
     /// ("Chili's" for "Chili's Grill & Bar"; "Amelie" for "Amelie San Francisco" when only one
-    /// result is called that).
+    /// result is called that; "Yayoi" for "Yayoi Cupertino" when Cupertino is the city), or the
+    /// user's own words for the entity the reference names ("pizza" for Italian, "SFO" for San
+    /// Francisco).
     pub fn same_entity(&self, ctx: &Context, param: &str, reference: &str, pred: &str) -> bool {
         if self.norm.same(param, reference, pred) {
             return true;
@@ -280,6 +412,13 @@ impl<'a> Rubric<'a> {
         if self.norm.kind_of(param, reference) != ValueKind::Text {
             return false;
         }
+        self.same_name(ctx, param, reference, pred) || self.users_words(ctx, param, reference, pred)
+    }
+
+    /// One name contains the other, and the extra words are fillers (words many names of the
+    /// results share, words of the functions' names), other values of the conversation (a
+    /// city), or only one result has a name like it.
+    fn same_name(&self, ctx: &Context, param: &str, reference: &str, pred: &str) -> bool {
         let (rw, pw) = (fold(reference), fold(pred));
         let (rw, pw): (Vec<&str>, Vec<&str>) = (rw.split(' ').collect(), pw.split(' ').collect());
         let (short, long) = if rw.len() <= pw.len() {
@@ -290,9 +429,10 @@ impl<'a> Rubric<'a> {
         if short.is_empty() || !short.iter().all(|w| long.contains(w)) {
             return false;
         }
+        let context_words = other_values(ctx, param);
         if long
             .iter()
-            .all(|w| short.contains(w) || GENERIC_NAME_WORDS.contains(w))
+            .all(|w| short.contains(w) || self.fillers.contains(*w) || context_words.contains(*w))
         {
             return true;
         }
@@ -309,6 +449,39 @@ impl<'a> Rubric<'a> {
             }
         }
         candidates.len() == 1 && candidates.contains(&long_f)
+    }
+
+    /// The prediction is what the user said where the reference has a value the user never
+    /// said (the reference translated the user's words): "pizza" for `Italian`. Not when the
+    /// prediction is another value this argument has had, or another allowed value.
+    fn users_words(&self, ctx: &Context, param: &str, reference: &str, pred: &str) -> bool {
+        let said = |v: &str| {
+            let f = fold(v);
+            !f.is_empty()
+                && ctx.user_text().any(|t| {
+                    let tf = fold(t);
+                    let tw: Vec<&str> = tf.split(' ').collect();
+                    find_phrase(&tw, &f).is_some()
+                })
+        };
+        if !said(pred) || said(reference) {
+            return false;
+        }
+        let pf = fold(pred);
+        let allowed = self
+            .tools
+            .functions
+            .iter()
+            .filter_map(|f| f.enum_values(param))
+            .flatten()
+            .map(fold);
+        let earlier = ctx
+            .turns
+            .iter()
+            .filter_map(|t| t.call.as_ref()?.arguments.get(param))
+            .chain(ctx.records().filter_map(|r| r.get(param)))
+            .map(|v| fold(&value_text(v)));
+        !allowed.chain(earlier).any(|v| v == pf)
     }
 
     /// Whether the conversation supports `value` for argument `param`: some phrase of the
@@ -370,15 +543,10 @@ impl<'a> Rubric<'a> {
 
     // ---- Replies -------------------------------------------------------------------------------
 
-    fn judge_reply(&self, ctx: &Context, pred: &ToolCall) -> Verdict {
-        let message = pred
-            .arguments
-            .get("message")
-            .or_else(|| pred.arguments.values().find(|v| v.is_string()))
-            .map(value_text)
-            .unwrap_or_default();
+    fn judge_reply(&self, ctx: &Context, reference: &ToolCall, pred: &ToolCall) -> Verdict {
+        let message = reply_text(pred);
         if message.trim().is_empty() {
-            return Verdict::bad("the reply has no message");
+            return Verdict::bad(Fault::Unreadable, "the reply has no message");
         }
         // Names are masked before a reply is read for facts, so "Wine" in "Baan Thai House &
         // Wine Bar" is no claim about alcohol and "8" in "8 Immortals" no count.
@@ -396,27 +564,49 @@ impl<'a> Rubric<'a> {
         names.extend(self.lexicon.mentions(&ws));
         names.sort_by_key(|n| std::cmp::Reverse(n.split(' ').count()));
         let clauses = claims(&message, &names);
-        let checks = [
+        let against_results = [
             self.check_booleans(ctx, &message, &clauses),
             self.check_categories(ctx, &message, &clauses),
             self.check_phones(ctx, &message),
             self.check_addresses(ctx, &message),
-            self.check_booking(ctx, &message, &clauses),
             self.check_search_outcome(ctx, &clauses),
             self.check_names(ctx, &message),
-        ];
-        let problems: Vec<String> = checks.into_iter().flatten().collect();
-        if problems.is_empty() {
-            let n: usize = ctx.results.iter().map(|b| b.records.len()).sum();
-            Verdict::good(format!(
-                "reply does not contradict the tool results ({} result blocks, {n} records)",
-                ctx.results.len()
-            ))
-        } else {
-            Verdict::bad(format!(
-                "reply contradicts the results: {}",
-                problems.join("; ")
-            ))
+        ]
+        .into_iter()
+        .flatten()
+        .map(|p| (Fault::ContradictsResults, p));
+        let outcome = self
+            .check_booking(ctx, &message, &clauses)
+            .map(|p| (Fault::FalseOutcome, p));
+        let mut problems: Vec<(Fault, String)> = against_results.chain(outcome).collect();
+        let mut dialogue = self.check_dialogue(ctx, &message, &clauses);
+        if !dialogue.is_empty() {
+            // The reference shows what was right at this point: a reply is not faulted for
+            // what the reference does too (SGD's own replies sometimes answer a question
+            // instead of reporting a booking).
+            let r = reply_text(reference);
+            let rc = claims(&r, &names);
+            let same: Vec<Fault> = self
+                .check_dialogue(ctx, &r, &rc)
+                .into_iter()
+                .map(|(f, _)| f)
+                .collect();
+            dialogue.retain(|(f, _)| !same.contains(f));
+        }
+        problems.extend(dialogue);
+        problems.sort_by_key(|(f, _)| *f);
+        match problems.first() {
+            None => {
+                let n: usize = ctx.results.iter().map(|b| b.records.len()).sum();
+                Verdict::good(format!(
+                    "reply fits the conversation and the tool results ({} result blocks, {n} records)",
+                    ctx.results.len()
+                ))
+            }
+            Some((fault, _)) => {
+                let said: Vec<&str> = problems.iter().map(|(_, p)| p.as_str()).collect();
+                Verdict::bad(*fault, format!("reply {}", said.join("; ")))
+            }
         }
     }
 
@@ -645,12 +835,11 @@ impl<'a> Rubric<'a> {
         // Without a transaction function there is nothing a booking claim could be checked on.
         self.tools.of_kind(FunctionKind::Transaction).next()?;
         let latest = ctx.results.iter().rev().find(|b| {
-            b.call.as_ref().is_some_and(|c| {
-                self.tools
-                    .get(&c.name)
-                    .is_some_and(|f| f.kind == FunctionKind::Transaction)
-            })
+            b.call
+                .as_ref()
+                .is_some_and(|c| self.is_transaction(&c.name))
         });
+        let txn_words = self.transaction_words();
         let direct = latest.is_some_and(|b| b.turn + 1 == ctx.turns.len());
         // "Please confirm: table booked at 6 pm for 2" states what is about to be booked.
         let asks_to_confirm = words_of(message)
@@ -659,7 +848,7 @@ impl<'a> Rubric<'a> {
         let (mut success, mut failure) = (false, false);
         for clause in clauses {
             let ws: Vec<&str> = clause.words.iter().map(String::as_str).collect();
-            let about_booking = direct || ws.iter().any(|w| BOOKING_WORDS.contains(w));
+            let about_booking = direct || ws.iter().any(|w| txn_words.contains(*w));
             if !about_booking {
                 continue;
             }
@@ -685,18 +874,7 @@ impl<'a> Rubric<'a> {
             None => None,
             Some(b) => {
                 let call = b.call.as_ref()?;
-                let outcome = if b.records.is_empty() {
-                    Some(false)
-                } else if b.records.iter().any(|r| {
-                    call.arguments.iter().all(|(k, v)| {
-                        r.get(k)
-                            .is_none_or(|rv| self.norm.same(k, &value_text(rv), &value_text(v)))
-                    })
-                }) {
-                    Some(true)
-                } else {
-                    None
-                };
+                let outcome = self.transaction_outcome(b);
                 match outcome {
                     Some(false) if success && !failure => Some(format!(
                         "says the booking succeeded, but {} returned no record",
@@ -780,10 +958,8 @@ impl<'a> Rubric<'a> {
                 });
                 // A place the user named by a short form ("Katsu" for "Katsu Los Gatos") is
                 // the user's, not invented.
-                let distinct: Vec<&&str> = mw
-                    .iter()
-                    .filter(|w| !GENERIC_NAME_WORDS.contains(w))
-                    .collect();
+                let distinct: Vec<&&str> =
+                    mw.iter().filter(|w| !self.fillers.contains(**w)).collect();
                 let user_named = match distinct.as_slice() {
                     [first, ..] if first.len() >= 3 => user.contains(**first),
                     [a, b, ..] => user.contains(**a) && user.contains(**b),
@@ -795,22 +971,18 @@ impl<'a> Rubric<'a> {
     }
 }
 
+/// The message of a reply call (its `message` argument, else its first string argument).
+fn reply_text(call: &ToolCall) -> String {
+    call.arguments
+        .get("message")
+        .or_else(|| call.arguments.values().find(|v| v.is_string()))
+        .map(value_text)
+        .unwrap_or_default()
+}
+
 /// Stands in for a masked name (never a folded word, which has no punctuation).
 const NAME_MASK: &str = "<name>";
 
-/// Words that put a clause on the subject of a booking.
-const BOOKING_WORDS: &[&str] = &[
-    "reservation",
-    "reservations",
-    "booking",
-    "bookings",
-    "book",
-    "booked",
-    "reserve",
-    "reserved",
-    "table",
-    "room",
-];
 /// Phrases that claim a booking went through (unless negated). Future or tentative wording
 /// ("the reservation will be set", "confirming your booking") is no claim.
 const SUCCESS_PHRASES: &[&str] = &[
@@ -1385,30 +1557,30 @@ mod tests {
             (
                 "71 Saint Peter serves alcohol and is moderately priced.",
                 true,
-                "does not contradict",
+                "fits the conversation",
             ),
             (
                 "Sure! Would you like to book a table?",
                 true,
-                "does not contradict",
+                "fits the conversation",
             ),
-            ("Sorry, I don't know more.", true, "does not contradict"),
+            ("Sorry, I don't know more.", true, "fits the conversation"),
             ("They do not serve alcohol.", false, "does not have alcohol"),
             ("71 Saint Peter has live music.", false, "has live music"),
             (
                 "Bazille has live music but does not serve alcohol.",
                 true,
-                "does not contradict",
+                "fits the conversation",
             ),
             ("Bazille serves wine.", false, "serves_alcohol = False"),
-            ("They don't have live music.", true, "does not contradict"),
-            ("Does it have live music?", true, "does not contradict"),
+            ("They don't have live music.", true, "fits the conversation"),
+            ("Does it have live music?", true, "fits the conversation"),
             ("It is an expensive place.", false, "price_range = moderate"),
-            ("Bazille is pricey.", true, "does not contradict"),
+            ("Bazille is pricey.", true, "fits the conversation"),
             (
                 "Their phone number is 408-971-8523.",
                 true,
-                "does not contradict",
+                "fits the conversation",
             ),
             (
                 "Their phone number is 408-555-1234.",
@@ -1418,7 +1590,7 @@ mod tests {
             (
                 "They are at 71 N San Pedro St.",
                 true,
-                "does not contradict",
+                "fits the conversation",
             ),
             ("They are at 12 Market Street.", false, "address"),
             (

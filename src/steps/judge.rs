@@ -69,7 +69,8 @@ impl Step for Judge {
     fn version(&self) -> u32 {
         // 2: reasons for unparseable predictions come from `formats::parse_call`.
         // 3: clock times and ISO dates side by side no longer read as a phone number.
-        3
+        // 4: dialogue checks on replies (outcomes, stated values, requests), a class per verdict.
+        4
     }
 
     fn about(&self) -> &'static str {

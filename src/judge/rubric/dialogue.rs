@@ -1,0 +1,1122 @@
+//! Reply checks that read the dialogue, not only the tool results: whether the reply reports
+//! what the latest transaction did, whether the times, dates and counts it states are the ones
+//! the user gave (or changed to) or a result returned, whether it answers what the user's
+//! latest turn asked for, and whether it asks again for a value the user already gave.
+//!
+//! Everything comes from the conversation and the tool schema: which functions are transactions
+//! (their kind) and what their result means (no record: it failed; a record agreeing with the
+//! request: it succeeded), which parameters hold times, dates and counts (their names, values
+//! and schema types), which fields a user can ask about (the result records' keys) and which
+//! words name a transaction (its function's name). The only word lists here are how English
+//! says "booked", "failed", "what" or "sorry".
+
+use std::collections::BTreeSet;
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use super::{
+    find_phrase, find_words, Clause, Fault, Rubric, FAILURE_PHRASES, FIELD_VERBS, NEGATIONS,
+    SUCCESS_PHRASES,
+};
+use crate::judge::context::{Context, ResultBlock, Speaker};
+use crate::judge::normalize::{fold, parse_date, parse_number, parse_time, value_text, ValueKind};
+use crate::tools::FunctionKind;
+
+/// What a stated value is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Time,
+    Date,
+    Count,
+}
+
+impl Kind {
+    fn noun(self) -> &'static str {
+        match self {
+            Kind::Time => "time",
+            Kind::Date => "date",
+            Kind::Count => "count",
+        }
+    }
+}
+
+/// A time, date or count someone stated, with every plausible reading (minutes of the day,
+/// days since the epoch, or the number).
+#[derive(Debug, Clone)]
+struct Stated {
+    kind: Kind,
+    readings: Vec<i64>,
+    text: String,
+}
+
+impl Stated {
+    fn matches(&self, other: &Stated) -> bool {
+        self.kind == other.kind && self.readings.iter().any(|r| other.readings.contains(r))
+    }
+}
+
+/// Who stated a value, and at which turn of the prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    User,
+    Assistant,
+    Call,
+    Record,
+    Default,
+}
+
+/// A stated value and where it came from.
+#[derive(Debug, Clone)]
+struct Mention {
+    turn: usize,
+    source: Source,
+    value: Stated,
+}
+
+/// Clock times said with a cue ("7:45 pm", "19:45", "half past 5 in the evening", "noon",
+/// "evening 5:30"); a bare number is no time.
+static TIME_RE: LazyLock<Regex> = LazyLock::new(|| {
+    let hours = "one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve";
+    Regex::new(&format!(
+        r"(?i)\b(?:(?:half|quarter)\s+(?:past|to)\s+)?(?:\d{{1,2}}(?::\d{{2}})?|{hours})\s*(?:o'?\s?clock\s*)?(?:a\.?m\b\.?|p\.?m\b\.?|in the morning|in the afternoon|in the evening|at night)|\b\d{{1,2}}:\d{{2}}\b|\b(?:noon|midnight)\b|\b(?:morning|afternoon|evening|night),?\s+(?:at\s+)?\d{{1,2}}(?::\d{{2}})?\b|\b(?:{hours}|\d{{1,2}})\s+o'?\s?clock\b"
+    ))
+    .expect("valid pattern")
+});
+
+/// Dates: ISO, month and day, "the 3rd", relative days, weekdays.
+static DATE_RE: LazyLock<Regex> = LazyLock::new(|| {
+    let months = "january|february|march|april|may|june|july|august|september|october|november|december|jan|feb|mar|apr|jun|jul|aug|sep|sept|oct|nov|dec";
+    let days = "monday|tuesday|wednesday|thursday|friday|saturday|sunday";
+    // A bare "today" is mostly a pleasantry ("anything else today?") and a bare "24th" mostly a
+    // street ("474 24th Street"): ordinals need "the" or a month.
+    Regex::new(&format!(
+        r"(?i)\b\d{{4}}-\d{{2}}-\d{{2}}\b|\b(?:{months})\.?\s+\d{{1,2}}(?:st|nd|rd|th)?\b|\bthe\s+\d{{1,2}}(?:st|nd|rd|th)\b(?:\s+of\s+(?:{months}|this month))?|\b\d{{1,2}}(?:st|nd|rd|th)\s+of\s+(?:{months}|this month)\b|\b(?:(?:the\s+)?day\s+after\s+tomorrow|tomorrow)\b|\b(?:(?:next|this|on|coming)\s+)?(?:{days})\b"
+    ))
+    .expect("valid pattern")
+});
+
+/// Counts: "for 4", "party of 4", "4 people", and a number before a noun that the schema's
+/// count parameters name ("2 tickets" when there is a `number_of_tickets`).
+static COUNT_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)\b(?:(for)\s+)?(\d{1,2}|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve)\b(?:\s+([a-z]+))?")
+        .expect("valid pattern")
+});
+
+/// Words after a number that make it part of a time, a money amount or an ordinal, not a count.
+const NOT_COUNTED: &[&str] = &[
+    "am", "pm", "oclock", "o", "in", "at", "thirty", "fifteen", "forty", "dollars", "percent",
+    "star", "stars", "minutes", "minute", "hours", "hour", "more", "other", "of",
+];
+
+/// Words that may follow "for 4" without making it a count of something else ("for 4 at 6 pm").
+const LINKING: &[&str] = &[
+    "at", "on", "in", "for", "and", "to", "this", "next", "tomorrow", "today", "tonight", "please",
+    "is", "from", "starting", "with", "then", "that", "so",
+];
+
+/// Nouns that count people in any domain.
+const PEOPLE: &[&str] = &["people", "persons", "person", "guests", "adults"];
+
+/// Words that ask for something.
+const ASKING: &[&str] = &[
+    "what", "whats", "which", "where", "when", "how", "whats", "tell", "give", "know", "find",
+    "provide", "share", "is", "are", "do", "does", "can", "could", "would",
+];
+
+/// Words that admit not knowing or not having something.
+const CANNOT_SAY: &[&str] = &[
+    "sorry",
+    "unfortunately",
+    "dont have",
+    "do not have",
+    "not available",
+    "no information",
+    "unable",
+    "cannot",
+    "cant",
+    "not sure",
+    "dont know",
+];
+
+/// Words that report a transaction's success without the phrases of [`SUCCESS_PHRASES`].
+const REPORTED: &[&str] = &[
+    "is set",
+    "are set",
+    "been set",
+    "done",
+    "secured",
+    "complete",
+    "completed",
+];
+
+/// Words of a field name too generic to stand for the field alone ("phone number" is asked as
+/// "phone", never as "number").
+const GENERIC_FIELD_WORDS: &[&str] = &[
+    "number", "range", "name", "type", "id", "of", "the", "a", "info", "size", "level",
+];
+
+impl Rubric<'_> {
+    /// The dialogue checks, each problem with its class.
+    pub(super) fn check_dialogue(
+        &self,
+        ctx: &Context,
+        message: &str,
+        clauses: &[Clause],
+    ) -> Vec<(Fault, String)> {
+        let timeline = self.timeline(ctx);
+        let mut out = Vec::new();
+        out.extend(self.check_reported(ctx, message, clauses));
+        out.extend(self.check_stated_values(ctx, message, &timeline));
+        out.extend(self.check_answers_request(ctx, message));
+        out.extend(self.check_asks_again(ctx, message, &timeline));
+        out
+    }
+
+    // ---- What a transaction did ----------------------------------------------------------------
+
+    /// Whether `block` (a transaction's result) says it succeeded: `Some(false)` for no record,
+    /// `Some(true)` for a record agreeing with every argument, `None` otherwise (SGD sometimes
+    /// books a nearby time).
+    pub(super) fn transaction_outcome(&self, block: &ResultBlock) -> Option<bool> {
+        let call = block.call.as_ref()?;
+        if block.records.is_empty() {
+            return Some(false);
+        }
+        block
+            .records
+            .iter()
+            .any(|r| {
+                call.arguments.iter().all(|(k, v)| {
+                    r.get(k)
+                        .is_none_or(|rv| self.norm.same(k, &value_text(rv), &value_text(v)))
+                })
+            })
+            .then_some(true)
+    }
+
+    /// Whether `name` is a transaction function.
+    pub(super) fn is_transaction(&self, name: &str) -> bool {
+        self.tools
+            .get(name)
+            .is_some_and(|f| f.kind == FunctionKind::Transaction)
+    }
+
+    /// Words that put a clause on the subject of a transaction: how English says booking and
+    /// buying, plus the words of the transaction functions' names (`BuyMovieTickets` → "buy",
+    /// "movie", "tickets").
+    pub(super) fn transaction_words(&self) -> BTreeSet<String> {
+        let mut words: BTreeSet<String> = [
+            "reservation",
+            "reservations",
+            "booking",
+            "bookings",
+            "book",
+            "booked",
+            "reserve",
+            "reserved",
+            "purchase",
+            "purchased",
+            "bought",
+            "order",
+            "ordered",
+            "scheduled",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        for f in self.tools.of_kind(FunctionKind::Transaction) {
+            for w in identifier_words(&f.name) {
+                if w.len() >= 3 {
+                    words.insert(format!("{w}s"));
+                    words.insert(w);
+                }
+            }
+        }
+        words
+    }
+
+    /// Right after a transaction returned, the reply must say what happened.
+    fn check_reported(
+        &self,
+        ctx: &Context,
+        message: &str,
+        clauses: &[Clause],
+    ) -> Option<(Fault, String)> {
+        if !ctx.ends_with_result() {
+            return None;
+        }
+        let block = ctx.results.last()?;
+        let call = block.call.as_ref()?;
+        if !self.is_transaction(&call.name) {
+            return None;
+        }
+        let outcome = self.transaction_outcome(block)?;
+        let f = fold(message);
+        let ws: Vec<&str> = f.split(' ').collect();
+        let has = |phrases: &[&str]| phrases.iter().any(|p| find_phrase(&ws, p).is_some());
+        let txn_words = self.transaction_words();
+        let mentions_txn = clauses
+            .iter()
+            .any(|c| c.words.iter().any(|w| txn_words.contains(w)));
+        let reported = if outcome {
+            has(SUCCESS_PHRASES) || has(REPORTED) || mentions_txn
+        } else {
+            has(FAILURE_PHRASES) || has(CANNOT_SAY) || ws.iter().any(|w| NEGATIONS.contains(w))
+        };
+        (!reported).then(|| {
+            (
+                Fault::MissedOutcome,
+                format!(
+                    "does not say that {} {}",
+                    call.name,
+                    if outcome {
+                        "succeeded"
+                    } else {
+                        "failed (it returned no record)"
+                    }
+                ),
+            )
+        })
+    }
+
+    // ---- Times, dates and counts --------------------------------------------------------------
+
+    /// Parameters (of any function) holding values of `kind`.
+    fn params_of(&self, kind: Kind) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for f in &self.tools.functions {
+            for p in f.parameter_names() {
+                if self.param_kind(f.name.as_str(), p) == Some(kind) {
+                    out.insert(p.to_string());
+                }
+            }
+        }
+        out
+    }
+
+    /// The kind of a parameter: by its name (`*time*`, `*date*`) or its schema (a number type,
+    /// or an enum of numbers: a count).
+    fn param_kind(&self, function: &str, param: &str) -> Option<Kind> {
+        let p = param.to_lowercase();
+        if p.contains("date") {
+            return Some(Kind::Date);
+        }
+        if p.contains("time") {
+            return Some(Kind::Time);
+        }
+        let f = self.tools.get(function)?;
+        let schema = f.parameter(param)?;
+        let numeric_type = schema
+            .get("type")
+            .and_then(|t| t.as_str())
+            .is_some_and(|t| t == "integer" || t == "number");
+        let numeric_enum = f.enum_values(param).is_some_and(|vs| {
+            let vs: Vec<&str> = vs
+                .into_iter()
+                .filter(|v| !matches!(fold(v).as_str(), "dontcare" | "dont care"))
+                .collect();
+            !vs.is_empty() && vs.iter().all(|v| v.trim().parse::<u32>().is_ok())
+        });
+        (numeric_type || numeric_enum).then_some(Kind::Count)
+    }
+
+    /// Nouns that count what a count parameter counts (`number_of_tickets` → "tickets",
+    /// "ticket"), plus the words English counts people with.
+    fn count_nouns(&self) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = PEOPLE.iter().map(|s| s.to_string()).collect();
+        for f in &self.tools.functions {
+            for p in f.parameter_names() {
+                if self.param_kind(&f.name, p) != Some(Kind::Count) {
+                    continue;
+                }
+                for w in identifier_words(p) {
+                    if w.len() >= 3 && !GENERIC_FIELD_WORDS.contains(&w.as_str()) && w != "party" {
+                        out.insert(w.trim_end_matches('s').to_string());
+                        out.insert(format!("{}s", w.trim_end_matches('s')));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The times, dates and counts a text states.
+    fn stated_in(&self, text: &str, nouns: &BTreeSet<String>) -> Vec<Stated> {
+        let mut out = Vec::new();
+        let mut taken: Vec<std::ops::Range<usize>> = Vec::new();
+        for m in TIME_RE.find_iter(text) {
+            let readings: Vec<i64> = parse_time(m.as_str()).into_iter().map(i64::from).collect();
+            if !readings.is_empty() {
+                taken.push(m.range());
+                out.push(Stated {
+                    kind: Kind::Time,
+                    readings,
+                    text: m.as_str().to_string(),
+                });
+            }
+        }
+        for m in DATE_RE.find_iter(text) {
+            let readings: Vec<i64> = parse_date(m.as_str(), self.norm.today)
+                .into_iter()
+                .map(|d| d.days())
+                .collect();
+            if !readings.is_empty() {
+                taken.push(m.range());
+                out.push(Stated {
+                    kind: Kind::Date,
+                    readings,
+                    text: m.as_str().to_string(),
+                });
+            }
+        }
+        for c in COUNT_RE.captures_iter(text) {
+            let (whole, number) = (c.get(0).expect("match"), c.get(2).expect("number"));
+            if taken
+                .iter()
+                .any(|r| r.start < whole.end() && number.start() < r.end)
+            {
+                continue;
+            }
+            // "7:30", "2.5", "$20", "#3": the number is part of something else.
+            let before = text[..number.start()].chars().next_back();
+            let after = text[number.end()..].chars().next();
+            if before.is_some_and(|ch| "$#:.-/".contains(ch))
+                || after.is_some_and(|ch| {
+                    ":.-/%".contains(ch)
+                        && text[number.end() + 1..].starts_with(|x: char| x.is_ascii_digit())
+                })
+            {
+                continue;
+            }
+            let next = c.get(3).map(|n| n.as_str().to_lowercase());
+            if next.as_deref().is_some_and(|n| NOT_COUNTED.contains(&n)) {
+                continue;
+            }
+            // "for 4" counts; "for one table" counts tables, which no count parameter names.
+            let counted = match next.as_deref() {
+                Some(n) if nouns.contains(n) => true,
+                Some(n) if !LINKING.contains(&n) => false,
+                _ => c.get(1).is_some(),
+            };
+            let Some(n) = parse_number(number.as_str()) else {
+                continue;
+            };
+            if counted && n >= 1.0 {
+                out.push(Stated {
+                    kind: Kind::Count,
+                    readings: vec![n as i64],
+                    text: whole.as_str().trim().to_string(),
+                });
+            }
+        }
+        out
+    }
+
+    /// A call argument or record field value as a stated value, by its parameter's kind.
+    fn stated_value(&self, function: Option<&str>, key: &str, value: &str) -> Option<Stated> {
+        let kind = match function.and_then(|f| self.param_kind(f, key)) {
+            Some(k) => k,
+            None => match self.norm.kind_of(key, value) {
+                ValueKind::Date => Kind::Date,
+                ValueKind::Time => Kind::Time,
+                ValueKind::Number => Kind::Count,
+                _ => return None,
+            },
+        };
+        let readings: Vec<i64> = match kind {
+            Kind::Time => parse_time(value).into_iter().map(i64::from).collect(),
+            Kind::Date => parse_date(value, self.norm.today)
+                .into_iter()
+                .map(|d| d.days())
+                .collect(),
+            // A rating of 4.6 is no count of 4.
+            Kind::Count => parse_number(value)
+                .filter(|n| n.fract() == 0.0)
+                .map(|n| n as i64)
+                .into_iter()
+                .collect(),
+        };
+        (!readings.is_empty()).then(|| Stated {
+            kind,
+            readings,
+            text: value.to_string(),
+        })
+    }
+
+    /// Every time, date and count of the prefix, in order: said by the user or the assistant,
+    /// passed in a call, returned in a record, or a schema default.
+    fn timeline(&self, ctx: &Context) -> Vec<Mention> {
+        let nouns = self.count_nouns();
+        let mut out = Vec::new();
+        for f in &self.tools.functions {
+            for p in f.parameter_names() {
+                let default = f
+                    .parameter(p)
+                    .and_then(|s| s.get("default"))
+                    .map(value_text);
+                if let Some(v) = default.and_then(|d| self.stated_value(Some(&f.name), p, &d)) {
+                    out.push(Mention {
+                        turn: 0,
+                        source: Source::Default,
+                        value: v,
+                    });
+                }
+            }
+        }
+        for (i, t) in ctx.turns.iter().enumerate() {
+            let source = match t.speaker {
+                Speaker::User => Source::User,
+                Speaker::Assistant => Source::Assistant,
+                _ => continue,
+            };
+            for v in self.stated_in(&t.text, &nouns) {
+                out.push(Mention {
+                    turn: i,
+                    source,
+                    value: v,
+                });
+            }
+            if let Some(call) = &t.call {
+                for (k, v) in &call.arguments {
+                    if let Some(s) = self.stated_value(Some(&call.name), k, &value_text(v)) {
+                        out.push(Mention {
+                            turn: i,
+                            source: Source::Call,
+                            value: s,
+                        });
+                    }
+                }
+            }
+        }
+        for b in &ctx.results {
+            let function = b.call.as_ref().map(|c| c.name.as_str());
+            for r in &b.records {
+                for (k, v) in r {
+                    if let Some(s) = self.stated_value(function, k, &value_text(v)) {
+                        out.push(Mention {
+                            turn: b.turn,
+                            source: Source::Record,
+                            value: s,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether some user or assistant turn from `from` on says `v` in any words: every span of
+    /// up to five words is read as a time, a date or a number ("5 o'clock in the evening",
+    /// "we are three"), more leniently than a reply's own statements are found.
+    fn said_in_turns(&self, ctx: &Context, v: &Stated, from: usize) -> bool {
+        ctx.turns.iter().enumerate().skip(from).any(|(_, t)| {
+            if !matches!(t.speaker, Speaker::User | Speaker::Assistant) {
+                return false;
+            }
+            let ws: Vec<&str> = t
+                .text
+                .split_whitespace()
+                .map(|w| w.trim_matches(|c: char| ",.!?;\"()".contains(c)))
+                .collect();
+            (0..ws.len()).any(|i| {
+                (1..=5.min(ws.len() - i)).any(|n| {
+                    let span = ws[i..i + n].join(" ");
+                    let readings: Vec<i64> = match v.kind {
+                        Kind::Time => parse_time(&span).into_iter().map(i64::from).collect(),
+                        Kind::Date => parse_date(&span, self.norm.today)
+                            .into_iter()
+                            .map(|d| d.days())
+                            .collect(),
+                        Kind::Count => parse_number(&span)
+                            .filter(|x| x.fract() == 0.0)
+                            .map(|x| x as i64)
+                            .into_iter()
+                            .collect(),
+                    };
+                    readings.iter().any(|r| v.readings.contains(r))
+                })
+            })
+        })
+    }
+
+    /// Each time, date and count the reply states must be one somebody gave; where the schema
+    /// has one parameter of that kind, it must not be one the user has since changed.
+    fn check_stated_values(
+        &self,
+        ctx: &Context,
+        message: &str,
+        timeline: &[Mention],
+    ) -> Option<(Fault, String)> {
+        let nouns = self.count_nouns();
+        for v in self.stated_in(&mask_names(ctx, message), &nouns) {
+            let known: Vec<&Mention> = timeline.iter().filter(|m| m.value.matches(&v)).collect();
+            if known.is_empty() && !self.said_in_turns(ctx, &v, 0) {
+                return Some((
+                    Fault::UnfoundedValues,
+                    format!(
+                        "states the {} {:?}, which nobody gave in the conversation",
+                        v.kind.noun(),
+                        v.text
+                    ),
+                ));
+            }
+            if self.params_of(v.kind).len() != 1 {
+                continue;
+            }
+            // The user's latest statement of this kind, and everything since, is current.
+            let Some(latest) = timeline
+                .iter()
+                .filter(|m| m.source == Source::User && m.value.kind == v.kind)
+                .map(|m| m.turn)
+                .max()
+            else {
+                continue;
+            };
+            let current =
+                known.iter().any(|m| m.turn >= latest) || self.said_in_turns(ctx, &v, latest);
+            let said_before = known.iter().any(|m| m.source != Source::Default);
+            if !current && said_before {
+                let now: Vec<&str> = timeline
+                    .iter()
+                    .filter(|m| {
+                        m.turn == latest && m.source == Source::User && m.value.kind == v.kind
+                    })
+                    .map(|m| m.value.text.as_str())
+                    .collect();
+                return Some((
+                    Fault::ContradictsUser,
+                    format!(
+                        "states the {} {:?}, but the user has since said {:?}",
+                        v.kind.noun(),
+                        v.text,
+                        now.join(", ")
+                    ),
+                ));
+            }
+        }
+        None
+    }
+
+    // ---- What the user asked for -------------------------------------------------------------
+
+    /// Phrases a user asks about a record field with: its name's words without a leading verb
+    /// (`phone_number` → "phone number"; `has_live_music` → "live music"), the task's synonyms of
+    /// that phrase, and each word of it that names this field alone (not "number", not a word
+    /// of another field or of a function name: "phone", "address").
+    fn field_phrases(&self, field: &str, fields: &BTreeSet<String>) -> Vec<String> {
+        let words = identifier_words(field);
+        let start = words
+            .iter()
+            .position(|w| !FIELD_VERBS.contains(&w.as_str()))
+            .unwrap_or(0);
+        let topic: Vec<&str> = words[start..].iter().map(String::as_str).collect();
+        let mut out = self.norm.synonyms.phrases_for(&topic.join(" "));
+        if topic.len() > 1 {
+            let params = self
+                .tools
+                .functions
+                .iter()
+                .flat_map(|f| f.parameter_names().into_iter().map(String::from));
+            let elsewhere: BTreeSet<String> = fields
+                .iter()
+                .map(|f| f.to_string())
+                .chain(params)
+                .filter(|f| f.as_str() != field)
+                .flat_map(|f| identifier_words(&f))
+                .chain(
+                    self.tools
+                        .functions
+                        .iter()
+                        .flat_map(|f| identifier_words(&f.name)),
+                )
+                .collect();
+            for w in &topic {
+                if w.len() >= 4 && !GENERIC_FIELD_WORDS.contains(w) && !elsewhere.contains(*w) {
+                    out.push(w.to_string());
+                }
+            }
+        }
+        out
+    }
+
+    /// Fields of the results a user asks about: not names (a reply names what it talks about
+    /// anyway) and not parameters of a function (those the user states as criteria).
+    fn askable_fields(&self, ctx: &Context) -> (BTreeSet<String>, BTreeSet<String>) {
+        let params: BTreeSet<&str> = self
+            .tools
+            .functions
+            .iter()
+            .flat_map(|f| f.parameter_names())
+            .collect();
+        let all: BTreeSet<String> = ctx.records().flat_map(|r| r.keys().cloned()).collect();
+        let askable = all
+            .iter()
+            .filter(|k| !k.to_lowercase().contains("name") && !params.contains(k.as_str()))
+            .cloned()
+            .collect();
+        (askable, all)
+    }
+
+    /// When the user's latest turn asks for a field of the results ("what is their phone
+    /// number?"), the reply must give it, talk about it, or say it cannot.
+    fn check_answers_request(&self, ctx: &Context, message: &str) -> Option<(Fault, String)> {
+        let last = ctx.turns.last()?;
+        if last.speaker != Speaker::User {
+            return None;
+        }
+        let questions = questions_of(&last.text);
+        if questions.is_empty() {
+            return None;
+        }
+        let reply = fold(message);
+        let rw: Vec<&str> = reply.split(' ').collect();
+        let admits = CANNOT_SAY.iter().any(|p| find_phrase(&rw, p).is_some())
+            || rw.iter().any(|w| NEGATIONS.contains(w));
+        if admits {
+            return None;
+        }
+        let numbers: Vec<f64> = numbers_in(message);
+        let stated = self.stated_in(message, &BTreeSet::new());
+        let (fields, all_fields) = self.askable_fields(ctx);
+        let mut asked: Vec<(String, &String)> = Vec::new();
+        for field in &fields {
+            let phrases = self.field_phrases(field, &all_fields);
+            let in_question = questions.iter().any(|q| {
+                let qw: Vec<&str> = q.split(' ').collect();
+                phrases.iter().any(|p| find_phrase(&qw, p).is_some())
+            });
+            if !in_question {
+                continue;
+            }
+            let mentioned = phrases.iter().any(|p| find_phrase(&rw, p).is_some());
+            let values: Vec<String> = ctx
+                .records()
+                .filter_map(|r| r.get(field.as_str()))
+                .map(value_text)
+                .collect();
+            let boolean = values
+                .iter()
+                .any(|v| matches!(fold(v).as_str(), "true" | "false"));
+            let yes_no = rw
+                .iter()
+                .any(|w| matches!(*w, "yes" | "yeah" | "yep" | "sure" | "does" | "do"));
+            let gives_value = ctx
+                .records()
+                .filter_map(|r| r.get(field.as_str()))
+                .any(|v| self.reply_gives(v, field, &rw, &numbers, &stated));
+            // A question naming several fields is answered by answering one of them: which
+            // field "when does it arrive at the destination" asks for is not always clear.
+            if mentioned || gives_value || (boolean && yes_no) {
+                return None;
+            }
+            asked.push((phrases[0].clone(), field));
+        }
+        // A reply giving some other field's value of the results answers something the user
+        // may have meant ("the arrival airport" is a destination airport, not an arrival time).
+        let gives_other = fields.iter().any(|f| {
+            ctx.records()
+                .filter_map(|r| r.get(f.as_str()))
+                .any(|v| self.reply_gives(v, f, &rw, &numbers, &stated))
+        });
+        if gives_other {
+            return None;
+        }
+        asked.first().map(|(phrase, field)| {
+            (
+                Fault::IgnoresRequest,
+                format!("does not answer the user's question about the {phrase} ({field})"),
+            )
+        })
+    }
+
+    /// Whether a reply (folded words `rw`, its digit numbers and stated values) gives the
+    /// record value `v` of `field`: the same time or date, the same number, or its first words.
+    fn reply_gives(
+        &self,
+        v: &serde_json::Value,
+        field: &str,
+        rw: &[&str],
+        numbers: &[f64],
+        stated: &[Stated],
+    ) -> bool {
+        let v = value_text(v);
+        if matches!(fold(&v).as_str(), "true" | "false" | "") {
+            return false;
+        }
+        if self
+            .stated_value(None, field, &v)
+            .is_some_and(|t| t.kind != Kind::Count && stated.iter().any(|s| s.matches(&t)))
+        {
+            return true;
+        }
+        let vw = fold(&v);
+        let vw: Vec<&str> = vw.split(' ').collect();
+        let head = &vw[..vw.len().min(2)];
+        let as_number = numbers_in(&v);
+        (!head.is_empty() && find_words(rw, head).is_some())
+            || (as_number.len() == 1 && numbers.contains(&as_number[0]))
+    }
+
+    /// A reply that asks for a parameter's value the user already gave (and did not just
+    /// bring up again) asks needlessly.
+    fn check_asks_again(
+        &self,
+        ctx: &Context,
+        message: &str,
+        timeline: &[Mention],
+    ) -> Option<(Fault, String)> {
+        let questions = questions_of(message);
+        if questions.is_empty() {
+            return None;
+        }
+        let last_user = ctx
+            .turns
+            .iter()
+            .rev()
+            .find(|t| t.speaker == Speaker::User)
+            .map(|t| fold(&t.text))
+            .unwrap_or_default();
+        let lw: Vec<&str> = last_user.split(' ').collect();
+        let mut asked_params: BTreeSet<(String, String)> = BTreeSet::new();
+        for f in &self.tools.functions {
+            if f.kind == FunctionKind::Respond {
+                continue;
+            }
+            for p in f.parameter_names() {
+                let phrase = identifier_words(p).join(" ");
+                let asks = questions.iter().any(|q| {
+                    let qw: Vec<&str> = q.split(' ').collect();
+                    let at = find_phrase(&qw, &phrase);
+                    // "what time", "which city", "what is the date": the phrase right after a
+                    // question word (or one word later).
+                    at.is_some_and(|i| {
+                        (i.saturating_sub(3)..i)
+                            .any(|j| matches!(qw[j], "what" | "which" | "whats" | "where"))
+                    })
+                });
+                if asks && find_phrase(&lw, &phrase).is_none() {
+                    asked_params.insert((f.name.clone(), p.to_string()));
+                }
+            }
+        }
+        for (function, param) in asked_params {
+            let given = match self.param_kind(&function, &param) {
+                // Which of two dates ("leaving on the 3rd") the user gave is not known.
+                Some(kind) if self.params_of(kind).len() > 1 => None,
+                Some(kind) => timeline
+                    .iter()
+                    .find(|m| m.source == Source::User && m.value.kind == kind)
+                    .map(|m| m.value.text.clone()),
+                None => ctx.turns.iter().find_map(|t| {
+                    let c = t.call.as_ref()?;
+                    let v = value_text(c.arguments.get(&param)?);
+                    let f = fold(&v);
+                    let user_said = ctx.user_text().any(|u| {
+                        let uw = fold(u);
+                        let uw: Vec<&str> = uw.split(' ').collect();
+                        find_phrase(&uw, &f).is_some()
+                    });
+                    (user_said && !f.is_empty() && f != "dontcare").then_some(v)
+                }),
+            };
+            if let Some(v) = given {
+                return Some((
+                    Fault::UnfoundedValues,
+                    format!(
+                        "asks for the {} again, which the user gave ({v:?})",
+                        identifier_words(&param).join(" ")
+                    ),
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// The numbers written with digits in `text` ("$1,550" → 1550, "3.7").
+fn numbers_in(text: &str) -> Vec<f64> {
+    static NUMBER: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"\d[\d,]*(?:\.\d+)?").expect("valid pattern"));
+    NUMBER
+        .find_iter(text)
+        .filter_map(|m| m.as_str().replace(',', "").parse::<f64>().ok())
+        .collect()
+}
+
+/// `message` with the names of result records replaced, so "August 1 Five" or "8 Immortals"
+/// states no date or count.
+fn mask_names(ctx: &Context, message: &str) -> String {
+    let mut names: Vec<String> = ctx
+        .records()
+        .flat_map(|r| r.iter())
+        .filter(|(k, _)| k.to_lowercase().contains("name"))
+        .map(|(_, v)| value_text(v))
+        .filter(|n| n.len() >= 3)
+        .collect();
+    names.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    let mut out = message.to_string();
+    for n in names {
+        let lower = out.to_lowercase();
+        if let Some(i) = lower.find(&n.to_lowercase()) {
+            if out.is_char_boundary(i) && out.is_char_boundary(i + n.len()) {
+                out.replace_range(i..i + n.len(), "NAME");
+            }
+        }
+    }
+    out
+}
+
+/// The words of an identifier: `BuyMovieTickets` → buy, movie, tickets; `phone_number` →
+/// phone, number.
+pub(super) fn identifier_words(name: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let chars: Vec<char> = name.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        let boundary = c.is_uppercase()
+            && i > 0
+            && (chars[i - 1].is_lowercase() || chars.get(i + 1).is_some_and(|n| n.is_lowercase()));
+        if !c.is_alphanumeric() || boundary {
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
+            if !c.is_alphanumeric() {
+                continue;
+            }
+        }
+        cur.extend(c.to_lowercase());
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// The folded sentences of `text` that ask something: ending in "?" or starting with a word
+/// that asks.
+fn questions_of(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut sentence = String::new();
+    for c in text.chars() {
+        sentence.push(c);
+        if matches!(c, '?' | '.' | '!' | '\n') {
+            push_question(&sentence, &mut out);
+            sentence.clear();
+        }
+    }
+    push_question(&sentence, &mut out);
+    out
+}
+
+fn push_question(sentence: &str, out: &mut Vec<String>) {
+    let f = fold(sentence);
+    let first = f.split(' ').next().unwrap_or("");
+    if !f.is_empty() && (sentence.trim_end().ends_with('?') || ASKING.contains(&first)) {
+        out.push(f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conversation::ToolCall;
+    use crate::judge::normalize::Normalizer;
+    use crate::judge::rubric::{Lexicon, Verdict};
+    use crate::tools::ToolSet;
+    use serde_json::{json, Value};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn identifier_words_split_cases_and_underscores() {
+        assert_eq!(
+            identifier_words("BuyMovieTickets"),
+            ["buy", "movie", "tickets"]
+        );
+        assert_eq!(identifier_words("phone_number"), ["phone", "number"]);
+        assert_eq!(identifier_words("SearchHouse"), ["search", "house"]);
+    }
+
+    #[test]
+    fn questions_are_found() {
+        let q = questions_of("Great. What is their phone number? Also the address.");
+        assert_eq!(q, ["what is their phone number"]);
+        assert_eq!(
+            questions_of("Tell me the address."),
+            ["tell me the address"]
+        );
+    }
+
+    /// A house-rental schema: two dates, a count of adults, a search and a booking.
+    fn houses() -> ToolSet {
+        let v = json!([
+            {"type": "function", "function": {"name": "SearchHouse", "x-kind": "search",
+             "parameters": {"type": "object", "properties": {
+                "where_to": {"type": "string"},
+                "number_of_adults": {"type": "string", "enum": ["1", "2", "3", "4", "5", "dontcare"]},
+                "has_laundry_service": {"type": "string", "enum": ["True", "False", "dontcare"]},
+                "rating": {"type": "string"}},
+              "required": ["where_to"]}}},
+            {"type": "function", "function": {"name": "BookHouse", "x-kind": "transaction",
+             "parameters": {"type": "object", "properties": {
+                "where_to": {"type": "string"},
+                "number_of_adults": {"type": "string", "enum": ["1", "2", "3", "4", "5"]},
+                "check_in_date": {"type": "string"}, "check_out_date": {"type": "string"}},
+              "required": ["where_to", "number_of_adults", "check_in_date", "check_out_date"]}}}
+        ]);
+        ToolSet::from_openai(&v, "respond_to_user", &[], "t").unwrap()
+    }
+
+    const HOUSE: &str = r#"{"address": "21 Rue Cler", "where_to": "Paris", "rating": "4.6", "phone_number": "+33 1 45 55 21 00", "has_laundry_service": "True", "total_price": "1250", "number_of_adults": "2", "check_in_date": "2019-03-05", "check_out_date": "2019-03-08"}"#;
+
+    fn conversation(tail: Value) -> Context {
+        let mut msgs = vec![
+            json!({"role": "user", "content": "I need a house in Paris for 2 people, checking in on March 5th and out on the 8th."}),
+            json!({"role": "assistant", "tool_calls": [{"function": {"name": "SearchHouse", "arguments": {"where_to": "Paris", "number_of_adults": "2"}}}]}),
+            json!({"role": "tool", "content": format!("[{HOUSE}]")}),
+            json!({"role": "assistant", "tool_calls": [{"function": {"name": "respond_to_user", "arguments": {"message": "I found a house at 21 Rue Cler with a rating of 4.6."}}}]}),
+        ];
+        msgs.extend(tail.as_array().cloned().unwrap_or_default());
+        Context::from_messages(&Value::Array(msgs), "respond_to_user").unwrap()
+    }
+
+    fn judge(ctx: &Context, reference: &str, pred: &str) -> Verdict {
+        let tools = houses();
+        let norm = Normalizer::new("2019-03-01", &BTreeMap::new()).unwrap();
+        let rubric = Rubric::new(&tools, &norm, "respond_to_user", Lexicon::build([ctx]));
+        let say = |m: &str| {
+            ToolCall::new(
+                "respond_to_user",
+                json!({ "message": m }).as_object().unwrap().clone(),
+            )
+        };
+        rubric.judge(ctx, &say(reference), &say(pred))
+    }
+
+    fn booked(result: &str) -> Context {
+        conversation(json!([
+            {"role": "user", "content": "Yes, book it."},
+            {"role": "assistant", "tool_calls": [{"function": {"name": "BookHouse", "arguments": {"where_to": "Paris", "number_of_adults": "2", "check_in_date": "2019-03-05", "check_out_date": "2019-03-08"}}}]},
+            {"role": "tool", "content": result}
+        ]))
+    }
+
+    #[test]
+    fn outcomes_of_a_transaction_must_be_reported_as_they_happened() {
+        let ok = booked(&format!("[{HOUSE}]"));
+        let failed = booked("[]");
+        for (ctx, msg, class) in [
+            (&ok, "Your house has been booked!", "good"),
+            (&ok, "Done, enjoy your stay.", "good"),
+            (
+                &ok,
+                "Is there anything else I can help you with?",
+                "missed_outcome",
+            ),
+            (&failed, "You're all set!", "false_outcome"),
+            (
+                &failed,
+                "Sorry, the booking failed. Shall I try another house?",
+                "good",
+            ),
+            (&failed, "What else can I do for you?", "missed_outcome"),
+        ] {
+            // The reference reports the outcome as it happened.
+            let reference = if ctx.results.last().is_some_and(|b| b.records.is_empty()) {
+                "Sorry, the booking failed."
+            } else {
+                "Your house is booked."
+            };
+            let v = judge(ctx, reference, msg);
+            assert_eq!(v.class(), class, "{msg:?}: {}", v.reason);
+        }
+        // Announced before any booking was made.
+        let before = conversation(json!([{"role": "user", "content": "Sounds nice."}]));
+        let v = judge(&before, "Shall I book it?", "Your house is booked!");
+        assert_eq!(v.class(), "false_outcome", "{}", v.reason);
+    }
+
+    #[test]
+    fn stated_values_must_be_the_users() {
+        let ctx = conversation(json!([{"role": "user", "content": "Great, book it."}]));
+        let reference =
+            "Please confirm: a house in Paris for 2 people from March 5th to March 8th.";
+        for (msg, class) in [
+            (reference, "good"),
+            (
+                "Please confirm: a house in Paris for 2 adults from the 5th of March.",
+                "good",
+            ),
+            (
+                "Please confirm: a house in Paris for 4 people.",
+                "unfounded_values",
+            ),
+            (
+                "Please confirm: a house in Paris from March 12th.",
+                "unfounded_values",
+            ),
+        ] {
+            let v = judge(&ctx, reference, msg);
+            assert_eq!(v.class(), class, "{msg:?}: {}", v.reason);
+        }
+        // The user changed the head count: the old one is a contradiction.
+        let changed = conversation(json!([
+            {"role": "user", "content": "Actually we will be 3 people. Book it."}
+        ]));
+        let v = judge(
+            &changed,
+            "Please confirm: 3 people.",
+            "Please confirm: a house for 2 people.",
+        );
+        assert_eq!(v.class(), "contradicts_user", "{}", v.reason);
+        let v = judge(
+            &changed,
+            "Please confirm: 3 people.",
+            "Please confirm: a house for 3 people.",
+        );
+        assert!(v.good, "{}", v.reason);
+    }
+
+    #[test]
+    fn the_users_question_must_be_answered() {
+        let ctx = conversation(json!([
+            {"role": "user", "content": "What is their phone number? And how much is it in total?"}
+        ]));
+        let reference = "Call them at +33 1 45 55 21 00. It costs $1,250.";
+        for (msg, class) in [
+            (reference, "good"),
+            ("The total price is $1,250.", "good"),
+            ("Sorry, I don't have that information.", "good"),
+            (
+                "Is there anything else I can help you with?",
+                "ignores_request",
+            ),
+            ("Would you like to book it?", "ignores_request"),
+        ] {
+            let v = judge(&ctx, reference, msg);
+            assert_eq!(v.class(), class, "{msg:?}: {}", v.reason);
+        }
+        // The reference does not answer either: no fault of this kind.
+        let v = judge(&ctx, "Shall I book it?", "Would you like to book it?");
+        assert!(v.good, "{}", v.reason);
+    }
+
+    #[test]
+    fn asking_again_for_a_given_value() {
+        let ctx = conversation(json!([{"role": "user", "content": "Does it have laundry?"}]));
+        let v = judge(
+            &ctx,
+            "Yes, it has laundry.",
+            "Yes. Which where to are you going?",
+        );
+        // "where to" is asked right after "which": the user gave Paris.
+        assert_eq!(v.class(), "unfounded_values", "{}", v.reason);
+        // Two dates: which one the user gave is not known, so asking is no fault.
+        let v = judge(
+            &ctx,
+            "Yes, it has laundry.",
+            "Yes it does. What check in date do you want?",
+        );
+        assert!(v.good, "{}", v.reason);
+    }
+}
