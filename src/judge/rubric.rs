@@ -152,8 +152,8 @@ impl ArgReport {
 pub struct Lexicon {
     names: BTreeSet<String>,
     longest: usize,
-    /// Words that at least [`COMMON_NAME_WORD`] distinct names share ("restaurant", "grill",
-    /// "hotel"): they pad names rather than tell them apart.
+    /// Words that at least [`COMMON_NAME_WORD`] distinct names share after their first word
+    /// ("restaurant", "grill", "hotel"): they pad names rather than tell them apart.
     common: BTreeSet<String>,
 }
 
@@ -184,7 +184,10 @@ impl Lexicon {
         }
         let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
         for n in &names {
-            for w in n.split(' ').collect::<BTreeSet<_>>() {
+            // A name's first word (after "the") tells it apart ("Celia's" of "Celia's Mexican
+            // Restaurant", a chain with many names); padding comes after it.
+            let ws: Vec<&str> = n.split(' ').filter(|w| !NAME_GLUE.contains(w)).collect();
+            for w in ws.iter().skip(1).collect::<BTreeSet<_>>() {
                 *counts.entry(w).or_default() += 1;
             }
         }

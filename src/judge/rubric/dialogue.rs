@@ -88,10 +88,11 @@ static TIME_RE: LazyLock<Regex> = LazyLock::new(|| {
 static DATE_RE: LazyLock<Regex> = LazyLock::new(|| {
     let months = "january|february|march|april|may|june|july|august|september|october|november|december|jan|feb|mar|apr|jun|jul|aug|sep|sept|oct|nov|dec";
     let days = "monday|tuesday|wednesday|thursday|friday|saturday|sunday";
-    // A bare "today" is mostly a pleasantry ("anything else today?") and a bare "24th" mostly a
-    // street ("474 24th Street"): ordinals need "the" or a month.
+    // A bare "today" is mostly a pleasantry ("anything else today?"; "for today" and "today at"
+    // are dates) and a bare "24th" mostly a street ("474 24th Street"): ordinals need "the" or
+    // a month.
     Regex::new(&format!(
-        r"(?i)\b\d{{4}}-\d{{2}}-\d{{2}}\b|\b(?:{months})\.?\s+\d{{1,2}}(?:st|nd|rd|th)?\b|\bthe\s+\d{{1,2}}(?:st|nd|rd|th)\b(?:\s+of\s+(?:{months}|this month))?|\b\d{{1,2}}(?:st|nd|rd|th)\s+of\s+(?:{months}|this month)\b|\b(?:(?:the\s+)?day\s+after\s+tomorrow|tomorrow)\b|\b(?:(?:next|this|on|coming)\s+)?(?:{days})\b"
+        r"(?i)\b\d{{4}}-\d{{2}}-\d{{2}}\b|\b(?:{months})\.?\s+\d{{1,2}}(?:st|nd|rd|th)?\b|\bthe\s+\d{{1,2}}(?:st|nd|rd|th)\b(?:\s+of\s+(?:{months}|this month))?|\b\d{{1,2}}(?:st|nd|rd|th)\s+of\s+(?:{months}|this month)\b|\b(?:(?:the\s+)?day\s+after\s+tomorrow|tomorrow)\b|\b(?:for|on)\s+today\b|\btoday\s+at\b|\b(?:(?:next|this|on|coming)\s+)?(?:{days})\b"
     ))
     .expect("valid pattern")
 });
@@ -105,8 +106,8 @@ static COUNT_RE: LazyLock<Regex> = LazyLock::new(|| {
 
 /// Words after a number that make it part of a time, a money amount or an ordinal, not a count.
 const NOT_COUNTED: &[&str] = &[
-    "am", "pm", "oclock", "o", "in", "at", "thirty", "fifteen", "forty", "dollars", "percent",
-    "star", "stars", "minutes", "minute", "hours", "hour", "more", "other", "of",
+    "am", "pm", "oclock", "o", "thirty", "fifteen", "forty", "dollars", "percent", "star", "stars",
+    "minutes", "minute", "hours", "hour", "more", "other", "of",
 ];
 
 /// Words that may follow "for 4" without making it a count of something else ("for 4 at 6 pm").

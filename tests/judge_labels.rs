@@ -1,0 +1,171 @@
+//! The rubric judge against labels written by reading each pair against the rubric
+//! (`tests/fixtures/judge-labels/GUIDE.md`): constructed cases for each class of fault, on the
+//! restaurant schema and on a house-rental one (`constructed.jsonl`).
+//!
+//! Prints agreement and, per class, precision (of the judge's verdicts of that class, the share
+//! people labelled bad) and recall (of the pairs people put in that class, the share the judge
+//! calls bad); fails when agreement drops below the recorded floor.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use tracelab::judge::{judge_rows, parse_call, JudgeOptions, JudgeSetup, Row};
+use tracelab::task::Task;
+use tracelab::tools::ToolSet;
+
+/// Agreement floor: what the judge reached when the labels were written (24 of 25); a change
+/// that lowers agreement fails here.
+const CONSTRUCTED_FLOOR: f64 = 0.96;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/judge-labels")
+}
+
+/// One labelled pair.
+struct Labelled {
+    row: Row,
+    domain: String,
+    good: bool,
+    class: String,
+}
+
+fn load(file: &str) -> Vec<Labelled> {
+    let path = fixtures().join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let v: Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{file}:{}: {e}", i + 1));
+            let s = |k: &str| {
+                v[k].as_str()
+                    .unwrap_or_else(|| panic!("{file}:{}: no {k}", i + 1))
+            };
+            Labelled {
+                row: Row {
+                    id: s("id").to_string(),
+                    line: i + 1,
+                    question: v["question"].clone(),
+                    answer: parse_call(&v["answer"]).unwrap(),
+                    prediction: parse_call(&v["prediction"]),
+                },
+                domain: v["domain"].as_str().unwrap_or("restaurants").to_string(),
+                good: s("label") == "good",
+                class: s("class").to_string(),
+            }
+        })
+        .collect()
+}
+
+fn setup(domain: &str) -> JudgeSetup {
+    let tools = fixtures().join(format!("{domain}.tools.json"));
+    let task =
+        Task::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tasks/restaurants.md")).unwrap();
+    let mut settings = task.settings;
+    if domain != "restaurants" {
+        settings.synonyms.clear();
+        settings.transactional.clear();
+    }
+    let tools = ToolSet::load(&tools, &settings.respond_function, &settings.transactional).unwrap();
+    JudgeSetup {
+        tools,
+        settings,
+        description: String::new(),
+    }
+}
+
+/// (label, judge's class) for every pair, judged per domain.
+fn judged(items: &[Labelled]) -> Vec<(&Labelled, String, String)> {
+    let mut out = Vec::new();
+    let domains: std::collections::BTreeSet<&str> =
+        items.iter().map(|l| l.domain.as_str()).collect();
+    for d in domains {
+        let group: Vec<&Labelled> = items.iter().filter(|l| l.domain == d).collect();
+        let rows: Vec<Row> = group.iter().map(|l| l.row.clone()).collect();
+        let (outcomes, _) =
+            judge_rows(&rows, &setup(d), &JudgeOptions::default(), Path::new(d)).unwrap();
+        for (l, o) in group.into_iter().zip(outcomes) {
+            out.push((l, o.verdict.class().to_string(), o.verdict.reason.clone()));
+        }
+    }
+    out
+}
+
+/// Prints the report and returns the agreement.
+fn report(name: &str, items: &[Labelled]) -> f64 {
+    let judged = judged(items);
+    let agree = judged
+        .iter()
+        .filter(|(l, c, _)| l.good == (c == "good"))
+        .count();
+    let agreement = agree as f64 / judged.len() as f64;
+    println!(
+        "{name}: {} pairs, {} labelled bad, agreement {:.1}%",
+        judged.len(),
+        items.iter().filter(|l| !l.good).count(),
+        100.0 * agreement
+    );
+    let mut classes: BTreeMap<&str, [usize; 4]> = BTreeMap::new();
+    for (l, c, _) in &judged {
+        // [judge says C, of those labelled bad, labelled C, of those judged bad]
+        if c != "good" {
+            let e = classes.entry(c.as_str()).or_default();
+            e[0] += 1;
+            e[1] += usize::from(!l.good);
+        }
+        if !l.good {
+            let e = classes.entry(l.class.as_str()).or_default();
+            e[2] += 1;
+            e[3] += usize::from(c != "good");
+        }
+    }
+    println!("  class               judge  precision  labelled  recall");
+    for (c, [j, jb, lab, lj]) in &classes {
+        let pct = |a: usize, b: usize| {
+            if b == 0 {
+                "   -".to_string()
+            } else {
+                format!("{:5.1}%", 100.0 * a as f64 / b as f64)
+            }
+        };
+        println!(
+            "  {c:<19} {j:>5}  {:>9}  {lab:>8}  {:>6}",
+            pct(*jb, *j),
+            pct(*lj, *lab)
+        );
+    }
+    for (l, c, reason) in &judged {
+        if l.good != (c == "good") {
+            println!(
+                "  disagree {}: labelled {}, judge {c}: {reason}",
+                l.row.id, l.class
+            );
+        }
+    }
+    agreement
+}
+
+#[test]
+fn constructed_cases_of_each_class() {
+    let items = load("constructed.jsonl");
+    let classes: std::collections::BTreeSet<&str> =
+        items.iter().map(|l| l.class.as_str()).collect();
+    for c in [
+        "false_outcome",
+        "missed_outcome",
+        "contradicts_user",
+        "ignores_request",
+        "unfounded_values",
+        "wrong_argument",
+    ] {
+        assert!(classes.contains(c), "no constructed case of {c}");
+    }
+    assert!(items.iter().any(|l| l.domain != "restaurants"));
+    let agreement = report("constructed", &items);
+    assert!(
+        agreement >= CONSTRUCTED_FLOOR,
+        "agreement {agreement:.3} < {CONSTRUCTED_FLOOR}"
+    );
+}
