@@ -52,7 +52,7 @@ pub struct Cell {
 impl Cell {
     /// `scenario/pipeline/s<seed>`.
     pub fn label(&self) -> String {
-        format!("{}/{}/s{}", self.scenario, self.pipeline, self.seed)
+        steps::report::cell_label(&self.scenario, &self.pipeline, self.seed)
     }
 }
 

@@ -65,6 +65,7 @@ fn inputs(by: &[(Artifact, &Path)], roles: &[(&str, &Path)]) -> Inputs {
             .map(|(r, p)| (r.to_string(), p.to_path_buf()))
             .collect(),
         all: Vec::new(),
+        missing: Vec::new(),
     }
 }
 
