@@ -52,7 +52,7 @@ pub struct Cell {
 impl Cell {
     /// `scenario/pipeline/s<seed>`.
     pub fn label(&self) -> String {
-        format!("{}/{}/s{}", self.scenario, self.pipeline, self.seed)
+        steps::report::cell_label(&self.scenario, &self.pipeline, self.seed)
     }
 }
 
@@ -239,6 +239,7 @@ pub fn build(exp: &Experiment) -> Result<Dag, ConfigError> {
         .map_err(|e| exp.error("data.path", e.to_string()))?;
     steps::split::check_pool(&split_params, pool, &d.path)
         .map_err(|e| at("split")(&e.path, e.message))?;
+    let train_pool = steps::split::train_bound(&split_params, pool);
     let split_inputs = b.wire(split, &avail, &|m| exp.error("split", m))?;
     let split_node = b.add(split, split_params, split_inputs, "data/split".into());
     for a in split.produces() {
@@ -247,6 +248,8 @@ pub fn build(exp: &Experiment) -> Result<Dag, ConfigError> {
 
     let corrupt = b.data_step("corrupt")?;
     let mut role_nodes: BTreeMap<String, NodeIndex> = BTreeMap::new();
+    // The most traces each role pool can hold, counted once per role.
+    let mut role_pools: BTreeMap<String, usize> = BTreeMap::new();
     let mut cells = Vec::new();
     for &seed in &exp.seeds {
         for sc in &exp.scenarios {
@@ -279,6 +282,10 @@ pub fn build(exp: &Experiment) -> Result<Dag, ConfigError> {
                         let p = b.canonical(ingest, &p, &|path: &str, msg| {
                             exp.error(&join_key(&format!("data.roles.{role}"), path), msg)
                         })?;
+                        let bound = steps::ingest::pool_bound(&p, &exp.root).map_err(|e| {
+                            exp.error(&format!("data.roles.{role}.path"), e.to_string())
+                        })?;
+                        role_pools.insert(role.clone(), bound);
                         let n = b.add(ingest, p, vec![], format!("data/ingest:{role}"));
                         role_nodes.insert(role.clone(), n);
                         n
@@ -286,6 +293,14 @@ pub fn build(exp: &Experiment) -> Result<Dag, ConfigError> {
                 };
                 inputs.push((InputRole::Role(role), n));
             }
+            // Sizes the pools cannot give fail now, not after the upstream work.
+            let pools: BTreeMap<String, usize> = corrupt
+                .roles(&params)
+                .into_iter()
+                .filter_map(|r| role_pools.get(&r).map(|n| (r, *n)))
+                .collect();
+            steps::corrupt::check_pools(&params, train_pool, &pools)
+                .map_err(|e| sc.source.error(&e.path, e.message))?;
             let corrupt_node = b.add(
                 corrupt,
                 params,

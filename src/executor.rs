@@ -1,5 +1,7 @@
 //! Runs a DAG: every node starts as soon as its inputs exist, within the job, GPU and cache-lock
-//! limits; cached nodes are skipped; a failure fails only its descendants; Ctrl-C stops cleanly.
+//! limits; cached nodes are skipped; a failure fails only its descendants, except a step that
+//! runs on partial inputs (the report), which runs on those that completed under a key that
+//! names the missing ones; Ctrl-C stops cleanly.
 //!
 //! The same key computation also serves `plan` ([`plan`]), which says for each node whether it is
 //! cached and, if not, why it will run.
@@ -399,6 +401,8 @@ enum Status {
         parts: Box<KeyParts>,
         key: StepKey,
         forced: bool,
+        /// Inputs that did not complete, with why (a step that runs on partial inputs).
+        missing: BTreeMap<NodeIndex, String>,
     },
     Running,
     Done {
@@ -527,31 +531,29 @@ pub fn run(
                     let node = &dag.graph[n];
                     if matches!(status[n.index()], Status::Waiting) {
                         let inputs = &node.inputs;
-                        if let Some((_, bad)) = inputs.iter().find(|(_, f)| {
-                            matches!(status[f.index()], Status::Failed | Status::Skipped)
-                        }) {
-                            let reason =
-                                format!("input {} did not complete", dag.graph[*bad].label);
-                            reporter.event(&Event::StepSkipped {
-                                label: node.label.clone(),
-                                reason: reason.clone(),
-                            });
-                            status[n.index()] = Status::Skipped;
-                            outcome.insert(n, Outcome::Skipped(reason));
-                            progressed = true;
-                            continue;
-                        }
-                        if !inputs
-                            .iter()
-                            .all(|(_, f)| matches!(status[f.index()], Status::Done { .. }))
-                        {
-                            continue;
-                        }
+                        let missing = match settle(dag, n, &status, interrupted) {
+                            Settled::Waiting => continue,
+                            Settled::Skip(bad) => {
+                                let reason =
+                                    format!("input {} did not complete", dag.graph[bad].label);
+                                reporter.event(&Event::StepSkipped {
+                                    label: node.label.clone(),
+                                    reason: reason.clone(),
+                                });
+                                status[n.index()] = Status::Skipped;
+                                outcome.insert(n, Outcome::Skipped(reason));
+                                progressed = true;
+                                continue;
+                            }
+                            Settled::Ready(missing) => missing,
+                        };
+                        // A missing input enters the key as what is missing, never as a hash,
+                        // so a partial output has a key of its own.
                         let hashes: BTreeMap<NodeIndex, String> = inputs
                             .iter()
                             .map(|(_, f)| match &status[f.index()] {
                                 Status::Done { output_hash } => (*f, output_hash.clone()),
-                                _ => unreachable!("checked above"),
+                                _ => (*f, format!("missing: {}", missing[f])),
                             })
                             .collect();
                         let parts = match keys.parts(n, &hashes) {
@@ -594,6 +596,7 @@ pub fn run(
                             parts: Box::new(parts),
                             key,
                             forced,
+                            missing,
                         };
                     }
                     if interrupted || !matches!(status[n.index()], Status::Ready { .. }) {
@@ -607,8 +610,12 @@ pub fn run(
                     if slots > free_slots || (gpu && free_gpus == 0) {
                         continue;
                     }
-                    let Status::Ready { parts, key, forced } =
-                        std::mem::replace(&mut status[n.index()], Status::Running)
+                    let Status::Ready {
+                        parts,
+                        key,
+                        forced,
+                        missing,
+                    } = std::mem::replace(&mut status[n.index()], Status::Running)
                     else {
                         unreachable!("checked above")
                     };
@@ -617,7 +624,7 @@ pub fn run(
                         free_gpus -= 1;
                     }
                     running += 1;
-                    let inputs_dirs = input_dirs(dag, n, &summary.out_dirs);
+                    let inputs_dirs = input_dirs(dag, n, &summary.out_dirs, &missing);
                     let launch = Launch {
                         n,
                         lock_timeout: opts.lock_timeout,
@@ -782,9 +789,75 @@ pub fn run(
     Ok(summary)
 }
 
-fn input_dirs(dag: &Dag, n: NodeIndex, out_dirs: &BTreeMap<NodeIndex, PathBuf>) -> Inputs {
+/// What a waiting node's inputs allow.
+enum Settled {
+    /// Some input is still to come.
+    Waiting,
+    /// It cannot run: this input did not complete.
+    Skip(NodeIndex),
+    /// It can run; these inputs did not complete (why), which only a step that runs on
+    /// partial inputs accepts.
+    Ready(BTreeMap<NodeIndex, String>),
+}
+
+/// Decides whether node `n` waits, is skipped, or runs (on which inputs). A step that runs on
+/// partial inputs waits until every input is settled and runs when at least one completed;
+/// not after an interruption, which leaves inputs unfinished rather than failed.
+fn settle(dag: &Dag, n: NodeIndex, status: &[Status], interrupted: bool) -> Settled {
+    let node = &dag.graph[n];
+    let is_bad = |f: &NodeIndex| matches!(status[f.index()], Status::Failed | Status::Skipped);
+    let is_done = |f: &NodeIndex| matches!(status[f.index()], Status::Done { .. });
+    let bad = node.inputs.iter().map(|(_, f)| *f).find(is_bad);
+    let partial = node.step.runs_on_partial_inputs() && !interrupted;
+    match bad {
+        None if node.inputs.iter().all(|(_, f)| is_done(f)) => Settled::Ready(BTreeMap::new()),
+        None => Settled::Waiting,
+        Some(b) if !partial => Settled::Skip(b),
+        Some(_) if node.inputs.iter().any(|(_, f)| !is_done(f) && !is_bad(f)) => Settled::Waiting,
+        Some(b) if !node.inputs.iter().any(|(_, f)| is_done(f)) => Settled::Skip(b),
+        Some(_) => Settled::Ready(
+            node.inputs
+                .iter()
+                .filter(|(_, f)| is_bad(f))
+                .map(|(_, f)| (*f, why_missing(dag, *f, status)))
+                .collect(),
+        ),
+    }
+}
+
+/// Why input `f` did not complete: the steps that failed, `f` itself or those it needed.
+fn why_missing(dag: &Dag, f: NodeIndex, status: &[Status]) -> String {
+    let failed = |x: &NodeIndex| matches!(status[x.index()], Status::Failed);
+    let mut labels: Vec<&str> = std::iter::once(f)
+        .chain(dag.ancestors(f))
+        .filter(failed)
+        .map(|x| dag.graph[x].label.as_str())
+        .collect();
+    labels.sort_unstable();
+    labels.dedup();
+    if labels.is_empty() {
+        "did not complete".into()
+    } else {
+        format!("{} failed", labels.join(", "))
+    }
+}
+
+fn input_dirs(
+    dag: &Dag,
+    n: NodeIndex,
+    out_dirs: &BTreeMap<NodeIndex, PathBuf>,
+    missing: &BTreeMap<NodeIndex, String>,
+) -> Inputs {
     let mut inputs = Inputs::default();
     for (role, from) in &dag.graph[n].inputs {
+        let label = match role {
+            InputRole::Item(l) => l.clone(),
+            _ => dag.graph[*from].label.clone(),
+        };
+        if let Some(why) = missing.get(from) {
+            inputs.missing.push((label, why.clone()));
+            continue;
+        }
         let dir = out_dirs[from].clone();
         match role {
             InputRole::Artifact(a) => {
@@ -795,10 +868,6 @@ fn input_dirs(dag: &Dag, n: NodeIndex, out_dirs: &BTreeMap<NodeIndex, PathBuf>) 
             }
             InputRole::Item(_) => {}
         }
-        let label = match role {
-            InputRole::Item(l) => l.clone(),
-            _ => dag.graph[*from].label.clone(),
-        };
         inputs.all.push((label, dir));
     }
     inputs

@@ -547,3 +547,98 @@ fn verify_rehashes_every_reachable_entry_and_removes_damaged_ones() {
     assert_eq!(ran(&run(root)), [label], "the next run recomputes it");
     assert_eq!(verify(&[]).0, Some(0));
 }
+
+/// Two pipelines that train a tiny student each; the synthetic one's teacher is an HTTP server
+/// that is not there (nothing listens on port 9), so its generate step fails at run time.
+const PARTIAL: &str = r#"name = "t"
+seeds = [1]
+scenarios = ["clean"]
+
+[data]
+format = "jsonl"
+path = "data/traces.jsonl"
+tools = "data/tools.json"
+task = "data/task.md"
+
+[split]
+test_conversations = 3
+
+[pipelines.synthetic]
+steps = ["filter", "generate", "validate", "tokenizer", "train", "predict", "judge"]
+
+[pipelines.direct]
+steps = ["tokenizer", "train", "predict", "judge"]
+
+[generate]
+conversations = 8
+teacher = "http"
+
+[generate.http]
+base_url = "http://127.0.0.1:9/v1"
+model = "m"
+retries = 0
+
+[tokenizer]
+vocab_size = 300
+
+[train]
+device = "cpu"
+layers = 1
+width = 32
+heads = 2
+ffn = 64
+copy_dim = 16
+context = 256
+batch_tokens = 512
+epochs = 1
+
+[judge]
+bootstrap_samples = 20
+"#;
+
+#[test]
+fn a_failed_cell_leaves_the_table_of_the_others_with_it_marked() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let traces: Vec<Value> = (0..12).map(conversation).collect();
+    write_jsonl_project(root, &traces, &tools(), "t.toml", PARTIAL);
+    let (code, out, err) = run_with(root, &[]);
+    assert_eq!(code, 1, "a step failed, so the run fails: {err}");
+    let e = events(&out);
+    assert!(
+        e["step_failed"] == ["clean/synthetic/s1/generate"],
+        "{:?}",
+        e["step_failed"]
+    );
+    assert!(
+        e["step_finished"].contains(&"report".to_string()),
+        "the report ran on the direct cell: {err}"
+    );
+    let results = root.join("results/t");
+    let md = std::fs::read_to_string(results.join("table.md")).unwrap();
+    let row = md.lines().find(|l| l.starts_with("| clean |")).unwrap();
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    // | clean | synthetic | direct | delta | synthetic_macro | direct_macro | baseline | …
+    assert_eq!((cells[2], cells[5]), ("failed", "failed"), "{md}");
+    assert!(
+        cells[3].parse::<f64>().is_ok(),
+        "direct has its score: {md}"
+    );
+    assert!(
+        md.contains("- clean/synthetic/s1: clean/synthetic/s1/generate failed"),
+        "{md}"
+    );
+    let csv = std::fs::read_to_string(results.join("table.csv")).unwrap();
+    assert!(csv.contains("clean,failed,"), "{csv}");
+    let svg = std::fs::read_to_string(results.join("chart.svg")).unwrap();
+    assert!(svg.contains("failed"));
+
+    // The teacher fixed: the full table replaces the partial one; the direct cell is reused.
+    let (code, out, err) = run_with(root, &["--set", "generate.teacher=offline"]);
+    assert_eq!(code, 0, "{err}");
+    let e = events(&out);
+    assert!(e["step_cached"].contains(&"clean/direct/s1/train".to_string()));
+    assert!(e["step_finished"].contains(&"report".to_string()));
+    let md = std::fs::read_to_string(results.join("table.md")).unwrap();
+    assert!(!md.contains("failed"), "{md}");
+}

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use serde_json::Value;
 use tracelab::conversation::{Conversation, Message};
 use tracelab::formats::write_conversations;
-use tracelab::scenario::{apply, roles, Operator, Outcome, ScenarioFile};
+use tracelab::scenario::{apply, check_sizes, roles, Operator, Outcome, ScenarioFile};
 
 fn scenario(name: &str) -> ScenarioFile {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -161,8 +161,13 @@ fn same_seed_same_bytes_other_seed_differs() {
     }
 }
 
+/// Whether a trace was one of those `rename` left with the target names.
+fn kept_clean(c: &Conversation) -> bool {
+    c.meta["pool"] == "target" && c.meta["renamed"].as_object().is_some_and(|m| m.is_empty())
+}
+
 #[test]
-fn schema_drift_leaves_no_target_function_name() {
+fn schema_drift_keeps_a_tenth_of_the_target_half_clean_as_the_study() {
     let tools = generated::tools();
     let target: BTreeSet<&str> = tools.functions.iter().map(|f| f.name.as_str()).collect();
     let out = run("schema-drift", 327, 0);
@@ -170,10 +175,16 @@ fn schema_drift_leaves_no_target_function_name() {
     let mut per_pool: BTreeMap<String, usize> = BTreeMap::new();
     let mut fn_names = BTreeSet::new();
     let mut param_names = BTreeSet::new();
+    let mut clean = 0;
     for c in &out.traces {
         *per_pool
             .entry(c.meta["pool"].as_str().unwrap().to_string())
             .or_default() += 1;
+        if kept_clean(c) {
+            clean += 1;
+            assert!(c.calls().all(|t| target.contains(t.name.as_str())));
+            continue;
+        }
         for t in c.calls() {
             assert!(!target.contains(t.name.as_str()), "{}: {}", c.id, t.name);
             fn_names.insert(t.name.clone());
@@ -184,11 +195,14 @@ fn schema_drift_leaves_no_target_function_name() {
     }
     assert_eq!(per_pool["target"], 146);
     assert_eq!(per_pool["sister"], 146);
-    // 3 target functions x 6 alternatives, all used over 146 traces, plus the sister's names.
+    // The study's file: 14 of 146; 10% rounded here.
+    assert_eq!(clean, 15);
+    assert_eq!(out.changes["1.rename.kept_clean"], 15);
+    // 3 target functions x 6 alternatives, all used over 131 renamed traces, plus the sister's.
     let target_alts = out
         .traces
         .iter()
-        .filter(|c| c.meta["pool"] == "target")
+        .filter(|c| c.meta["pool"] == "target" && !kept_clean(c))
         .flat_map(|c| c.calls().map(|t| t.name.clone()))
         .collect::<BTreeSet<_>>();
     assert_eq!(target_alts.len(), 18, "{target_alts:?}");
@@ -202,6 +216,133 @@ fn schema_drift_leaves_no_target_function_name() {
         .all(|p| !target_params.contains(p.as_str())));
     assert!(fn_names.len() > 18);
     assert_eq!(roles(&scenario("schema-drift").operators), ["sister"]);
+}
+
+#[test]
+fn schema_drift_on_a_pool_smaller_than_the_sister_pool_takes_equal_halves() {
+    // The user's case: 144 training conversations, a sister pool of 185.
+    let s = scenario("schema-drift");
+    let pools = BTreeMap::from([("sister".to_string(), generated::sister(185))]);
+    let out = apply(
+        &s.operators,
+        generated::target(144, 7),
+        &pools,
+        &generated::tools(),
+        0,
+    )
+    .unwrap();
+    let target = out.traces.iter().filter(|c| c.meta["pool"] == "target");
+    let sister = out.traces.iter().filter(|c| c.meta["pool"] == "sister");
+    assert_eq!((target.count(), sister.count()), (144, 144));
+    assert_eq!(out.changes["0.subsample.kept"], 144);
+    assert_eq!(out.changes["2.add_role.added_sister"], 144);
+    assert_eq!(
+        check_sizes(&s.operators, 144, &|_| Some(185)),
+        Ok(()),
+        "and the load-time check agrees"
+    );
+}
+
+#[test]
+fn rename_keep_clean_keeps_the_exact_share_and_leaves_the_other_names_as_they_were() {
+    let tools = generated::tools();
+    let target: BTreeSet<&str> = tools.functions.iter().map(|f| f.name.as_str()).collect();
+    let rename = |keep_clean: f64| {
+        let s: ScenarioFile = toml::from_str(&format!(
+            "[[operators]]\nop = \"rename\"\nkeep_clean = {keep_clean}\n"
+        ))
+        .unwrap();
+        apply(&s.operators, generated::target(83, 7), &pools(), &tools, 4).unwrap()
+    };
+    let none = rename(0.0);
+    let some = rename(0.25);
+    assert_eq!(some.traces.len(), 83);
+    let clean: Vec<&Conversation> = some.traces.iter().filter(|c| kept_clean(c)).collect();
+    assert_eq!(clean.len(), 21, "25% of 83, rounded: an exact count");
+    assert_eq!(some.changes["0.rename.kept_clean"], 21);
+    let original = generated::target(83, 7);
+    for (i, c) in some.traces.iter().enumerate() {
+        if kept_clean(c) {
+            assert_eq!(c.messages, original[i].messages, "{} is untouched", c.id);
+            assert!(c.calls().any(|t| target.contains(t.name.as_str())));
+        } else {
+            // The renamed traces have the names they get without keep_clean.
+            assert_eq!(c.messages, none.traces[i].messages, "{}", c.id);
+            assert!(c.calls().all(|t| !target.contains(t.name.as_str())));
+        }
+    }
+    assert!(none.traces.iter().all(|c| !kept_clean(c)));
+    // Exact counts per seed, and another seed keeps other traces.
+    let again = rename(0.25);
+    assert_eq!(bytes(&again.traces), bytes(&some.traces));
+    let bad: ScenarioFile =
+        toml::from_str("[[operators]]\nop = \"rename\"\nkeep_clean = 1.5\n").unwrap();
+    let e = apply(&bad.operators, generated::target(5, 0), &pools(), &tools, 0).unwrap_err();
+    assert!(
+        e.to_string().contains("keep_clean 1.5 is not within 0..1"),
+        "{e}"
+    );
+}
+
+#[test]
+fn sizes_that_the_pools_cannot_give_are_found_before_any_trace_is_read() {
+    let parse = |text: &str| toml::from_str::<ScenarioFile>(text).unwrap().operators;
+    let bounds = |r: &str| match r {
+        "sister" => Some(185),
+        "foreign" => Some(142),
+        _ => None,
+    };
+    let low = parse("[[operators]]\nop = \"subsample\"\ncount = 500\n");
+    let (i, e) = check_sizes(&low, 327, &bounds).unwrap_err();
+    assert_eq!((i, e.key), (0, "count"));
+    assert!(e
+        .message
+        .contains("500 traces asked for, the working set has 327"));
+    let add = parse("[[operators]]\nop = \"subsample\"\ncount = 5\n[[operators]]\nop = \"add_role\"\nrole = \"sister\"\ncount = 200\n");
+    let (i, e) = check_sizes(&add, 327, &bounds).unwrap_err();
+    assert_eq!((i, e.key), (1, "count"));
+    assert!(e
+        .message
+        .contains("200 traces of \"sister\" asked for, the pool has 185"));
+    // Mixing after a subsample to nothing: no target trace is left to mix with.
+    let mix =
+        parse("[[operators]]\nop = \"subsample\"\nshare = 0.0\n[[operators]]\nop = \"mix\"\n");
+    let (i, e) = check_sizes(&mix, 327, &bounds).unwrap_err();
+    assert_eq!((i, e.key), (1, "foreign_share"));
+    assert!(e.message.contains("cannot be met"), "{}", e.message);
+    // The run says the same.
+    let err = apply(
+        &mix,
+        generated::target(50, 0),
+        &pools(),
+        &generated::tools(),
+        0,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("mix: a foreign share of 0.8 cannot be met"),
+        "{err}"
+    );
+    // The shipped scenarios fit the study's pools, and schema drift fits a smaller one.
+    for name in [
+        "clean",
+        "noisy-labels",
+        "schema-drift",
+        "low-data",
+        "trace-mixing",
+    ] {
+        assert_eq!(
+            check_sizes(&scenario(name).operators, 327, &bounds),
+            Ok(()),
+            "{name}"
+        );
+        assert_eq!(
+            check_sizes(&scenario(name).operators, 144, &bounds),
+            Ok(()),
+            "{name}"
+        );
+    }
 }
 
 #[test]

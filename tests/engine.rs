@@ -93,6 +93,48 @@ fn out_len(p: &std::path::Path) -> u64 {
 
 static CONCAT: Concat = Concat;
 
+/// Like [`Concat`], but runs on the inputs that completed (as the report does) and writes a
+/// line for each missing one.
+struct Gather;
+
+static GATHER: Gather = Gather;
+
+impl Step for Gather {
+    fn kind(&self) -> &'static str {
+        "gather"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn about(&self) -> &'static str {
+        "test step on partial inputs"
+    }
+    fn consumes(&self) -> &'static [Artifact] {
+        &[]
+    }
+    fn produces(&self) -> &'static [Artifact] {
+        &[Artifact::Traces]
+    }
+    fn canonical_params(&self, params: &Value) -> Result<Value, ParamError> {
+        canonicalize::<TestParams>(params)
+    }
+    fn runs_on_partial_inputs(&self) -> bool {
+        true
+    }
+    fn run(&self, ctx: &mut StepContext<'_>) -> Result<(), StepError> {
+        let mut out = String::new();
+        for (label, dir) in &ctx.inputs.all {
+            out.push_str(&format!("{label}: "));
+            out.push_str(&std::fs::read_to_string(dir.join("traces.jsonl")).unwrap());
+            out.push('\n');
+        }
+        for (label, why) in &ctx.inputs.missing {
+            out.push_str(&format!("missing {label}: {why}\n"));
+        }
+        std::fs::write(ctx.output(Artifact::Traces), out).map_err(|e| StepError::io("out", e))
+    }
+}
+
 /// Builds a DAG from (label, params, input labels).
 fn dag(spec: &[(&str, Value, &[&str])]) -> Dag {
     let mut graph = StableDiGraph::new();
@@ -380,4 +422,92 @@ fn force_reruns_matching_steps_and_cancel_leaves_no_entry() {
             .count(),
         0
     );
+}
+
+/// The key `label` ran under or was found under in a run.
+fn key_of(s: &executor::Summary, label: &str) -> Option<String> {
+    s.outcomes
+        .iter()
+        .find(|(l, _)| l == label)
+        .and_then(|(_, o)| match o {
+            executor::Outcome::Ran { key, .. } | executor::Outcome::Cached { key, .. } => {
+                Some(key.0.clone())
+            }
+            _ => None,
+        })
+}
+
+#[test]
+fn a_step_on_partial_inputs_runs_on_those_that_completed_under_a_key_of_its_own() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = Cache::open(&tmp.path().join("cache")).unwrap();
+    let matrix = |fail: bool| {
+        let mut d = dag(&[
+            ("a", json!({"text": "a"}), &[]),
+            ("bad", json!({"text": "bad", "fail": fail}), &["a"]),
+            ("after-bad", json!({"text": "x"}), &["bad"]),
+            ("good", json!({"text": "good"}), &["a"]),
+            ("all", json!({}), &["after-bad", "good"]),
+        ]);
+        let n = d.order.iter().copied().find(|n| d.graph[*n].label == "all");
+        d.graph[n.unwrap()].step = &GATHER;
+        d
+    };
+    let out = |s: &executor::Summary, d: &Dag| {
+        let n = d
+            .order
+            .iter()
+            .find(|n| d.graph[**n].label == "all")
+            .unwrap();
+        std::fs::read_to_string(s.out_dirs[n].join("traces.jsonl")).unwrap()
+    };
+    let failing = matrix(true);
+    let (c, s) = run(&failing, &cache, &opts(2));
+    assert_eq!(c.ran(), ["a", "all", "good"]);
+    assert_eq!(
+        s.failures(),
+        [("bad", "bad failed on purpose")],
+        "the run still failed"
+    );
+    assert_eq!(
+        out(&s, &failing),
+        "good: agood\nmissing after-bad: bad failed\n"
+    );
+    let partial = key_of(&s, "all").unwrap();
+    assert!(
+        cache
+            .lookup(&tracelab::cache::StepKey(partial.clone()))
+            .is_some(),
+        "committed"
+    );
+
+    // The same failure again: the same partial output, from the cache.
+    let (c, s) = run(&failing, &cache, &opts(2));
+    assert!(c.cached().contains(&"all".to_string()), "{:?}", c.ran());
+    assert_eq!(key_of(&s, "all").unwrap(), partial);
+
+    // Fixed: the complete output runs under another key; the partial one never stands for it.
+    let fixed = matrix(false);
+    let (c, s) = run(&fixed, &cache, &opts(2));
+    assert!(c.ran().contains(&"all".to_string()), "{:?}", c.ran());
+    assert_eq!(out(&s, &fixed), "after-bad: abadx\ngood: agood\n");
+    assert_ne!(key_of(&s, "all").unwrap(), partial);
+
+    // With no input complete, it is skipped like any other step.
+    let none = {
+        let mut d = dag(&[
+            ("bad", json!({"text": "bad2", "fail": true}), &[]),
+            ("all", json!({}), &["bad"]),
+        ]);
+        let n = d.order.iter().copied().find(|n| d.graph[*n].label == "all");
+        d.graph[n.unwrap()].step = &GATHER;
+        d
+    };
+    let (c, s) = run(&none, &cache, &opts(2));
+    assert!(c.ran().is_empty());
+    assert!(s
+        .outcomes
+        .iter()
+        .any(|(l, o)| l == "all" && matches!(o, executor::Outcome::Skipped(_))));
 }

@@ -178,3 +178,94 @@ steps = ["tokenizer", "train", "predict", "judge"]
     assert!(!err.contains("sgd:1:"), "no made-up line in:\n{err}");
     assert_eq!(err.matches("data/ingest").count(), 0, "{err}");
 }
+
+/// Writes the project with `scenario` as `scenarios/s.toml`, used by the experiment, and a
+/// `sister` and a `foreign` pool of `roles` conversations each; runs `tracelab <command>`.
+fn with_scenario(command: &str, scenario: &str, roles: usize) -> (tempfile::TempDir, bool, String) {
+    let text = BASE.replace("scenarios = [\"clean\"]", "scenarios = [\"clean\", \"s\"]")
+        + "\n[data.roles.sister]\npath = \"data/sister.jsonl\"\n\n[data.roles.foreign]\npath = \"data/foreign.jsonl\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    let traces: Vec<Value> = (0..10)
+        .map(|i| small_conversation(i, "FindRestaurants"))
+        .collect();
+    write_jsonl_project(dir.path(), &traces, &small_tools(), "e.toml", &text);
+    let pool: Vec<String> = (0..roles)
+        .map(|i| small_conversation(100 + i, "FindRestaurants").to_string())
+        .collect();
+    for role in ["sister", "foreign"] {
+        std::fs::write(
+            dir.path().join(format!("data/{role}.jsonl")),
+            pool.join("\n") + "\n",
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.path().join("scenarios/s.toml"), scenario).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tracelab"))
+        .current_dir(dir.path())
+        .args([command, "experiments/e.toml"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (dir, out.status.success(), err)
+}
+
+/// `plan` fails at `scenarios/s.toml:<line of needle>:`, naming `key` and saying `what`.
+fn expect_scenario_error(scenario: &str, needle: &str, key: &str, what: &str) {
+    let (_dir, ok, err) = with_scenario("plan", scenario, 4);
+    assert!(!ok, "plan should fail for:\n{scenario}");
+    let at = format!("scenarios/s.toml:{}:", line_of(scenario, needle));
+    for w in [at.as_str(), &format!("key `{key}`"), what] {
+        assert!(err.contains(w), "error should contain {w:?}, got:\n{err}");
+    }
+}
+
+#[test]
+fn subsample_of_more_traces_than_the_training_pool_has() {
+    let scenario = "[[operators]]\nop = \"subsample\"\ncount = 500\n";
+    expect_scenario_error(
+        scenario,
+        "count = 500",
+        "operators[0].count",
+        "subsample: 500 traces asked for, the working set has 7 (counted when the experiment \
+         is loaded: the training pool holds at most 7 traces)",
+    );
+    // `run` stops there too, before any step: nothing in the cache.
+    let (dir, ok, err) = with_scenario("run", scenario, 4);
+    assert!(!ok && err.contains("500 traces asked for"), "{err}");
+    let entries = std::fs::read_dir(dir.path().join("cache"))
+        .map(|d| d.flatten().filter(|e| e.file_name().len() == 64).count())
+        .unwrap_or(0);
+    assert_eq!(entries, 0, "no step ran");
+}
+
+#[test]
+fn more_role_traces_than_the_role_pool_has() {
+    expect_scenario_error(
+        "[[operators]]\nop = \"add_role\"\nrole = \"sister\"\ncount = 9\n",
+        "count = 9",
+        "operators[0].count",
+        "add_role: 9 traces of \"sister\" asked for, the pool has 4",
+    );
+}
+
+#[test]
+fn a_foreign_share_that_cannot_be_met() {
+    // 5% of foreign traces next to at most 7 target traces: not even one foreign trace.
+    expect_scenario_error(
+        "[[operators]]\nop = \"mix\"\nforeign_share = 0.05\n",
+        "foreign_share = 0.05",
+        "operators[0].foreign_share",
+        "mix: a foreign share of 0.05 cannot be met with 4 foreign traces and a working set of 7",
+    );
+}
+
+#[test]
+fn schema_drift_on_a_training_pool_smaller_than_the_sister_pool_plans() {
+    let drift = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/schema-drift.toml"),
+    )
+    .unwrap();
+    // 7 training traces, 12 sister traces: equal halves of 7, no error.
+    let (_dir, ok, err) = with_scenario("plan", &drift, 12);
+    assert!(ok, "{err}");
+}

@@ -1,4 +1,6 @@
 //! The structural operators: subsample, per-trace renaming, adding a role pool, trace mixing.
+//! Their sizes are computed beforehand by [`super::Operator::sizes`], which also rejects the
+//! impossible ones, so these functions take counts that fit.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -8,32 +10,26 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{Map, Value};
 
 use super::names::{function_alternatives, parameter_alternatives};
-use super::{function_kinds, invalid, Changes, ScenarioError};
+use super::{function_kinds, invalid, Changes, ScenarioError, Sizes};
 use crate::conversation::{Conversation, Message};
 use crate::tools::{FunctionKind, ToolSet};
 
-/// A seeded subset of `n` traces, in their original order.
+/// A seeded subset of `n` traces (at most all of them), in their original order.
 pub(super) fn subsample(
     work: Vec<Conversation>,
     n: usize,
     rng: &mut ChaCha8Rng,
     ch: &mut Changes<'_>,
-) -> Result<Vec<Conversation>, ScenarioError> {
-    if n > work.len() {
-        return invalid(format!(
-            "subsample: {n} traces asked for, the working set has {}",
-            work.len()
-        ));
-    }
+) -> Vec<Conversation> {
+    debug_assert!(n <= work.len(), "sizes are checked by Operator::sizes");
     let keep = choose_indices(work.len(), n, rng);
-    ch.add("dropped", (work.len() - n) as u64);
-    ch.add("kept", n as u64);
-    Ok(work
-        .into_iter()
+    ch.add("dropped", (work.len() - keep.len()) as u64);
+    ch.add("kept", keep.len() as u64);
+    work.into_iter()
         .enumerate()
         .filter(|(i, _)| keep.contains(i))
         .map(|(_, c)| c)
-        .collect())
+        .collect()
 }
 
 /// `n` distinct indices out of `0..len`, chosen by a seeded shuffle.
@@ -43,21 +39,116 @@ pub(super) fn choose_indices(len: usize, n: usize, rng: &mut ChaCha8Rng) -> BTre
     order.into_iter().take(n).collect()
 }
 
+/// What `rename` renames to: how many alternatives per name, and the given ones.
+pub(super) struct Names<'a> {
+    pub alternatives: usize,
+    pub functions: &'a BTreeMap<String, Vec<String>>,
+    pub parameters: &'a BTreeMap<String, Vec<String>>,
+}
+
 /// Renames, per trace, each target function and each target parameter name to one of its
-/// alternatives. Parameters are renamed by name (a name shared by two functions gets the same
-/// new name within a trace); a trace's choices are recorded in `meta.renamed`.
-#[allow(clippy::too_many_arguments)]
+/// alternatives, except in a seeded `keep_clean` share of the traces (exact count, rounded),
+/// which keep the target names. Parameters are renamed by name (a name shared by two functions
+/// gets the same new name within a trace); a trace's choices are recorded in `meta.renamed`
+/// (empty for a trace kept clean).
 pub(super) fn rename(
     mut work: Vec<Conversation>,
     tools: &ToolSet,
-    alternatives: usize,
-    given_functions: &BTreeMap<String, Vec<String>>,
-    given_parameters: &BTreeMap<String, Vec<String>>,
+    names: &Names<'_>,
+    keep_clean: f64,
     rng: &mut ChaCha8Rng,
     ch: &mut Changes<'_>,
 ) -> Result<Vec<Conversation>, ScenarioError> {
-    let fn_names: Vec<&str> = tools.functions.iter().map(|f| f.name.as_str()).collect();
-    let mut param_names: Vec<&str> = Vec::new();
+    let (fmap, pmap) = alternatives_of(tools, names)?;
+    // One draw per name per trace, in a fixed order, whether or not the trace uses it or is
+    // kept clean, so a trace's names depend neither on which functions it calls nor on
+    // `keep_clean`; the clean traces are chosen after all draws.
+    let choices: Vec<_> = work
+        .iter()
+        .map(|_| (draw(&fmap, rng), draw(&pmap, rng)))
+        .collect();
+    let n_clean = (keep_clean * work.len() as f64).round() as usize;
+    let clean = if n_clean > 0 {
+        choose_indices(work.len(), n_clean, rng)
+    } else {
+        BTreeSet::new()
+    };
+    let mut used_f = BTreeSet::new();
+    let mut used_p = BTreeSet::new();
+    for (i, (c, (fchoice, pchoice))) in work.iter_mut().zip(choices).enumerate() {
+        if clean.contains(&i) {
+            c.meta.insert("renamed".into(), Value::Object(Map::new()));
+            ch.add("kept_clean", 1);
+            continue;
+        }
+        let renamed = rename_trace(c, &fchoice, &pchoice, ch, &mut used_f, &mut used_p);
+        c.meta.insert("renamed".into(), Value::Object(renamed));
+    }
+    ch.add("function_names_used", used_f.len() as u64);
+    ch.add("parameter_names_used", used_p.len() as u64);
+    Ok(work)
+}
+
+type Alternatives<'t> = BTreeMap<&'t str, Vec<String>>;
+
+/// One alternative per name, drawn in name order.
+fn draw<'m>(map: &'m Alternatives<'_>, rng: &mut ChaCha8Rng) -> BTreeMap<String, &'m String> {
+    map.iter()
+        .map(|(k, v)| (k.to_string(), &v[rng.random_range(0..v.len())]))
+        .collect()
+}
+
+/// Renames one trace's calls and arguments by the drawn names; returns old → new.
+fn rename_trace(
+    c: &mut Conversation,
+    fchoice: &BTreeMap<String, &String>,
+    pchoice: &BTreeMap<String, &String>,
+    ch: &mut Changes<'_>,
+    used_f: &mut BTreeSet<String>,
+    used_p: &mut BTreeSet<String>,
+) -> Map<String, Value> {
+    let mut renamed = Map::new();
+    for m in &mut c.messages {
+        let Message::Assistant { tool_calls, .. } = m else {
+            continue;
+        };
+        for call in tool_calls {
+            let Some(new) = fchoice.get(call.name.as_str()) else {
+                continue;
+            };
+            renamed.insert(call.name.clone(), Value::String((*new).clone()));
+            call.name = (*new).clone();
+            used_f.insert((*new).clone());
+            ch.add("renamed_calls", 1);
+            let mut args = Map::new();
+            for (k, v) in std::mem::take(&mut call.arguments) {
+                match pchoice.get(k.as_str()) {
+                    Some(nk) => {
+                        renamed.insert(k.clone(), Value::String((*nk).clone()));
+                        used_p.insert((*nk).clone());
+                        ch.add("renamed_arguments", 1);
+                        args.insert((*nk).clone(), v);
+                    }
+                    None => {
+                        args.insert(k, v);
+                    }
+                }
+            }
+            call.arguments = args;
+        }
+    }
+    renamed
+}
+
+/// The alternatives of every target function and parameter name: given, or generated.
+fn alternatives_of<'t>(
+    tools: &'t ToolSet,
+    names: &Names<'_>,
+) -> Result<(Alternatives<'t>, Alternatives<'t>), ScenarioError> {
+    let (alternatives, given_functions, given_parameters) =
+        (names.alternatives, names.functions, names.parameters);
+    let fn_names: Vec<&'t str> = tools.functions.iter().map(|f| f.name.as_str()).collect();
+    let mut param_names: Vec<&'t str> = Vec::new();
     for f in &tools.functions {
         for p in f.parameter_names() {
             if !param_names.contains(&p) {
@@ -75,7 +166,7 @@ pub(super) fn rename(
             return invalid(format!("rename: {k:?} is not a target parameter"));
         }
     }
-    let mut fmap: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut fmap: Alternatives<'t> = BTreeMap::new();
     for f in &tools.functions {
         let alts = match given_functions.get(&f.name) {
             Some(g) => g.clone(),
@@ -96,9 +187,9 @@ pub(super) fn rename(
         }
         fmap.insert(f.name.as_str(), alts);
     }
-    let mut pmap: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for p in &param_names {
-        let alts = match given_parameters.get(*p) {
+    let mut pmap: Alternatives<'t> = BTreeMap::new();
+    for &p in &param_names {
+        let alts = match given_parameters.get(p) {
             Some(g) => g.clone(),
             None => parameter_alternatives(p, alternatives, &param_names),
         };
@@ -112,76 +203,23 @@ pub(super) fn rename(
         }
         pmap.insert(p, alts);
     }
-    let mut used_f = BTreeSet::new();
-    let mut used_p = BTreeSet::new();
-    for c in &mut work {
-        // One draw per name per trace, in a fixed order, whether or not the trace uses it, so a
-        // trace's names do not depend on which functions it happens to call.
-        let fchoice: BTreeMap<&str, &String> = fmap
-            .iter()
-            .map(|(k, v)| (*k, &v[rng.random_range(0..v.len())]))
-            .collect();
-        let pchoice: BTreeMap<&str, &String> = pmap
-            .iter()
-            .map(|(k, v)| (*k, &v[rng.random_range(0..v.len())]))
-            .collect();
-        let mut renamed = Map::new();
-        for m in &mut c.messages {
-            let Message::Assistant { tool_calls, .. } = m else {
-                continue;
-            };
-            for call in tool_calls {
-                let Some(new) = fchoice.get(call.name.as_str()) else {
-                    continue;
-                };
-                renamed.insert(call.name.clone(), Value::String((*new).clone()));
-                call.name = (*new).clone();
-                used_f.insert((*new).clone());
-                ch.add("renamed_calls", 1);
-                let mut args = Map::new();
-                for (k, v) in std::mem::take(&mut call.arguments) {
-                    match pchoice.get(k.as_str()) {
-                        Some(nk) => {
-                            renamed.insert(k.clone(), Value::String((*nk).clone()));
-                            used_p.insert((*nk).clone());
-                            ch.add("renamed_arguments", 1);
-                            args.insert((*nk).clone(), v);
-                        }
-                        None => {
-                            args.insert(k, v);
-                        }
-                    }
-                }
-                call.arguments = args;
-            }
-        }
-        c.meta.insert("renamed".into(), Value::Object(renamed));
-    }
-    ch.add("function_names_used", used_f.len() as u64);
-    ch.add("parameter_names_used", used_p.len() as u64);
-    Ok(work)
+    Ok((fmap, pmap))
 }
 
-/// Appends a role pool (or a seeded `count` of it), renaming its functions that carry target
-/// names to non-target names of the same kind, one mapping for the whole pool.
+/// Appends a seeded `n` of a role pool's traces (all when `n` is the pool's size), renaming its
+/// functions that carry target names to non-target names of the same kind, one mapping for the
+/// whole pool.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn add_role(
     mut work: Vec<Conversation>,
     role: &str,
     pool: &[Conversation],
-    count: Option<usize>,
+    n: usize,
     given: &BTreeMap<String, String>,
     tools: &ToolSet,
     rng: &mut ChaCha8Rng,
     ch: &mut Changes<'_>,
 ) -> Result<Vec<Conversation>, ScenarioError> {
-    let n = count.unwrap_or(pool.len());
-    if n > pool.len() {
-        return invalid(format!(
-            "add_role: {n} traces of {role:?} asked for, the pool has {}",
-            pool.len()
-        ));
-    }
     let keep = choose_indices(pool.len(), n, rng);
     let target: Vec<&str> = tools.functions.iter().map(|f| f.name.as_str()).collect();
     let mut kinds: BTreeMap<String, FunctionKind> = BTreeMap::new();
@@ -248,33 +286,21 @@ pub(super) fn add_role(
     Ok(work)
 }
 
-/// Trace mixing (see [`super::Operator::Mix`]).
+/// Trace mixing (see [`super::Operator::Mix`]): `sizes.keep` working-set traces and
+/// `sizes.add` role traces.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn mix(
     work: Vec<Conversation>,
     role: &str,
     pool: &[Conversation],
-    foreign_share: f64,
+    sizes: Sizes,
     shuffle_messages: bool,
     tools: &ToolSet,
     rng: &mut ChaCha8Rng,
     ch: &mut Changes<'_>,
-) -> Result<Vec<Conversation>, ScenarioError> {
-    if pool.is_empty() {
-        return invalid(format!("mix: the {role:?} pool is empty"));
-    }
-    // All role traces, and as many target traces as the share asks; if the working set is too
-    // small for that, all of it and fewer role traces.
-    let ratio = (1.0 - foreign_share) / foreign_share;
-    let mut n_foreign = pool.len();
-    // The epsilon rounds exact halves up despite float error (142 foreign at 80% → 36 target).
-    let mut n_target = (n_foreign as f64 * ratio + 1e-9).round() as usize;
-    if n_target > work.len() {
-        n_target = work.len();
-        n_foreign = ((n_target as f64) / ratio + 1e-9).round() as usize;
-    }
-    let keep_t = choose_indices(work.len(), n_target, rng);
-    let keep_f = choose_indices(pool.len(), n_foreign, rng);
+) -> Vec<Conversation> {
+    let keep_t = choose_indices(work.len(), sizes.keep, rng);
+    let keep_f = choose_indices(pool.len(), sizes.add, rng);
     // Target functions by kind, in tool order.
     let by_kind =
         |k: FunctionKind| -> Vec<&str> { tools.of_kind(k).map(|f| f.name.as_str()).collect() };
@@ -348,5 +374,5 @@ pub(super) fn mix(
         ch.add(&format!("{role}_traces"), 1);
     }
     out.shuffle(rng);
-    Ok(out)
+    out
 }

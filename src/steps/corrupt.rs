@@ -37,6 +37,35 @@ const COSMETIC: &[&str] = &["description"];
 /// The `corrupt` step.
 pub struct Corrupt;
 
+/// Checks, when the experiment is loaded, that the scenario's sizes fit the pools (see
+/// [`scenario::check_sizes`]): `target` is the most traces the training pool can hold, `roles`
+/// the most each role pool can. The error names the operator's parameter.
+pub fn check_pools(
+    params: &Value,
+    target: usize,
+    roles: &BTreeMap<String, usize>,
+) -> Result<(), ParamError> {
+    let p: CorruptParams = serde_json::from_value(params.clone()).map_err(|e| ParamError {
+        path: String::new(),
+        message: e.to_string(),
+    })?;
+    scenario::check_sizes(&p.operators, target, &|r| roles.get(r).copied()).map_err(|(i, e)| {
+        let pools: String = roles
+            .iter()
+            .map(|(r, n)| format!(", the {r:?} pool at most {n}"))
+            .collect();
+        ParamError {
+            path: format!("operators[{i}].{}", e.key),
+            message: format!(
+                "{}: {} (counted when the experiment is loaded: the training pool holds at \
+                 most {target} traces{pools})",
+                p.operators[i].name(),
+                e.message
+            ),
+        }
+    })
+}
+
 impl Step for Corrupt {
     fn kind(&self) -> &'static str {
         "corrupt"

@@ -232,6 +232,13 @@ pub trait Step: Sync {
     fn external_files(&self, _params: &Value, _root: &Path) -> Result<Vec<PathBuf>, StepError> {
         Ok(Vec::new())
     }
+    /// Whether this step also runs when some of its inputs did not complete, on those that did
+    /// (at least one must have): the report writes the table of the cells that finished. The
+    /// others arrive in [`Inputs::missing`], and what is missing is part of the step's cache
+    /// key, so a partial output never stands for the complete one.
+    fn runs_on_partial_inputs(&self) -> bool {
+        false
+    }
     /// Does the work: read inputs through `ctx`, write outputs into `ctx.out_dir`.
     fn run(&self, ctx: &mut StepContext<'_>) -> Result<(), StepError>;
 }
@@ -276,6 +283,9 @@ pub struct Inputs {
     pub roles: BTreeMap<String, PathBuf>,
     /// Every input as (node label, output directory), in a stable order.
     pub all: Vec<(String, PathBuf)>,
+    /// Inputs that did not complete, as (label, why: which step failed), for steps that
+    /// [run on partial inputs](Step::runs_on_partial_inputs); empty otherwise.
+    pub missing: Vec<(String, String)>,
 }
 
 /// Everything a running step may use.

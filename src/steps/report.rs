@@ -1,8 +1,12 @@
 //! `report`: the study's result table from every judged cell — a row per scenario, a column per
 //! pipeline, the delta in percentage points, the trivial baseline — as Markdown, CSV, a long CSV
 //! (experiment, scenario, pipeline, seed, metric, value) and an SVG bar chart.
+//!
+//! When some cells did not complete, the report still runs on those that did (see
+//! [`Step::runs_on_partial_inputs`]): a (scenario, pipeline) with a missing seed reads `failed`
+//! in the table and has no bar, and the Markdown lists which step failed for each such cell.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +27,27 @@ pub struct CellRef {
     pub pipeline: String,
     /// Seed.
     pub seed: u64,
+}
+
+/// The label of a cell's input to the report: `scenario/pipeline/s<seed>` (also the DAG's).
+pub fn cell_label(scenario: &str, pipeline: &str, seed: u64) -> String {
+    format!("{scenario}/{pipeline}/s{seed}")
+}
+
+impl CellRef {
+    /// See [`cell_label`].
+    pub fn label(&self) -> String {
+        cell_label(&self.scenario, &self.pipeline, self.seed)
+    }
+}
+
+/// What the report has of one cell.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CellResult {
+    /// The cell's `metrics.json`.
+    Metrics(Value),
+    /// The cell did not complete: which step failed.
+    Missing(String),
 }
 
 /// Parameters (filled in by the engine; `metric` and `delta` may be set in `[report]`).
@@ -59,8 +84,13 @@ pub struct ResultTable {
     pub values: BTreeMap<(String, String), f64>,
     /// Mean macro score per (scenario, pipeline).
     pub macro_values: BTreeMap<(String, String), f64>,
-    /// Baseline (always reply) score and macro score per scenario.
+    /// Baseline (always reply) score and macro score per scenario (from the cells that
+    /// completed).
     pub baseline: BTreeMap<String, (f64, f64)>,
+    /// (scenario, pipeline) pairs with a cell that did not complete: `failed` in the table.
+    pub failed: BTreeSet<(String, String)>,
+    /// One line per cell that did not complete: `label: why`.
+    pub notes: Vec<String>,
     /// The delta pair.
     pub delta: Option<(String, String)>,
     /// Long rows: scenario, pipeline, seed, metric, value.
@@ -94,24 +124,33 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, f64)>) {
 }
 
 impl ResultTable {
-    /// Builds the table from each cell's `metrics.json`.
-    pub fn build(p: &ReportParams, metrics: &[Value]) -> ResultTable {
+    /// Builds the table from what the report has of each cell, in the order of `p.cells`.
+    pub fn build(p: &ReportParams, results: &[CellResult]) -> ResultTable {
         let mut scenarios: Vec<String> = Vec::new();
         let mut sums: BTreeMap<(String, String), (f64, f64, usize)> = BTreeMap::new();
         let mut base: BTreeMap<String, (f64, f64, usize)> = BTreeMap::new();
+        let mut failed = BTreeSet::new();
+        let mut notes = Vec::new();
         let mut long = Vec::new();
-        for (cell, m) in p.cells.iter().zip(metrics) {
+        for (cell, r) in p.cells.iter().zip(results) {
             if !scenarios.contains(&cell.scenario) {
                 scenarios.push(cell.scenario.clone());
             }
+            let pair = (cell.scenario.clone(), cell.pipeline.clone());
+            let m = match r {
+                CellResult::Metrics(m) => m,
+                CellResult::Missing(why) => {
+                    notes.push(format!("{}: {why}", cell.label()));
+                    failed.insert(pair);
+                    continue;
+                }
+            };
             let get = |path: &str| {
                 path.split('.')
                     .try_fold(m, |v, k| v.get(k))
                     .and_then(Value::as_f64)
             };
-            let e = sums
-                .entry((cell.scenario.clone(), cell.pipeline.clone()))
-                .or_default();
+            let e = sums.entry(pair).or_default();
             e.0 += get(&p.metric).unwrap_or(f64::NAN);
             e.1 += get("macro_score").unwrap_or(f64::NAN);
             e.2 += 1;
@@ -131,6 +170,8 @@ impl ResultTable {
                 ));
             }
         }
+        // A mean over the seeds that completed is not the quantity the other cells show.
+        sums.retain(|k, _| !failed.contains(k));
         let delta = p.delta.clone().or_else(|| match p.pipelines.as_slice() {
             [a, b, ..] => Some((a.clone(), b.clone())),
             _ => None,
@@ -150,6 +191,8 @@ impl ResultTable {
                 .into_iter()
                 .map(|(k, (s, m, n))| (k, (s / n as f64, m / n as f64)))
                 .collect(),
+            failed,
+            notes,
             delta,
             long,
         }
@@ -177,23 +220,27 @@ impl ResultTable {
         let mut rows = vec![header];
         let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
         for s in &self.scenarios {
+            let failed = |p: &String| self.failed.contains(&(s.clone(), p.clone()));
+            let cell = |p: &String, v: Option<f64>| {
+                if failed(p) {
+                    "failed".to_string()
+                } else {
+                    f(v)
+                }
+            };
             let mut r = vec![s.clone()];
-            r.extend(self.pipelines.iter().map(|p| f(self.get(s, p))));
+            r.extend(self.pipelines.iter().map(|p| cell(p, self.get(s, p))));
             if self.delta.is_some() {
                 r.push(self.delta_pp(s).map_or("-".into(), |d| format!("{d:+.1}")));
             }
             r.extend(
                 self.pipelines
                     .iter()
-                    .map(|p| f(self.macro_values.get(&(s.clone(), p.clone())).copied())),
+                    .map(|p| cell(p, self.macro_values.get(&(s.clone(), p.clone())).copied())),
             );
-            let (b, bm) = self
-                .baseline
-                .get(s)
-                .copied()
-                .unwrap_or((f64::NAN, f64::NAN));
-            r.push(f(Some(b)));
-            r.push(f(Some(bm)));
+            let b = self.baseline.get(s).copied();
+            r.push(f(b.map(|b| b.0)));
+            r.push(f(b.map(|b| b.1)));
             rows.push(r);
         }
         rows
@@ -212,6 +259,15 @@ impl ResultTable {
                 ));
             }
         }
+        if !self.notes.is_empty() {
+            s.push_str(&format!(
+                "\n{} cell(s) did not complete (`failed` above):\n",
+                self.notes.len()
+            ));
+            for n in &self.notes {
+                s.push_str(&format!("- {n}\n"));
+            }
+        }
         s
     }
 
@@ -222,11 +278,16 @@ impl ResultTable {
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let n = self.scenarios.len().max(1);
         let groups = self.pipelines.len() + 1;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                "judge score by scenario (last bar: always-reply baseline)",
-                ("sans-serif", 18),
+        let caption = if self.failed.is_empty() {
+            "judge score by scenario (last bar: always-reply baseline)".to_string()
+        } else {
+            format!(
+                "judge score by scenario (last bar: always-reply baseline; {} cell(s) failed)",
+                self.notes.len()
             )
+        };
+        let mut chart = ChartBuilder::on(&root)
+            .caption(caption, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(50)
@@ -273,6 +334,18 @@ impl ResultTable {
                     Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
                 });
         }
+        // A failed cell has no bar: the word stands in its place.
+        let marks = self.pipelines.iter().enumerate().flat_map(|(gi, p)| {
+            self.scenarios
+                .iter()
+                .enumerate()
+                .filter(move |(_, s)| self.failed.contains(&((*s).clone(), p.clone())))
+                .map(move |(si, _)| {
+                    let x = si as f64 + 0.1 + gi as f64 * width;
+                    Text::new("failed", (x, 0.03), ("sans-serif", 11).into_font())
+                })
+        });
+        chart.draw_series(marks).map_err(|e| e.to_string())?;
         let grey = RGBColor(150, 150, 150);
         let gi = self.pipelines.len();
         let bars = self.scenarios.iter().enumerate().filter_map(|(si, s)| {
@@ -302,7 +375,9 @@ impl Step for Report {
         "report"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: runs on the cells that completed and marks the others `failed`; a baseline no
+        // cell gave reads `-`, not `NaN`.
+        2
     }
     fn about(&self) -> &'static str {
         "the result table (scenario × pipeline, delta in pp, baseline) as Markdown, CSV and SVG"
@@ -316,25 +391,13 @@ impl Step for Report {
     fn canonical_params(&self, params: &Value) -> Result<Value, ParamError> {
         canonicalize::<ReportParams>(params)
     }
+    fn runs_on_partial_inputs(&self) -> bool {
+        true
+    }
     fn run(&self, ctx: &mut StepContext<'_>) -> Result<(), StepError> {
         let p: ReportParams = typed(ctx.params)?;
-        let mut metrics = Vec::new();
-        for (label, dir) in &ctx.inputs.all {
-            let path = dir.join(Artifact::Verdicts.file_name());
-            let text = std::fs::read_to_string(&path).map_err(|e| StepError::io(&path, e))?;
-            let v: Value = serde_json::from_str(&text).map_err(|e| {
-                StepError::Data(format!("{}: metrics of {label}: {e}", path.display()))
-            })?;
-            metrics.push(v);
-        }
-        if metrics.len() != p.cells.len() {
-            return Err(StepError::Data(format!(
-                "{} cells but {} inputs",
-                p.cells.len(),
-                metrics.len()
-            )));
-        }
-        let table = ResultTable::build(&p, &metrics);
+        let results = cell_results(&p, ctx)?;
+        let table = ResultTable::build(&p, &results);
         write_csv(&ctx.output(Artifact::Table), &table.rows())?;
         let long: Vec<Vec<String>> = std::iter::once(
             [
@@ -366,9 +429,45 @@ impl Step for Report {
             .chart_svg(&ctx.out_dir.join("chart.svg"))
             .map_err(|e| StepError::Data(format!("chart: {e}")))?;
         ctx.stat("cells", p.cells.len());
+        ctx.stat("failed_cells", table.notes.len());
         ctx.stat("scenarios", table.scenarios.len());
         Ok(())
     }
+}
+
+/// What the report has of each cell of `p.cells`, in order: its metrics, or why it is missing.
+fn cell_results(p: &ReportParams, ctx: &StepContext<'_>) -> Result<Vec<CellResult>, StepError> {
+    let dirs: BTreeMap<&str, &Path> = ctx
+        .inputs
+        .all
+        .iter()
+        .map(|(l, d)| (l.as_str(), d.as_path()))
+        .collect();
+    let missing: BTreeMap<&str, &str> = ctx
+        .inputs
+        .missing
+        .iter()
+        .map(|(l, w)| (l.as_str(), w.as_str()))
+        .collect();
+    let mut out = Vec::new();
+    for cell in &p.cells {
+        let label = cell.label();
+        if let Some(why) = missing.get(label.as_str()) {
+            out.push(CellResult::Missing(why.to_string()));
+            continue;
+        }
+        let Some(dir) = dirs.get(label.as_str()) else {
+            return Err(StepError::Data(format!(
+                "internal: no input for cell {label}"
+            )));
+        };
+        let path = dir.join(Artifact::Verdicts.file_name());
+        let text = std::fs::read_to_string(&path).map_err(|e| StepError::io(&path, e))?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| StepError::Data(format!("{}: metrics of {label}: {e}", path.display())))?;
+        out.push(CellResult::Metrics(v));
+    }
+    Ok(out)
 }
 
 fn write_csv(path: &Path, rows: &[Vec<String>]) -> Result<(), StepError> {
@@ -406,7 +505,8 @@ mod tests {
             delta: None,
         };
         let m = |s: f64| json!({"score": s, "macro_score": s / 2.0, "baseline": {"score": 0.78, "macro_score": 0.33}});
-        let t = ResultTable::build(&params, &[m(0.9), m(0.7), m(0.8), m(0.7)]);
+        let ok = |s: f64| CellResult::Metrics(m(s));
+        let t = ResultTable::build(&params, &[ok(0.9), ok(0.7), ok(0.8), ok(0.7)]);
         let rows = t.rows();
         assert_eq!(
             rows[0][..4],
@@ -424,5 +524,66 @@ mod tests {
         assert!(std::fs::read_to_string(dir.path().join("c.svg"))
             .unwrap()
             .contains("<svg"));
+    }
+
+    #[test]
+    fn a_cell_that_did_not_complete_reads_failed_and_says_why() {
+        let cell = |s: &str, p: &str, seed| CellRef {
+            scenario: s.into(),
+            pipeline: p.into(),
+            seed,
+        };
+        let params = ReportParams {
+            experiment: "e".into(),
+            cells: vec![
+                cell("clean", "syn", 1),
+                cell("clean", "dir", 1),
+                cell("clean", "syn", 2),
+                cell("clean", "dir", 2),
+                cell("drift", "syn", 1),
+                cell("drift", "dir", 1),
+            ],
+            pipelines: vec!["syn".into(), "dir".into()],
+            metric: "score".into(),
+            delta: None,
+        };
+        let ok = |s: f64| {
+            CellResult::Metrics(
+                json!({"score": s, "macro_score": s, "baseline": {"score": 0.8, "macro_score": 0.3}}),
+            )
+        };
+        let gone = |w: &str| CellResult::Missing(w.into());
+        let results = [
+            ok(0.9),
+            ok(0.7),
+            ok(0.8),
+            gone("clean/dir/s2/train failed"),
+            gone("drift/s1/corrupt failed"),
+            gone("drift/s1/corrupt failed"),
+        ];
+        let t = ResultTable::build(&params, &results);
+        let rows = t.rows();
+        // One seed of two missing: the mean of the other is not shown as the cell's value.
+        assert_eq!(
+            rows[1],
+            ["clean", "0.850", "failed", "-", "0.850", "failed", "0.800", "0.300"]
+        );
+        assert_eq!(
+            rows[2],
+            ["drift", "failed", "failed", "-", "failed", "failed", "-", "-"]
+        );
+        let md = t.markdown();
+        assert!(
+            md.contains("3 cell(s) did not complete")
+                && md.contains("- clean/dir/s2: clean/dir/s2/train failed")
+                && md.contains("- drift/syn/s1: drift/s1/corrupt failed"),
+            "{md}"
+        );
+        assert_eq!(t.long.iter().filter(|r| r.3 == "score").count(), 3);
+        let dir = tempfile::tempdir().unwrap();
+        t.chart_svg(&dir.path().join("c.svg")).unwrap();
+        let svg = std::fs::read_to_string(dir.path().join("c.svg")).unwrap();
+        let marks = svg.lines().filter(|l| l.trim() == "failed").count();
+        assert_eq!(marks, 3, "one mark per failed bar: {svg}");
     }
 }

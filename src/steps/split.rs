@@ -81,6 +81,15 @@ pub fn check_pool(params: &Value, pool: usize, source: &str) -> Result<(), Param
     Ok(())
 }
 
+/// The most traces the training pool can hold after the split, given a bound `pool` on the
+/// target pool (a given `test_file` removes its conversations only where the pool has them).
+pub fn train_bound(params: &Value, pool: usize) -> usize {
+    match serde_json::from_value::<SplitParams>(params.clone()) {
+        Ok(p) if p.test_file.is_none() => pool.saturating_sub(p.test_conversations),
+        _ => pool,
+    }
+}
+
 impl Step for Split {
     fn kind(&self) -> &'static str {
         "split"
