@@ -10,7 +10,6 @@
 //! a Friday may be today or in a week), and two values match when their readings intersect:
 //! the judge asks "could these be the same thing", not "are these spelled the same".
 
-
 use std::collections::BTreeMap;
 
 // The text layer (folding, numbers, times, dates) is `tracelab-core`'s, shared with the offline

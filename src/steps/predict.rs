@@ -5,8 +5,8 @@ use serde_json::Value;
 
 use super::train::{job, run_worker};
 
-pub use tracelab_core::job::PredictParams;
 use super::{canonicalize, Artifact, ParamError, Resource, Step, StepContext, StepError};
+pub use tracelab_core::job::PredictParams;
 
 /// The `predict` step.
 pub struct Predict;

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use super::train::{job, run_worker};
 
-pub use tracelab_core::job::TokenizerParams;
 use super::{canonicalize, Artifact, ParamError, Step, StepContext, StepError};
+pub use tracelab_core::job::TokenizerParams;
 
 /// The smallest BPE the worker can train: the 256 byte tokens of the byte-level alphabet plus
 /// the chat template's 10 special tokens (`tracelab_student::tokenizer::SPECIAL_TOKENS`).

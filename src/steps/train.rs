@@ -102,7 +102,6 @@ pub fn checkpoint_files(root: &Path, dir: &str) -> Result<Vec<PathBuf>, StepErro
     Ok(files)
 }
 
-
 /// Finds the worker binary: `$TRACELAB_STUDENT`, else `tracelab-student` next to the running
 /// executable (or next to its parent, for test binaries in `target/*/deps`).
 pub fn worker_path() -> Result<PathBuf, StepError> {
@@ -470,7 +469,9 @@ mod tests {
             model_dir: Some("models/q".into()),
             ..TrainParams::default()
         };
-        let e = train_checkpoint_files(&p, root.path()).unwrap_err().to_string();
+        let e = train_checkpoint_files(&p, root.path())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("model_dir") && e.contains("config.json"), "{e}");
         for f in [
             "config.json",
@@ -486,7 +487,9 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.join("m-1.safetensors"), "x").unwrap();
-        let e = train_checkpoint_files(&p, root.path()).unwrap_err().to_string();
+        let e = train_checkpoint_files(&p, root.path())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("m-2.safetensors"), "{e}");
         std::fs::write(dir.join("m-2.safetensors"), "x").unwrap();
         let files = train_checkpoint_files(&p, root.path()).unwrap();

@@ -27,13 +27,13 @@ use serde_json::{Map, Value};
 
 use super::builtin::{self, Role, Said};
 use super::spoken::{format_date, parse_date, Spoken};
-use tracelab_core::text::date::parse_iso_value;
-use tracelab_core::text::time::parse_clock;
 use super::{Context, Failure, Job, Outcome, Teacher, TeacherError};
 use crate::conversation::{Conversation, Message, ToolCall};
 use crate::dates::{MONTHS, WEEKDAYS};
 use crate::judge::normalize::UNITS;
 use crate::tools::{Function, FunctionKind, ToolSet};
+use tracelab_core::text::date::parse_iso_value;
+use tracelab_core::text::time::parse_clock;
 
 /// A result record: field name → value as text (SGD results are all strings).
 pub type Record = BTreeMap<String, String>;

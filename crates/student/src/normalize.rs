@@ -45,7 +45,10 @@ impl Normalizer {
             .collect();
         if let Some(today) = self.reference {
             for (r, d) in find_dates(text, today) {
-                if !spans.iter().any(|(t, _)| t.start < r.end && r.start < t.end) {
+                if !spans
+                    .iter()
+                    .any(|(t, _)| t.start < r.end && r.start < t.end)
+                {
                     spans.push((r, d.to_string()));
                 }
             }
@@ -152,7 +155,10 @@ mod tests {
                 "2 tickets for the evening show at 7:30 pm",
                 "2 tickets for the evening show at 19:30",
             ),
-            ("check out the 8th, evening 2 tickets", "check out 2019-03-08, evening 2 tickets"),
+            (
+                "check out the 8th, evening 2 tickets",
+                "check out 2019-03-08, evening 2 tickets",
+            ),
         ] {
             assert_eq!(n.text(said), canonical, "{said}");
         }

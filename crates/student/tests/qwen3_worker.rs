@@ -40,8 +40,7 @@ fn train_params(save: &str) -> Value {
     let raw = json!({"family": "qwen3", "model_dir": "model", "device": "cpu", "epochs": 6,
         "lr": 0.01, "warmup_steps": 1, "batch_tokens": 2048, "context": 1024, "save": save,
         "lora": {"rank": 8, "alpha": 16, "dropout": 0.0}});
-    tracelab_core::job::TrainParams::canonical(&raw)
-        .unwrap()
+    tracelab_core::job::TrainParams::canonical(&raw).unwrap()
 }
 
 #[test]
@@ -141,8 +140,10 @@ fn qwen3_student_trains_predicts_and_saves_loadable_checkpoints() {
 
     // Predict: every call valid against the schemas, in the tiny family's row format.
     let predict = |model: &str, out: &str| {
-        let params = tracelab_core::job::canonicalize::<tracelab_core::job::PredictParams>(&json!({"device": "cpu", "batch_size": 3}))
-            .unwrap();
+        let params = tracelab_core::job::canonicalize::<tracelab_core::job::PredictParams>(
+            &json!({"device": "cpu", "batch_size": 3}),
+        )
+        .unwrap();
         let (ok, lines, err) = run(
             d,
             json!({"task": "predict", "params": params,

@@ -299,7 +299,10 @@ fn day_number(c: &Captures, group: usize) -> Option<u32> {
 pub fn find_dates(text: &str, today: Date) -> Vec<(Range<usize>, Date)> {
     let mut out: Vec<(Range<usize>, Date)> = Vec::new();
     let mut add = |range: Range<usize>, date: Date| {
-        if !out.iter().any(|(r, _)| r.start < range.end && range.start < r.end) {
+        if !out
+            .iter()
+            .any(|(r, _)| r.start < range.end && range.start < r.end)
+        {
             out.push((range, date));
         }
     };
@@ -348,8 +351,27 @@ pub fn find_dates(text: &str, today: Date) -> Vec<(Range<usize>, Date)> {
 
 /// Words that follow an ordinal in a street address.
 const ADDRESS_WORDS: &[&str] = &[
-    "street", "st", "avenue", "ave", "road", "rd", "boulevard", "blvd", "floor", "fl", "place",
-    "pl", "drive", "dr", "way", "lane", "ln", "court", "ct", "terrace", "ter",
+    "street",
+    "st",
+    "avenue",
+    "ave",
+    "road",
+    "rd",
+    "boulevard",
+    "blvd",
+    "floor",
+    "fl",
+    "place",
+    "pl",
+    "drive",
+    "dr",
+    "way",
+    "lane",
+    "ln",
+    "court",
+    "ct",
+    "terrace",
+    "ter",
 ];
 
 /// Whether an ordinal between `before` and `after` is part of an address: a house number right
@@ -422,7 +444,13 @@ mod tests {
     #[test]
     fn iso_values() {
         assert_eq!(parse_iso_value("2019-03-08"), Date::new(2019, 3, 8));
-        for no in ["2019-3-8", "2019/03/08", "2019-02-30", "+019-03-08", "March 8th"] {
+        for no in [
+            "2019-3-8",
+            "2019/03/08",
+            "2019-02-30",
+            "+019-03-08",
+            "March 8th",
+        ] {
             assert_eq!(parse_iso_value(no), None, "{no}");
         }
     }
@@ -433,11 +461,20 @@ mod tests {
             ("on 2019-03-12 please", &[("2019-03-12", "2019-03-12")]),
             ("March 3rd", &[("March 3rd", "2019-03-03")]),
             ("the 3rd works", &[("the 3rd", "2019-03-03")]),
-            ("today or tomorrow", &[("today", "2019-03-01"), ("tomorrow", "2019-03-02")]),
-            ("the day after tomorrow", &[("day after tomorrow", "2019-03-03")]),
+            (
+                "today or tomorrow",
+                &[("today", "2019-03-01"), ("tomorrow", "2019-03-02")],
+            ),
+            (
+                "the day after tomorrow",
+                &[("day after tomorrow", "2019-03-03")],
+            ),
             ("next Friday", &[("next Friday", "2019-03-08")]),
             ("this Sunday", &[("this Sunday", "2019-03-03")]),
-            ("the 14th of March at 5", &[("the 14th of March", "2019-03-14")]),
+            (
+                "the 14th of March at 5",
+                &[("the 14th of March", "2019-03-14")],
+            ),
             (
                 "check in on March 5th, check out the 8th",
                 &[("March 5th", "2019-03-05"), ("the 8th", "2019-03-08")],
@@ -447,7 +484,13 @@ mod tests {
             let want: Vec<(&str, String)> = want.iter().map(|(s, d)| (*s, d.to_string())).collect();
             assert_eq!(found(text), want, "{text}");
         }
-        for none in ["1434 1st Street", "on 3rd Avenue", "3 nights", "San Jose", "the 45th"] {
+        for none in [
+            "1434 1st Street",
+            "on 3rd Avenue",
+            "3 nights",
+            "San Jose",
+            "the 45th",
+        ] {
             assert_eq!(found(none), vec![], "{none}");
         }
     }

@@ -16,10 +16,10 @@
 use rand::seq::IndexedRandom;
 use rand::Rng;
 
-use crate::dates::{Date, MONTHS, WEEKDAYS};
 use super::date::parse_iso_value;
 use super::number::UNITS;
 use super::time::parse_clock;
+use crate::dates::{Date, MONTHS, WEEKDAYS};
 
 /// Counts up to this are said in words too ("four"); larger ones only in digits.
 const MAX_WORDED: usize = 12;

@@ -7,8 +7,8 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use super::number::{self, UNITS};
 use super::fold;
+use super::number::{self, UNITS};
 
 /// Minutes after midnight.
 pub type Minutes = u16;
@@ -184,8 +184,8 @@ static TIME_RE: LazyLock<Regex> = LazyLock::new(|| {
 /// out on purpose: "2 of us" counts.
 const AFTER_TIME: &[&str] = &[
     "please", "and", "or", "but", "so", "then", "if", "for", "on", "at", "in", "is", "would",
-    "will", "should", "could", "can", "works", "sounds", "i", "we", "it", "that", "this",
-    "thanks", "thank", "tonight", "today", "tomorrow", "sharp",
+    "will", "should", "could", "can", "works", "sounds", "i", "we", "it", "that", "this", "thanks",
+    "thank", "tonight", "today", "tomorrow", "sharp",
 ];
 
 /// Whether the words after a bare number (`after`) make it a quantity rather than a clock time.
@@ -291,7 +291,10 @@ mod tests {
                 "half past 5 in the evening please",
                 &[("half past 5 in the evening", "17:30")],
             ),
-            ("at noon or 12 noon", &[("noon", "12:00"), ("12 noon", "12:00")]),
+            (
+                "at noon or 12 noon",
+                &[("noon", "12:00"), ("12 noon", "12:00")],
+            ),
             ("evening 5:30.", &[("evening 5:30", "17:30")]),
             ("at a quarter to 8 pm", &[("a quarter to 8 pm", "19:45")]),
             ("Eleven am works", &[("Eleven am", "11:00")]),
@@ -299,7 +302,10 @@ mod tests {
             ("evening 7 please", &[("evening 7", "19:00")]),
             ("evening 7 pm tickets", &[("evening 7 pm", "19:00")]),
             ("at 7 in the evening", &[("7 in the evening", "19:00")]),
-            ("from 6pm to 9 p.m.", &[("6pm", "18:00"), ("9 p.m.", "21:00")]),
+            (
+                "from 6pm to 9 p.m.",
+                &[("6pm", "18:00"), ("9 p.m.", "21:00")],
+            ),
         ];
         for (text, want) in cases {
             let want: Vec<(&str, String)> = want.iter().map(|(s, t)| (*s, t.to_string())).collect();
