@@ -7,9 +7,7 @@
 
 pub mod cache;
 pub mod config;
-pub mod conversation;
 pub mod dag;
-pub mod dates;
 pub mod download;
 pub mod events;
 pub mod executor;
@@ -23,7 +21,9 @@ pub mod results;
 pub mod scenario;
 pub mod split;
 pub mod steps;
-pub mod task;
 pub mod teacher;
-pub mod tools;
 pub mod validate;
+
+// The data model, the task file, trace files and dates live in `tracelab-core`, shared with the
+// student worker; they keep their paths here.
+pub use tracelab_core::{conversation, dates, task, tools};

@@ -29,33 +29,8 @@ const TRANSACTION_HINTS: &[&str] = &[
     "create", "set", "submit", "place", "purchase", "confirm", "cancel", "request", "send",
 ];
 
-/// Splits `FindRestaurants`, `find_restaurants`, `party-size`, `getHTTPStatus` into lowercase
-/// words.
-pub(crate) fn words(name: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    let mut cur = String::new();
-    let chars: Vec<char> = name.chars().collect();
-    for (i, &ch) in chars.iter().enumerate() {
-        if ch == '_' || ch == '-' || ch == ' ' || ch == '.' {
-            if !cur.is_empty() {
-                out.push(std::mem::take(&mut cur));
-            }
-            continue;
-        }
-        if ch.is_uppercase() && !cur.is_empty() {
-            let prev = chars[i - 1];
-            let next_lower = chars.get(i + 1).is_some_and(|c| c.is_lowercase());
-            if prev.is_lowercase() || prev.is_ascii_digit() || (prev.is_uppercase() && next_lower) {
-                out.push(std::mem::take(&mut cur));
-            }
-        }
-        cur.extend(ch.to_lowercase());
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
-}
+/// Splits an identifier into lowercase words (the text layer's reading of names).
+pub(crate) use tracelab_core::text::identifier_words as words;
 
 fn cap(w: &str) -> String {
     let mut c = w.chars();

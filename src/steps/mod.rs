@@ -165,31 +165,7 @@ impl StepError {
     }
 }
 
-/// A parameter error found before anything runs: `path` is the dotted key inside the step's
-/// table (empty for the table itself), so the config layer can point at file, line and column.
-#[derive(Debug, Clone)]
-pub struct ParamError {
-    /// Dotted path inside the step's parameter table.
-    pub path: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-/// Validates `params` against `P` and returns its canonical form: every field present (defaults
-/// filled in), so an explicit default and an omitted key hash the same.
-pub fn canonicalize<P: DeserializeOwned + Serialize>(params: &Value) -> Result<Value, ParamError> {
-    let typed: P = serde_path_to_error::deserialize(params).map_err(|e| {
-        let path = e.path().to_string();
-        ParamError {
-            path: if path == "." { String::new() } else { path },
-            message: e.into_inner().to_string(),
-        }
-    })?;
-    serde_json::to_value(&typed).map_err(|e| ParamError {
-        path: String::new(),
-        message: e.to_string(),
-    })
-}
+pub use tracelab_core::job::{canonicalize, ParamError};
 
 /// Reads canonical parameters back into the step's typed struct.
 pub fn typed<P: DeserializeOwned>(params: &Value) -> Result<P, StepError> {

@@ -1,43 +1,19 @@
 //! `predict`: the trained student answers every evaluation pair with one schema-valid call
 //! (constrained greedy decoding in the `tracelab-student` worker).
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::train::{job, run_worker, DeviceChoice};
+use super::train::{job, run_worker};
+
 use super::{canonicalize, Artifact, ParamError, Resource, Step, StepContext, StepError};
-
-/// Parameters of the `predict` step (`[predict]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PredictParams {
-    /// Device.
-    pub device: DeviceChoice,
-    /// Pairs decoded together (sorted by prompt length to limit padding).
-    pub batch_size: usize,
-    /// Most tokens of one free-text argument value.
-    pub max_value_tokens: usize,
-    /// Most tokens of a whole call; the prompt keeps this much room in the context.
-    pub max_new_tokens: usize,
-}
-
-impl Default for PredictParams {
-    fn default() -> Self {
-        PredictParams {
-            device: DeviceChoice::Auto,
-            batch_size: 32,
-            max_value_tokens: 40,
-            max_new_tokens: 64,
-        }
-    }
-}
+pub use tracelab_core::job::PredictParams;
 
 /// The `predict` step.
 pub struct Predict;
 
 /// Revision of the worker's decoding alone on top of [`super::train::WORKER_VERSION`] (which
 /// covers what all three worker steps share): bumped for a decoding change that needs no
-/// retraining. Since version 9: none yet.
+/// retraining. Since version 10: none yet.
 const DECODE_REVISION: u32 = 0;
 
 impl Step for Predict {

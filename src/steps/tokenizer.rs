@@ -2,44 +2,17 @@
 //! `tracelab-student` worker), or adopts a user's `tokenizer.json`, or, for a `qwen3` student,
 //! takes a Hugging Face checkpoint's `tokenizer.json` unchanged (`model_dir`).
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 use super::train::{job, run_worker};
-use super::{canonicalize, Artifact, ParamError, Step, StepContext, StepError};
 
-/// Parameters of the `tokenizer` step (`[tokenizer]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TokenizerParams {
-    /// Vocabulary size of the trained BPE, special tokens included.
-    pub vocab_size: usize,
-    /// A pair must occur this often to be merged.
-    pub min_frequency: u64,
-    /// A user's `tokenizer.json` (relative to the project root) instead of training one; the
-    /// template's special tokens are added to it.
-    pub path: Option<String>,
-    /// A Hugging Face checkpoint directory (relative to the project root) whose `tokenizer.json`
-    /// is taken byte for byte, nothing added: the tokenizer of a `[train] family = "qwen3"`
-    /// student, which must name the same directory as its `model_dir`.
-    pub model_dir: Option<String>,
-}
+use super::{canonicalize, Artifact, ParamError, Step, StepContext, StepError};
+pub use tracelab_core::job::TokenizerParams;
 
 /// The smallest BPE the worker can train: the 256 byte tokens of the byte-level alphabet plus
 /// the chat template's 10 special tokens (`tracelab_student::tokenizer::SPECIAL_TOKENS`).
 pub const MIN_VOCAB: usize = 256 + 10;
-
-impl Default for TokenizerParams {
-    fn default() -> Self {
-        TokenizerParams {
-            vocab_size: 2048,
-            min_frequency: 2,
-            path: None,
-            model_dir: None,
-        }
-    }
-}
 
 /// The `tokenizer` step.
 pub struct TokenizerStep;

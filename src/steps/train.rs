@@ -11,343 +11,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{canonicalize, Artifact, ParamError, Resource, Step, StepContext, StepError};
+use super::{Artifact, ParamError, Resource, Step, StepContext, StepError};
 
-/// Where a student runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceChoice {
-    /// CUDA when the worker sees a GPU, else CPU.
-    #[default]
-    Auto,
-    /// CPU.
-    Cpu,
-    /// The first CUDA device.
-    Cuda,
-}
+pub use tracelab_core::job::{
+    qwen3_defaults, DeviceChoice, LoraParams, SaveMode, TrainParams, WorkerJob, FAMILIES,
+    LORA_TARGETS,
+};
 
-/// What a `family = "qwen3"` training writes as its model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum SaveMode {
-    /// The adapters folded into the base: a complete Hugging Face checkpoint (`config.json`,
-    /// `model.safetensors`, tokenizer files) that transformers and vLLM load as is.
-    #[default]
-    Merged,
-    /// The adapters alone in PEFT's layout (`adapter_config.json`, `adapter_model.safetensors`),
-    /// naming the base checkpoint, plus the tokenizer files.
-    Adapter,
-}
-
-/// LoRA hyper-parameters of a `family = "qwen3"` student (`[train.lora]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LoraParams {
-    /// Rank of the low-rank update (the study's 64).
-    pub rank: i64,
-    /// The update is scaled by `alpha / rank`.
-    pub alpha: f64,
-    /// Dropout on the adapter's input while training.
-    pub dropout: f64,
-    /// Linear layers that get an adapter: `q`, `k`, `v`, `o`, `gate`, `up`, `down` (or PEFT's
-    /// `q_proj` … `down_proj`).
-    pub target_modules: Vec<String>,
-}
-
-/// The linear layers of a Qwen3 decoder layer, by their short names.
-pub const LORA_TARGETS: [&str; 7] = ["q", "k", "v", "o", "gate", "up", "down"];
-
-impl Default for LoraParams {
-    fn default() -> Self {
-        LoraParams {
-            rank: 64,
-            alpha: 128.0,
-            dropout: 0.05,
-            target_modules: LORA_TARGETS.iter().map(|s| s.to_string()).collect(),
-        }
-    }
-}
-
-/// Model families the worker implements.
-pub const FAMILIES: [&str; 2] = ["tiny", "qwen3"];
-
-/// Parameters of the `train` step (`[train]` in the experiment). Defaults are measured on the
-/// 2-core machine: see `crates/student/MEASUREMENTS.md`. A `family = "qwen3"` table starts from
-/// [`qwen3_defaults`] for the keys it leaves out.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TrainParams {
-    /// Model family the worker builds: `tiny` (the from-scratch transformer) or `qwen3` (LoRA on
-    /// the Hugging Face checkpoint in `model_dir`).
-    pub family: String,
-    /// The Hugging Face checkpoint directory a `qwen3` student starts from, relative to the
-    /// project root (`config.json`, safetensors weights, `tokenizer.json`,
-    /// `tokenizer_config.json` with the chat template). Its files are part of the cache key.
-    pub model_dir: Option<String>,
-    /// LoRA settings (`qwen3`).
-    pub lora: LoraParams,
-    /// Recompute each decoder layer in the backward pass instead of keeping its activations
-    /// (`qwen3`): less memory for about one more forward pass.
-    pub gradient_checkpointing: bool,
-    /// `merged` or `adapter` (`qwen3`).
-    pub save: SaveMode,
-    /// Device.
-    pub device: DeviceChoice,
-    /// Transformer blocks.
-    pub layers: i64,
-    /// Model width.
-    pub width: i64,
-    /// Attention heads.
-    pub heads: i64,
-    /// SwiGLU hidden width; 0 means 8/3 of the width (rounded to 16).
-    pub ffn: i64,
-    /// Context length in tokens (longer conversations are cut from the left at turn boundaries).
-    pub context: i64,
-    /// Dropout while training.
-    pub dropout: f64,
-    /// Width of the copy (pointer) head; 0 disables it.
-    pub copy_dim: i64,
-    /// Passes over the training windows.
-    pub epochs: f64,
-    /// Tokens per micro-batch (padding included).
-    pub batch_tokens: usize,
-    /// Micro-batches per optimizer step.
-    pub grad_accum: usize,
-    /// Peak learning rate (AdamW).
-    pub lr: f64,
-    /// Final learning rate as a fraction of the peak (cosine decay).
-    pub min_lr_ratio: f64,
-    /// Linear warm-up steps.
-    pub warmup_steps: usize,
-    /// AdamW weight decay.
-    pub weight_decay: f64,
-    /// Gradient norm clip.
-    pub grad_clip: f64,
-    /// Tool results keep at most this many records when rendered.
-    pub max_records: usize,
-    /// CPU threads of the worker. One by default: measured here, one thread trains as fast as
-    /// two (6.9k tokens/s either way), so two trainings side by side double the throughput.
-    pub threads: usize,
-    /// Seed (weights, dropout, batch order).
-    pub seed: u64,
-}
-
-impl Default for TrainParams {
-    fn default() -> Self {
-        TrainParams {
-            family: "tiny".into(),
-            device: DeviceChoice::Auto,
-            layers: 2,
-            width: 128,
-            heads: 4,
-            ffn: 0,
-            context: 384,
-            dropout: 0.1,
-            copy_dim: 64,
-            epochs: 8.0,
-            batch_tokens: 4096,
-            grad_accum: 1,
-            lr: 3e-3,
-            min_lr_ratio: 0.1,
-            warmup_steps: 30,
-            weight_decay: 0.1,
-            grad_clip: 1.0,
-            max_records: 2,
-            threads: 1,
-            seed: 0,
-            model_dir: None,
-            lora: LoraParams::default(),
-            gradient_checkpointing: false,
-            save: SaveMode::Merged,
-        }
-    }
-}
-
-/// Defaults of a `family = "qwen3"` table where they differ from the tiny student's: the study's
-/// learning rate (5e-5) and epochs (4), a context long enough for the tool list the chat template
-/// puts in the system prompt, and no weight decay on the adapters (PEFT's usual setting).
-pub fn qwen3_defaults() -> [(&'static str, Value); 5] {
-    [
-        ("lr", Value::from(5e-5)),
-        ("epochs", Value::from(4.0)),
-        ("context", Value::from(2048)),
-        ("batch_tokens", Value::from(8192)),
-        ("weight_decay", Value::from(0.0)),
-    ]
-}
-
-impl TrainParams {
-    /// Checks what the types cannot: the family is known, `qwen3` has a `model_dir`, settings of
-    /// one family are not set (to something other than their default) for the other, LoRA
-    /// settings are in range. Errors name the key.
-    pub fn check(&self) -> Result<(), ParamError> {
-        let err = |path: &str, message: String| ParamError {
-            path: path.to_string(),
-            message,
-        };
-        let d = TrainParams::default();
-        match self.family.as_str() {
-            "tiny" => {
-                let qwen3_only = [
-                    ("model_dir", self.model_dir != d.model_dir),
-                    ("lora", self.lora != d.lora),
-                    (
-                        "gradient_checkpointing",
-                        self.gradient_checkpointing != d.gradient_checkpointing,
-                    ),
-                    ("save", self.save != d.save),
-                ];
-                if let Some((key, _)) = qwen3_only.iter().find(|(_, set)| *set) {
-                    return Err(err(
-                        key,
-                        format!("`{key}` applies to family = \"qwen3\" only (family is \"tiny\")"),
-                    ));
-                }
-                self.check_tiny_shape()?;
-            }
-            "qwen3" => {
-                if self.model_dir.as_deref().is_none_or(str::is_empty) {
-                    return Err(err(
-                        "model_dir",
-                        "family = \"qwen3\" needs model_dir: a Hugging Face checkpoint directory \
-                         (config.json, model.safetensors, tokenizer.json, tokenizer_config.json), \
-                         relative to the project root"
-                            .into(),
-                    ));
-                }
-                // The architecture comes from the checkpoint: tiny-only settings would be ignored.
-                let tiny_only = [
-                    ("layers", self.layers != d.layers),
-                    ("width", self.width != d.width),
-                    ("heads", self.heads != d.heads),
-                    ("ffn", self.ffn != d.ffn),
-                    ("dropout", self.dropout != d.dropout),
-                    ("copy_dim", self.copy_dim != d.copy_dim),
-                    ("max_records", self.max_records != d.max_records),
-                ];
-                if let Some((key, _)) = tiny_only.iter().find(|(_, set)| *set) {
-                    return Err(err(
-                        key,
-                        format!(
-                            "`{key}` applies to family = \"tiny\" only (a qwen3 student takes its \
-                             architecture from model_dir; LoRA dropout is lora.dropout)"
-                        ),
-                    ));
-                }
-                let l = &self.lora;
-                if l.rank < 1 {
-                    return Err(err(
-                        "lora.rank",
-                        format!("must be at least 1, got {}", l.rank),
-                    ));
-                }
-                if l.alpha.is_nan() || l.alpha <= 0.0 {
-                    return Err(err(
-                        "lora.alpha",
-                        format!("must be positive, got {}", l.alpha),
-                    ));
-                }
-                if !(0.0..1.0).contains(&l.dropout) {
-                    return Err(err(
-                        "lora.dropout",
-                        format!("must be in [0, 1), got {}", l.dropout),
-                    ));
-                }
-                if l.target_modules.is_empty() {
-                    return Err(err(
-                        "lora.target_modules",
-                        "at least one module is needed".into(),
-                    ));
-                }
-                for (i, t) in l.target_modules.iter().enumerate() {
-                    let short = t.strip_suffix("_proj").unwrap_or(t);
-                    if !LORA_TARGETS.contains(&short) {
-                        return Err(err(
-                            &format!("lora.target_modules[{i}]"),
-                            format!(
-                                "unknown module {t:?}; expected {} (or their _proj names)",
-                                LORA_TARGETS.join(", ")
-                            ),
-                        ));
-                    }
-                }
-            }
-            other => {
-                return Err(err(
-                    "family",
-                    format!(
-                        "unknown model family {other:?}; known: {}",
-                        FAMILIES.join(", ")
-                    ),
-                ))
-            }
-        }
-        if self.lr.is_nan() || self.lr <= 0.0 {
-            return Err(err("lr", format!("must be positive, got {}", self.lr)));
-        }
-        if self.epochs.is_nan() || self.epochs <= 0.0 {
-            return Err(err(
-                "epochs",
-                format!("must be positive, got {}", self.epochs),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Checks the tiny student's architecture as the worker will build it, so a shape it cannot
-    /// build fails when the experiment is loaded, not inside the worker after upstream work.
-    fn check_tiny_shape(&self) -> Result<(), ParamError> {
-        let err = |path: &str, message: String| ParamError {
-            path: path.to_string(),
-            message,
-        };
-        for (key, value) in [
-            ("layers", self.layers),
-            ("width", self.width),
-            ("heads", self.heads),
-            ("context", self.context),
-        ] {
-            if value < 1 {
-                return Err(err(key, format!("must be at least 1, got {value}")));
-            }
-        }
-        for (key, value) in [("ffn", self.ffn), ("copy_dim", self.copy_dim)] {
-            if value < 0 {
-                return Err(err(key, format!("must be 0 or more, got {value}")));
-            }
-        }
-        // Each head gets width / heads dimensions, and rotary positions rotate them in pairs.
-        if self.width % self.heads != 0 || (self.width / self.heads) % 2 != 0 {
-            return Err(err(
-                "heads",
-                format!(
-                    "width {} must split into {} heads of an even size (width a multiple of \
-                     2 × heads)",
-                    self.width, self.heads
-                ),
-            ));
-        }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(err(
-                "dropout",
-                format!("must be in [0, 1), got {}", self.dropout),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Files of the `qwen3` checkpoint the worker reads, relative to the project root:
-    /// `config.json`, the weights (`model.safetensors`, or the index and every shard it names)
-    /// and the tokenizer, template and generation files that exist. Empty for `tiny`.
-    pub fn checkpoint_files(&self, root: &Path) -> Result<Vec<PathBuf>, StepError> {
-        let Some(dir) = self.model_dir.as_deref().filter(|_| self.family == "qwen3") else {
-            return Ok(Vec::new());
-        };
-        checkpoint_files(root, dir)
-    }
+/// Files of the `qwen3` checkpoint the worker reads, relative to the project root:
+/// `config.json`, the weights (`model.safetensors`, or the index and every shard it names)
+/// and the tokenizer, template and generation files that exist. Empty for `tiny`.
+pub fn train_checkpoint_files(p: &TrainParams, root: &Path) -> Result<Vec<PathBuf>, StepError> {
+    let Some(dir) = p.model_dir.as_deref().filter(|_| p.family == "qwen3") else {
+        return Ok(Vec::new());
+    };
+    checkpoint_files(root, dir)
 }
 
 /// Files a Hugging Face checkpoint directory holds that are not weights and that the worker reads
@@ -364,7 +44,7 @@ pub const CHECKPOINT_COMPANIONS: [&str; 8] = [
 ];
 
 /// The files of the checkpoint directory `dir` (relative to `root`) that make up a student's
-/// base: see [`TrainParams::checkpoint_files`]. Errors name `model_dir` and say what is missing.
+/// base: see [`train_checkpoint_files`]. Errors name `model_dir` and say what is missing.
 pub fn checkpoint_files(root: &Path, dir: &str) -> Result<Vec<PathBuf>, StepError> {
     let rel = PathBuf::from(dir);
     let abs = root.join(&rel);
@@ -420,21 +100,6 @@ pub fn checkpoint_files(root: &Path, dir: &str) -> Result<Vec<PathBuf>, StepErro
         }
     }
     Ok(files)
-}
-
-/// What the orchestrator hands the worker: one JSON file, path given as the only argument.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WorkerJob {
-    /// `tokenizer`, `train` or `predict`.
-    pub task: String,
-    /// The step's canonical parameters.
-    pub params: Value,
-    /// Input files by name: `traces`, `tools`, `tokenizer`, `model`, `pairs`, `user_tokenizer`.
-    pub inputs: BTreeMap<String, PathBuf>,
-    /// Where to write the product (a file, or the `model/` directory).
-    pub output: PathBuf,
-    /// CPU threads to use.
-    pub threads: usize,
 }
 
 /// Finds the worker binary: `$TRACELAB_STUDENT`, else `tracelab-student` next to the running
@@ -667,7 +332,11 @@ pub(crate) fn worker_resource(params: &Value, jobs: usize) -> Resource {
 /// 9: times said as SGD's users say them ("half past 5 in the evening", "twelve pm", "evening
 /// 5:30", "noon") are rewritten to their canonical `HH:MM` in every text (before, "half past 5
 /// in the evening" became "half past 17:00", and the student copied 17:00).
-pub const WORKER_VERSION: u32 = 9;
+/// 10: the rewriting is find + replace on the text layer's finders (`tracelab_core::text`), and
+/// a number after a part of the day that counts the word after it stays as said by a language
+/// rule, not a list of head-count words ("evening 2 tickets" used to become a clock time); "evening 7
+/// pm" is one time; a date inside a rewritten time is left alone.
+pub const WORKER_VERSION: u32 = 10;
 
 /// The `train` step.
 pub struct Train;
@@ -697,28 +366,13 @@ impl Step for Train {
         true
     }
     fn canonical_params(&self, params: &Value) -> Result<Value, ParamError> {
-        let mut raw = params.clone();
-        if let Some(table) = raw.as_object_mut() {
-            if table.get("family").and_then(Value::as_str) == Some("qwen3") {
-                for (key, value) in qwen3_defaults() {
-                    table.entry(key).or_insert(value);
-                }
-            }
-        }
-        let canonical = canonicalize::<TrainParams>(&raw)?;
-        let typed: TrainParams =
-            serde_json::from_value(canonical.clone()).map_err(|e| ParamError {
-                path: String::new(),
-                message: e.to_string(),
-            })?;
-        typed.check()?;
-        Ok(canonical)
+        TrainParams::canonical(params)
     }
     fn resource(&self, params: &Value, jobs: usize) -> Resource {
         worker_resource(params, jobs)
     }
     fn external_files(&self, params: &Value, root: &Path) -> Result<Vec<PathBuf>, StepError> {
-        super::typed::<TrainParams>(params)?.checkpoint_files(root)
+        train_checkpoint_files(&super::typed::<TrainParams>(params)?, root)
     }
     fn run(&self, ctx: &mut StepContext<'_>) -> Result<(), StepError> {
         let p: TrainParams = super::typed(ctx.params)?;
@@ -815,7 +469,9 @@ mod tests {
             model_dir: Some("models/q".into()),
             ..TrainParams::default()
         };
-        let e = p.checkpoint_files(root.path()).unwrap_err().to_string();
+        let e = train_checkpoint_files(&p, root.path())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("model_dir") && e.contains("config.json"), "{e}");
         for f in [
             "config.json",
@@ -831,10 +487,12 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.join("m-1.safetensors"), "x").unwrap();
-        let e = p.checkpoint_files(root.path()).unwrap_err().to_string();
+        let e = train_checkpoint_files(&p, root.path())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("m-2.safetensors"), "{e}");
         std::fs::write(dir.join("m-2.safetensors"), "x").unwrap();
-        let files = p.checkpoint_files(root.path()).unwrap();
+        let files = train_checkpoint_files(&p, root.path()).unwrap();
         let names: Vec<String> = files
             .iter()
             .map(|f| f.strip_prefix("models/q").unwrap().display().to_string())

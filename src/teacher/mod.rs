@@ -8,7 +8,8 @@
 pub mod builtin;
 pub mod http;
 pub mod offline;
-pub mod spoken;
+/// Spoken forms of values live in the text layer (`tracelab-core`), shared with the student.
+pub use tracelab_core::text::spoken;
 
 use std::sync::atomic::AtomicBool;
 

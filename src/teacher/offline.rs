@@ -32,6 +32,8 @@ use crate::conversation::{Conversation, Message, ToolCall};
 use crate::dates::{MONTHS, WEEKDAYS};
 use crate::judge::normalize::UNITS;
 use crate::tools::{Function, FunctionKind, ToolSet};
+use tracelab_core::text::date::parse_iso_value;
+use tracelab_core::text::time::parse_clock;
 
 /// A result record: field name → value as text (SGD results are all strings).
 pub type Record = BTreeMap<String, String>;
@@ -1132,18 +1134,8 @@ pub struct OfflineTeacher {
 /// Widens value pools whose traces show a time (`HH:MM`) or ISO date format with more values of
 /// the same format, so the student sees many values and must copy rather than memorize.
 fn widen(values: &[String], reference_date: &str) -> Vec<String> {
-    let is_time = |v: &str| {
-        let b = v.as_bytes();
-        (b.len() == 5 && b[2] == b':' || b.len() == 4 && b[1] == b':')
-            && v.chars().filter(|c| c.is_ascii_digit()).count() == b.len() - 1
-    };
-    let is_date = |v: &str| {
-        let b = v.as_bytes();
-        b.len() == 10
-            && b[4] == b'-'
-            && b[7] == b'-'
-            && v.chars().filter(|c| c.is_ascii_digit()).count() == 8
-    };
+    let is_time = |v: &str| parse_clock(v).is_some();
+    let is_date = |v: &str| parse_iso_value(v).is_some();
     let mut out: BTreeSet<String> = values.iter().cloned().collect();
     if !values.is_empty() && values.iter().all(|v| is_time(v)) {
         let padded = values.iter().all(|v| v.len() == 5);

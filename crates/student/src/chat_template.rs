@@ -20,8 +20,8 @@ use std::path::Path;
 use minijinja::value::Kwargs;
 use minijinja::{Environment, Error as JinjaError, ErrorKind, Value as JValue};
 use serde_json::{json, Map, Value};
-use tracelab::conversation::Message;
-use tracelab::tools::ToolSet;
+use tracelab_core::conversation::Message;
+use tracelab_core::tools::ToolSet;
 
 /// What went wrong finding, compiling or rendering a chat template.
 #[derive(Debug, thiserror::Error)]

@@ -1,13 +1,13 @@
 //! Reading the worker's inputs (conversations and evaluation pairs, through
-//! `tracelab::formats`, so the worker accepts exactly what the orchestrator writes and reads) and
+//! `tracelab_core::formats`, so the worker accepts exactly what the orchestrator writes and reads) and
 //! writing predictions. Every malformed line is an error naming file and line: the worker never
 //! skips data silently.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use tracelab::conversation::{Conversation, EvalPair, ToolCall};
-use tracelab::formats::{self, FormatError, OnBadTrace};
+use tracelab_core::conversation::{Conversation, EvalPair, ToolCall};
+use tracelab_core::formats::{self, FormatError, OnBadTrace};
 
 /// Errors reading inputs or writing outputs.
 #[derive(Debug, thiserror::Error)]

@@ -47,7 +47,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
-use tracelab::conversation::ToolCall;
+use tracelab_core::conversation::ToolCall;
 
 use crate::normalize::folded;
 use crate::template::{ChatTemplate, FnSpec, ValueKind};

@@ -14,8 +14,8 @@
 //! the grammar module's `trie_next`.
 
 use serde_json::{json, Map, Value};
-use tracelab::conversation::{Message, ToolCall};
-use tracelab::tools::ToolSet;
+use tracelab_core::conversation::{Message, ToolCall};
+use tracelab_core::tools::ToolSet;
 
 use crate::chat_template::{python_json, ChatTemplate, TemplateError};
 use crate::grammar::trie_next;

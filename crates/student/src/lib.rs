@@ -76,10 +76,10 @@ impl WorkerError {
 /// Texts the BPE is trained on: every message and every call rendered as the template renders
 /// them (with the leading space), so merges fit what the model sees.
 pub fn corpus_texts(
-    conversations: &[tracelab::conversation::Conversation],
-    tools: &tracelab::tools::ToolSet,
+    conversations: &[tracelab_core::conversation::Conversation],
+    tools: &tracelab_core::tools::ToolSet,
 ) -> Vec<String> {
-    use tracelab::conversation::Message;
+    use tracelab_core::conversation::Message;
     let mut out = Vec::new();
     for f in &tools.functions {
         out.push(format!(" {}", f.name));

@@ -3,7 +3,7 @@
 //!
 //! # Contract
 //!
-//! `tracelab-student JOB.json` where the job file is a `tracelab::steps::train::WorkerJob`:
+//! `tracelab-student JOB.json` where the job file is a `tracelab_core::job::WorkerJob`:
 //!
 //! ```json
 //! {"task": "train", "params": {…canonical step params…},
@@ -43,10 +43,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use tracelab::steps::predict::PredictParams;
-use tracelab::steps::tokenizer::TokenizerParams;
-use tracelab::steps::train::{TrainParams, WorkerJob};
-use tracelab::tools::{ToolSet, DEFAULT_RESPOND};
+use tracelab_core::job::PredictParams;
+use tracelab_core::job::TokenizerParams;
+use tracelab_core::job::{TrainParams, WorkerJob};
+use tracelab_core::tools::{ToolSet, DEFAULT_RESPOND};
 use tracelab_student::{
     corpus_texts, data, grammar, predict, qwen3_student, template::ChatTemplate, tokenizer, train,
     Progress, WorkerError,
@@ -137,7 +137,7 @@ fn run(job: &WorkerJob) -> Result<Value, WorkerError> {
             let tok = tokenizer::load(input(job, "tokenizer")?)?;
             let reference = match job.inputs.get("task") {
                 Some(path) => Some(
-                    tracelab::task::Task::load(path)
+                    tracelab_core::task::Task::load(path)
                         .map_err(|e| WorkerError::Invalid(e.to_string()))?
                         .settings
                         .reference_date,

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
-use tracelab::conversation::{EvalPair, ToolCall};
-use tracelab::steps::predict::PredictParams;
+use tracelab_core::conversation::{EvalPair, ToolCall};
+use tracelab_core::job::PredictParams;
 
 use crate::grammar::{digit_tokens, pick, CallState, Limits, SpanSetup};
 use crate::model::Tiny;

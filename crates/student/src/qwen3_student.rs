@@ -19,10 +19,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
-use tracelab::conversation::{Conversation, EvalPair, Message, ToolCall};
-use tracelab::steps::predict::PredictParams;
-use tracelab::steps::train::{SaveMode, TrainParams};
-use tracelab::tools::ToolSet;
+use tracelab_core::conversation::{Conversation, EvalPair, Message, ToolCall};
+use tracelab_core::job::PredictParams;
+use tracelab_core::job::{SaveMode, TrainParams};
+use tracelab_core::tools::ToolSet;
 
 use crate::chat_template::{ChatTemplate, TemplateError};
 use crate::hf::{self, HfModelDir};

@@ -18,8 +18,8 @@
 
 use serde_json::Value;
 use tokenizers::Tokenizer;
-use tracelab::conversation::{Message, ToolCall};
-use tracelab::tools::{FunctionKind, ToolSet};
+use tracelab_core::conversation::{Message, ToolCall};
+use tracelab_core::tools::{FunctionKind, ToolSet};
 
 use crate::normalize::Normalizer;
 use crate::tokenizer::SPECIAL_TOKENS;
@@ -194,7 +194,7 @@ impl ChatTemplate {
             respond_name: tools
                 .respond()
                 .map(|f| f.name.clone())
-                .unwrap_or_else(|| tracelab::tools::DEFAULT_RESPOND.to_string()),
+                .unwrap_or_else(|| tracelab_core::tools::DEFAULT_RESPOND.to_string()),
             max_records,
             functions: Vec::new(),
             normalizer: Normalizer::new(reference_date),
@@ -240,7 +240,7 @@ impl ChatTemplate {
         self.tok.decode(ids, false).unwrap_or_default()
     }
 
-    fn fn_spec(&self, f: &tracelab::tools::Function) -> FnSpec {
+    fn fn_spec(&self, f: &tracelab_core::tools::Function) -> FnSpec {
         let names = f.parameter_names();
         let params: Vec<ParamSpec> = names
             .iter()

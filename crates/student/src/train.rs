@@ -12,8 +12,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tch::{nn, nn::OptimizerConfig, Device, Tensor};
-use tracelab::conversation::{Conversation, Message};
-use tracelab::steps::train::TrainParams;
+use tracelab_core::conversation::{Conversation, Message};
+use tracelab_core::job::TrainParams;
 
 use crate::model::{Tiny, TinyConfig};
 use crate::normalize::folded;
@@ -652,8 +652,8 @@ pub fn default_ffn(width: i64) -> i64 {
 }
 
 /// Resolves the device choice.
-pub fn device(choice: tracelab::steps::train::DeviceChoice) -> Result<Device, WorkerError> {
-    use tracelab::steps::train::DeviceChoice as D;
+pub fn device(choice: tracelab_core::job::DeviceChoice) -> Result<Device, WorkerError> {
+    use tracelab_core::job::DeviceChoice as D;
     match choice {
         D::Cpu => Ok(Device::Cpu),
         D::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),

@@ -9,7 +9,7 @@
 
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
-use tracelab::tools::{ToolSet, DEFAULT_RESPOND};
+use tracelab_core::tools::{ToolSet, DEFAULT_RESPOND};
 use tracelab_student::hf;
 use tracelab_student::qwen3::Qwen3;
 use tracelab_student::qwen3_student;
@@ -40,10 +40,7 @@ fn train_params(save: &str) -> Value {
     let raw = json!({"family": "qwen3", "model_dir": "model", "device": "cpu", "epochs": 6,
         "lr": 0.01, "warmup_steps": 1, "batch_tokens": 2048, "context": 1024, "save": save,
         "lora": {"rank": 8, "alpha": 16, "dropout": 0.0}});
-    tracelab::steps::find("train")
-        .unwrap()
-        .canonical_params(&raw)
-        .unwrap()
+    tracelab_core::job::TrainParams::canonical(&raw).unwrap()
 }
 
 #[test]
@@ -143,10 +140,10 @@ fn qwen3_student_trains_predicts_and_saves_loadable_checkpoints() {
 
     // Predict: every call valid against the schemas, in the tiny family's row format.
     let predict = |model: &str, out: &str| {
-        let params = tracelab::steps::find("predict")
-            .unwrap()
-            .canonical_params(&json!({"device": "cpu", "batch_size": 3}))
-            .unwrap();
+        let params = tracelab_core::job::canonicalize::<tracelab_core::job::PredictParams>(
+            &json!({"device": "cpu", "batch_size": 3}),
+        )
+        .unwrap();
         let (ok, lines, err) = run(
             d,
             json!({"task": "predict", "params": params,
@@ -171,7 +168,7 @@ fn qwen3_student_trains_predicts_and_saves_loadable_checkpoints() {
         for key in ["id", "question", "answer", "prediction"] {
             assert!(row.get(key).is_some(), "row lacks {key}");
         }
-        let call = tracelab::conversation::ToolCall::new(
+        let call = tracelab_core::conversation::ToolCall::new(
             row["prediction"]["name"].as_str().unwrap(),
             row["prediction"]["arguments"].as_object().unwrap().clone(),
         );

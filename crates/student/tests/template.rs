@@ -3,8 +3,8 @@
 //! sources, and windows keep the header, fit the context and cover every assistant turn once.
 
 use serde_json::json;
-use tracelab::conversation::{Conversation, Message, ToolCall};
-use tracelab::tools::{ToolSet, DEFAULT_RESPOND};
+use tracelab_core::conversation::{Conversation, Message, ToolCall};
+use tracelab_core::tools::{ToolSet, DEFAULT_RESPOND};
 use tracelab_student::template::{ChatTemplate, Target};
 use tracelab_student::tokenizer;
 

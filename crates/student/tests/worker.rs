@@ -76,10 +76,7 @@ fn tokenizer_train_predict_through_job_files() {
 
     let params = json!({"layers": 1, "width": 32, "heads": 2, "context": 96, "epochs": 2,
         "batch_tokens": 512, "warmup_steps": 1, "device": "cpu"});
-    let params = tracelab::steps::find("train")
-        .unwrap()
-        .canonical_params(&params)
-        .unwrap();
+    let params = tracelab_core::job::TrainParams::canonical(&params).unwrap();
     let (ok, lines, err) = run(
         d,
         json!({"task": "train", "params": params,
@@ -96,10 +93,10 @@ fn tokenizer_train_predict_through_job_files() {
     assert!(d.join("model/model.safetensors").is_file());
     assert!(d.join("model/config.json").is_file());
 
-    let predict = tracelab::steps::find("predict")
-        .unwrap()
-        .canonical_params(&json!({"device": "cpu"}))
-        .unwrap();
+    let predict = tracelab_core::job::canonicalize::<tracelab_core::job::PredictParams>(
+        &json!({"device": "cpu"}),
+    )
+    .unwrap();
     let (ok, _, err) = run(
         d,
         json!({"task": "predict", "params": predict,
@@ -144,10 +141,7 @@ fn a_worker_whose_stdout_is_closed_stops_at_its_next_progress_line() {
     // About 40 progress lines over the run: the first comes after a fortieth of it.
     let params = json!({"layers": 1, "width": 32, "heads": 2, "context": 96, "epochs": 40,
         "batch_tokens": 512, "device": "cpu"});
-    let params = tracelab::steps::find("train")
-        .unwrap()
-        .canonical_params(&params)
-        .unwrap();
+    let params = tracelab_core::job::TrainParams::canonical(&params).unwrap();
     let p = |k: &str| d.join(k).display().to_string();
     let job = json!({"task": "train", "params": params,
         "inputs": {"traces": p("traces.jsonl"), "tools": p("tools.json"),

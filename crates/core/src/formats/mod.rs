@@ -1,5 +1,5 @@
-//! Reading and writing trace files: OpenAI chat JSONL (lenient in, standard out), evaluation pairs,
-//! and the SGD dataset in its original layout.
+//! Reading and writing trace files: OpenAI chat JSONL (lenient in, standard out) and evaluation
+//! pairs. (The SGD dataset's own layout is read by the orchestrator's `formats::sgd`.)
 //!
 //! Everything inside tracelab speaks [`crate::conversation`]; this module is the only place that
 //! knows about other shapes. Readers are lenient about *form* (arguments as a string or an object,
@@ -9,7 +9,6 @@
 //! silently.
 
 pub mod openai;
-pub mod sgd;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -76,7 +75,8 @@ pub enum FormatError {
 }
 
 impl FormatError {
-    fn io(path: &Path, source: std::io::Error) -> Self {
+    /// An I/O error on `path`.
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
         FormatError::Io {
             path: path.to_path_buf(),
             source,

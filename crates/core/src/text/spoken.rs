@@ -16,8 +16,10 @@
 use rand::seq::IndexedRandom;
 use rand::Rng;
 
+use super::date::parse_iso_value;
+use super::number::UNITS;
+use super::time::parse_clock;
 use crate::dates::{Date, MONTHS, WEEKDAYS};
-use crate::judge::normalize::UNITS;
 
 /// Counts up to this are said in words too ("four"); larger ones only in digits.
 const MAX_WORDED: usize = 12;
@@ -34,16 +36,11 @@ enum Shape {
 }
 
 fn shape(value: &str) -> Option<Shape> {
-    if let Some((h, m)) = value.split_once(':') {
-        let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-        if all_digits(h) && h.len() <= 2 && all_digits(m) && m.len() == 2 {
-            let (hour, minute) = (h.parse().ok()?, m.parse().ok()?);
-            return (hour < 24 && minute < 60).then_some(Shape::Time { hour, minute });
-        }
-        return None;
+    if value.contains(':') {
+        return parse_clock(value).map(|(hour, minute)| Shape::Time { hour, minute });
     }
-    if value.len() == 10 && value.as_bytes()[4] == b'-' && value.as_bytes()[7] == b'-' {
-        return parse_date(value).map(Shape::Date);
+    if let Some(d) = parse_iso_value(value) {
+        return Some(Shape::Date(d.days()));
     }
     match value.parse::<usize>() {
         Ok(n) if (2..=MAX_WORDED).contains(&n) && !value.starts_with('0') => Some(Shape::Count(n)),

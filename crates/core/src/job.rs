@@ -1,0 +1,451 @@
+//! The worker job contract: the parameters of the three student steps (`tokenizer`, `train`,
+//! `predict`) and the job file the orchestrator writes for the `tracelab-student` worker. Both
+//! processes read these types, so a parameter means the same on either side of the process
+//! boundary; the orchestrator's steps check and hash them, the worker acts on them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A parameter error found before anything runs: `path` is the dotted key inside the step's
+/// table (empty for the table itself), so the config layer can point at file, line and column.
+#[derive(Debug, Clone)]
+pub struct ParamError {
+    /// Dotted path inside the step's parameter table.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Validates `params` against `P` and returns its canonical form: every field present (defaults
+/// filled in), so an explicit default and an omitted key hash the same.
+pub fn canonicalize<P: DeserializeOwned + Serialize>(params: &Value) -> Result<Value, ParamError> {
+    let typed: P = serde_path_to_error::deserialize(params).map_err(|e| {
+        let path = e.path().to_string();
+        ParamError {
+            path: if path == "." { String::new() } else { path },
+            message: e.into_inner().to_string(),
+        }
+    })?;
+    serde_json::to_value(&typed).map_err(|e| ParamError {
+        path: String::new(),
+        message: e.to_string(),
+    })
+}
+
+/// Where a student runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA when the worker sees a GPU, else CPU.
+    #[default]
+    Auto,
+    /// CPU.
+    Cpu,
+    /// The first CUDA device.
+    Cuda,
+}
+
+/// What a `family = "qwen3"` training writes as its model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SaveMode {
+    /// The adapters folded into the base: a complete Hugging Face checkpoint (`config.json`,
+    /// `model.safetensors`, tokenizer files) that transformers and vLLM load as is.
+    #[default]
+    Merged,
+    /// The adapters alone in PEFT's layout (`adapter_config.json`, `adapter_model.safetensors`),
+    /// naming the base checkpoint, plus the tokenizer files.
+    Adapter,
+}
+
+/// LoRA hyper-parameters of a `family = "qwen3"` student (`[train.lora]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraParams {
+    /// Rank of the low-rank update (the study's 64).
+    pub rank: i64,
+    /// The update is scaled by `alpha / rank`.
+    pub alpha: f64,
+    /// Dropout on the adapter's input while training.
+    pub dropout: f64,
+    /// Linear layers that get an adapter: `q`, `k`, `v`, `o`, `gate`, `up`, `down` (or PEFT's
+    /// `q_proj` … `down_proj`).
+    pub target_modules: Vec<String>,
+}
+
+/// The linear layers of a Qwen3 decoder layer, by their short names.
+pub const LORA_TARGETS: [&str; 7] = ["q", "k", "v", "o", "gate", "up", "down"];
+
+impl Default for LoraParams {
+    fn default() -> Self {
+        LoraParams {
+            rank: 64,
+            alpha: 128.0,
+            dropout: 0.05,
+            target_modules: LORA_TARGETS.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+/// Model families the worker implements.
+pub const FAMILIES: [&str; 2] = ["tiny", "qwen3"];
+
+/// Parameters of the `train` step (`[train]` in the experiment). Defaults are measured on the
+/// 2-core machine: see `crates/student/MEASUREMENTS.md`. A `family = "qwen3"` table starts from
+/// [`qwen3_defaults`] for the keys it leaves out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainParams {
+    /// Model family the worker builds: `tiny` (the from-scratch transformer) or `qwen3` (LoRA on
+    /// the Hugging Face checkpoint in `model_dir`).
+    pub family: String,
+    /// The Hugging Face checkpoint directory a `qwen3` student starts from, relative to the
+    /// project root (`config.json`, safetensors weights, `tokenizer.json`,
+    /// `tokenizer_config.json` with the chat template). Its files are part of the cache key.
+    pub model_dir: Option<String>,
+    /// LoRA settings (`qwen3`).
+    pub lora: LoraParams,
+    /// Recompute each decoder layer in the backward pass instead of keeping its activations
+    /// (`qwen3`): less memory for about one more forward pass.
+    pub gradient_checkpointing: bool,
+    /// `merged` or `adapter` (`qwen3`).
+    pub save: SaveMode,
+    /// Device.
+    pub device: DeviceChoice,
+    /// Transformer blocks.
+    pub layers: i64,
+    /// Model width.
+    pub width: i64,
+    /// Attention heads.
+    pub heads: i64,
+    /// SwiGLU hidden width; 0 means 8/3 of the width (rounded to 16).
+    pub ffn: i64,
+    /// Context length in tokens (longer conversations are cut from the left at turn boundaries).
+    pub context: i64,
+    /// Dropout while training.
+    pub dropout: f64,
+    /// Width of the copy (pointer) head; 0 disables it.
+    pub copy_dim: i64,
+    /// Passes over the training windows.
+    pub epochs: f64,
+    /// Tokens per micro-batch (padding included).
+    pub batch_tokens: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Peak learning rate (AdamW).
+    pub lr: f64,
+    /// Final learning rate as a fraction of the peak (cosine decay).
+    pub min_lr_ratio: f64,
+    /// Linear warm-up steps.
+    pub warmup_steps: usize,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Gradient norm clip.
+    pub grad_clip: f64,
+    /// Tool results keep at most this many records when rendered.
+    pub max_records: usize,
+    /// CPU threads of the worker. One by default: measured here, one thread trains as fast as
+    /// two (6.9k tokens/s either way), so two trainings side by side double the throughput.
+    pub threads: usize,
+    /// Seed (weights, dropout, batch order).
+    pub seed: u64,
+}
+
+impl Default for TrainParams {
+    fn default() -> Self {
+        TrainParams {
+            family: "tiny".into(),
+            device: DeviceChoice::Auto,
+            layers: 2,
+            width: 128,
+            heads: 4,
+            ffn: 0,
+            context: 384,
+            dropout: 0.1,
+            copy_dim: 64,
+            epochs: 8.0,
+            batch_tokens: 4096,
+            grad_accum: 1,
+            lr: 3e-3,
+            min_lr_ratio: 0.1,
+            warmup_steps: 30,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+            max_records: 2,
+            threads: 1,
+            seed: 0,
+            model_dir: None,
+            lora: LoraParams::default(),
+            gradient_checkpointing: false,
+            save: SaveMode::Merged,
+        }
+    }
+}
+
+/// Defaults of a `family = "qwen3"` table where they differ from the tiny student's: the study's
+/// learning rate (5e-5) and epochs (4), a context long enough for the tool list the chat template
+/// puts in the system prompt, and no weight decay on the adapters (PEFT's usual setting).
+pub fn qwen3_defaults() -> [(&'static str, Value); 5] {
+    [
+        ("lr", Value::from(5e-5)),
+        ("epochs", Value::from(4.0)),
+        ("context", Value::from(2048)),
+        ("batch_tokens", Value::from(8192)),
+        ("weight_decay", Value::from(0.0)),
+    ]
+}
+
+impl TrainParams {
+    /// The canonical form of a `[train]` table: a `qwen3` family's defaults
+    /// ([`qwen3_defaults`]) filled in for the keys it leaves out, every field present, checked
+    /// ([`TrainParams::check`]).
+    pub fn canonical(params: &Value) -> Result<Value, ParamError> {
+        let mut raw = params.clone();
+        if let Some(table) = raw.as_object_mut() {
+            if table.get("family").and_then(Value::as_str) == Some("qwen3") {
+                for (key, value) in qwen3_defaults() {
+                    table.entry(key).or_insert(value);
+                }
+            }
+        }
+        let canonical = canonicalize::<TrainParams>(&raw)?;
+        let typed: TrainParams =
+            serde_json::from_value(canonical.clone()).map_err(|e| ParamError {
+                path: String::new(),
+                message: e.to_string(),
+            })?;
+        typed.check()?;
+        Ok(canonical)
+    }
+
+    /// Checks what the types cannot: the family is known, `qwen3` has a `model_dir`, settings of
+    /// one family are not set (to something other than their default) for the other, LoRA
+    /// settings are in range. Errors name the key.
+    pub fn check(&self) -> Result<(), ParamError> {
+        let err = |path: &str, message: String| ParamError {
+            path: path.to_string(),
+            message,
+        };
+        let d = TrainParams::default();
+        match self.family.as_str() {
+            "tiny" => {
+                let qwen3_only = [
+                    ("model_dir", self.model_dir != d.model_dir),
+                    ("lora", self.lora != d.lora),
+                    (
+                        "gradient_checkpointing",
+                        self.gradient_checkpointing != d.gradient_checkpointing,
+                    ),
+                    ("save", self.save != d.save),
+                ];
+                if let Some((key, _)) = qwen3_only.iter().find(|(_, set)| *set) {
+                    return Err(err(
+                        key,
+                        format!("`{key}` applies to family = \"qwen3\" only (family is \"tiny\")"),
+                    ));
+                }
+                self.check_tiny_shape()?;
+            }
+            "qwen3" => {
+                if self.model_dir.as_deref().is_none_or(str::is_empty) {
+                    return Err(err(
+                        "model_dir",
+                        "family = \"qwen3\" needs model_dir: a Hugging Face checkpoint directory \
+                         (config.json, model.safetensors, tokenizer.json, tokenizer_config.json), \
+                         relative to the project root"
+                            .into(),
+                    ));
+                }
+                // The architecture comes from the checkpoint: tiny-only settings would be ignored.
+                let tiny_only = [
+                    ("layers", self.layers != d.layers),
+                    ("width", self.width != d.width),
+                    ("heads", self.heads != d.heads),
+                    ("ffn", self.ffn != d.ffn),
+                    ("dropout", self.dropout != d.dropout),
+                    ("copy_dim", self.copy_dim != d.copy_dim),
+                    ("max_records", self.max_records != d.max_records),
+                ];
+                if let Some((key, _)) = tiny_only.iter().find(|(_, set)| *set) {
+                    return Err(err(
+                        key,
+                        format!(
+                            "`{key}` applies to family = \"tiny\" only (a qwen3 student takes its \
+                             architecture from model_dir; LoRA dropout is lora.dropout)"
+                        ),
+                    ));
+                }
+                let l = &self.lora;
+                if l.rank < 1 {
+                    return Err(err(
+                        "lora.rank",
+                        format!("must be at least 1, got {}", l.rank),
+                    ));
+                }
+                if l.alpha.is_nan() || l.alpha <= 0.0 {
+                    return Err(err(
+                        "lora.alpha",
+                        format!("must be positive, got {}", l.alpha),
+                    ));
+                }
+                if !(0.0..1.0).contains(&l.dropout) {
+                    return Err(err(
+                        "lora.dropout",
+                        format!("must be in [0, 1), got {}", l.dropout),
+                    ));
+                }
+                if l.target_modules.is_empty() {
+                    return Err(err(
+                        "lora.target_modules",
+                        "at least one module is needed".into(),
+                    ));
+                }
+                for (i, t) in l.target_modules.iter().enumerate() {
+                    let short = t.strip_suffix("_proj").unwrap_or(t);
+                    if !LORA_TARGETS.contains(&short) {
+                        return Err(err(
+                            &format!("lora.target_modules[{i}]"),
+                            format!(
+                                "unknown module {t:?}; expected {} (or their _proj names)",
+                                LORA_TARGETS.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+            other => {
+                return Err(err(
+                    "family",
+                    format!(
+                        "unknown model family {other:?}; known: {}",
+                        FAMILIES.join(", ")
+                    ),
+                ))
+            }
+        }
+        if self.lr.is_nan() || self.lr <= 0.0 {
+            return Err(err("lr", format!("must be positive, got {}", self.lr)));
+        }
+        if self.epochs.is_nan() || self.epochs <= 0.0 {
+            return Err(err(
+                "epochs",
+                format!("must be positive, got {}", self.epochs),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the tiny student's architecture as the worker will build it, so a shape it cannot
+    /// build fails when the experiment is loaded, not inside the worker after upstream work.
+    fn check_tiny_shape(&self) -> Result<(), ParamError> {
+        let err = |path: &str, message: String| ParamError {
+            path: path.to_string(),
+            message,
+        };
+        for (key, value) in [
+            ("layers", self.layers),
+            ("width", self.width),
+            ("heads", self.heads),
+            ("context", self.context),
+        ] {
+            if value < 1 {
+                return Err(err(key, format!("must be at least 1, got {value}")));
+            }
+        }
+        for (key, value) in [("ffn", self.ffn), ("copy_dim", self.copy_dim)] {
+            if value < 0 {
+                return Err(err(key, format!("must be 0 or more, got {value}")));
+            }
+        }
+        // Each head gets width / heads dimensions, and rotary positions rotate them in pairs.
+        if self.width % self.heads != 0 || (self.width / self.heads) % 2 != 0 {
+            return Err(err(
+                "heads",
+                format!(
+                    "width {} must split into {} heads of an even size (width a multiple of \
+                     2 × heads)",
+                    self.width, self.heads
+                ),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(err(
+                "dropout",
+                format!("must be in [0, 1), got {}", self.dropout),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What the orchestrator hands the worker: one JSON file, path given as the only argument.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerJob {
+    /// `tokenizer`, `train` or `predict`.
+    pub task: String,
+    /// The step's canonical parameters.
+    pub params: Value,
+    /// Input files by name: `traces`, `tools`, `tokenizer`, `model`, `pairs`, `user_tokenizer`.
+    pub inputs: BTreeMap<String, PathBuf>,
+    /// Where to write the product (a file, or the `model/` directory).
+    pub output: PathBuf,
+    /// CPU threads to use.
+    pub threads: usize,
+}
+
+/// Parameters of the `predict` step (`[predict]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PredictParams {
+    /// Device.
+    pub device: DeviceChoice,
+    /// Pairs decoded together (sorted by prompt length to limit padding).
+    pub batch_size: usize,
+    /// Most tokens of one free-text argument value.
+    pub max_value_tokens: usize,
+    /// Most tokens of a whole call; the prompt keeps this much room in the context.
+    pub max_new_tokens: usize,
+}
+
+impl Default for PredictParams {
+    fn default() -> Self {
+        PredictParams {
+            device: DeviceChoice::Auto,
+            batch_size: 32,
+            max_value_tokens: 40,
+            max_new_tokens: 64,
+        }
+    }
+}
+
+/// Parameters of the `tokenizer` step (`[tokenizer]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenizerParams {
+    /// Vocabulary size of the trained BPE, special tokens included.
+    pub vocab_size: usize,
+    /// A pair must occur this often to be merged.
+    pub min_frequency: u64,
+    /// A user's `tokenizer.json` (relative to the project root) instead of training one; the
+    /// template's special tokens are added to it.
+    pub path: Option<String>,
+    /// A Hugging Face checkpoint directory (relative to the project root) whose `tokenizer.json`
+    /// is taken byte for byte, nothing added: the tokenizer of a `[train] family = "qwen3"`
+    /// student, which must name the same directory as its `model_dir`.
+    pub model_dir: Option<String>,
+}
+
+impl Default for TokenizerParams {
+    fn default() -> Self {
+        TokenizerParams {
+            vocab_size: 2048,
+            min_frequency: 2,
+            path: None,
+            model_dir: None,
+        }
+    }
+}
