@@ -280,7 +280,7 @@ fn fillers(tools: &ToolSet, lexicon: &Lexicon) -> BTreeSet<String> {
     let mut out: BTreeSet<String> = NAME_GLUE.iter().map(|w| w.to_string()).collect();
     out.extend(lexicon.common.iter().cloned());
     for f in &tools.functions {
-        for w in dialogue::identifier_words(&f.name) {
+        for w in tracelab_core::text::identifier_words(&f.name) {
             let stem = w.trim_end_matches('s').to_string();
             if stem.len() >= 3 {
                 out.insert(format!("{stem}s"));

@@ -70,7 +70,8 @@ impl Step for Judge {
         // 2: reasons for unparseable predictions come from `formats::parse_call`.
         // 3: clock times and ISO dates side by side no longer read as a phone number.
         // 4: dialogue checks on replies (outcomes, stated values, requests), a class per verdict.
-        4
+        // 5: replies' times and dates found by the shared text layer; chain names; counts.
+        5
     }
 
     fn about(&self) -> &'static str {

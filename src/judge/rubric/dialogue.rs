@@ -22,6 +22,7 @@ use super::{
 use crate::judge::context::{Context, ResultBlock, Speaker};
 use crate::judge::normalize::{fold, parse_date, parse_number, parse_time, value_text, ValueKind};
 use crate::tools::FunctionKind;
+use tracelab_core::text::{find_dates, find_time_readings, identifier_words, UNITS};
 
 /// What a stated value is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -74,34 +75,18 @@ struct Mention {
     value: Stated,
 }
 
-/// Clock times said with a cue ("7:45 pm", "19:45", "half past 5 in the evening", "noon",
-/// "evening 5:30"); a bare number is no time.
-static TIME_RE: LazyLock<Regex> = LazyLock::new(|| {
-    let hours = "one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve";
-    Regex::new(&format!(
-        r"(?i)\b(?:(?:half|quarter)\s+(?:past|to)\s+)?(?:\d{{1,2}}(?::\d{{2}})?|{hours})\s*(?:o'?\s?clock\s*)?(?:a\.?m\b\.?|p\.?m\b\.?|in the morning|in the afternoon|in the evening|at night)|\b\d{{1,2}}:\d{{2}}\b|\b(?:noon|midnight)\b|\b(?:morning|afternoon|evening|night),?\s+(?:at\s+)?\d{{1,2}}(?::\d{{2}})?\b|\b(?:{hours}|\d{{1,2}})\s+o'?\s?clock\b"
-    ))
-    .expect("valid pattern")
-});
-
-/// Dates: ISO, month and day, "the 3rd", relative days, weekdays.
-static DATE_RE: LazyLock<Regex> = LazyLock::new(|| {
-    let months = "january|february|march|april|may|june|july|august|september|october|november|december|jan|feb|mar|apr|jun|jul|aug|sep|sept|oct|nov|dec";
-    let days = "monday|tuesday|wednesday|thursday|friday|saturday|sunday";
-    // A bare "today" is mostly a pleasantry ("anything else today?"; "for today" and "today at"
-    // are dates) and a bare "24th" mostly a street ("474 24th Street"): ordinals need "the" or
-    // a month.
-    Regex::new(&format!(
-        r"(?i)\b\d{{4}}-\d{{2}}-\d{{2}}\b|\b(?:{months})\.?\s+\d{{1,2}}(?:st|nd|rd|th)?\b|\bthe\s+\d{{1,2}}(?:st|nd|rd|th)\b(?:\s+of\s+(?:{months}|this month))?|\b\d{{1,2}}(?:st|nd|rd|th)\s+of\s+(?:{months}|this month)\b|\b(?:(?:the\s+)?day\s+after\s+tomorrow|tomorrow)\b|\b(?:for|on)\s+today\b|\btoday\s+at\b|\b(?:(?:next|this|on|coming)\s+)?(?:{days})\b"
-    ))
-    .expect("valid pattern")
-});
+/// Words that make a bare "today" or "tonight" a date ("for today", "on today", "tonight at");
+/// without them it is mostly a pleasantry ("anything else today?").
+const DAY_CUES_BEFORE: &[&str] = &["for", "on"];
 
 /// Counts: "for 4", "party of 4", "4 people", and a number before a noun that the schema's
 /// count parameters name ("2 tickets" when there is a `number_of_tickets`).
 static COUNT_RE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\b(?:(for)\s+)?(\d{1,2}|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve)\b(?:\s+([a-z]+))?")
-        .expect("valid pattern")
+    Regex::new(&format!(
+        r"(?i)\b(?:(for)\s+)?(\d{{1,2}}|{})\b(?:\s+([a-z]+))?",
+        UNITS[1..=12].join("|")
+    ))
+    .expect("valid pattern")
 });
 
 /// Words after a number that make it part of a time, a money amount or an ordinal, not a count.
@@ -346,29 +331,31 @@ impl Rubric<'_> {
     fn stated_in(&self, text: &str, nouns: &BTreeSet<String>) -> Vec<Stated> {
         let mut out = Vec::new();
         let mut taken: Vec<std::ops::Range<usize>> = Vec::new();
-        for m in TIME_RE.find_iter(text) {
-            let readings: Vec<i64> = parse_time(m.as_str()).into_iter().map(i64::from).collect();
-            if !readings.is_empty() {
-                taken.push(m.range());
-                out.push(Stated {
-                    kind: Kind::Time,
-                    readings,
-                    text: m.as_str().to_string(),
-                });
-            }
+        for (r, readings) in find_time_readings(text) {
+            out.push(Stated {
+                kind: Kind::Time,
+                readings: readings.into_iter().map(i64::from).collect(),
+                text: text[r.clone()].to_string(),
+            });
+            taken.push(r);
         }
-        for m in DATE_RE.find_iter(text) {
-            let readings: Vec<i64> = parse_date(m.as_str(), self.norm.today)
+        for (r, _) in find_dates(text, self.norm.today) {
+            let said = &text[r.clone()];
+            if is_pleasantry_day(text, &r) {
+                continue;
+            }
+            // Every reading, not only the finder's one: "Friday" may be today or in a week.
+            let readings: Vec<i64> = parse_date(said, self.norm.today)
                 .into_iter()
                 .map(|d| d.days())
                 .collect();
             if !readings.is_empty() {
-                taken.push(m.range());
                 out.push(Stated {
                     kind: Kind::Date,
                     readings,
-                    text: m.as_str().to_string(),
+                    text: said.to_string(),
                 });
+                taken.push(r);
             }
         }
         for c in COUNT_RE.captures_iter(text) {
@@ -868,30 +855,16 @@ fn mask_names(ctx: &Context, message: &str) -> String {
     out
 }
 
-/// The words of an identifier: `BuyMovieTickets` → buy, movie, tickets; `phone_number` →
-/// phone, number.
-pub(super) fn identifier_words(name: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let chars: Vec<char> = name.chars().collect();
-    for (i, &c) in chars.iter().enumerate() {
-        let boundary = c.is_uppercase()
-            && i > 0
-            && (chars[i - 1].is_lowercase() || chars.get(i + 1).is_some_and(|n| n.is_lowercase()));
-        if !c.is_alphanumeric() || boundary {
-            if !cur.is_empty() {
-                out.push(std::mem::take(&mut cur));
-            }
-            if !c.is_alphanumeric() {
-                continue;
-            }
-        }
-        cur.extend(c.to_lowercase());
+/// Whether a date span is a bare "today"/"tonight" said as a pleasantry: no "for"/"on" before
+/// it and no "at" after it.
+fn is_pleasantry_day(text: &str, r: &std::ops::Range<usize>) -> bool {
+    let said = text[r.clone()].to_lowercase();
+    if said != "today" && said != "tonight" {
+        return false;
     }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
+    let before = text[..r.start].split_whitespace().next_back().map(fold);
+    let after = text[r.end..].split_whitespace().next().map(fold);
+    !before.is_some_and(|w| DAY_CUES_BEFORE.contains(&w.as_str())) && after.as_deref() != Some("at")
 }
 
 /// The folded sentences of `text` that ask something: ending in "?" or starting with a word
@@ -927,16 +900,6 @@ mod tests {
     use crate::tools::ToolSet;
     use serde_json::{json, Value};
     use std::collections::BTreeMap;
-
-    #[test]
-    fn identifier_words_split_cases_and_underscores() {
-        assert_eq!(
-            identifier_words("BuyMovieTickets"),
-            ["buy", "movie", "tickets"]
-        );
-        assert_eq!(identifier_words("phone_number"), ["phone", "number"]);
-        assert_eq!(identifier_words("SearchHouse"), ["search", "house"]);
-    }
 
     #[test]
     fn questions_are_found() {

@@ -15,7 +15,7 @@ pub mod time;
 
 pub use date::{find_dates, parse_date};
 pub use number::{parse_number, UNITS};
-pub use time::{find_times, format_time, parse_time, Minutes};
+pub use time::{find_time_readings, find_times, format_time, parse_time, Minutes};
 
 /// Folds case, spacing and punctuation: lowercase, `&` → `and`, apostrophes dropped
 /// (`McDonald's` → `mcdonalds`), other punctuation → space, whitespace collapsed.

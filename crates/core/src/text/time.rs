@@ -206,13 +206,26 @@ fn counts_something(after: &str) -> bool {
 /// be morning or evening and is left out). A bare number is no time, and neither is a number
 /// that counts the word after it ("evening 2 tickets").
 pub fn find_times(text: &str) -> Vec<(Range<usize>, Minutes)> {
+    find_time_readings(text)
+        .into_iter()
+        .filter_map(|(r, readings)| match readings.as_slice() {
+            [m] => Some((r, *m)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// [`find_times`] with the times that have more than one reading kept, each with all of them
+/// ("7:30": 07:30 and 19:30). A rewriter needs the one reading; a reader that asks "could this
+/// be the time the user gave" takes every one.
+pub fn find_time_readings(text: &str) -> Vec<(Range<usize>, Vec<Minutes>)> {
     let mut out = Vec::new();
     for c in TIME_RE.captures_iter(text) {
         let whole = c.get(0).expect("match");
         let end = c.name("tail").map_or(whole.end(), |t| t.start());
         let range = whole.start()..end;
         if c.name("noon").is_some() {
-            out.push((range, 12 * 60));
+            out.push((range, vec![12 * 60]));
             continue;
         }
         // The time itself, without a leading "a" ("a quarter to 8 pm"), which the span keeps.
@@ -229,8 +242,9 @@ pub fn find_times(text: &str) -> Vec<(Range<usize>, Minutes)> {
         if c.name("daypart").is_some() && bare && counts_something(after) {
             continue;
         }
-        if let [m] = parse_time(said).as_slice() {
-            out.push((range, *m));
+        let readings = parse_time(said);
+        if !readings.is_empty() {
+            out.push((range, readings));
         }
     }
     out
@@ -340,5 +354,21 @@ mod tests {
         ] {
             assert_eq!(found(text), vec![], "{text}");
         }
+    }
+
+    #[test]
+    fn readings_keep_times_with_two() {
+        let text = "7:30 works, or 19:45, not 3 nights";
+        let got: Vec<(&str, Vec<String>)> = find_time_readings(text)
+            .into_iter()
+            .map(|(r, ms)| (&text[r], ms.into_iter().map(format_time).collect()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("7:30", vec!["07:30".to_string(), "19:30".to_string()]),
+                ("19:45", vec!["19:45".to_string()]),
+            ]
+        );
     }
 }
