@@ -597,6 +597,7 @@ impl<'a> Rubric<'a> {
             dialogue.retain(|(f, _)| !same.contains(f));
         }
         problems.extend(dialogue);
+        problems.extend(self.check_swapped(ctx, &reply_text(reference), &message));
         problems.sort_by_key(|(f, _)| *f);
         match problems.first() {
             None => {

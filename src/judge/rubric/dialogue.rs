@@ -22,7 +22,7 @@ use super::{
 use crate::judge::context::{Context, ResultBlock, Speaker};
 use crate::judge::normalize::{fold, parse_date, parse_number, parse_time, value_text, ValueKind};
 use crate::tools::FunctionKind;
-use tracelab_core::text::{find_dates, find_time_readings, identifier_words, UNITS};
+use tracelab_core::text::{find_dates, find_time_readings, identifier_words, words, UNITS};
 
 /// What a stated value is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -157,6 +157,66 @@ impl Rubric<'_> {
         out.extend(self.check_answers_request(ctx, message));
         out.extend(self.check_asks_again(ctx, message, &timeline));
         out
+    }
+
+    /// A reply that gives two of the user's values each the other's place: where the reference
+    /// says "at Ariake in San Jose", "at San Jose in Ariake". The values are the reference's
+    /// capitalized phrases that a user turn, a call or a record also holds; a value's place is
+    /// the word before it. Only an exact exchange of places counts, which a paraphrase that
+    /// reorders the sentence does not make.
+    pub(super) fn check_swapped(
+        &self,
+        ctx: &Context,
+        reference: &str,
+        message: &str,
+    ) -> Option<(Fault, String)> {
+        let known: Vec<Vec<String>> = ctx
+            .turns
+            .iter()
+            .filter(|t| t.speaker != Speaker::Assistant || t.call.is_some())
+            .map(|t| match &t.call {
+                Some(c) => words(
+                    &c.arguments
+                        .values()
+                        .map(value_text)
+                        .collect::<Vec<_>>()
+                        .join(" . "),
+                ),
+                None => words(&t.text),
+            })
+            .collect();
+        let (ref_words, pred_words) = (words(reference), words(message));
+        fn strs(ws: &[String]) -> Vec<&str> {
+            ws.iter().map(String::as_str).collect()
+        }
+        let (ref_words, pred_words) = (strs(&ref_words), strs(&pred_words));
+        let known: Vec<Vec<&str>> = known.iter().map(|k| strs(k)).collect();
+        // The word before the first place the phrase is said, when it has one.
+        let place = |ws: &[&str], p: &[&str]| {
+            find_words(ws, p)
+                .filter(|&i| i > 0)
+                .map(|i| ws[i - 1].to_string())
+        };
+        let placed: Vec<(String, String, String)> = capitalized_phrases(reference)
+            .iter()
+            .map(|p| words(p))
+            .filter_map(|p| {
+                let p = strs(&p);
+                known.iter().find(|k| find_words(k, &p).is_some())?;
+                Some((p.join(" "), place(&ref_words, &p)?, place(&pred_words, &p)?))
+            })
+            .collect();
+        for (i, (a, ra, pa)) in placed.iter().enumerate() {
+            for (b, rb, pb) in &placed[i + 1..] {
+                if ra != rb && pa == rb && pb == ra && a != b {
+                    return Some((
+                        Fault::ContradictsUser,
+                        format!("puts {a:?} where {b:?} belongs and {b:?} where {a:?} belongs"),
+                    ));
+                }
+            }
+        }
+        None
     }
 
     // ---- What a transaction did ----------------------------------------------------------------
@@ -855,6 +915,34 @@ fn mask_names(ctx: &Context, message: &str) -> String {
     out
 }
 
+/// Runs of capitalized words ("San Jose", "Ariake"), not counting a sentence's first word
+/// alone ("Please").
+fn capitalized_phrases(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur: Vec<&str> = Vec::new();
+    let mut sentence_start = true;
+    for raw in text.split_whitespace() {
+        let w = raw.trim_matches(|c: char| !c.is_alphanumeric());
+        let capital = w.starts_with(|c: char| c.is_uppercase());
+        if capital && !(sentence_start && cur.is_empty()) {
+            cur.push(w);
+        } else if !cur.is_empty() {
+            out.push(cur.join(" "));
+            cur.clear();
+        }
+        // A word that ends a clause ends a run: "Ariake, San Jose" are two values.
+        if raw.ends_with(|c: char| ",;:.!?".contains(c)) && !cur.is_empty() {
+            out.push(cur.join(" "));
+            cur.clear();
+        }
+        sentence_start = raw.ends_with(['.', '!', '?', ':']);
+    }
+    if !cur.is_empty() {
+        out.push(cur.join(" "));
+    }
+    out
+}
+
 /// Whether a date span is a bare "today"/"tonight" said as a pleasantry: no "for"/"on" before
 /// it and no "at" after it.
 fn is_pleasantry_day(text: &str, r: &std::ops::Range<usize>) -> bool {
@@ -1082,5 +1170,27 @@ mod tests {
             "Yes it does. What check in date do you want?",
         );
         assert!(v.good, "{}", v.reason);
+    }
+
+    #[test]
+    fn swapped_values_contradict_the_user() {
+        let ctx = conversation(json!([{"role": "user",
+            "content": "Book me the Villa Rosa house in Nice instead."}]));
+        let reference = "Please confirm: the Villa Rosa house in Nice, 2 adults.";
+        let v = judge(
+            &ctx,
+            reference,
+            "Please confirm: the Nice house in Villa Rosa, 2 adults.",
+        );
+        assert_eq!(v.class(), "contradicts_user", "{}", v.reason);
+        // The same values in another order, or said once each in other places, are no swap.
+        for good in [
+            "Please confirm: the Villa Rosa house in Nice, 2 adults.",
+            "So that is Nice, the Villa Rosa house, for 2 adults?",
+            "Please confirm: in Nice, the house Villa Rosa, 2 adults.",
+        ] {
+            let v = judge(&ctx, reference, good);
+            assert!(v.good, "{good}: {}", v.reason);
+        }
     }
 }
