@@ -1,6 +1,10 @@
 //! `experiments/smoke.toml` end to end on the real SGD data, as a user runs it: every step of the
 //! benchmark (ingest … report) on a small slice; a second run does nothing and prints the same
 //! table. Skips with a message where ../shared/sgd is absent.
+//!
+//! It also guards step versions: every step kind's output on this slice is recorded next to its
+//! version (`tests/fixtures/step-outputs.json`), and an output that changes while its version
+//! stays the same fails, since the cache would go on serving the old output under that version.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -48,6 +52,7 @@ fn smoke_experiment_runs_end_to_end_and_reruns_nothing() {
         (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
     };
     let (table, first) = run();
+    outputs_change_only_with_their_step_version(root);
     let rows: Vec<&str> = table.lines().collect();
     assert_eq!(rows[0], "| scenario | synthetic | direct | delta_pp | synthetic_macro | direct_macro | baseline | baseline_macro |");
     for (row, scenario) in rows[2..].iter().zip([
@@ -196,4 +201,137 @@ fn a_noop_run_needs_no_write_access_to_the_cache(root: &Path, sgd: &Path, table:
 
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The record of every step kind's output on the smoke slice.
+const STEP_OUTPUTS: &str = "tests/fixtures/step-outputs.json";
+
+/// What a step's output depends on beyond its code and inputs: the float arithmetic of the
+/// machine (CPU model and core count, which set libtorch's kernels and reduction order). Steps
+/// downstream of training are compared only on the platform they were recorded on.
+fn platform() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{cpu}, {cores} cores")
+}
+
+/// Steps whose output carries the student's floats (and those computed from them).
+const FLOAT_KINDS: &[&str] = &["train", "predict", "judge", "report"];
+
+/// Compares each recorded step's output hash and version with this run's manifests.
+/// `TRACELAB_RECORD_STEP_OUTPUTS=1` writes the record instead.
+fn outputs_change_only_with_their_step_version(root: &Path) {
+    use serde_json::{json, Value};
+    // label → (kind, version, what it was given, output hash); what it was given is the key's
+    // parts without the version: parameters, inputs' output hashes, external files.
+    let mut now: std::collections::BTreeMap<String, (String, u64, String, String)> =
+        Default::default();
+    for e in std::fs::read_dir(root.join("cache")).unwrap().flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path().join("manifest.json")) else {
+            continue;
+        };
+        let m: Value = serde_json::from_str(&text).unwrap();
+        let label = m["label"].as_str().unwrap().to_string();
+        // One cell of each pipeline, every corruption and the data and report steps cover
+        // every step kind.
+        let keep = label.starts_with("data/")
+            || label.ends_with("/corrupt")
+            || label.starts_with("clean/")
+            || label == "report";
+        if keep {
+            let kind = m["parts"]["kind"].as_str().unwrap().to_string();
+            let version = m["parts"]["version"].as_u64().unwrap();
+            let hash = m["output_hash"].as_str().unwrap().to_string();
+            // Where the data lies is no part of it (the test passes an absolute path): files
+            // count by content.
+            let mut given = m["parts"].clone();
+            let g = given.as_object_mut().unwrap();
+            g.remove("version");
+            if let Some(p) = g.get_mut("params").and_then(|p| p.get_mut("path")) {
+                *p = Value::Null;
+            }
+            if let Some(Value::Array(files)) = g.get_mut("external") {
+                for f in files.iter_mut() {
+                    *f = f[1].clone();
+                }
+                files.sort_by_key(|f| f.to_string());
+            }
+            let given = blake3::hash(given.to_string().as_bytes())
+                .to_hex()
+                .to_string();
+            now.insert(label, (kind, version, given, hash));
+        }
+    }
+    let path = repo().join(STEP_OUTPUTS);
+    if std::env::var_os("TRACELAB_RECORD_STEP_OUTPUTS").is_some() {
+        let steps: Vec<Value> = now
+            .iter()
+            .map(|(l, (k, v, g, h))| {
+                json!({"label": l, "kind": k, "version": v, "given": g, "output_hash": h})
+            })
+            .collect();
+        let record = json!({
+            "about": "each step's output hash on experiments/smoke.toml, by version; rewrite with TRACELAB_RECORD_STEP_OUTPUTS=1 cargo nextest run --test smoke",
+            "platform": platform(),
+            "steps": steps,
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&record).unwrap() + "\n").unwrap();
+        eprintln!("recorded {} step outputs in {STEP_OUTPUTS}", now.len());
+        return;
+    }
+    let record: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let same_platform = record["platform"].as_str() == Some(platform().as_str());
+    let mut problems = Vec::new();
+    let mut kinds = std::collections::BTreeSet::new();
+    for r in record["steps"].as_array().unwrap() {
+        let (label, kind) = (r["label"].as_str().unwrap(), r["kind"].as_str().unwrap());
+        kinds.insert(kind);
+        if FLOAT_KINDS.contains(&kind) && !same_platform {
+            eprintln!(
+                "not compared: {label} (recorded on {}, this is {})",
+                record["platform"],
+                platform()
+            );
+            continue;
+        }
+        let Some((_, version, given, hash)) = now.get(label) else {
+            problems.push(format!("{label}: recorded, but the run has no such step"));
+            continue;
+        };
+        let (old_version, old_hash) = (
+            r["version"].as_u64().unwrap(),
+            r["output_hash"].as_str().unwrap(),
+        );
+        if *version == old_version && r["given"].as_str() != Some(given.as_str()) {
+            problems.push(format!(
+                "{label}: the {kind} step's parameters or inputs changed (an upstream step's output): re-record"
+            ));
+        } else if *version == old_version && hash != old_hash {
+            problems.push(format!(
+                "{label}: the {kind} step's output changed at version {version}: bump the step's version (cached outputs of the old code would be served), then re-record"
+            ));
+        } else if *version != old_version {
+            problems.push(format!(
+                "{label}: the {kind} step is at version {version}, recorded at {old_version}: re-record"
+            ));
+        }
+    }
+    for (label, (kind, ..)) in &now {
+        if !kinds.contains(kind.as_str()) {
+            problems.push(format!("{label}: no {kind} step is recorded"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "step outputs vs {STEP_OUTPUTS} (re-record with TRACELAB_RECORD_STEP_OUTPUTS=1 cargo nextest run --test smoke):\n{}",
+        problems.join("\n")
+    );
 }
