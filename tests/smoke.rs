@@ -210,18 +210,45 @@ const STEP_OUTPUTS: &str = "tests/fixtures/step-outputs.json";
 /// machine (CPU model and core count, which set libtorch's kernels and reduction order). Steps
 /// downstream of training are compared only on the platform they were recorded on.
 fn platform() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_once(':'))
+            .map_or(String::new(), |(_, v)| v.trim().to_string())
+    };
+    // The instruction set extensions pick libtorch's kernels; a model name alone ("Intel(R)
+    // Xeon(R) Processor" on a virtual machine) does not tell them apart.
+    let flags = field("flags");
+    let isa: Vec<&str> = SIMD_FLAGS
+        .iter()
+        .copied()
+        .filter(|f| flags.split(' ').any(|x| x == *f))
+        .collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    format!("{cpu}, {cores} cores")
+    format!(
+        "{} ({}), {cores} cores, {}",
+        field("model name"),
+        std::env::consts::ARCH,
+        isa.join(" ")
+    )
 }
+
+/// The x86 extensions whose presence changes which kernels libtorch (oneDNN, MKL) runs.
+const SIMD_FLAGS: &[&str] = &[
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+];
 
 /// Steps whose output carries the student's floats (and those computed from them).
 const FLOAT_KINDS: &[&str] = &["train", "predict", "judge", "report"];
