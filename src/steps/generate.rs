@@ -88,7 +88,10 @@ impl Step for Generate {
         // 8: bookings of a place the user names, with no search, and bookings after a search,
         // as often as the traces have them.
         // 9: a short conversation with no room for a booking searches only (v8 failed some).
-        9
+        // 10: nothing from one domain: widened times span the traces' hours (not 10:00–22:45),
+        // the booking lead says the transaction's own act, counts of things are said as such
+        // ("3 tickets"), origin and destination places as "from"/"to".
+        10
     }
     fn about(&self) -> &'static str {
         "write synthetic conversations with a teacher (offline simulator or an LLM) from filtered traces"

@@ -13,6 +13,7 @@
 use rand::seq::IndexedRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use tracelab_core::text::identifier_words;
 
 /// What kind of thing an argument's value is, which decides how a person says it in a sentence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,13 +144,14 @@ pub fn transaction_phrase(description: &str, noun: &str) -> (String, String) {
 /// named `h` in words ("price range").
 pub fn slot_phrase(rng: &mut ChaCha8Rng, role: Role, h: &str, v: &str) -> String {
     match role {
-        Role::Place => [
-            "in {v}",
-            "in {v}",
-            "around {v}",
-            "near {v}",
-            "in the {v} area",
-        ]
+        Role::Place => match direction(h) {
+            Some(Direction::From) => ["from {v}", "from {v}", "leaving from {v}", "out of {v}"],
+            Some(Direction::To) => ["to {v}", "to {v}", "going to {v}", "headed to {v}"],
+            None => ["in {v}", "in {v}", "around {v}", "near {v}"],
+        }
+        .iter()
+        .chain(direction(h).is_none().then_some(&"in the {v} area"))
+        .collect::<Vec<_>>()
         .choose(rng)
         .expect("non-empty")
         .replace("{v}", v),
@@ -183,6 +185,13 @@ pub fn slot_phrase(rng: &mut ChaCha8Rng, role: Role, h: &str, v: &str) -> String
                     .choose(rng)
                     .expect("non-empty")
                     .to_string()
+            } else if let Some(noun) = counted_thing(h) {
+                // "number of tickets": tickets, not people.
+                ["{v} {n}", "{v} {n}", "for {v} {n}"]
+                    .choose(rng)
+                    .expect("non-empty")
+                    .replace("{v}", v)
+                    .replace("{n}", &noun)
             } else {
                 [
                     "for {v} people",
@@ -202,6 +211,62 @@ pub fn slot_phrase(rng: &mut ChaCha8Rng, role: Role, h: &str, v: &str) -> String
             .replace("{v}", v)
             .replace("{h}", h),
     }
+}
+
+/// Which way a place argument points, from its name in words ("origin city", "where to").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    From,
+    To,
+}
+
+fn direction(h: &str) -> Option<Direction> {
+    let ws = identifier_words(h);
+    let has = |list: &[&str]| ws.iter().any(|w| list.contains(&w.as_str()));
+    if has(&[
+        "origin",
+        "from",
+        "departure",
+        "departing",
+        "leaving",
+        "source",
+    ]) {
+        Some(Direction::From)
+    } else if has(&["destination", "to", "arrival", "arriving", "dest"]) {
+        Some(Direction::To)
+    } else {
+        None
+    }
+}
+
+/// Words that count persons: a count argument named with one (or with none: "party size",
+/// "count") is said as a number of people.
+const PERSON_WORDS: &[&str] = &[
+    "people",
+    "persons",
+    "person",
+    "guests",
+    "guest",
+    "adults",
+    "adult",
+    "party",
+    "size",
+    "diners",
+    "travelers",
+    "travellers",
+    "passengers",
+    "group",
+];
+
+/// The thing a count argument counts when it is not persons: the last word of its name in words
+/// ("number of tickets" → "tickets", "num rooms" → "rooms").
+fn counted_thing(h: &str) -> Option<String> {
+    let ws: Vec<String> = identifier_words(h)
+        .into_iter()
+        .filter(|w| !["number", "num", "of", "count", "total", "the"].contains(&w.as_str()))
+        .collect();
+    let last = ws.last()?;
+    (!ws.iter().any(|w| PERSON_WORDS.contains(&w.as_str()))).then(|| last.clone())
 }
 
 /// One stated value: its role, its argument name in words and how it is said.
@@ -604,6 +669,25 @@ mod tests {
                 }],
             );
             assert!(t.contains("Lupa") && t.contains("7 pm"), "{t}");
+        }
+    }
+
+    #[test]
+    fn counts_and_places_are_said_as_their_argument_names_mean() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for _ in 0..20 {
+            let p = slot_phrase(&mut rng, Role::Count, "number of tickets", "3");
+            assert!(p.contains("3 tickets"), "{p}");
+            let p = slot_phrase(&mut rng, Role::Count, "numberOfRooms", "2");
+            assert!(p.contains("2 rooms"), "{p}");
+            let p = slot_phrase(&mut rng, Role::Count, "party size", "4");
+            assert!(!p.contains("size"), "{p}");
+            let p = slot_phrase(&mut rng, Role::Place, "origin city", "Boston");
+            assert!(p.contains("from Boston") || p.contains("out of Boston"), "{p}");
+            let p = slot_phrase(&mut rng, Role::Place, "destination_city", "Denver");
+            assert!(p.contains("to Denver"), "{p}");
+            let p = slot_phrase(&mut rng, Role::Place, "city", "Paris");
+            assert!(!p.contains("from") && !p.contains("to "), "{p}");
         }
     }
 }

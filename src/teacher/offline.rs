@@ -1132,14 +1132,18 @@ pub struct OfflineTeacher {
 }
 
 /// Widens value pools whose traces show a time (`HH:MM`) or ISO date format with more values of
-/// the same format, so the student sees many values and must copy rather than memorize.
+/// the same format, so the student sees many values and must copy rather than memorize. Times
+/// fill the hours the traces' times span (a restaurant's evening, a flight's whole day) in
+/// quarters; dates the 45 days from the reference date.
 fn widen(values: &[String], reference_date: &str) -> Vec<String> {
     let is_time = |v: &str| parse_clock(v).is_some();
     let is_date = |v: &str| parse_iso_value(v).is_some();
     let mut out: BTreeSet<String> = values.iter().cloned().collect();
     if !values.is_empty() && values.iter().all(|v| is_time(v)) {
         let padded = values.iter().all(|v| v.len() == 5);
-        for h in 10..23 {
+        let hours = values.iter().filter_map(|v| parse_clock(v)).map(|(h, _)| h);
+        let (first, last) = (hours.clone().min().unwrap_or(0), hours.max().unwrap_or(23));
+        for h in first..=last {
             for m in [0, 15, 30, 45] {
                 out.insert(if padded || h >= 10 {
                     format!("{h:02}:{m:02}")
@@ -1914,14 +1918,16 @@ impl OfflineTeacher {
                 }
             }
         }
+        // What the transaction does comes from its description ("reserve a table", "buy
+        // tickets"), not from one domain.
         let lead = [
-            "I'd like to make a reservation.",
-            "Let's book it.",
-            "I want to reserve a table.",
-            "Please make a booking.",
+            "I'd like to make a reservation.".to_string(),
+            "Let's book it.".to_string(),
+            format!("I want to {}.", t.act.0),
+            "Please make a booking.".to_string(),
         ]
         .choose(&mut w.rng)
-        .map(|s| s.to_string());
+        .cloned();
         let req_text = if request.is_empty() {
             lead.unwrap_or_default()
         } else {
@@ -2764,8 +2770,14 @@ mod tests {
             format_date(parse_date("2020-02-28").unwrap() + 1),
             "2020-02-29"
         );
-        let w = widen(&["18:30".to_string()], "2019-03-01");
-        assert!(w.len() > 40 && w.iter().all(|t| t.len() == 5 && t.as_bytes()[2] == b':'));
+        // Times fill the hours the traces span, in quarters: an evening stays an evening, an
+        // early flight's morning is kept.
+        let w = widen(&["18:30".to_string(), "21:10".to_string()], "2019-03-01");
+        assert_eq!(w.len(), 4 * 4 + 1, "{w:?}");
+        assert!(w.iter().all(|t| t.len() == 5 && t.as_bytes()[2] == b':'));
+        assert_eq!((w[0].as_str(), w[w.len() - 1].as_str()), ("18:00", "21:45"));
+        let w = widen(&["06:05".to_string(), "23:40".to_string()], "2019-03-01");
+        assert!(w.contains(&"06:15".to_string()) && w.contains(&"23:45".to_string()));
         assert!(
             widen(&["2019-03-05".to_string()], "2019-03-01").contains(&"2019-04-10".to_string())
         );
