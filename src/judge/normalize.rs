@@ -3,8 +3,8 @@
 //! Text is compared after case, spacing and punctuation folding; times ("6:00 PM", "18:00",
 //! "6 pm", "six in the evening"), dates (ISO, "March 3rd", "the 3rd", "today", "next Friday",
 //! relative to the task's reference date) and numbers ("two", "2 people") are parsed into
-//! canonical values first; synonyms and subcategories come from a table (built-in defaults for
-//! the study's cuisine pairs, extended by the task file's `synonyms`).
+//! canonical values first; synonyms and subcategories come from the task file's `synonyms` (none
+//! are built in: they are domain knowledge).
 //!
 //! Parsers return *every* plausible reading (a bare "6" may be 06:00 or 18:00; "Friday" said on
 //! a Friday may be today or in a week), and two values match when their readings intersect:
@@ -32,48 +32,6 @@ pub fn parse_bool(s: &str) -> Option<bool> {
 
 // ---- Synonyms ------------------------------------------------------------------------------------
 
-/// Built-in synonyms and subcategories: the study's cuisine pairs, common city abbreviations,
-/// and the wording of facts a reply may claim (alcohol, live music, price ranges). Canonical
-/// value → accepted alternatives; a task file's `synonyms` extends these.
-pub const DEFAULT_SYNONYMS: &[(&str, &[&str])] = &[
-    ("American", &["Barbecue", "BBQ", "Burgers", "Diner"]),
-    ("Asian", &["Asian Fusion", "Pan-Asian"]),
-    ("Gastrobar", &["Gastropub"]),
-    ("Japanese", &["Ramen", "Sushi"]),
-    ("Chinese", &["Szechuan", "Sichuan", "Dim Sum", "Cantonese"]),
-    ("Vietnamese", &["Cambodian", "Pho"]),
-    ("San Francisco", &["SF", "San Fran"]),
-    ("New York", &["NYC", "New York City"]),
-    ("Los Angeles", &["LA"]),
-    (
-        "alcohol",
-        &["drinks", "wine", "beer", "liquor", "cocktails", "alcoholic"],
-    ),
-    (
-        "live music",
-        &["live band", "live bands", "live performances", "music"],
-    ),
-    (
-        "inexpensive",
-        &["cheap", "budget", "low cost", "low priced"],
-    ),
-    (
-        "moderate",
-        &[
-            "moderately priced",
-            "mid range",
-            "reasonably priced",
-            "reasonable",
-            "average priced",
-        ],
-    ),
-    (
-        "expensive",
-        &["pricey", "high end", "upscale", "costly", "pricy"],
-    ),
-    ("very expensive", &["luxury", "extremely expensive"]),
-];
-
 /// Folded synonym relation: canonical ↔ alternative (not alternative ↔ alternative: Ramen and
 /// Sushi are both Japanese, but not each other).
 #[derive(Debug, Clone, Default)]
@@ -82,12 +40,10 @@ pub struct Synonyms {
 }
 
 impl Synonyms {
-    /// The built-in table extended by `extra` (canonical → alternatives).
-    pub fn with_defaults(extra: &BTreeMap<String, Vec<String>>) -> Synonyms {
+    /// The relation a task file's `synonyms` give (canonical → alternatives). There are no
+    /// built-in ones: which values name the same thing is domain knowledge, and lives in data.
+    pub fn new(extra: &BTreeMap<String, Vec<String>>) -> Synonyms {
         let mut s = Synonyms::default();
-        for (k, alts) in DEFAULT_SYNONYMS {
-            s.add(k, alts.iter().copied());
-        }
         for (k, alts) in extra {
             s.add(k, alts.iter().map(String::as_str));
         }
@@ -162,8 +118,8 @@ pub struct Normalizer {
 }
 
 impl Normalizer {
-    /// A normalizer for conversations whose "today" is `reference_date` (ISO), with the built-in
-    /// synonyms extended by `synonyms`.
+    /// A normalizer for conversations whose "today" is `reference_date` (ISO), with the task
+    /// file's `synonyms`.
     pub fn new(
         reference_date: &str,
         synonyms: &BTreeMap<String, Vec<String>>,
@@ -173,7 +129,7 @@ impl Normalizer {
         })?;
         Ok(Normalizer {
             today,
-            synonyms: Synonyms::with_defaults(synonyms),
+            synonyms: Synonyms::new(synonyms),
         })
     }
 
@@ -266,9 +222,16 @@ mod tests {
         Normalizer::new("2019-03-01", &BTreeMap::new()).unwrap()
     }
 
+    /// The restaurant task file's synonyms (the data that holds them).
+    fn restaurants() -> Normalizer {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tasks/restaurants.md");
+        let task = crate::task::Task::load(&path).unwrap();
+        Normalizer::new("2019-03-01", &task.settings.synonyms).unwrap()
+    }
+
     #[test]
     fn same_value_table() {
-        let n = norm();
+        let n = restaurants();
         let cases: &[(&str, &str, &str, bool)] = &[
             ("time", "18:00", "6:00 PM", true),
             ("time", "18:00", "six in the evening", true),
@@ -312,7 +275,11 @@ mod tests {
         let n = Normalizer::new("2019-03-01", &extra).unwrap();
         assert!(n.same("cuisine", "Seafood", "fish"));
         assert!(!norm().same("cuisine", "Seafood", "fish"));
-        assert!(n.same("cuisine", "American", "BBQ"), "defaults stay");
+        assert!(
+            !n.same("cuisine", "American", "BBQ"),
+            "no built-in synonyms"
+        );
+        assert!(restaurants().same("cuisine", "American", "BBQ"));
         assert!(Normalizer::new("March", &extra).is_err());
     }
 

@@ -1342,7 +1342,6 @@ mod tests {
     use super::*;
     use crate::judge::context::Context;
     use serde_json::json;
-    use std::collections::BTreeMap;
 
     fn tools() -> ToolSet {
         let v = json!([
@@ -1388,7 +1387,12 @@ mod tests {
 
     fn judge_with<T>(f: impl FnOnce(&Rubric<'_>) -> T) -> T {
         let t = tools();
-        let n = Normalizer::new("2019-03-01", &BTreeMap::new()).unwrap();
+        // The restaurant task file's synonyms: the judge has none of its own.
+        let task = crate::task::Task::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tasks/restaurants.md"),
+        )
+        .unwrap();
+        let n = Normalizer::new("2019-03-01", &task.settings.synonyms).unwrap();
         let other = Context::from_messages(
             &json!([{"role": "user", "content": "x"},
                     {"role": "assistant", "tool_calls": [{"function": {"name": "FindRestaurants", "arguments": {}}}]},

@@ -71,7 +71,8 @@ impl Step for Judge {
         // 3: clock times and ISO dates side by side no longer read as a phone number.
         // 4: dialogue checks on replies (outcomes, stated values, requests), a class per verdict.
         // 5: replies' times and dates found by the shared text layer; chain names; counts.
-        5
+        // 6: no built-in synonyms (the task file's only); swapped values contradict the user.
+        6
     }
 
     fn about(&self) -> &'static str {

@@ -683,7 +683,10 @@ mod tests {
             let p = slot_phrase(&mut rng, Role::Count, "party size", "4");
             assert!(!p.contains("size"), "{p}");
             let p = slot_phrase(&mut rng, Role::Place, "origin city", "Boston");
-            assert!(p.contains("from Boston") || p.contains("out of Boston"), "{p}");
+            assert!(
+                p.contains("from Boston") || p.contains("out of Boston"),
+                "{p}"
+            );
             let p = slot_phrase(&mut rng, Role::Place, "destination_city", "Denver");
             assert!(p.contains("to Denver"), "{p}");
             let p = slot_phrase(&mut rng, Role::Place, "city", "Paris");
