@@ -589,15 +589,20 @@ impl<'a> Rubric<'a> {
             // instead of reporting a booking).
             let r = reply_text(reference);
             let rc = claims(&r, &names);
-            let same: Vec<Fault> = self
+            // The same check on the same kind of value or field (the reason without its quoted
+            // values): a reference that states a default count exempts no re-asked city.
+            let same: Vec<(Fault, String)> = self
                 .check_dialogue(ctx, &r, &rc)
                 .into_iter()
-                .map(|(f, _)| f)
+                .map(|(f, why)| (f, unquoted(&why)))
                 .collect();
-            dialogue.retain(|(f, _)| !same.contains(f));
+            dialogue.retain(|(f, why)| !same.contains(&(*f, unquoted(why))));
         }
         problems.extend(dialogue);
-        problems.extend(self.check_swapped(ctx, &reply_text(reference), &message));
+        let r = reply_text(reference);
+        problems.extend(self.check_swapped(ctx, &r, &message));
+        problems.extend(self.check_closing(ctx, &r, &message));
+        problems.extend(self.check_outcome_as_referenced(ctx, &r, &message));
         problems.sort_by_key(|(f, _)| *f);
         match problems.first() {
             None => {
@@ -669,10 +674,9 @@ impl<'a> Rubric<'a> {
             phrases.sort_by_key(|(p, _)| std::cmp::Reverse(p.split(' ').count()));
             for clause in clauses {
                 let ws: Vec<&str> = clause.words.iter().map(String::as_str).collect();
-                // "neither pricey nor cheap" asserts neither category.
-                if ws.iter().any(|w| NEGATIONS.contains(w)) {
-                    continue;
-                }
+                // "neither pricey nor cheap" asserts neither category; "not expensive" denies
+                // one, which is checked below.
+                let negated = ws.iter().any(|w| NEGATIONS.contains(w));
                 let mut said: Vec<&str> = Vec::new();
                 let mut taken = vec![false; ws.len()];
                 for (p, v) in &phrases {
@@ -693,6 +697,16 @@ impl<'a> Rubric<'a> {
                     continue;
                 };
                 let actual = fold(&value);
+                if negated {
+                    if let [one] = said.as_slice() {
+                        if *one == actual {
+                            return Some(format!(
+                                "says {who} is not {one}, but the result has {field} = {value}"
+                            ));
+                        }
+                    }
+                    continue;
+                }
                 let compatible = |s: &str| {
                     s == actual
                         || actual.split(' ').any(|w| w == s)
@@ -895,11 +909,10 @@ impl<'a> Rubric<'a> {
     }
 
     /// When the reply reports on a search that just returned: "nothing found" needs an empty
-    /// result, "found N" needs N records, and an empty result cannot be reported as found.
+    /// result, and an empty result cannot be reported as found. "Found N" needs N records of
+    /// the latest search at any later turn too ("I found 1 restaurant" after 5 came back).
     fn check_search_outcome(&self, ctx: &Context, clauses: &[Clause]) -> Option<String> {
-        if !ctx.ends_with_result() {
-            return None;
-        }
+        let just_returned = ctx.ends_with_result();
         let block = ctx.results.last()?;
         let kind = block
             .call
@@ -919,14 +932,16 @@ impl<'a> Rubric<'a> {
             let nothing = NOTHING_PHRASES
                 .iter()
                 .any(|p| find_phrase(&ws, p).is_some());
-            if nothing && !more && n > 0 {
+            if nothing && !more && n > 0 && just_returned {
                 return Some(format!(
                     "says nothing was found, but the search returned {n} results"
                 ));
             }
             // Only the first count reports the search ("there are 10 options … there are 4
             // bedrooms" counts bedrooms second).
-            if let Some(claimed) = count_claim(&ws).filter(|_| !counted) {
+            // Later on, "there are 4 more" counts what is left, not what was found.
+            if let Some(claimed) = count_claim(&ws).filter(|_| !counted && (just_returned || !more))
+            {
                 counted = true;
                 if claimed != n {
                     return Some(format!(
@@ -973,6 +988,11 @@ impl<'a> Rubric<'a> {
             })
             .map(|m| format!("names {m:?}, which no result in this conversation contains"))
     }
+}
+
+/// A reason without its quoted values: which check, on which kind of value.
+fn unquoted(reason: &str) -> String {
+    reason.split('"').step_by(2).collect::<Vec<_>>().join("")
 }
 
 /// The message of a reply call (its `message` argument, else its first string argument).
@@ -1195,6 +1215,10 @@ fn count_claim(ws: &[&str]) -> Option<usize> {
         let noun = ws.get(j + 1).or_else(|| ws.get(j + 2));
         if n >= 2.0 && n.fract() == 0.0 && noun.is_some_and(|w| w.ends_with('s')) {
             return Some(n as usize);
+        }
+        // "I found 1 restaurant": a digit 1 is a count ("found one you may like" is not).
+        if ws[j] == "1" && noun.is_some_and(|w| !w.ends_with('s')) {
+            return Some(1);
         }
     }
     None
@@ -1643,8 +1667,10 @@ mod tests {
                 "Sorry the reservation was not successful. Can I help with anything else?",
                 true,
             ),
+            // A record at another time says neither; the reference (booked) says which.
             (&other_time, "Your reservation is confirmed.", true),
-            (&other_time, "Sorry, that failed.", true),
+            (&other_time, "Sorry, that failed.", false),
+            (&other_time, "What else can I do for you?", false),
         ];
         for (ctx, msg, good) in cases {
             let v = verdict(ctx, &r, &say(msg));

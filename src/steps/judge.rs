@@ -72,7 +72,9 @@ impl Step for Judge {
         // 4: dialogue checks on replies (outcomes, stated values, requests), a class per verdict.
         // 5: replies' times and dates found by the shared text layer; chain names; counts.
         // 6: no built-in synonyms (the task file's only); swapped values contradict the user.
-        6
+        // 7: closing replies that leave the user unanswered; outcomes the reference reports
+        // where the record is ambiguous; "found 1"; negated categories; overridden defaults.
+        7
     }
 
     fn about(&self) -> &'static str {

@@ -102,7 +102,9 @@ const LINKING: &[&str] = &[
 ];
 
 /// Nouns that count people in any domain.
-const PEOPLE: &[&str] = &["people", "persons", "person", "guests", "adults"];
+const PEOPLE: &[&str] = &[
+    "people", "persons", "person", "guests", "adults", "group", "party",
+];
 
 /// Words that ask for something.
 const ASKING: &[&str] = &[
@@ -114,8 +116,15 @@ const ASKING: &[&str] = &[
 const CANNOT_SAY: &[&str] = &[
     "sorry",
     "unfortunately",
-    "dont have",
-    "do not have",
+    // "I don't have that (information)"; "they don't have live music" answers another question.
+    "dont have that",
+    "dont have this",
+    "dont have the",
+    "dont have any",
+    "dont have information",
+    "do not have that",
+    "do not have the",
+    "do not have any",
     "not available",
     "no information",
     "unable",
@@ -123,6 +132,43 @@ const CANNOT_SAY: &[&str] = &[
     "cant",
     "not sure",
     "dont know",
+];
+
+/// Words of a field's name that make it the answer to "where" (an address, a location).
+const WHERE_FIELD_WORDS: &[&str] = &["address", "location", "located", "street", "where"];
+
+/// How English closes a conversation. A reply made of these (and a few words around them)
+/// says nothing else.
+const CLOSINGS: &[&str] = &[
+    "good day",
+    "great day",
+    "nice day",
+    "wonderful day",
+    "fantastic day",
+    "good night",
+    "goodbye",
+    "bye",
+    "youre welcome",
+    "you are welcome",
+    "take care",
+    "enjoy your meal",
+    "enjoy your day",
+    "enjoy",
+];
+
+/// Words a user ends a conversation with, or declines more help with.
+const USER_CLOSINGS: &[&str] = &[
+    "thanks",
+    "thank",
+    "bye",
+    "goodbye",
+    "no",
+    "nope",
+    "nothing",
+    "thats all",
+    "that is all",
+    "all set",
+    "that will be all",
 ];
 
 /// Words that report a transaction's success without the phrases of [`SUCCESS_PHRASES`].
@@ -219,6 +265,65 @@ impl Rubric<'_> {
         None
     }
 
+    /// A reply that only closes the conversation ("Have a good day.") where the reference goes
+    /// on and the user did not close: it leaves the user's latest turn unanswered.
+    pub(super) fn check_closing(
+        &self,
+        ctx: &Context,
+        reference: &str,
+        message: &str,
+    ) -> Option<(Fault, String)> {
+        let last = ctx.turns.last()?;
+        if last.speaker != Speaker::User || !is_closing(message) || is_closing(reference) {
+            return None;
+        }
+        let uw = words(&last.text);
+        let uw: Vec<&str> = uw.iter().map(String::as_str).collect();
+        if USER_CLOSINGS.iter().any(|p| find_phrase(&uw, p).is_some()) {
+            return None;
+        }
+        Some((
+            Fault::IgnoresRequest,
+            "closes the conversation, leaving the user's latest turn unanswered".into(),
+        ))
+    }
+
+    /// Right after a transaction whose result does not say what happened (a record that
+    /// differs from the request: SGD books a nearby time), the reference says it: a reply that
+    /// reports the other outcome is false, one that reports none misses it.
+    pub(super) fn check_outcome_as_referenced(
+        &self,
+        ctx: &Context,
+        reference: &str,
+        message: &str,
+    ) -> Option<(Fault, String)> {
+        if !ctx.ends_with_result() {
+            return None;
+        }
+        let block = ctx.results.last()?;
+        let call = block.call.as_ref()?;
+        if !self.is_transaction(&call.name) || self.transaction_outcome(block).is_some() {
+            return None;
+        }
+        let said = reported(reference)?;
+        match reported(message) {
+            Some(p) if p == said => None,
+            Some(_) => Some((
+                Fault::FalseOutcome,
+                format!(
+                    "reports the {} {} where it {}",
+                    call.name,
+                    if said { "failed" } else { "succeeded" },
+                    if said { "succeeded" } else { "failed" }
+                ),
+            )),
+            None => Some((
+                Fault::MissedOutcome,
+                format!("does not say what the {} did", call.name),
+            )),
+        }
+    }
+
     // ---- What a transaction did ----------------------------------------------------------------
 
     /// Whether `block` (a transaction's result) says it succeeded: `Some(false)` for no record,
@@ -271,9 +376,19 @@ impl Rubric<'_> {
         .into_iter()
         .map(String::from)
         .collect();
+        // The thing a search finds too ("restaurant" of FindRestaurants) is no word of the
+        // transaction: "I found 1 restaurant" reports no booking.
+        let searched: BTreeSet<String> = self
+            .tools
+            .functions
+            .iter()
+            .filter(|f| f.kind != FunctionKind::Transaction)
+            .flat_map(|f| identifier_words(&f.name))
+            .flat_map(|w| [w.trim_end_matches('s').to_string(), w])
+            .collect();
         for f in self.tools.of_kind(FunctionKind::Transaction) {
             for w in identifier_words(&f.name) {
-                if w.len() >= 3 {
+                if w.len() >= 3 && !searched.contains(&w) {
                     words.insert(format!("{w}s"));
                     words.insert(w);
                 }
@@ -438,11 +553,23 @@ impl Rubric<'_> {
                 continue;
             }
             let next = c.get(3).map(|n| n.as_str().to_lowercase());
-            if next.as_deref().is_some_and(|n| NOT_COUNTED.contains(&n)) {
+            // "a group of three", "a party of 4", "4 of us": counts of people.
+            let before: Vec<String> = words(&text[..number.start()]);
+            let of_people = before.len() >= 2
+                && before[before.len() - 1] == "of"
+                && (PEOPLE.contains(&before[before.len() - 2].as_str())
+                    || nouns.contains(&before[before.len() - 2]));
+            let of_us = next.as_deref() == Some("of")
+                && text[number.end()..]
+                    .trim_start()
+                    .to_lowercase()
+                    .starts_with("of us");
+            if next.as_deref().is_some_and(|n| NOT_COUNTED.contains(&n)) && !of_us {
                 continue;
             }
             // "for 4" counts; "for one table" counts tables, which no count parameter names.
             let counted = match next.as_deref() {
+                _ if of_people || of_us => true,
                 Some(n) if nouns.contains(n) => true,
                 Some(n) if !LINKING.contains(&n) => false,
                 _ => c.get(1).is_some(),
@@ -623,8 +750,8 @@ impl Rubric<'_> {
             };
             let current =
                 known.iter().any(|m| m.turn >= latest) || self.said_in_turns(ctx, &v, latest);
-            let said_before = known.iter().any(|m| m.source != Source::Default);
-            if !current && said_before {
+            // A schema default the user has since overridden is no longer current either.
+            if !current {
                 let now: Vec<&str> = timeline
                     .iter()
                     .filter(|m| {
@@ -698,9 +825,12 @@ impl Rubric<'_> {
             .flat_map(|f| f.parameter_names())
             .collect();
         let all: BTreeSet<String> = ctx.records().flat_map(|r| r.keys().cloned()).collect();
+        // A parameter's field is askable too ("is there live music?" about a result), but only
+        // in a question: a request stating it as a criterion has no question about it.
+        let _ = params;
         let askable = all
             .iter()
-            .filter(|k| !k.to_lowercase().contains("name") && !params.contains(k.as_str()))
+            .filter(|k| !k.to_lowercase().contains("name"))
             .cloned()
             .collect();
         (askable, all)
@@ -719,9 +849,9 @@ impl Rubric<'_> {
         }
         let reply = fold(message);
         let rw: Vec<&str> = reply.split(' ').collect();
-        let admits = CANNOT_SAY.iter().any(|p| find_phrase(&rw, p).is_some())
-            || rw.iter().any(|w| NEGATIONS.contains(w));
-        if admits {
+        // "Sorry, I don't know": saying it cannot answer is an answer. A bare "no" is one only
+        // to a yes/no question (below).
+        if CANNOT_SAY.iter().any(|p| find_phrase(&rw, p).is_some()) {
             return None;
         }
         let numbers: Vec<f64> = numbers_in(message);
@@ -730,9 +860,14 @@ impl Rubric<'_> {
         let mut asked: Vec<(String, &String)> = Vec::new();
         for field in &fields {
             let phrases = self.field_phrases(field, &all_fields);
+            // "Where is it?" asks for a field that says where.
+            let says_where = identifier_words(field)
+                .iter()
+                .any(|w| WHERE_FIELD_WORDS.contains(&w.as_str()));
             let in_question = questions.iter().any(|q| {
                 let qw: Vec<&str> = q.split(' ').collect();
                 phrases.iter().any(|p| find_phrase(&qw, p).is_some())
+                    || (says_where && qw.first() == Some(&"where"))
             });
             if !in_question {
                 continue;
@@ -746,9 +881,10 @@ impl Rubric<'_> {
             let boolean = values
                 .iter()
                 .any(|v| matches!(fold(v).as_str(), "true" | "false"));
-            let yes_no = rw
-                .iter()
-                .any(|w| matches!(*w, "yes" | "yeah" | "yep" | "sure" | "does" | "do"));
+            let yes_no = rw.iter().any(|w| {
+                matches!(*w, "yes" | "yeah" | "yep" | "sure" | "does" | "do")
+                    || NEGATIONS.contains(w)
+            });
             let gives_value = ctx
                 .records()
                 .filter_map(|r| r.get(field.as_str()))
@@ -913,6 +1049,29 @@ fn mask_names(ctx: &Context, message: &str) -> String {
         }
     }
     out
+}
+
+/// Whether a reply only closes the conversation: a closing phrase, no question, at most a few
+/// other words ("Okay, have a good day.").
+fn is_closing(text: &str) -> bool {
+    let ws = words(text);
+    let ws: Vec<&str> = ws.iter().map(String::as_str).collect();
+    let closes = CLOSINGS.iter().any(|p| find_phrase(&ws, p).is_some());
+    closes && !text.contains('?') && ws.len() <= 8
+}
+
+/// What a text reports of a transaction: `Some(false)` failed, `Some(true)` succeeded.
+fn reported(text: &str) -> Option<bool> {
+    let ws = words(text);
+    let ws: Vec<&str> = ws.iter().map(String::as_str).collect();
+    let has = |list: &[&str]| list.iter().any(|p| find_phrase(&ws, p).is_some());
+    if has(FAILURE_PHRASES) {
+        Some(false)
+    } else if has(SUCCESS_PHRASES) || has(REPORTED) {
+        Some(true)
+    } else {
+        None
+    }
 }
 
 /// Runs of capitalized words ("San Jose", "Ariake"), not counting a sentence's first word
