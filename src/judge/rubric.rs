@@ -602,6 +602,7 @@ impl<'a> Rubric<'a> {
         let r = reply_text(reference);
         problems.extend(self.check_swapped(ctx, &r, &message));
         problems.extend(self.check_closing(ctx, &r, &message));
+        problems.extend(self.check_presents_results(ctx, &r, &message));
         problems.extend(self.check_outcome_as_referenced(ctx, &r, &message));
         problems.sort_by_key(|(f, _)| *f);
         match problems.first() {

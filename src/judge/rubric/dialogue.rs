@@ -324,6 +324,48 @@ impl Rubric<'_> {
         }
     }
 
+    /// Right after a search returned results that the reference presents by name, a reply
+    /// that names none of them, gives no count and asks nothing leaves them unpresented
+    /// ("There is a nice restaurant in San Francisco.").
+    pub(super) fn check_presents_results(
+        &self,
+        ctx: &Context,
+        reference: &str,
+        message: &str,
+    ) -> Option<(Fault, String)> {
+        if !ctx.ends_with_result() || message.contains('?') {
+            return None;
+        }
+        let block = ctx.results.last()?;
+        let call = block.call.as_ref()?;
+        if self.is_transaction(&call.name) || block.records.is_empty() {
+            return None;
+        }
+        let names: Vec<Vec<String>> = block
+            .records
+            .iter()
+            .flat_map(|r| r.iter())
+            .filter(|(k, _)| k.to_lowercase().contains("name"))
+            .map(|(_, v)| words(&value_text(v)))
+            .filter(|w| !w.is_empty())
+            .collect();
+        let names_one = |text: &str| {
+            let ws = words(text);
+            let ws: Vec<&str> = ws.iter().map(String::as_str).collect();
+            names.iter().any(|n| {
+                let n: Vec<&str> = n.iter().map(String::as_str).collect();
+                find_words(&ws, &n[..n.len().min(2)]).is_some()
+            })
+        };
+        let counts = !numbers_in(message).is_empty();
+        (names_one(reference) && !names_one(message) && !counts).then(|| {
+            (
+                Fault::IgnoresRequest,
+                format!("presents none of the {} results by name", call.name),
+            )
+        })
+    }
+
     // ---- What a transaction did ----------------------------------------------------------------
 
     /// Whether `block` (a transaction's result) says it succeeded: `Some(false)` for no record,
@@ -898,11 +940,21 @@ impl Rubric<'_> {
         }
         // A reply giving some other field's value of the results answers something the user
         // may have meant ("the arrival airport" is a destination airport, not an arrival time).
-        let gives_other = fields.iter().any(|f| {
-            ctx.records()
-                .filter_map(|r| r.get(f.as_str()))
-                .any(|v| self.reply_gives(v, f, &rw, &numbers, &stated))
-        });
+        // Only result facts count here: a search criterion (the city) is no answer.
+        let criteria: BTreeSet<&str> = self
+            .tools
+            .functions
+            .iter()
+            .flat_map(|f| f.parameter_names())
+            .collect();
+        let gives_other = fields
+            .iter()
+            .filter(|f| !criteria.contains(f.as_str()))
+            .any(|f| {
+                ctx.records()
+                    .filter_map(|r| r.get(f.as_str()))
+                    .any(|v| self.reply_gives(v, f, &rw, &numbers, &stated))
+            });
         if gives_other {
             return None;
         }
