@@ -258,6 +258,46 @@ fn jsonl_pipeline_by_hand() {
         }
     }
 
+    // A dev split: the same 20 test conversations leave everything; 15 others from the pool are
+    // evaluated, and neither set is trained on.
+    let dev = root.join("out/split-dev");
+    let stats = run_step(
+        "split",
+        json!({"test_conversations": 20, "dev_conversations": 15}),
+        inputs(
+            &[
+                (Artifact::Traces, &ing),
+                (Artifact::Tools, &sch),
+                (Artifact::Task, &sch),
+            ],
+            &[],
+        ),
+        root,
+        &dev,
+    )
+    .unwrap();
+    assert_eq!(stats["evaluates"], "dev");
+    assert_eq!(stats["evaluated_conversations"], 15);
+    let dev_keys = keys(&dev.join("test.jsonl"));
+    assert_eq!(dev_keys.len(), 15);
+    assert!(
+        dev_keys.is_disjoint(&test_keys),
+        "no test conversation is evaluated"
+    );
+    let dev_pool = keys(&dev.join("traces.jsonl"));
+    assert!(dev_pool.is_disjoint(&test_keys) && dev_pool.is_disjoint(&dev_keys));
+    assert!(dev_pool.is_subset(&keys(&spl.join("traces.jsonl"))));
+    let split = find("split").unwrap();
+    assert_eq!(
+        split
+            .canonical_params(&json!({"test_conversations": 20, "dev_conversations": 0}))
+            .unwrap(),
+        split
+            .canonical_params(&json!({"test_conversations": 20}))
+            .unwrap(),
+        "no dev split keeps the keys it had"
+    );
+
     // A given test file that overlaps the pool: its conversations leave the pool.
     let given: Vec<_> = target[..3].to_vec();
     write_conversations(&root.join("given.jsonl"), &given).unwrap();

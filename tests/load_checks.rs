@@ -96,6 +96,20 @@ fn more_test_conversations_than_the_data_has() {
 }
 
 #[test]
+fn a_dev_split_that_leaves_nothing_to_train_on() {
+    let text = BASE.replace(
+        "test_conversations = 3",
+        "test_conversations = 3\ndev_conversations = 7",
+    );
+    expect_error(
+        &text,
+        "dev_conversations = 7",
+        "split.dev_conversations",
+        "holding out 3 test and 7 dev conversations leaves none to train on",
+    );
+}
+
+#[test]
 fn judge_base_url_that_is_not_http() {
     let text = format!(
         "{BASE}\n[judge]\njudge = \"llm\"\n\n[judge.llm]\nbase_url = \"ftp://x\"\nmodel = \"m\"\n"

@@ -4,8 +4,10 @@
 //! Parameters: `test_conversations = 34`, `seed = 0` (the split's own seed: every cell of an
 //! experiment evaluates on the same pairs), `test_file` (optional OpenAI chat JSONL, relative to
 //! the project root; replaces the seeded choice, and its conversations are removed from the pool
-//! where they also occur there). Outputs: `traces.jsonl` (the training pool), `pairs.jsonl`, and
-//! `test.jsonl` (the held-out conversations).
+//! where they also occur there), `dev_conversations` (evaluate on that many conversations drawn
+//! from the training pool; the test conversations then stay out of training and evaluation).
+//! Outputs: `traces.jsonl` (the training pool), `pairs.jsonl`, and `test.jsonl` (the evaluated
+//! conversations: the held-out test ones, or the dev ones).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +38,16 @@ pub struct SplitParams {
     /// A given test set instead of the seeded choice.
     #[serde(default)]
     pub test_file: Option<String>,
+    /// Evaluate on this many conversations drawn from the training pool instead of on the test
+    /// conversations, which then stay out of everything (0: evaluate on test). Where rules,
+    /// thresholds and sizes are chosen, so that no choice is made on the test split. Left out
+    /// of the canonical form when 0, so experiments without it keep their keys.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dev_conversations: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 fn default_n() -> usize {
@@ -78,6 +90,21 @@ pub fn check_pool(params: &Value, pool: usize, source: &str) -> Result<(), Param
             ),
         });
     }
+    let held = if p.test_file.is_none() {
+        p.test_conversations
+    } else {
+        0
+    };
+    if p.dev_conversations > 0 && held + p.dev_conversations >= pool {
+        return Err(ParamError {
+            path: "dev_conversations".into(),
+            message: format!(
+                "holding out {held} test and {} dev conversations leaves none to train on: \
+                 {source} has at most {pool}",
+                p.dev_conversations
+            ),
+        });
+    }
     Ok(())
 }
 
@@ -85,7 +112,10 @@ pub fn check_pool(params: &Value, pool: usize, source: &str) -> Result<(), Param
 /// target pool (a given `test_file` removes its conversations only where the pool has them).
 pub fn train_bound(params: &Value, pool: usize) -> usize {
     match serde_json::from_value::<SplitParams>(params.clone()) {
-        Ok(p) if p.test_file.is_none() => pool.saturating_sub(p.test_conversations),
+        Ok(p) if p.test_file.is_none() => {
+            pool.saturating_sub(p.test_conversations + p.dev_conversations)
+        }
+        Ok(p) => pool.saturating_sub(p.dev_conversations),
         _ => pool,
     }
 }
@@ -166,6 +196,19 @@ impl Step for Split {
                 message: e.to_string(),
             })?,
         };
+        // A dev split: the test conversations leave for good, and the evaluated ones are drawn
+        // from what remains (with a seed of their own), so nothing is chosen on test.
+        let held_out_test = split.test.len();
+        let split = if p.dev_conversations > 0 {
+            hold_out(split.pool, p.dev_conversations, p.seed.wrapping_add(1)).map_err(|e| {
+                StepError::Param {
+                    key: "dev_conversations".into(),
+                    message: e.to_string(),
+                }
+            })?
+        } else {
+            split
+        };
         let pairs: Vec<_> = split.test.iter().flat_map(expand).collect();
         if pairs.is_empty() {
             return Err(StepError::Data(
@@ -184,7 +227,16 @@ impl Step for Split {
             *per_fn.entry(pr.answer.name.as_str()).or_insert(0) += 1;
         }
         ctx.stat("pool_in", pool_in as u64);
-        ctx.stat("test_conversations", split.test.len() as u64);
+        ctx.stat("test_conversations", held_out_test as u64);
+        ctx.stat(
+            "evaluates",
+            if p.dev_conversations > 0 {
+                "dev"
+            } else {
+                "test"
+            },
+        );
+        ctx.stat("evaluated_conversations", split.test.len() as u64);
         ctx.stat("pool", split.pool.len() as u64);
         ctx.stat("removed_duplicates", split.removed_duplicates as u64);
         ctx.stat("pairs", pairs.len() as u64);
