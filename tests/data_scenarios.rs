@@ -324,6 +324,16 @@ fn sizes_that_the_pools_cannot_give_are_found_before_any_trace_is_read() {
             .contains("mix: a foreign share of 0.8 cannot be met"),
         "{err}"
     );
+    // An empty role pool (a sister service with no dialogue in the splits given) is an error,
+    // not a schema drift with no drifted half.
+    let empty = |r: &str| (r == "sister").then_some(0);
+    let (i, e) = check_sizes(&scenario("schema-drift").operators, 327, &empty).unwrap_err();
+    assert_eq!(e.key, "role");
+    assert!(
+        e.message.contains("the \"sister\" pool is empty"),
+        "{i}: {}",
+        e.message
+    );
     // The shipped scenarios fit the study's pools, and schema drift fits a smaller one.
     for name in [
         "clean",

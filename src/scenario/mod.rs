@@ -374,6 +374,14 @@ impl Operator {
     /// ([`check_sizes`]) both count with this, so what `plan` accepts is what runs.
     pub fn sizes(&self, work: usize, pool: usize) -> Result<Sizes, SizeError> {
         let keep_all = Sizes { keep: work, add: 0 };
+        // A role pool with no trace (a sister service with no dialogue in the splits given)
+        // would leave a scenario with nothing of that role: an error, not a quiet empty half.
+        if let (Some(role), 0) = (self.pool_role(), pool) {
+            return Err(SizeError {
+                key: "role",
+                message: format!("the {role:?} pool is empty"),
+            });
+        }
         match self {
             Operator::Subsample {
                 count,
