@@ -1,0 +1,134 @@
+//! The student's learned decoding rules on a house-rental schema (not restaurants): two date
+//! arguments said as people say them, a count of adults, a place, and a categorical flag asked for
+//! only sometimes. Nothing about the domain is given to the learner beyond its conversations.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Map, Value};
+use tracelab_core::conversation::{Conversation, Message, ToolCall};
+use tracelab_core::tools::{ToolSet, DEFAULT_RESPOND};
+use tracelab_student::template::ChatTemplate;
+use tracelab_student::train::{SpanShape, ValueRules};
+use tracelab_student::{corpus_texts, tokenizer};
+
+fn tools() -> ToolSet {
+    let s = json!({"type": "string"});
+    ToolSet::from_openai(
+        &json!([
+            {"type": "function", "function": {"name": "SearchHouse", "x-kind": "search",
+                "parameters": {"type": "object", "properties": {
+                    "where_to": s, "number_of_adults": {"type": "integer"},
+                    "has_laundry_service": {"type": "string", "enum": ["True", "False"]}},
+                    "required": ["where_to"], "additionalProperties": false}}},
+            {"type": "function", "function": {"name": "BookHouse", "x-kind": "transaction",
+                "parameters": {"type": "object", "properties": {
+                    "where_to": s, "number_of_adults": {"type": "integer"},
+                    "check_in_date": s, "check_out_date": s},
+                    "required": ["where_to", "number_of_adults", "check_in_date", "check_out_date"],
+                    "additionalProperties": false}}}
+        ]),
+        DEFAULT_RESPOND,
+        &["BookHouse".to_string()],
+        "houses",
+    )
+    .unwrap()
+}
+
+fn call(name: &str, args: Value) -> Message {
+    Message::call(ToolCall::new(
+        name,
+        args.as_object().cloned().unwrap_or_default(),
+    ))
+}
+
+fn user(text: &str) -> Message {
+    Message::User {
+        content: text.into(),
+    }
+}
+
+const MONTHS: &[&str] = &["March", "April"];
+
+/// A stay: the user names a town (invented, so only copying works), adults, and two dates said
+/// in words; laundry is asked for in a third of the conversations, and then passed.
+fn conversation(rng: &mut ChaCha8Rng, id: usize) -> Conversation {
+    const SYLLABLES: &[&str] = &["mor", "ta", "vel", "ko", "rin", "dal", "sen", "bu"];
+    let n = rng.random_range(2..4);
+    let mut town: String = (0..n)
+        .map(|_| SYLLABLES[rng.random_range(0..SYLLABLES.len())])
+        .collect();
+    town[..1].make_ascii_uppercase();
+    let adults = rng.random_range(1..6);
+    let month = rng.random_range(0..MONTHS.len());
+    let (d_in, d_out) = (rng.random_range(2..14), rng.random_range(15..28));
+    let laundry = rng.random_bool(0.33);
+    let mut search = json!({"where_to": town, "number_of_adults": adults});
+    let ask = if laundry {
+        search["has_laundry_service"] = json!("True");
+        " with laundry"
+    } else {
+        ""
+    };
+    let iso = |d: u32| format!("2019-{:02}-{d:02}", month + 3);
+    let messages = vec![
+        user(&format!(
+            "I need a house in {town} for {adults} people{ask}."
+        )),
+        call("SearchHouse", search),
+        Message::Tool {
+            tool_call_id: String::new(),
+            content: json!([{"address": "12 Elm Road", "rating": "4.5"}]).to_string(),
+        },
+        call(
+            DEFAULT_RESPOND,
+            json!({"message": "12 Elm Road is rated 4.5. Shall I book it?"}),
+        ),
+        user(&format!(
+            "Yes, from {m} {d_in} to {m} {d_out} please.",
+            m = MONTHS[month]
+        )),
+        call(
+            "BookHouse",
+            json!({"where_to": town, "number_of_adults": adults,
+                "check_in_date": iso(d_in), "check_out_date": iso(d_out)}),
+        ),
+    ];
+    Conversation {
+        id: format!("house{id}"),
+        messages,
+        meta: Map::new(),
+    }
+}
+
+#[test]
+fn rules_learned_on_house_rentals() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let convs: Vec<Conversation> = (0..60).map(|i| conversation(&mut rng, i)).collect();
+    let tools = tools();
+    let tok = tokenizer::train_bpe(&corpus_texts(&convs, &tools), 400, 2).unwrap();
+    let tpl = ChatTemplate::new(tok, &tools, 2, Some("2019-03-01")).unwrap();
+    let rules = ValueRules::learn(&tpl, &convs);
+
+    // Both dates are copies of what the user said, once the template has read "March 5" as
+    // 2019-03-05; the invented town is a copy in both functions.
+    let book = &rules.span_params["BookHouse"];
+    assert_eq!(
+        book.get("check_in_date"),
+        Some(&SpanShape::Digits),
+        "{rules:?}"
+    );
+    assert_eq!(
+        book.get("check_out_date"),
+        Some(&SpanShape::Digits),
+        "{rules:?}"
+    );
+    assert_eq!(book.get("where_to"), Some(&SpanShape::Words), "{rules:?}");
+    assert_eq!(
+        rules.span_params["SearchHouse"].get("where_to"),
+        Some(&SpanShape::Words)
+    );
+    // The optional flag is passed only when the user asks for laundry: evidence words, learned
+    // from the conversations, gate it.
+    let evidence = &rules.evidence_params["SearchHouse"]["has_laundry_service"];
+    assert!(evidence.contains("laundry"), "{evidence:?}");
+}
