@@ -204,22 +204,26 @@ fn jsonl_pipeline_by_hand() {
         "{e}"
     );
 
+    // The split step on the ingested pool, with its schema and task.
+    let split_step = |params: Value, out: &Path| {
+        run_step(
+            "split",
+            params,
+            inputs(
+                &[
+                    (Artifact::Traces, &ing),
+                    (Artifact::Tools, &sch),
+                    (Artifact::Task, &sch),
+                ],
+                &[],
+            ),
+            root,
+            out,
+        )
+        .unwrap()
+    };
     let spl = root.join("out/split");
-    let stats = run_step(
-        "split",
-        json!({"test_conversations": 20}),
-        inputs(
-            &[
-                (Artifact::Traces, &ing),
-                (Artifact::Tools, &sch),
-                (Artifact::Task, &sch),
-            ],
-            &[],
-        ),
-        root,
-        &spl,
-    )
-    .unwrap();
+    let stats = split_step(json!({"test_conversations": 20}), &spl);
     assert_eq!(stats["test_conversations"], 20);
     let removed = stats["removed_duplicates"].as_u64().unwrap();
     assert_eq!(stats["pool"].as_u64().unwrap() + 20 + removed, 201);
@@ -261,21 +265,10 @@ fn jsonl_pipeline_by_hand() {
     // A dev split: the same 20 test conversations leave everything; 15 others from the pool are
     // evaluated, and neither set is trained on.
     let dev = root.join("out/split-dev");
-    let stats = run_step(
-        "split",
+    let stats = split_step(
         json!({"test_conversations": 20, "dev_conversations": 15}),
-        inputs(
-            &[
-                (Artifact::Traces, &ing),
-                (Artifact::Tools, &sch),
-                (Artifact::Task, &sch),
-            ],
-            &[],
-        ),
-        root,
         &dev,
-    )
-    .unwrap();
+    );
     assert_eq!(stats["evaluates"], "dev");
     assert_eq!(stats["evaluated_conversations"], 15);
     let dev_keys = keys(&dev.join("test.jsonl"));
@@ -302,21 +295,7 @@ fn jsonl_pipeline_by_hand() {
     let given: Vec<_> = target[..3].to_vec();
     write_conversations(&root.join("given.jsonl"), &given).unwrap();
     let spl2 = root.join("out/split2");
-    let stats = run_step(
-        "split",
-        json!({"test_file": "given.jsonl"}),
-        inputs(
-            &[
-                (Artifact::Traces, &ing),
-                (Artifact::Tools, &sch),
-                (Artifact::Task, &sch),
-            ],
-            &[],
-        ),
-        root,
-        &spl2,
-    )
-    .unwrap();
+    let stats = split_step(json!({"test_file": "given.jsonl"}), &spl2);
     assert_eq!(stats["test_conversations"], 3);
     assert_eq!(stats["pool"], 198);
     assert!(keys(&spl2.join("traces.jsonl")).is_disjoint(&keys(&root.join("given.jsonl"))));
