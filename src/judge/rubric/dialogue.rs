@@ -857,19 +857,12 @@ impl Rubric<'_> {
         out
     }
 
-    /// Fields of the results a user asks about: not names (a reply names what it talks about
-    /// anyway) and not parameters of a function (those the user states as criteria).
+    /// Fields of the results a user asks about (not names: a reply names what it talks about
+    /// anyway), and every field the results have.
     fn askable_fields(&self, ctx: &Context) -> (BTreeSet<String>, BTreeSet<String>) {
-        let params: BTreeSet<&str> = self
-            .tools
-            .functions
-            .iter()
-            .flat_map(|f| f.parameter_names())
-            .collect();
         let all: BTreeSet<String> = ctx.records().flat_map(|r| r.keys().cloned()).collect();
         // A parameter's field is askable too ("is there live music?" about a result), but only
         // in a question: a request stating it as a criterion has no question about it.
-        let _ = params;
         let askable = all
             .iter()
             .filter(|k| !k.to_lowercase().contains("name"))
