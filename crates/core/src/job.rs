@@ -153,6 +153,73 @@ pub struct TrainParams {
     pub threads: usize,
     /// Seed (weights, dropout, batch order).
     pub seed: u64,
+    /// Thresholds of the value rules learned from the training calls (`tiny`).
+    pub rules: RuleParams,
+}
+
+/// Thresholds of the value rules the tiny student learns from its training calls after training
+/// (`[train.rules]`). Each is explained where it is applied, in the student's `train` module;
+/// `crates/student/MEASUREMENTS.md` says on what split each default was chosen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuleParams {
+    /// Share of calls repeating a value labelled with the argument's key for it to be keyed.
+    pub keyed_rate: f64,
+    /// Share of calls whose value is a copy of the conversation for a span argument.
+    pub span_rate: f64,
+    /// Most distinct values per call for a categorical argument.
+    pub vocab_rate: f64,
+    /// Fewest calls in which a word must have asked for a value it does not say (aliases).
+    pub alias_min_calls: usize,
+    /// Share of the calls with the word that must have had that value (aliases).
+    pub alias_share: f64,
+    /// How much more frequent a word must be before calls passing an optional argument than
+    /// before the others to be evidence for it.
+    pub evidence_lift: f64,
+    /// Share of the calls passing an optional argument that must hold evidence for decoding to
+    /// require some.
+    pub evidence_coverage: f64,
+}
+
+impl Default for RuleParams {
+    fn default() -> Self {
+        RuleParams {
+            keyed_rate: 0.9,
+            span_rate: 0.5,
+            vocab_rate: 0.25,
+            alias_min_calls: 3,
+            alias_share: 0.75,
+            evidence_lift: 5.0,
+            evidence_coverage: 0.9,
+        }
+    }
+}
+
+impl RuleParams {
+    /// Rates and shares in [0, 1], a positive lift.
+    fn check(&self) -> Result<(), ParamError> {
+        for (key, v) in [
+            ("keyed_rate", self.keyed_rate),
+            ("span_rate", self.span_rate),
+            ("vocab_rate", self.vocab_rate),
+            ("alias_share", self.alias_share),
+            ("evidence_coverage", self.evidence_coverage),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(ParamError {
+                    path: format!("rules.{key}"),
+                    message: format!("must be in [0, 1], got {v}"),
+                });
+            }
+        }
+        if self.evidence_lift.is_nan() || self.evidence_lift <= 0.0 {
+            return Err(ParamError {
+                path: "rules.evidence_lift".into(),
+                message: format!("must be positive, got {}", self.evidence_lift),
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Default for TrainParams {
@@ -182,6 +249,7 @@ impl Default for TrainParams {
             lora: LoraParams::default(),
             gradient_checkpointing: false,
             save: SaveMode::Merged,
+            rules: RuleParams::default(),
         }
     }
 }
@@ -249,6 +317,7 @@ impl TrainParams {
                     ));
                 }
                 self.check_tiny_shape()?;
+                self.rules.check()?;
             }
             "qwen3" => {
                 if self.model_dir.as_deref().is_none_or(str::is_empty) {
@@ -269,6 +338,7 @@ impl TrainParams {
                     ("dropout", self.dropout != d.dropout),
                     ("copy_dim", self.copy_dim != d.copy_dim),
                     ("max_records", self.max_records != d.max_records),
+                    ("rules", self.rules != d.rules),
                 ];
                 if let Some((key, _)) = tiny_only.iter().find(|(_, set)| *set) {
                     return Err(err(
@@ -409,6 +479,38 @@ pub struct PredictParams {
     pub max_value_tokens: usize,
     /// Most tokens of a whole call; the prompt keeps this much room in the context.
     pub max_new_tokens: usize,
+    /// Span decoding's bonuses (the tiny student).
+    pub decoding: DecodeParams,
+}
+
+/// Log-probability bonuses of the tiny student's span decoding (`[predict.decoding]`). Each is
+/// explained where it is applied, in the student's `grammar` module; the defaults are chosen on
+/// `crates/student/MEASUREMENTS.md` says on what split each default was chosen. Decoding only:
+/// changing one
+/// re-runs `predict`, not `train`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecodeParams {
+    /// For ending a span value where it is a whole copyable unit.
+    pub whole_bonus: f32,
+    /// For continuing a value the prompt labels with the argument's own key.
+    pub label_bonus: f32,
+    /// For a categorical argument's learned value that the user said.
+    pub said_bonus: f32,
+    /// How much likelier the best free-text token must be than the best span start for a span
+    /// argument to be written freely.
+    pub free_margin: f32,
+}
+
+impl Default for DecodeParams {
+    fn default() -> Self {
+        DecodeParams {
+            whole_bonus: 3.0,
+            label_bonus: 2.0,
+            said_bonus: 5.0,
+            free_margin: 2.0,
+        }
+    }
 }
 
 impl Default for PredictParams {
@@ -418,6 +520,7 @@ impl Default for PredictParams {
             batch_size: 32,
             max_value_tokens: 40,
             max_new_tokens: 64,
+            decoding: DecodeParams::default(),
         }
     }
 }
@@ -447,5 +550,52 @@ impl Default for TokenizerParams {
             path: None,
             model_dir: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(toml_like: Value) -> TrainParams {
+        serde_json::from_value(toml_like).expect("parses")
+    }
+
+    #[test]
+    fn rule_thresholds_are_checked_and_belong_to_the_tiny_family() {
+        let ok = parsed(serde_json::json!({"rules": {"evidence_lift": 3.0}}));
+        assert_eq!(ok.rules.evidence_lift, 3.0);
+        assert_eq!(ok.rules.keyed_rate, RuleParams::default().keyed_rate);
+        ok.check().expect("a tiny student takes rule thresholds");
+
+        let e = parsed(serde_json::json!({"rules": {"span_rate": 1.5}}))
+            .check()
+            .unwrap_err();
+        assert_eq!(e.path, "rules.span_rate");
+        assert!(e.message.contains("[0, 1]"), "{}", e.message);
+        let e = parsed(serde_json::json!({"rules": {"evidence_lift": 0.0}}))
+            .check()
+            .unwrap_err();
+        assert_eq!(e.path, "rules.evidence_lift");
+
+        let e = parsed(serde_json::json!({
+            "family": "qwen3", "model_dir": "m", "rules": {"vocab_rate": 0.5}
+        }))
+        .check()
+        .unwrap_err();
+        assert_eq!(e.path, "rules", "{e:?}");
+        assert!(
+            serde_json::from_value::<TrainParams>(serde_json::json!({"rules": {"bonus": 1}}))
+                .is_err(),
+            "unknown rule keys are refused"
+        );
+    }
+
+    #[test]
+    fn decoding_bonuses_default_and_parse() {
+        let p: PredictParams =
+            serde_json::from_value(serde_json::json!({"decoding": {"said_bonus": 8.0}})).unwrap();
+        assert_eq!(p.decoding.said_bonus, 8.0);
+        assert_eq!(p.decoding.whole_bonus, DecodeParams::default().whole_bonus);
     }
 }

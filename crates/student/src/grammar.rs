@@ -11,7 +11,7 @@
 //! sentence (`Bombay to Goa at 17:30? Is there anything else…`). A span value never crosses a
 //! sentence end (an abbreviation such as "St." is no end), a comma or a question mark, and
 //! ending it where it is a whole copyable unit (a result's value, `Aperto`) gets a bonus of
-//! [`WHOLE_BONUS`]. When the model is much surer of a token that starts no span (the user said
+//! `whole_bonus` ([`DecodeParams`]). When the model is much surer of a token that starts no span (the user said
 //! "SF", the call needs `San Francisco`), the value is written freely instead.
 //!
 //! A *categorical* argument (a cuisine, a city: few training values that repeat; see
@@ -31,7 +31,7 @@
 //! cuisine `Mexican`) nor, once the prompt labels some value with its own key, from the
 //! assistant's sentences (`Korean` from "a Korean place called Restaurant Chungdam"; the user
 //! may still name another), and continuing a value labelled with its own key gets
-//! [`LABEL_BONUS`] (so the result's `Bombay To Goa` wins over `Bombay to Goa at 17:30` in the
+//! `label_bonus` (so the result's `Bombay To Goa` wins over `Bombay to Goa at 17:30` in the
 //! user's sentence).
 //!
 //! A categorical value the user asks for by a word that training learned to mean it (an
@@ -48,6 +48,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 use tracelab_core::conversation::ToolCall;
+use tracelab_core::job::DecodeParams;
 
 use crate::normalize::folded;
 use crate::template::{ChatTemplate, FnSpec, ValueKind};
@@ -68,37 +69,34 @@ pub enum Allowed {
     /// A token of digits, or one of these.
     Digits(Vec<u32>),
     /// A span value: a continuation of the span or a closer; at a value's first token (`free`)
-    /// also any ordinary token, taken only when the model prefers it by [`FREE_MARGIN`].
+    /// also any ordinary token, taken only when the model prefers it by `free_margin`.
     Span {
         /// Tokens that continue the span.
         continuations: Vec<u32>,
         /// Closers allowed now.
         closers: Vec<u32>,
-        /// Closers get [`WHOLE_BONUS`]: the value so far is a whole copyable unit.
+        /// Closers get `whole_bonus`: the value so far is a whole copyable unit.
         whole: bool,
         /// Continuations with a bonus to their log-probability: those that follow a value
         /// labelled with this argument's own key (a result field or an earlier call's argument
-        /// of the same name) get [`LABEL_BONUS`], those of a learned value the user said
-        /// [`SAID_BONUS`].
+        /// of the same name) get `label_bonus`, those of a learned value the user said
+        /// `said_bonus` ([`DecodeParams`]).
         preferred: Vec<(u32, f32)>,
         /// The value may still be written freely instead.
         free: bool,
     },
 }
 
-/// Log-probability bonus for ending a span value where it is a whole copyable unit.
-pub const WHOLE_BONUS: f32 = 3.0;
-
-/// Log-probability bonus for continuing a value the prompt labels with the argument's own key:
-/// a reservation's `restaurant_name` copies a result's `restaurant_name`, not the same words
-/// from the assistant's sentence around it.
-pub const LABEL_BONUS: f32 = 2.0;
-
-/// Log-probability bonus for a categorical argument's learned value that the user said (in
-/// any case): the student, trained on targets that are half categories the user never said
-/// (`Japanese` for "ramen"), otherwise writes its most frequent values (`American` for "asian
-/// food").
-pub const SAID_BONUS: f32 = 5.0;
+// The bonuses are [`DecodeParams`] (`[predict.decoding]`):
+// - `whole_bonus`, for ending a span value where it is a whole copyable unit;
+// - `label_bonus`, for continuing a value the prompt labels with the argument's own key: a
+//   reservation's `restaurant_name` copies a result's `restaurant_name`, not the same words from
+//   the assistant's sentence around it;
+// - `said_bonus`, for a categorical argument's learned value that the user said (in any case):
+//   the student, trained on targets that are half categories the user never said (`Japanese`
+//   for "ramen"), otherwise writes its most frequent values (`American` for "asian food");
+// - `free_margin`, how much likelier (in log-probability) the best free-text token must be than
+//   the best span start for a span argument to be written freely.
 
 /// Adds `t` to `preferred` with `bonus`, keeping the larger bonus of a token listed twice.
 fn prefer(preferred: &mut Vec<(u32, f32)>, t: u32, bonus: f32) {
@@ -107,10 +105,6 @@ fn prefer(preferred: &mut Vec<(u32, f32)>, t: u32, bonus: f32) {
         None => preferred.push((t, bonus)),
     }
 }
-
-/// How much likelier (in log-probability) the best free-text token must be than the best span
-/// start for a span argument to be written freely.
-pub const FREE_MARGIN: f32 = 2.0;
 
 /// Per-token facts span decoding needs, computed once per vocabulary.
 #[derive(Debug, Clone)]
@@ -198,6 +192,7 @@ pub struct SpanSetup {
     /// Per function, per parameter: the words that must occur in the user's messages for it
     /// to be passed (see [`crate::train::evidence_params`]).
     evidence: Arc<Vec<Vec<Option<BTreeSet<String>>>>>,
+    decoding: DecodeParams,
 }
 
 /// The special tokens that start a message or the tool header, and which of them starts a user
@@ -305,8 +300,13 @@ impl Labels {
 impl SpanSetup {
     /// From the model's value rules: its span parameters (function → argument names), those of
     /// them taken from values labelled with their own key, and the categorical ones'
-    /// vocabularies.
-    pub fn new(tpl: &ChatTemplate, rules: &ValueRules) -> SpanSetup {
+    /// vocabularies; `decoding` holds the bonuses.
+    /// The bonuses its spans are decoded with.
+    pub fn decoding(&self) -> &DecodeParams {
+        &self.decoding
+    }
+
+    pub fn new(tpl: &ChatTemplate, rules: &ValueRules, decoding: &DecodeParams) -> SpanSetup {
         // One entry per function of the template, per parameter, from a rule map keyed by
         // function and argument names.
         fn per_param<R, T>(
@@ -361,6 +361,7 @@ impl SpanSetup {
             params: Arc::new(params),
             labels: Arc::new(Labels::new(tpl, &rules.keyed_params)),
             vocab: Arc::new(vocab),
+            decoding: decoding.clone(),
             roles: Arc::new(Roles {
                 starts: vec![
                     tpl.sp.tools,
@@ -401,6 +402,8 @@ pub struct SpanSource {
     /// Per function, per parameter: whether it may be passed (it needs no evidence, or the
     /// user's messages have some).
     evident: Vec<Vec<bool>>,
+    /// The bonuses of span decoding.
+    decoding: DecodeParams,
 }
 
 impl SpanSource {
@@ -413,6 +416,7 @@ impl SpanSource {
             vocab,
             roles,
             evidence,
+            decoding,
         } = setup;
         let mut runs = Vec::new();
         let mut run_keys = Vec::new();
@@ -506,6 +510,7 @@ impl SpanSource {
             vocab: vocab.clone(),
             said,
             evident,
+            decoding: decoding.clone(),
         }
     }
 
@@ -599,8 +604,8 @@ impl SpanSource {
                 continue;
             }
             let bonus = match (own, said) {
-                (_, true) => Some(SAID_BONUS),
-                (true, false) => Some(LABEL_BONUS),
+                (_, true) => Some(self.decoding.said_bonus),
+                (true, false) => Some(self.decoding.label_bonus),
                 (false, false) => None,
             };
             if prefix.is_empty() && whole_only {
@@ -1069,7 +1074,13 @@ fn choice_len(kind: &ValueKind) -> usize {
 }
 
 /// Picks the best allowed token from log-probabilities `scores` (one row of length V).
-pub fn pick(allowed: &Allowed, scores: &[f32], tpl: &ChatTemplate, digit: &[bool]) -> u32 {
+pub fn pick(
+    allowed: &Allowed,
+    scores: &[f32],
+    tpl: &ChatTemplate,
+    digit: &[bool],
+    decoding: &DecodeParams,
+) -> u32 {
     let mut best = (f32::NEG_INFINITY, tpl.sp.pad);
     let mut consider = |t: u32, bonus: f32| {
         let s = scores[t as usize] + bonus;
@@ -1105,15 +1116,15 @@ pub fn pick(allowed: &Allowed, scores: &[f32], tpl: &ChatTemplate, digit: &[bool
                     .map_or(0.0, |&(_, b)| b);
                 consider(t, bonus)
             });
-            let bonus = if *whole { WHOLE_BONUS } else { 0.0 };
+            let bonus = if *whole { decoding.whole_bonus } else { 0.0 };
             closers.iter().for_each(|&t| consider(t, bonus));
             if *free {
                 let any = Allowed::Text {
                     closers: Vec::new(),
                     banned: Vec::new(),
                 };
-                let alt = pick(&any, scores, tpl, digit);
-                if scores[alt as usize] > best.0 + FREE_MARGIN {
+                let alt = pick(&any, scores, tpl, digit, decoding);
+                if scores[alt as usize] > best.0 + decoding.free_margin {
                     return alt;
                 }
             }

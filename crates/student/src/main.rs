@@ -196,7 +196,7 @@ fn run(job: &WorkerJob) -> Result<Value, WorkerError> {
                 &tpl,
                 &pairs,
                 &p,
-                &grammar::SpanSetup::new(&tpl, &saved.rules),
+                &grammar::SpanSetup::new(&tpl, &saved.rules, &p.decoding),
                 dev,
                 &mut report,
             );

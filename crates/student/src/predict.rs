@@ -138,6 +138,8 @@ pub fn decode_batch(
         })
         .collect();
     let v = tpl.vocab;
+    // Without span decoding (the tests' plain decoding) the default bonuses apply.
+    let decoding = spans.map(|s| s.decoding().clone()).unwrap_or_default();
     for _ in 0..lim.max_new_tokens + 1 {
         if states.iter().all(CallState::done) {
             break;
@@ -154,7 +156,13 @@ pub fn decode_batch(
             }
             let scores = if st.in_value() { &mixed } else { &vocab };
             let allowed = st.allowed(tpl, lim);
-            let tok = pick(&allowed, &scores[i * v..(i + 1) * v], tpl, digits);
+            let tok = pick(
+                &allowed,
+                &scores[i * v..(i + 1) * v],
+                tpl,
+                digits,
+                &decoding,
+            );
             st.push(tpl, tok);
             next.push(tok as i64);
         }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tch::{nn, nn::OptimizerConfig, Device, Tensor};
 use tracelab_core::conversation::{Conversation, Message};
-use tracelab_core::job::TrainParams;
+use tracelab_core::job::{RuleParams, TrainParams};
 
 use crate::model::{Tiny, TinyConfig};
 use crate::normalize::folded;
@@ -67,9 +67,9 @@ impl ValueRules {
     /// Learns every rule from the training conversations. A categorical argument is decoded as
     /// a span too (its vocabulary is a source besides the conversation), so it joins the span
     /// arguments before the keyed ones are chosen.
-    pub fn learn(tpl: &ChatTemplate, conversations: &[Conversation]) -> ValueRules {
-        let mut span_params = span_params(tpl, conversations);
-        let vocab_params = vocab_params(tpl, conversations);
+    pub fn learn(tpl: &ChatTemplate, conversations: &[Conversation], r: &RuleParams) -> ValueRules {
+        let mut span_params = span_params(tpl, conversations, r.span_rate);
+        let vocab_params = vocab_params(tpl, conversations, r.vocab_rate);
         for (f, args) in &vocab_params {
             for k in args.keys() {
                 span_params
@@ -79,13 +79,13 @@ impl ValueRules {
                     .or_insert(SpanShape::Words);
             }
         }
-        let keyed_params = keyed_params(tpl, conversations, &span_params);
+        let keyed_params = keyed_params(tpl, conversations, &span_params, r.keyed_rate);
         ValueRules {
-            alias_params: alias_params(tpl, conversations, &vocab_params),
+            alias_params: alias_params(tpl, conversations, &vocab_params, r),
             span_params,
             keyed_params,
             vocab_params,
-            evidence_params: evidence_params(tpl, conversations),
+            evidence_params: evidence_params(tpl, conversations, r),
         }
     }
 }
@@ -105,14 +105,9 @@ pub type SpanParams = BTreeMap<String, BTreeMap<String, SpanShape>>;
 /// Per function, the span arguments decoding draws from values labelled with their own key.
 pub type KeyedParams = BTreeMap<String, BTreeSet<String>>;
 
-/// Share of training calls, among those whose prompt already shows a value under the argument's
-/// key, that must repeat one of those values for the argument to be keyed. A booked restaurant's
-/// name repeats a result's (92% on the clean traces); a reservation's time often changes what an
-/// earlier call said (56%), and so does a repeated search's city (79%).
-pub const KEYED_RATE: f64 = 0.9;
-
 /// The span arguments whose training values repeat a value the prompt labels with the same key
-/// (a result field, or an earlier call's argument, of that name) in at least [`KEYED_RATE`] of
+/// (a result field, or an earlier call's argument, of that name) in at least `keyed_rate`
+/// ([`RuleParams`]) of
 /// the calls where such a value exists (and in at least 5). Decoding then takes those arguments
 /// from values labelled with their key rather than from the same words in a sentence, and never
 /// from a value labelled with another key (see [`crate::grammar`]).
@@ -120,6 +115,7 @@ pub fn keyed_params(
     tpl: &ChatTemplate,
     conversations: &[Conversation],
     spans: &SpanParams,
+    keyed_rate: f64,
 ) -> KeyedParams {
     let text = |v: &Value| normalized(tpl, v).trim().to_string();
     // Per (function, argument): calls with a labelled value of the key, and repeats of one.
@@ -162,7 +158,7 @@ pub fn keyed_params(
     }
     let mut out = KeyedParams::new();
     for ((f, k), (n, repeats)) in counts {
-        if n >= 5 && repeats as f64 >= KEYED_RATE * n as f64 {
+        if n >= 5 && repeats as f64 >= keyed_rate * n as f64 {
             out.entry(f).or_default().insert(k);
         }
     }
@@ -182,16 +178,16 @@ pub enum SpanShape {
     Any,
 }
 
-/// Share of training calls whose value must be a copy of the conversation for an argument to be
-/// decoded as a span.
-pub const SPAN_RATE: f64 = 0.5;
-
 /// The free-text arguments (of functions other than the reply) whose values, in at least
-/// [`SPAN_RATE`] of the training calls that pass them (and at least 5), appear verbatim in the
+/// `span_rate` ([`RuleParams`]) of the training calls that pass them (and at least 5), appear verbatim in the
 /// conversation before the call (after time and date normalization): names, cities and times
 /// the user or a result said. Data-driven, so a schema's descriptive free-text argument (a note,
 /// a query) is not forced into a span.
-pub fn span_params(tpl: &ChatTemplate, conversations: &[Conversation]) -> SpanParams {
+pub fn span_params(
+    tpl: &ChatTemplate,
+    conversations: &[Conversation],
+    span_rate: f64,
+) -> SpanParams {
     let free: Vec<(String, String)> = tpl
         .functions
         .iter()
@@ -238,7 +234,7 @@ pub fn span_params(tpl: &ChatTemplate, conversations: &[Conversation]) -> SpanPa
     }
     let mut out = SpanParams::new();
     for ((f, k), (n, hits, lettered)) in counts {
-        if n >= 5 && hits as f64 >= SPAN_RATE * n as f64 {
+        if n >= 5 && hits as f64 >= span_rate * n as f64 {
             let shape = match lettered {
                 0 => SpanShape::Digits,
                 l if l == n => SpanShape::Words,
@@ -253,19 +249,19 @@ pub fn span_params(tpl: &ChatTemplate, conversations: &[Conversation]) -> SpanPa
 /// Per function, per categorical argument, its training values (most frequent first).
 pub type VocabParams = BTreeMap<String, BTreeMap<String, Vec<String>>>;
 
-/// Most distinct values per training call for an argument to count as categorical: a cuisine
-/// (41 values in 237 clean-trace searches) or a city (57 in 237) is; a restaurant's name (291 in
-/// 412 bookings) is not, and a vocabulary of names would only offer the student names to
-/// invent.
-pub const VOCAB_RATE: f64 = 0.25;
-
 /// The free-text arguments (of functions other than the reply) whose training values are a small
 /// set of words that repeat: at least 20 calls, every value with a letter, at most
-/// [`VOCAB_RATE`] distinct values per call. Decoding may write such an argument as one of these
+/// `vocab_rate` ([`RuleParams`]) distinct values per call: a cuisine (41 values in 237
+/// clean-trace searches) or a city (57 in 237) is; a restaurant's name (291 in 412 bookings) is
+/// not, and a vocabulary of names would only offer the student names to invent. Decoding may write such an argument as one of these
 /// values even where the conversation words it otherwise (the user asks for "ramen", the
 /// search wants `Japanese`; "SFO" is `San Francisco`), and otherwise copies a whole word span:
 /// never a piece of a word (`plings` from "Dumplings") or a date for a cuisine.
-pub fn vocab_params(tpl: &ChatTemplate, conversations: &[Conversation]) -> VocabParams {
+pub fn vocab_params(
+    tpl: &ChatTemplate,
+    conversations: &[Conversation],
+    vocab_rate: f64,
+) -> VocabParams {
     let mut values: BTreeMap<(String, String), BTreeMap<String, usize>> = BTreeMap::new();
     for c in conversations {
         for m in &c.messages {
@@ -297,7 +293,7 @@ pub fn vocab_params(tpl: &ChatTemplate, conversations: &[Conversation]) -> Vocab
     for ((f, k), counts) in values {
         let n: usize = counts.values().sum();
         let lettered = counts.keys().all(|v| v.chars().any(char::is_alphabetic));
-        if n < 20 || !lettered || counts.len() as f64 > VOCAB_RATE * n as f64 {
+        if n < 20 || !lettered || counts.len() as f64 > vocab_rate * n as f64 {
             continue;
         }
         let mut ranked: Vec<(String, usize)> = counts.into_iter().collect();
@@ -312,18 +308,11 @@ pub fn vocab_params(tpl: &ChatTemplate, conversations: &[Conversation]) -> Vocab
 /// Per function, per categorical argument, per value: the words that ask for it.
 pub type AliasParams = BTreeMap<String, BTreeMap<String, BTreeMap<String, BTreeSet<String>>>>;
 
-/// Fewest training calls in which a word must have asked for a value it does not say.
-pub const ALIAS_MIN_CALLS: usize = 3;
-
-/// Share of the training calls of a categorical argument with a word in the user's messages
-/// that must have had one value, unsaid, for the word to be that value's alias.
-pub const ALIAS_SHARE: f64 = 0.75;
-
 /// The user's words that name a categorical argument's value without saying it: SGD's searches
 /// want `Italian` where the user said "pizza" or "pasta", `Indian` for "Punjabi", `San
 /// Francisco` for "SF". Per categorical argument (see [`vocab_params`]), over its training calls
 /// whose user messages so far do not say the value: a word of those messages is an alias of the
-/// value when at least [`ALIAS_MIN_CALLS`] such calls had it and at least [`ALIAS_SHARE`] of
+/// value when at least `alias_min_calls` such calls had it and at least `alias_share` of
 /// all the argument's calls with the word in the user's messages had that value. Words of any
 /// learned value (a city's "park", a cuisine's "american") are no alias. Decoding treats a value
 /// whose alias the user said like a value the user said.
@@ -331,6 +320,7 @@ pub fn alias_params(
     tpl: &ChatTemplate,
     conversations: &[Conversation],
     vocab: &VocabParams,
+    r: &RuleParams,
 ) -> AliasParams {
     let value_words: BTreeSet<String> = vocab
         .values()
@@ -387,8 +377,8 @@ pub fn alias_params(
     let mut out = AliasParams::new();
     for ((f, k), t) in tallies {
         for ((w, v), n) in t.unsaid {
-            if n >= ALIAS_MIN_CALLS
-                && n as f64 >= ALIAS_SHARE * t.with_word[&w] as f64
+            if n >= r.alias_min_calls
+                && n as f64 >= r.alias_share * t.with_word[&w] as f64
                 && !value_words.contains(&w)
             {
                 out.entry(f.to_string())
@@ -408,24 +398,20 @@ pub fn alias_params(
 /// announces it.
 pub type EvidenceParams = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;
 
-/// How much more often a word must occur in the user's messages before calls that pass an
-/// optional argument than before calls that leave it out, to count as evidence for it.
-pub const EVIDENCE_LIFT: f64 = 5.0;
-
-/// Share of the training calls passing an optional argument whose user messages must hold one
-/// of its evidence words for decoding to require one.
-pub const EVIDENCE_COVERAGE: f64 = 0.9;
-
 /// The optional arguments (of functions other than the reply) that training passed only when
 /// the user's words asked for them, with those words. Per optional argument passed in at least
 /// 5 training calls and left out in at least 10: a word of the user's messages so far is
-/// evidence when at least 3 calls passing the argument had it and it is [`EVIDENCE_LIFT`] times
+/// evidence when at least 3 calls passing the argument had it and it is `evidence_lift` times
 /// as frequent before those calls as before the others ("pricey", "affordable", "moderate" for
-/// a search's `price_range`). The argument needs evidence when at least [`EVIDENCE_COVERAGE`]
+/// a search's `price_range`). The argument needs evidence when at least `evidence_coverage`
 /// of the calls passing it had some. Decoding then opens the argument only after a user's
 /// message with an evidence word: the student, having seen the price range in a third of the
 /// searches, otherwise adds one to searches where nobody mentioned a price.
-pub fn evidence_params(tpl: &ChatTemplate, conversations: &[Conversation]) -> EvidenceParams {
+pub fn evidence_params(
+    tpl: &ChatTemplate,
+    conversations: &[Conversation],
+    r: &RuleParams,
+) -> EvidenceParams {
     // Per (function, optional argument): the user's words before each call passing it, the
     // number of calls leaving it out, and per word the calls of each kind that had it.
     #[derive(Default)]
@@ -485,7 +471,7 @@ pub fn evidence_params(tpl: &ChatTemplate, conversations: &[Conversation]) -> Ev
             .filter(|(_, (a, b))| {
                 *a >= 3
                     && *a as f64 / with as f64
-                        >= EVIDENCE_LIFT * (*b as f64 + 1.0) / (without as f64 + 1.0)
+                        >= r.evidence_lift * (*b as f64 + 1.0) / (without as f64 + 1.0)
             })
             .map(|(w, _)| w)
             .collect();
@@ -494,7 +480,7 @@ pub fn evidence_params(tpl: &ChatTemplate, conversations: &[Conversation]) -> Ev
             .iter()
             .filter(|words| words.iter().any(|w| evidence.contains(w)))
             .count();
-        if covered as f64 >= EVIDENCE_COVERAGE * with as f64 {
+        if covered as f64 >= r.evidence_coverage * with as f64 {
             out.entry(f).or_default().insert(k, evidence);
         }
     }
@@ -758,7 +744,7 @@ pub fn train(
         opt.zero_grad();
         log.step(step, step_loss, progress);
     }
-    let rules = ValueRules::learn(tpl, conversations);
+    let rules = ValueRules::learn(tpl, conversations, &p.rules);
     save(&vs, &cfg, p.max_records, reference_date, &rules, out)?;
     let mut stats = log.stats();
     stats.insert("parameters".into(), json!(n_params));

@@ -6,6 +6,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Map, Value};
 use tracelab_core::conversation::{Conversation, Message, ToolCall};
+use tracelab_core::job::RuleParams;
 use tracelab_core::tools::{ToolSet, DEFAULT_RESPOND};
 use tracelab_student::template::ChatTemplate;
 use tracelab_student::train::{SpanShape, ValueRules};
@@ -107,7 +108,7 @@ fn rules_learned_on_house_rentals() {
     let tools = tools();
     let tok = tokenizer::train_bpe(&corpus_texts(&convs, &tools), 400, 2).unwrap();
     let tpl = ChatTemplate::new(tok, &tools, 2, Some("2019-03-01")).unwrap();
-    let rules = ValueRules::learn(&tpl, &convs);
+    let rules = ValueRules::learn(&tpl, &convs, &RuleParams::default());
 
     // Both dates are copies of what the user said, once the template has read "March 5" as
     // 2019-03-05; the invented town is a copy in both functions.

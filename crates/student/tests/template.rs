@@ -4,6 +4,7 @@
 
 use serde_json::json;
 use tracelab_core::conversation::{Conversation, Message, ToolCall};
+use tracelab_core::job::{DecodeParams, RuleParams};
 use tracelab_core::tools::{ToolSet, DEFAULT_RESPOND};
 use tracelab_student::template::{ChatTemplate, Target};
 use tracelab_student::tokenizer;
@@ -132,7 +133,13 @@ fn decode_call(
         } else {
             name_scores
         };
-        let t = pick(&st.allowed(tpl, &lim), scores, tpl, &digits);
+        let t = pick(
+            &st.allowed(tpl, &lim),
+            scores,
+            tpl,
+            &digits,
+            &DecodeParams::default(),
+        );
         st.push(tpl, t);
     }
     st.call(tpl)
@@ -157,6 +164,7 @@ fn span_arguments_are_copied_from_the_prompt_unless_the_model_insists() {
             span_params: spans.clone(),
             ..Default::default()
         },
+        &DecodeParams::default(),
     );
     let function = tpl.encode(" FindRestaurants");
     let city = tpl.encode(" Walnut Creek");
@@ -213,7 +221,12 @@ fn a_categorical_argument_takes_whole_learned_values_or_prompt_words() {
             .collect()
     };
     // 24 searches in 24 cities: no vocabulary (it would only offer values to invent).
-    assert!(vocab_params(&tpl, &searches(&|i| format!("Town{i}"))).is_empty());
+    assert!(vocab_params(
+        &tpl,
+        &searches(&|i| format!("Town{i}")),
+        RuleParams::default().vocab_rate
+    )
+    .is_empty());
     // 24 searches in two cities: a categorical argument, most frequent value first.
     let corpus = searches(&|i| {
         if i % 3 == 0 {
@@ -224,7 +237,7 @@ fn a_categorical_argument_takes_whole_learned_values_or_prompt_words() {
         .into()
     });
     assert_eq!(
-        vocab_params(&tpl, &corpus),
+        vocab_params(&tpl, &corpus, RuleParams::default().vocab_rate),
         BTreeMap::from([(
             "FindRestaurants".to_string(),
             BTreeMap::from([(
@@ -233,9 +246,9 @@ fn a_categorical_argument_takes_whole_learned_values_or_prompt_words() {
             )])
         )])
     );
-    let rules = ValueRules::learn(&tpl, &corpus);
+    let rules = ValueRules::learn(&tpl, &corpus, &RuleParams::default());
     assert!(rules.span_params["FindRestaurants"].contains_key("city"));
-    let setup = SpanSetup::new(&tpl, &rules);
+    let setup = SpanSetup::new(&tpl, &rules, &DecodeParams::default());
     let decode_after = |messages: &[Message], liked: &[(&str, f32)]| {
         let prompt = tpl.prompt(messages, 128, 41);
         let mut name_scores = vec![0f32; tpl.vocab];
@@ -280,7 +293,7 @@ fn a_categorical_argument_takes_whole_learned_values_or_prompt_words() {
         Message::call(ToolCall::new(DEFAULT_RESPOND, a))
     };
     // A learned value the user said, in any case, wins over a likelier one (by less than
-    // SAID_BONUS); said by the assistant only, it does not.
+    // `said_bonus`); said by the assistant only, it does not.
     let liked = [(" Oakland", 3.0), (" San Francisco", 0.0)];
     let call = decode_after(&[user("Dinner in san francisco")], &liked);
     assert_eq!(call.arguments["city"], "San Francisco");
@@ -330,7 +343,12 @@ fn a_categorical_value_asked_for_by_its_alias_counts_as_said() {
         .collect();
     // "sf" asked for San Francisco in all 4 searches with it; "dinner" and "in" came before
     // every search, mostly Oakland's; "oakland" is a value's own word.
-    let aliases = alias_params(&tpl, &corpus, &vocab_params(&tpl, &corpus));
+    let aliases = alias_params(
+        &tpl,
+        &corpus,
+        &vocab_params(&tpl, &corpus, RuleParams::default().vocab_rate),
+        &RuleParams::default(),
+    );
     assert_eq!(
         aliases,
         BTreeMap::from([(
@@ -344,7 +362,8 @@ fn a_categorical_value_asked_for_by_its_alias_counts_as_said() {
             )])
         )])
     );
-    let setup = SpanSetup::new(&tpl, &ValueRules::learn(&tpl, &corpus));
+    let rules = ValueRules::learn(&tpl, &corpus, &RuleParams::default());
+    let setup = SpanSetup::new(&tpl, &rules, &DecodeParams::default());
     let decode_after = |messages: &[Message]| {
         let prompt = tpl.prompt(messages, 128, 41);
         let mut name_scores = vec![0f32; tpl.vocab];
@@ -420,14 +439,15 @@ fn an_optional_argument_needs_evidence_in_the_users_words() {
             }
         })
         .collect();
-    let evidence = evidence_params(&tpl, &corpus);
+    let evidence = evidence_params(&tpl, &corpus, &RuleParams::default());
     let words = &evidence["Find"]["price_range"];
     assert!(
         words.contains("cheap") && words.contains("pricey"),
         "{words:?}"
     );
     assert!(!words.contains("oakland"), "{words:?}");
-    let setup = SpanSetup::new(&tpl, &ValueRules::learn(&tpl, &corpus));
+    let rules = ValueRules::learn(&tpl, &corpus, &RuleParams::default());
+    let setup = SpanSetup::new(&tpl, &rules, &DecodeParams::default());
     // The model always wants a price range, first.
     let mut name_scores = vec![0f32; tpl.vocab];
     for &t in tpl
@@ -560,7 +580,12 @@ fn a_span_argument_copies_values_labelled_with_its_own_key() {
         .into(),
     )]
     .into();
-    let keyed = tracelab_student::train::keyed_params(&tpl, &corpus, &with_time);
+    let keyed = tracelab_student::train::keyed_params(
+        &tpl,
+        &corpus,
+        &with_time,
+        RuleParams::default().keyed_rate,
+    );
     assert_eq!(
         keyed["Book"],
         ["city".to_string(), "restaurant_name".to_string()].into()
@@ -572,6 +597,7 @@ fn a_span_argument_copies_values_labelled_with_its_own_key() {
             keyed_params: keyed,
             ..Default::default()
         },
+        &DecodeParams::default(),
     );
     // The model wants `Book`, then `restaurant_name`, and in the value it likes "Thai" and ending
     // right after it: without labels that is the cuisine value "Thai", a whole run (+3 to end
