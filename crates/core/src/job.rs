@@ -484,10 +484,9 @@ pub struct PredictParams {
 }
 
 /// Log-probability bonuses of the tiny student's span decoding (`[predict.decoding]`). Each is
-/// explained where it is applied, in the student's `grammar` module; the defaults are chosen on
+/// explained where it is applied, in the student's `grammar` module;
 /// `crates/student/MEASUREMENTS.md` says on what split each default was chosen. Decoding only:
-/// changing one
-/// re-runs `predict`, not `train`.
+/// changing one re-runs `predict`, not `train`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DecodeParams {
