@@ -166,14 +166,15 @@ impl Builder<'_> {
         }
     }
 
-    /// Wires a step's consumed artifacts from `avail`.
+    /// Wires a step's consumed artifacts (given its canonical parameters) from `avail`.
     fn wire(
         &self,
         step: &dyn Step,
+        params: &Value,
         avail: &BTreeMap<Artifact, NodeIndex>,
         locate: &dyn Fn(String) -> ConfigError,
     ) -> Result<Vec<(InputRole, NodeIndex)>, ConfigError> {
-        step.consumes()
+        step.consumes_with(params)
             .iter()
             .map(|a| {
                 avail.get(a).map(|&n| (InputRole::Artifact(*a), n)).ok_or_else(|| {
@@ -240,7 +241,7 @@ pub fn build(exp: &Experiment) -> Result<Dag, ConfigError> {
     steps::split::check_pool(&split_params, pool, &d.path)
         .map_err(|e| at("split")(&e.path, e.message))?;
     let train_pool = steps::split::train_bound(&split_params, pool);
-    let split_inputs = b.wire(split, &avail, &|m| exp.error("split", m))?;
+    let split_inputs = b.wire(split, &split_params, &avail, &|m| exp.error("split", m))?;
     let split_node = b.add(split, split_params, split_inputs, "data/split".into());
     for a in split.produces() {
         avail.insert(*a, split_node);
@@ -261,7 +262,7 @@ pub fn build(exp: &Experiment) -> Result<Dag, ConfigError> {
             }
             let params =
                 b.canonical(corrupt, &raw, &|path: &str, msg| sc.source.error(path, msg))?;
-            let mut inputs = b.wire(corrupt, &avail, &|m| sc.source.error("", m))?;
+            let mut inputs = b.wire(corrupt, &params, &avail, &|m| sc.source.error("", m))?;
             for role in corrupt.roles(&params) {
                 let n = match role_nodes.get(&role) {
                     Some(&n) => n,
@@ -329,7 +330,7 @@ pub fn build(exp: &Experiment) -> Result<Dag, ConfigError> {
                             msg,
                         )
                     })?;
-                    let inputs = b.wire(*step, &chain, &|m| {
+                    let inputs = b.wire(*step, &params, &chain, &|m| {
                         exp.error(&format!("pipelines.{}.steps[{i}]", p.name), m)
                     })?;
                     let n = b.add(

@@ -13,6 +13,7 @@ pub mod events;
 pub mod executor;
 pub mod filter;
 pub mod formats;
+pub mod http_predictor;
 pub mod judge;
 pub mod llm;
 pub mod llm_mock;

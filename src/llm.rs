@@ -1,4 +1,5 @@
-//! An OpenAI-compatible chat-completions client: messages in, text out, with a concurrency limit,
+//! An OpenAI-compatible chat-completions client: messages in, text (or, with tools offered, the
+//! assistant message with its tool calls) out, with a concurrency limit,
 //! retries (exponential backoff with jitter, honouring `Retry-After`), a request budget, and a
 //! durable response cache so an interrupted run never repeats a paid call.
 //!
@@ -317,13 +318,22 @@ impl LlmClient {
     /// sample index (hex). Endpoint and key are not part of it: the same model elsewhere answers
     /// the same question.
     pub fn cache_key(&self, messages: &[ChatMessage], sample: u64) -> String {
-        let identity = json!({
+        self.key_of(&json!(messages), None, sample)
+    }
+
+    /// [`LlmClient::cache_key`] for any messages, with the tools offered (absent for text
+    /// requests, so their keys stay what they were before tools existed).
+    fn key_of(&self, messages: &Value, tools: Option<&Value>, sample: u64) -> String {
+        let mut identity = json!({
             "model": self.config.model,
             "messages": messages,
             "temperature": self.config.temperature,
             "max_tokens": self.config.max_tokens,
             "sample": sample,
         });
+        if let Some(t) = tools {
+            identity["tools"] = t.clone();
+        }
         blake3::hash(identity.to_string().as_bytes())
             .to_hex()
             .to_string()
@@ -342,7 +352,38 @@ impl LlmClient {
         sample: u64,
         parse: impl Fn(&str) -> Result<T, String>,
     ) -> Result<(T, Completion), LlmError> {
-        let key = self.cache_key(messages, sample);
+        self.cached(&json!(messages), None, sample, parse).await
+    }
+
+    /// The assistant message (`{"content", "tool_calls"}`, as the server sent it) answering
+    /// `messages` (OpenAI chat messages, tool calls and results included) with `tools` (an
+    /// OpenAI `tools` list) offered under `tool_choice: "auto"`; cached like
+    /// [`LlmClient::complete_parsed`], whose parser here reads the message. The completion's
+    /// `text` is the message as JSON.
+    pub async fn complete_message<T>(
+        &self,
+        messages: &Value,
+        tools: &Value,
+        sample: u64,
+        parse: impl Fn(&Value) -> Result<T, String>,
+    ) -> Result<(T, Completion), LlmError> {
+        self.cached(messages, Some(tools), sample, |text| {
+            let message: Value =
+                serde_json::from_str(text).map_err(|e| format!("stored message: {e}"))?;
+            parse(&message)
+        })
+        .await
+    }
+
+    /// The cache lookup, request and store shared by text and tool requests.
+    async fn cached<T>(
+        &self,
+        messages: &Value,
+        tools: Option<&Value>,
+        sample: u64,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<(T, Completion), LlmError> {
+        let key = self.key_of(messages, tools, sample);
         let path = self.cache_path(&key);
         if let Some(c) = self.read_cached(&path)? {
             // A stored answer was accepted by this parser's version before; should the parser
@@ -352,7 +393,7 @@ impl LlmClient {
                 return Ok((v, c));
             }
         }
-        let c = self.request(messages, sample).await?;
+        let c = self.request(messages, tools, sample).await?;
         let v = parse(&c.text).map_err(LlmError::Rejected)?;
         self.store(&path, &c)?;
         Ok((v, c))
@@ -417,13 +458,18 @@ impl LlmClient {
     }
 
     /// Sends the request with retries; holds one concurrency permit for the whole exchange.
-    async fn request(&self, messages: &[ChatMessage], sample: u64) -> Result<Completion, LlmError> {
+    async fn request(
+        &self,
+        messages: &Value,
+        tools: Option<&Value>,
+        sample: u64,
+    ) -> Result<Completion, LlmError> {
         let _permit = self
             .permits
             .acquire()
             .await
             .expect("semaphore never closed");
-        let body = json!({
+        let mut body = json!({
             "model": self.config.model,
             "messages": messages,
             "temperature": self.config.temperature,
@@ -431,6 +477,10 @@ impl LlmClient {
             "seed": sample,
             "stream": false,
         });
+        if let Some(t) = tools {
+            body["tools"] = t.clone();
+            body["tool_choice"] = json!("auto");
+        }
         let mut attempt = 0u32;
         loop {
             if let Some(budget) = self.config.budget {
@@ -503,7 +553,7 @@ impl LlmClient {
                 Attempt::Fail(err)
             };
         }
-        match parse_completion(&bytes) {
+        match parse_completion(&bytes, body.get("tools").is_some()) {
             Ok(c) => Attempt::Done(c),
             // A cut-off body is a broken exchange, not an answer: ask again.
             Err(e) => Attempt::Retry {
@@ -527,8 +577,9 @@ fn without_url_secrets(e: &reqwest::Error) -> String {
     e2
 }
 
-/// Extracts the first choice's message text from a chat-completion body.
-fn parse_completion(bytes: &[u8]) -> Result<Completion, LlmError> {
+/// Extracts the first choice's message text from a chat-completion body; with `tools`, the
+/// whole message as JSON, which must hold some content or a tool call.
+fn parse_completion(bytes: &[u8], tools: bool) -> Result<Completion, LlmError> {
     let v: Value = serde_json::from_slice(bytes)
         .map_err(|e| LlmError::Malformed(format!("response is not JSON: {e}")))?;
     let msg = v
@@ -536,6 +587,24 @@ fn parse_completion(bytes: &[u8]) -> Result<Completion, LlmError> {
         .and_then(|c| c.get(0))
         .and_then(|c| c.get("message"))
         .ok_or_else(|| LlmError::Malformed("no choices[0].message".into()))?;
+    let response_id = v.get("id").and_then(Value::as_str).map(str::to_string);
+    if tools {
+        let has = |k: &str| match msg.get(k) {
+            Some(Value::String(s)) => !s.trim().is_empty(),
+            Some(Value::Array(a)) => !a.is_empty(),
+            _ => false,
+        };
+        if !has("content") && !has("tool_calls") {
+            return Err(LlmError::Malformed(
+                "choices[0].message has neither content nor tool_calls".into(),
+            ));
+        }
+        return Ok(Completion {
+            text: msg.to_string(),
+            response_id,
+            cached: false,
+        });
+    }
     let text = msg
         .get("content")
         .and_then(Value::as_str)
@@ -543,7 +612,7 @@ fn parse_completion(bytes: &[u8]) -> Result<Completion, LlmError> {
         .ok_or_else(|| LlmError::Malformed("choices[0].message.content is empty".into()))?;
     Ok(Completion {
         text: text.to_string(),
-        response_id: v.get("id").and_then(Value::as_str).map(str::to_string),
+        response_id,
         cached: false,
     })
 }

@@ -20,6 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 pub enum Reply {
     /// A normal completion whose message content is this text.
     Content(String),
+    /// A normal completion with this assistant message (`content`, `tool_calls`…).
+    Message(Value),
     /// An error status, optionally with `Retry-After` seconds.
     Status {
         /// HTTP status.
@@ -211,6 +213,12 @@ async fn serve_connection(stream: TcpStream, script: Script, counts: Arc<Mutex<C
                         .to_string()
                         .into_bytes(),
                 ),
+                Reply::Message(message) => {
+                    let mut body = completion_body(&req.body_hash, model, "");
+                    body["choices"][0]["message"] = message;
+                    body["choices"][0]["finish_reason"] = json!("tool_calls");
+                    (200, String::new(), body.to_string().into_bytes())
+                }
                 Reply::Status { code, retry_after } => (
                     code,
                     retry_after

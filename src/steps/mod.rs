@@ -186,6 +186,11 @@ pub trait Step: Sync {
     fn about(&self) -> &'static str;
     /// Artifacts this step needs, wired from the most recent producer in its cell.
     fn consumes(&self) -> &'static [Artifact];
+    /// What it needs with these canonical parameters: [`Step::consumes`] unless a parameter
+    /// changes what the step reads (an HTTP endpoint as the predictor reads no trained model).
+    fn consumes_with(&self, _params: &Value) -> &'static [Artifact] {
+        self.consumes()
+    }
     /// Artifacts this step writes into its output directory.
     fn produces(&self) -> &'static [Artifact];
     /// Whether the cell's seed is part of this step's parameters.
