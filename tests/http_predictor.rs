@@ -39,7 +39,7 @@ fn experiment(base_url: &str) -> String {
     format!(
         r#"name = "h"
 seeds = [1]
-scenarios = ["clean"]
+scenarios = ["clean", "low"]
 
 [data]
 format = "jsonl"
@@ -64,6 +64,19 @@ backoff_s = 0.01
     )
 }
 
+/// 20 conversations, the experiment, and a `low` scenario keeping 5 traces.
+fn write_project(root: &Path, experiment: &str) {
+    let traces: Vec<Value> = (0..20)
+        .map(|i| small_conversation(i, "FindRestaurants"))
+        .collect();
+    write_jsonl_project(root, &traces, &small_tools(), "h.toml", experiment);
+    std::fs::write(
+        root.join("scenarios/low.toml"),
+        "[[operators]]\nop = \"subsample\"\ncount = 5\n",
+    )
+    .unwrap();
+}
+
 fn run(root: &Path, extra: &[&str]) -> std::process::Output {
     let out = Command::new(env!("CARGO_BIN_EXE_tracelab"))
         .current_dir(root)
@@ -85,16 +98,7 @@ fn an_endpoint_is_a_row_of_the_table_and_a_rerun_sends_nothing() {
     let server = rt.block_on(MockServer::start(0, Arc::new(oracle))).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let traces: Vec<Value> = (0..20)
-        .map(|i| small_conversation(i, "FindRestaurants"))
-        .collect();
-    write_jsonl_project(
-        root,
-        &traces,
-        &small_tools(),
-        "h.toml",
-        &experiment(&server.base_url()),
-    );
+    write_project(root, &experiment(&server.base_url()));
 
     // A plan needs no trained model: the pipeline has no train step.
     let plan = Command::new(env!("CARGO_BIN_EXE_tracelab"))
@@ -135,10 +139,18 @@ fn an_endpoint_is_a_row_of_the_table_and_a_rerun_sends_nothing() {
     assert!(broken[0]["error"].as_str().unwrap().contains("not JSON"));
 
     let table = std::fs::read_to_string(root.join("results/h/table.csv")).unwrap();
-    // The unreadable answer is judged bad: the endpoint's score is 11 of 12.
-    let row: Vec<&str> = table.lines().nth(1).unwrap().split(',').collect();
+    // The unreadable answer is judged bad: the endpoint's score is 11 of 12, in every scenario
+    // (the pairs do not depend on it, so both share one predict step).
     assert!(table.starts_with("scenario,endpoint,"), "{table}");
-    assert_eq!(row[1], format!("{:.3}", 11.0 / 12.0), "{table}");
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    for row in rows {
+        assert_eq!(row[1], format!("{:.3}", 11.0 / 12.0), "{table}");
+    }
 
     // The step is cached: nothing is sent. Forced, it asks the response cache, not the server.
     run(root, &[]);
@@ -162,12 +174,8 @@ fn walk(p: &Path) -> Vec<std::path::PathBuf> {
 fn an_http_predictor_without_its_table_is_a_load_time_error() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let traces: Vec<Value> = (0..10)
-        .map(|i| small_conversation(i, "FindRestaurants"))
-        .collect();
     let full = experiment("http://127.0.0.1:9/v1");
-    let exp = &full[..full.find("[predict.http]").unwrap()];
-    write_jsonl_project(root, &traces, &small_tools(), "h.toml", exp);
+    write_project(root, &full[..full.find("[predict.http]").unwrap()]);
     let out = Command::new(env!("CARGO_BIN_EXE_tracelab"))
         .current_dir(root)
         .args(["plan", "experiments/h.toml"])
