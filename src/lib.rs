@@ -20,6 +20,7 @@ pub mod llm_mock;
 pub mod reporter;
 pub mod results;
 pub mod scenario;
+pub mod serve;
 pub mod split;
 pub mod steps;
 pub mod teacher;

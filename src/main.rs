@@ -107,6 +107,33 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         csv: PathBuf,
     },
+    /// Serve a cell's trained student over the OpenAI Chat Completions API (`/v1/models`,
+    /// `/v1/chat/completions`, streaming included).
+    Serve {
+        #[command(flatten)]
+        exp: ExpArgs,
+        /// The cell whose student to serve: `scenario/pipeline/s<seed>`, e.g. `clean/synthetic/s1`.
+        #[arg(long)]
+        cell: String,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Port (0 picks a free one; the address is printed).
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        /// The model name clients send (default: the experiment and cell).
+        #[arg(long)]
+        name: Option<String>,
+        /// Worker processes, each holding the model.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// CPU threads per worker (default: the cores divided among the workers).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Most requests decoded together in one batch.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+    },
     /// Print the statistics a step recorded (traces, turns, calls per function, …).
     Inspect {
         #[command(flatten)]
@@ -304,6 +331,45 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             let dir = report_dir(&l)?;
             std::fs::copy(dir.join("long.csv"), csv)
                 .with_context(|| format!("writing {}", csv.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve {
+            exp,
+            cell,
+            host,
+            port,
+            name,
+            workers,
+            threads,
+            batch,
+        } => {
+            let l = load(exp, cache_dir)?;
+            let target =
+                tracelab::serve::resolve_cell(&l.dag, &l.cache, &l.exp.root, &l.exp.name, cell)?;
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let threads = threads.unwrap_or((cores / (*workers).max(1)).max(1));
+            let dir = tempfile_dir()?;
+            let pool = tracelab::serve::Pool::start(&target, *workers, threads, *batch, &dir)?;
+            let name = name
+                .clone()
+                .unwrap_or_else(|| format!("{}/{cell}", l.exp.name));
+            let max_call = target.params["max_new_tokens"].as_u64().unwrap_or(64) as usize;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let listener = tokio::net::TcpListener::bind((host.as_str(), *port))
+                    .await
+                    .with_context(|| format!("cannot listen on {host}:{port}"))?;
+                let addr = listener.local_addr()?;
+                eprintln!(
+                    "serving {name} ({} functions) at http://{addr}/v1",
+                    pool.functions.len()
+                );
+                tracelab::serve::serve(listener, pool, name.clone(), max_call).await?;
+                anyhow::Ok(())
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Inspect { exp, step } => {
@@ -508,4 +574,11 @@ fn gc(
         if dry_run { "to delete" } else { "deleted" }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A private directory for the serve workers' job file, under the system temporary directory.
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("tracelab-serve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
 }

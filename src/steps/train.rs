@@ -226,7 +226,7 @@ pub fn run_worker(ctx: &StepContext<'_>, job: &WorkerJob) -> Result<Map<String, 
 /// worker exits; steps run on the executor's worker threads, which live until every step has
 /// ended, so only tracelab's death fires it. Elsewhere the worker stops at its next progress
 /// line, which fails once the pipe's reader is gone.
-fn die_with_parent(cmd: &mut Command) {
+pub(crate) fn die_with_parent(cmd: &mut Command) {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt;

@@ -1,5 +1,6 @@
 //! The worker job contract: the parameters of the three student steps (`tokenizer`, `train`,
-//! `predict`) and the job file the orchestrator writes for the `tracelab-student` worker. Both
+//! `predict`), the job file the orchestrator writes for the `tracelab-student` worker, and the
+//! line protocol of a long-lived `serve` worker (`tracelab serve`). Both
 //! processes read these types, so a parameter means the same on either side of the process
 //! boundary; the orchestrator's steps check and hash them, the worker acts on them.
 
@@ -550,6 +551,49 @@ impl Default for TokenizerParams {
             model_dir: None,
         }
     }
+}
+
+/// One line the server writes to a `serve` worker's stdin: queries to answer together (the
+/// worker loads its model once, then answers lines until stdin closes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServeBatch {
+    /// The queries, decoded as one batch.
+    pub batch: Vec<ServeQuery>,
+}
+
+/// One conversation prefix to answer with one call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServeQuery {
+    /// The server's id for it, echoed in the answer.
+    pub id: u64,
+    /// OpenAI chat messages (read leniently, as training files are).
+    pub messages: Value,
+    /// The functions the call may name (a subset of the model's).
+    pub functions: Vec<String>,
+}
+
+/// One line a `serve` worker writes back per batch (after `{"ready": …}` once at start).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServeAnswers {
+    /// One per query, in any order.
+    pub answers: Vec<ServeAnswer>,
+}
+
+/// The call for one query, or why there is none.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServeAnswer {
+    /// The query's id.
+    pub id: u64,
+    /// `{"name", "arguments"}`, absent when `error` says why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<Value>,
+    /// Why the query could not be answered (its messages do not parse…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Tokens of the prompt the model saw.
+    pub prompt_tokens: usize,
+    /// Tokens the model generated.
+    pub completion_tokens: usize,
 }
 
 #[cfg(test)]

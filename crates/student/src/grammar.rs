@@ -719,6 +719,9 @@ pub struct CallState {
     spans: Option<SpanSource>,
     /// The current span parameter's value is written freely (the model preferred it).
     free_value: bool,
+    /// Per template function, whether the call may name it (all when `None`): a served
+    /// request's tools and `tool_choice`.
+    callable: Option<Vec<bool>>,
 }
 
 /// Prefix-trie query over candidate sequences (token ids here, bytes in [`crate::json_call`]):
@@ -768,7 +771,33 @@ impl CallState {
             generated: 0,
             spans: None,
             free_value: false,
+            callable: None,
         }
+    }
+
+    /// The same state, allowed to name only the template functions `callable` marks (at least
+    /// one must be marked).
+    pub fn only(self, callable: Vec<bool>) -> Self {
+        debug_assert!(
+            callable.iter().any(|&c| c),
+            "some function must stay callable"
+        );
+        CallState {
+            callable: Some(callable),
+            ..self
+        }
+    }
+
+    /// Whether the call may name template function `i`.
+    fn may_call(&self, i: usize) -> bool {
+        self.callable
+            .as_ref()
+            .is_none_or(|c| c.get(i).copied().unwrap_or(false))
+    }
+
+    /// Tokens generated so far.
+    pub fn generated(&self) -> usize {
+        self.generated
     }
 
     /// A fresh state that decodes span parameters from `spans`.
@@ -851,14 +880,17 @@ impl CallState {
         match &self.phase {
             Phase::Done => Allowed::Only(vec![tpl.sp.pad]),
             Phase::Name => {
-                let (mut next, complete) = trie_next(
-                    tpl.functions.iter().map(|f| f.name_tokens.as_slice()),
-                    &self.item,
-                );
-                if complete {
-                    let f = tpl
-                        .functions
+                let callable = || {
+                    tpl.functions
                         .iter()
+                        .enumerate()
+                        .filter(|(i, _)| self.may_call(*i))
+                        .map(|(_, f)| f)
+                };
+                let (mut next, complete) =
+                    trie_next(callable().map(|f| f.name_tokens.as_slice()), &self.item);
+                if complete {
+                    let f = callable()
                         .find(|f| f.name_tokens == self.item)
                         .expect("complete name");
                     if !f.params.is_empty() {

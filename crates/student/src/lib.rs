@@ -21,6 +21,7 @@ pub mod normalize;
 pub mod predict;
 pub mod qwen3;
 pub mod qwen3_student;
+pub mod serve;
 pub mod template;
 pub mod tokenizer;
 pub mod train;

@@ -16,6 +16,12 @@
 //! | `tokenizer` | `traces`, `tools`, optional `user_tokenizer` or `checkpoint_tokenizer` | `tokenizer.json` | `TokenizerParams` |
 //! | `train` | `traces`, `tools`, `tokenizer`, optional `task` (reference date), `base_model` (qwen3) | `model/` | `TrainParams` |
 //! | `predict` | `model`, `tokenizer`, `pairs`, `tools` | `predictions.jsonl` | `PredictParams` |
+//! | `serve` | `model`, `tokenizer`, `tools` | none | `PredictParams` |
+//!
+//! `serve` (tiny students) prints `{"ready": {"functions": […], "respond": name}}` once the model
+//! is loaded, then
+//! answers each `ServeBatch` line on stdin with one `ServeAnswers` line (`tracelab_core::job`)
+//! until stdin closes.
 //!
 //! `checkpoint_tokenizer` (a checkpoint's `tokenizer.json`) is copied byte for byte, nothing
 //! added; `user_tokenizer` gets the tiny template's special tokens.
@@ -48,8 +54,8 @@ use tracelab_core::job::TokenizerParams;
 use tracelab_core::job::{TrainParams, WorkerJob};
 use tracelab_core::tools::{ToolSet, DEFAULT_RESPOND};
 use tracelab_student::{
-    corpus_texts, data, grammar, predict, qwen3_student, template::ChatTemplate, tokenizer, train,
-    Progress, WorkerError,
+    corpus_texts, data, grammar, predict, qwen3_student, serve, template::ChatTemplate, tokenizer,
+    train, Progress, WorkerError,
 };
 
 /// Writes one line to the orchestrator. A failed write means it is gone (EPIPE: Rust ignores
@@ -86,6 +92,35 @@ fn params<T: serde::de::DeserializeOwned>(job: &WorkerJob) -> Result<T, WorkerEr
 fn tools(job: &WorkerJob) -> Result<ToolSet, WorkerError> {
     ToolSet::load(input(job, "tools")?, DEFAULT_RESPOND, &[])
         .map_err(|e| WorkerError::Invalid(e.to_string()))
+}
+
+/// A tiny student from the job's `model`, `tokenizer` and `tools`, ready to decode with `p`.
+fn load_tiny(job: &WorkerJob, p: PredictParams) -> Result<serve::Served, WorkerError> {
+    let tools = tools(job)?;
+    let tok = tokenizer::load(input(job, "tokenizer")?)?;
+    let dev = train::device(p.device)?;
+    let probe = ChatTemplate::new(tok.clone(), &tools, 0, None).map_err(WorkerError::Invalid)?;
+    let (saved, _vs, model) = train::load(
+        input(job, "model")?,
+        &probe.is_special,
+        [probe.sp.arg, probe.sp.end],
+        dev,
+    )?;
+    let tpl = ChatTemplate::new(
+        tok,
+        &tools,
+        saved.max_records,
+        saved.reference_date.as_deref(),
+    )
+    .map_err(WorkerError::Invalid)?;
+    let spans = grammar::SpanSetup::new(&tpl, &saved.rules, &p.decoding);
+    Ok(serve::Served {
+        model,
+        tpl,
+        spans,
+        params: p,
+        dev,
+    })
 }
 
 fn run(job: &WorkerJob) -> Result<Value, WorkerError> {
@@ -173,38 +208,37 @@ fn run(job: &WorkerJob) -> Result<Value, WorkerError> {
                 data::write_predictions(&job.output, &pairs, &calls)?;
                 return Ok(stats);
             }
-            let tok = tokenizer::load(input(job, "tokenizer")?)?;
-            let dev = train::device(p.device)?;
-            let probe =
-                ChatTemplate::new(tok.clone(), &tools, 0, None).map_err(WorkerError::Invalid)?;
-            let (saved, _vs, model) = train::load(
-                input(job, "model")?,
-                &probe.is_special,
-                [probe.sp.arg, probe.sp.end],
-                dev,
-            )?;
-            let tpl = ChatTemplate::new(
-                tok,
-                &tools,
-                saved.max_records,
-                saved.reference_date.as_deref(),
-            )
-            .map_err(WorkerError::Invalid)?;
+            let served = load_tiny(job, p)?;
             let pairs = data::read_pairs(input(job, "pairs")?)?;
             let (calls, stats) = predict::predict(
-                &model,
-                &tpl,
+                &served.model,
+                &served.tpl,
                 &pairs,
-                &p,
-                &grammar::SpanSetup::new(&tpl, &saved.rules, &p.decoding),
-                dev,
+                &served.params,
+                &served.spans,
+                served.dev,
                 &mut report,
             );
             data::write_predictions(&job.output, &pairs, &calls)?;
             Ok(stats)
         }
+        "serve" => {
+            let p: PredictParams = params(job)?;
+            if qwen3_student::read_sidecar(input(job, "model")?)?.is_some() {
+                return Err(WorkerError::Invalid(
+                    "serving a qwen3 student is not supported yet; serve a tiny student".into(),
+                ));
+            }
+            let served = load_tiny(job, p)?;
+            emit(&json!({"ready": {
+                "functions": served.functions(),
+                "respond": served.tpl.respond_name(),
+            }}));
+            serve::serve(&served, std::io::stdin().lock(), &mut |v| emit(v))?;
+            Ok(json!({}))
+        }
         other => Err(WorkerError::Invalid(format!(
-            "unknown task {other:?} (tokenizer, train, predict)"
+            "unknown task {other:?} (tokenizer, train, predict, serve)"
         ))),
     }
 }

@@ -110,6 +110,23 @@ pub fn decode_batch(
     spans: Option<&SpanSetup>,
     dev: Device,
 ) -> Vec<ToolCall> {
+    let states = decode_states(model, tpl, prompts, None, lim, digits, spans, dev);
+    states.iter().map(|s| s.call(tpl)).collect()
+}
+
+/// [`decode_batch`]'s decoding, returning each prompt's final state; `callable` restricts each
+/// prompt's call to the template functions it marks (a served request's tools).
+#[allow(clippy::too_many_arguments)]
+pub fn decode_states(
+    model: &Tiny,
+    tpl: &ChatTemplate,
+    prompts: &[&Prompt],
+    callable: Option<&[Vec<bool>]>,
+    lim: &Limits,
+    digits: &[bool],
+    spans: Option<&SpanSetup>,
+    dev: Device,
+) -> Vec<CallState> {
     let b = prompts.len();
     let t = prompts.iter().map(|p| p.tokens.len()).max().unwrap_or(1);
     let mut flat = vec![tpl.sp.pad as i64; b * t];
@@ -132,9 +149,16 @@ pub fn decode_batch(
     let (mut cache, mut outp) = model.prefill(&tokens, &copyable, &pad);
     let mut states: Vec<CallState> = prompts
         .iter()
-        .map(|p| match spans {
-            Some(s) => CallState::with_spans(s.source(&p.tokens, &p.copyable)),
-            None => CallState::new(),
+        .enumerate()
+        .map(|(i, p)| {
+            let st = match spans {
+                Some(s) => CallState::with_spans(s.source(&p.tokens, &p.copyable)),
+                None => CallState::new(),
+            };
+            match callable {
+                Some(c) => st.only(c[i].clone()),
+                None => st,
+            }
         })
         .collect();
     let v = tpl.vocab;
@@ -171,5 +195,5 @@ pub fn decode_batch(
         }
         outp = model.step(&mut cache, &Tensor::from_slice(&next).to_device(dev));
     }
-    states.iter().map(|s| s.call(tpl)).collect()
+    states
 }

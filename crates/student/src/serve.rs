@@ -1,0 +1,132 @@
+//! The `serve` task: a long-lived worker that holds one tiny student in memory and answers
+//! batches of conversation prefixes, one [`ServeBatch`] line on stdin to one [`ServeAnswers`]
+//! line on stdout, until stdin closes. `tracelab serve` batches the HTTP requests that arrive
+//! together into one line, so they are decoded as one batch.
+
+use std::io::BufRead;
+
+use serde_json::Value;
+use tch::Device;
+use tracelab_core::formats::openai::parse_messages;
+use tracelab_core::job::{PredictParams, ServeAnswer, ServeAnswers, ServeBatch, ServeQuery};
+
+use crate::grammar::{digit_tokens, Limits, SpanSetup};
+use crate::model::Tiny;
+use crate::predict::decode_states;
+use crate::template::{ChatTemplate, Prompt};
+use crate::WorkerError;
+
+/// A loaded student and how it decodes.
+pub struct Served {
+    /// The model.
+    pub model: Tiny,
+    /// Its template (tools, tokenizer).
+    pub tpl: ChatTemplate,
+    /// Its span rules with the decoding bonuses.
+    pub spans: SpanSetup,
+    /// Decoding settings.
+    pub params: PredictParams,
+    /// Where it runs.
+    pub dev: Device,
+}
+
+impl Served {
+    /// The names of the functions the model can call, in template order.
+    pub fn functions(&self) -> Vec<String> {
+        self.tpl.functions.iter().map(|f| f.name.clone()).collect()
+    }
+
+    /// Answers one batch: each query's call, or why it has none.
+    pub fn answer(&self, batch: &[ServeQuery]) -> Vec<ServeAnswer> {
+        let lim = Limits {
+            max_value_tokens: self.params.max_value_tokens.max(1),
+            max_new_tokens: self.params.max_new_tokens.max(8),
+        };
+        let context = self.model.cfg.context as usize;
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut ready: Vec<(u64, Prompt, Vec<bool>)> = Vec::new();
+        for q in batch {
+            match self.prepare(q, context, &lim) {
+                Ok((prompt, callable)) => ready.push((q.id, prompt, callable)),
+                Err(error) => answers.push(ServeAnswer {
+                    id: q.id,
+                    call: None,
+                    error: Some(error),
+                    prompt_tokens: 0,
+                    completion_tokens: 0,
+                }),
+            }
+        }
+        let digits = digit_tokens(&self.tpl);
+        for chunk in ready.chunks(self.params.batch_size.max(1)) {
+            let prompts: Vec<&Prompt> = chunk.iter().map(|(_, p, _)| p).collect();
+            let callable: Vec<Vec<bool>> = chunk.iter().map(|(_, _, c)| c.clone()).collect();
+            let states = tch::no_grad(|| {
+                decode_states(
+                    &self.model,
+                    &self.tpl,
+                    &prompts,
+                    Some(&callable),
+                    &lim,
+                    &digits,
+                    Some(&self.spans),
+                    self.dev,
+                )
+            });
+            for ((id, prompt, _), st) in chunk.iter().zip(states) {
+                answers.push(ServeAnswer {
+                    id: *id,
+                    call: Some(st.call(&self.tpl).to_plain_json()),
+                    error: None,
+                    prompt_tokens: prompt.tokens.len(),
+                    completion_tokens: st.generated(),
+                });
+            }
+        }
+        answers
+    }
+
+    /// A query's prompt and which functions it may call.
+    fn prepare(
+        &self,
+        q: &ServeQuery,
+        context: usize,
+        lim: &Limits,
+    ) -> Result<(Prompt, Vec<bool>), String> {
+        let messages = parse_messages(&q.messages)?;
+        let known = self.functions();
+        if let Some(unknown) = q.functions.iter().find(|f| !known.contains(f)) {
+            return Err(format!("the model has no function {unknown:?}"));
+        }
+        let callable: Vec<bool> = known.iter().map(|f| q.functions.contains(f)).collect();
+        if !callable.contains(&true) {
+            return Err("no function may be called".into());
+        }
+        Ok((
+            self.tpl.prompt(&messages, context, lim.max_new_tokens + 1),
+            callable,
+        ))
+    }
+}
+
+/// Answers every line of `input` until it closes; `emit` writes each answer line. A line that is
+/// not a [`ServeBatch`] ends the worker with an error (the server never sends one).
+pub fn serve(
+    served: &Served,
+    input: impl BufRead,
+    emit: &mut dyn FnMut(&Value),
+) -> Result<(), WorkerError> {
+    for line in input.lines() {
+        let line = line.map_err(|e| WorkerError::Invalid(format!("stdin: {e}")))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let batch: ServeBatch = serde_json::from_str(&line)
+            .map_err(|e| WorkerError::Invalid(format!("stdin: not a serve batch: {e}")))?;
+        let answers = ServeAnswers {
+            answers: served.answer(&batch.batch),
+        };
+        emit(&serde_json::to_value(answers).expect("answers serialize"));
+    }
+    Ok(())
+}
