@@ -7,70 +7,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 mod common;
-use common::{assistant_call, write_jsonl_project};
-
-const CITIES: &[&str] = &[
-    "San Jose",
-    "Oakland",
-    "Fremont",
-    "Palo Alto",
-    "Berkeley",
-    "Napa",
-];
-const CUISINES: &[&str] = &["Mexican", "Italian", "Chinese", "Indian"];
-const NAMES: &[&str] = &[
-    "Casa Luna",
-    "Il Forno",
-    "Golden Wok",
-    "Spice Route",
-    "Blue Door",
-    "Olive",
-];
-
-/// One restaurant conversation in OpenAI chat form.
-fn conversation(i: usize) -> Value {
-    let city = CITIES[i % CITIES.len()];
-    let cuisine = CUISINES[i % CUISINES.len()];
-    let name = NAMES[(i / 2) % NAMES.len()];
-    let time = format!("{}:30", 17 + i % 4);
-    let call = assistant_call;
-    let record = json!({"restaurant_name": name, "city": city, "cuisine": cuisine, "price_range": "moderate",
-                        "phone_number": "555-0100", "street_address": "1 Main Street",
-                        "has_live_music": "False", "serves_alcohol": "True"});
-    json!({"messages": [
-        {"role": "user", "content": format!("I want {cuisine} food in {city}.")},
-        call("c0", "FindRestaurants", json!({"cuisine": cuisine, "city": city})),
-        {"role": "tool", "tool_call_id": "c0", "content": json!([record]).to_string()},
-        call("c1", "respond_to_user", json!({"message": format!("How about {name} in {city}?")})),
-        {"role": "user", "content": format!("Great, book {name} at {time}.")},
-        call("c2", "ReserveRestaurant", json!({"restaurant_name": name, "city": city, "time": time})),
-        {"role": "tool", "tool_call_id": "c2", "content": json!([record]).to_string()},
-        call("c3", "respond_to_user", json!({"message": "Your table is booked."})),
-        {"role": "user", "content": "Thanks, that's all."},
-        call("c4", "respond_to_user", json!({"message": "Enjoy your meal!"})),
-    ]})
-}
-
-fn tools() -> Value {
-    let s = |props: &[&str], req: &[&str]| {
-        let p: serde_json::Map<String, Value> = props
-            .iter()
-            .map(|k| (k.to_string(), json!({"type": "string"})))
-            .collect();
-        json!({"type": "object", "properties": p, "required": req, "additionalProperties": false})
-    };
-    json!([
-        {"type": "function", "function": {"name": "FindRestaurants", "description": "Find restaurants", "x-kind": "search",
-          "parameters": s(&["cuisine", "city", "price_range"], &["cuisine", "city"])}},
-        {"type": "function", "function": {"name": "ReserveRestaurant", "description": "Reserve a table", "x-kind": "transaction",
-          "parameters": s(&["restaurant_name", "city", "time", "date", "party_size"], &["restaurant_name", "city", "time"])}},
-        {"type": "function", "function": {"name": "respond_to_user", "description": "Reply", "x-kind": "respond",
-          "parameters": s(&["message"], &["message"])}}
-    ])
-}
+use common::{
+    restaurant_conversation as conversation, restaurant_tools as tools, write_jsonl_project,
+};
 
 fn experiment(conversations: usize, low_count: usize) -> String {
     format!(

@@ -249,10 +249,12 @@ impl Pool {
         }
         drop(ready_tx);
         let mut functions = None;
-        for r in ready_rx {
-            match r {
-                Ok(f) => functions = Some(f),
-                Err(e) => return Err(ServeError::Setup(e)),
+        // One report per worker (the threads keep their senders while they serve).
+        for _ in 0..workers.max(1) {
+            match ready_rx.recv() {
+                Ok(Ok(f)) => functions = Some(f),
+                Ok(Err(e)) => return Err(ServeError::Setup(e)),
+                Err(_) => return Err(ServeError::Setup("a worker thread ended".into())),
             }
         }
         Ok(Pool {

@@ -1,0 +1,183 @@
+//! `tracelab serve` end to end: a small student is trained by `tracelab run`, served, and called
+//! with the official `openai` Python client (tests/openai_client.py: tool calls plain and
+//! streamed, `tool_choice`, a tool-result round trip, bad requests); then `predict` with
+//! `model = "http"` pointed at the server gives the cell's own predictions.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+mod common;
+use common::{restaurant_conversation, restaurant_tools, write_jsonl_project};
+
+const EXPERIMENT: &str = r#"name = "s"
+seeds = [1]
+scenarios = ["clean"]
+
+[data]
+format = "jsonl"
+path = "data/traces.jsonl"
+tools = "data/tools.json"
+task = "data/task.md"
+
+[split]
+test_conversations = 6
+
+[pipelines.direct]
+steps = ["tokenizer", "train", "predict", "judge"]
+
+[tokenizer]
+vocab_size = 400
+
+[train]
+layers = 1
+width = 32
+heads = 2
+ffn = 64
+copy_dim = 16
+context = 256
+epochs = 2
+"#;
+
+/// The same data scored through the server: `predict` asks it over HTTP.
+fn served_experiment(base_url: &str) -> String {
+    EXPERIMENT.replace("name = \"s\"", "name = \"via-http\"").replace(
+        "[pipelines.direct]\nsteps = [\"tokenizer\", \"train\", \"predict\", \"judge\"]",
+        &format!(
+            "[pipelines.served]\nsteps = [\"predict\", \"judge\"]\n\n[predict]\nmodel = \"http\"\n\n\
+             [predict.http]\nbase_url = \"{base_url}\"\nmodel = \"student\"\nconcurrency = 4\n"
+        ),
+    )
+}
+
+fn tracelab(root: &Path, args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tracelab"))
+        .current_dir(root)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tracelab {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The server process, killed when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `tracelab serve` on a free port and returns it with its base URL.
+fn serve(root: &Path) -> (Server, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tracelab"))
+        .current_dir(root)
+        .args([
+            "serve",
+            "experiments/s.toml",
+            "--cell",
+            "clean/direct/s1",
+            "--port",
+            "0",
+            "--name",
+            "student",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let server = Server(child);
+    let mut lines = BufReader::new(stderr).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("serve printed its address before exiting")
+            .unwrap();
+        if let Some(at) = line.split(" at ").nth(1) {
+            break at.trim().to_string();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (server, url)
+}
+
+fn python() -> PathBuf {
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        py.is_file(),
+        "{} is missing: run scripts/setup.sh (it installs the openai client)",
+        py.display()
+    );
+    py
+}
+
+fn predictions(root: &Path) -> Vec<(PathBuf, Vec<Value>)> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.join("cache")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.ends_with("out/predictions.jsonl") {
+                let rows = std::fs::read_to_string(&p)
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect();
+                found.push((p, rows));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_served_student_answers_the_openai_client_and_matches_its_own_predictions() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let traces: Vec<Value> = (0..60).map(restaurant_conversation).collect();
+    write_jsonl_project(root, &traces, &restaurant_tools(), "s.toml", EXPERIMENT);
+    tracelab(root, &["run", "experiments/s.toml", "--quiet"]);
+
+    let (_server, url) = serve(root);
+    let out = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py"))
+        .args([url.as_str(), "student"])
+        .arg(root.join("data/tools.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("all checks passed"),
+        "openai client checks failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    std::fs::write(
+        root.join("experiments/via-http.toml"),
+        served_experiment(&url),
+    )
+    .unwrap();
+    tracelab(root, &["run", "experiments/via-http.toml", "--quiet"]);
+    let found = predictions(root);
+    assert_eq!(found.len(), 2, "the cell's predict and the HTTP predict");
+    let (a, b) = (&found[0].1, &found[1].1);
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x["id"], y["id"]);
+        assert_eq!(
+            x["prediction"], y["prediction"],
+            "pair {}: the served student answers as the cell's predict step did",
+            x["id"]
+        );
+    }
+}
