@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Serving latency and throughput of a trained student (`tracelab serve`), next to batch predict's
+# pairs/s measured in the same run on the same pairs.
+#   bench/serve.sh [EXPERIMENT] [CELL] [REQUESTS]
+# default: experiments/sgd-restaurants-dev.toml clean/direct/s1 200 (the cell must have been run).
+# 1. batch predict of the cell, forced: pairs/s from its manifest;
+# 2. `tracelab serve` of the cell; the cell's evaluation pairs sent as requests (the official
+#    openai client, one per thread) at concurrency 1, 4 and 16: p50/p99 latency and requests/s;
+# 3. peak memory of the server and of its worker (VmHWM).
+# Targets (issue #22): p50 <= 20 ms at concurrency 1; at 16, >= half of batch predict's pairs/s.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXP=${1:-experiments/sgd-restaurants-dev.toml}
+CELL=${2:-clean/direct/s1}
+REQUESTS=${3:-200}
+BIN=target/release/tracelab
+PY=.venv/bin/python
+[ -x "$BIN" ] || { echo "build first: scripts/tracelab.sh --version" >&2; exit 1; }
+"$BIN" run "$EXP" --quiet --only "$CELL/predict" --force "$CELL/predict" >/dev/null
+info=$("$BIN" inspect "$EXP" --step "$CELL/predict")
+batch=$(awk '/pairs_per_second/ {print $2}' <<<"$info")
+key=$(sed -n 's/.*key \([0-9a-f]*\)).*/\1/p' <<<"$info" | head -1)
+predictions=$(ls "${TRACELAB_CACHE:-cache}"/"$key"*/out/predictions.jsonl | head -1)
+PORT=${PORT:-8765}
+"$BIN" serve "$EXP" --cell "$CELL" --port "$PORT" --name bench 2>/tmp/tracelab-bench-serve.log &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+  grep -q "serving" /tmp/tracelab-bench-serve.log && break
+  sleep 0.2
+done
+"$PY" - "$PORT" "$REQUESTS" "$batch" "$SERVER" "$predictions" <<'PY'
+import json, subprocess, sys, threading, time
+from openai import OpenAI
+
+port, n, batch, server, predictions = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
+client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+# The cell's evaluation prefixes (from its predictions), as an agent sends them: replies as text,
+# with every service function the reference calls name offered (the server checks names only).
+rows = [json.loads(l) for l in open(predictions)]
+names = sorted({r["answer"]["name"] for r in rows} - {"respond_to_user"})
+tools = [{"type": "function", "function": {"name": f, "parameters": {"type": "object"}}} for f in names]
+
+def as_openai(question):
+    out = []
+    for m in question:
+        calls = m.get("tool_calls") or []
+        if m["role"] == "assistant" and len(calls) == 1 and calls[0]["function"]["name"] == "respond_to_user":
+            out.append({"role": "assistant", "content": json.loads(calls[0]["function"]["arguments"]).get("message", "")})
+        else:
+            out.append(m)
+    return out
+
+prompts = [as_openai(r["question"]) for r in rows]
+
+def one(messages):
+    t = time.perf_counter()
+    client.chat.completions.create(model="bench", messages=messages, tools=tools)
+    return time.perf_counter() - t
+
+one(prompts[0])  # warm-up
+for conc in (1, 4, 16):
+    lat, lock = [], threading.Lock()
+    todo = iter(range(n))
+    def worker():
+        while True:
+            with lock:
+                i = next(todo, None)
+            if i is None:
+                return
+            d = one(prompts[i % len(prompts)])
+            with lock:
+                lat.append(d)
+    t = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(conc)]
+    [th.start() for th in threads]
+    [th.join() for th in threads]
+    wall = time.perf_counter() - t
+    lat.sort()
+    p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    rps = n / wall
+    print(f"concurrency {conc:2d}: p50 {p50*1000:6.1f} ms  p99 {p99*1000:6.1f} ms  {rps:6.1f} req/s"
+          f"  ({rps / batch:.2f}x batch predict's {batch:.1f} pairs/s)")
+
+def hwm(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) / 1024
+kids = subprocess.run(["pgrep", "-P", server], capture_output=True, text=True).stdout.split()
+print(f"peak memory: server {hwm(server):.0f} MiB, worker " + ", ".join(f"{hwm(k):.0f} MiB" for k in kids))
+PY
