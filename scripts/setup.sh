@@ -8,8 +8,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 TORCH_VERSION=2.11.0
 # transformers, peft, safetensors, tokenizers: the Qwen3 parity tests build tiny checkpoints with them.
-# openai: the official client, which tests/serve.rs points at `tracelab serve`.
-PY_PACKAGES=("torch==${TORCH_VERSION}" "transformers==5.24.0" "peft==0.21.2" "safetensors==0.8.0" "tokenizers==0.23.3" "openai==3.63.0")
+# openai, langchain-openai: the clients tests/serve.rs points at `tracelab serve`.
+PY_PACKAGES=("torch==${TORCH_VERSION}" "transformers==5.24.0" "peft==0.21.2" "safetensors==0.8.0" "tokenizers==0.23.3" "openai==3.63.0" "langchain-openai==1.8.1")
 
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"

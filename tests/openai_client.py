@@ -1,4 +1,5 @@
-"""The official `openai` client against `tracelab serve` (run by tests/serve.rs).
+"""The official `openai` client, and LangChain's ChatOpenAI, against `tracelab serve` (run by
+tests/serve.rs).
 
 Usage: python tests/openai_client.py BASE_URL MODEL TOOLS_JSON
 Exits non-zero with the failing check's message on stderr.
@@ -141,5 +142,13 @@ bad = httpx.post(base_url.rstrip("/") + "/chat/completions", content=b"{not json
 assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json", bad.text
 r = client.chat.completions.create(model=model, messages=ASK, tools=tools, tool_choice="required")
 check_call(r.choices[0].message.tool_calls[0])
+
+# LangChain's ChatOpenAI, pointed at the server, returns the call as `tool_calls`.
+from langchain_openai import ChatOpenAI
+
+llm = ChatOpenAI(base_url=base_url, api_key="unused", model=model, max_retries=0)
+msg = llm.bind_tools(tools, tool_choice="required").invoke("I want Mexican food in Oakland.")
+assert msg.tool_calls and msg.tool_calls[0]["name"] in schemas, msg
+assert isinstance(msg.tool_calls[0]["args"], dict) and msg.tool_calls[0]["id"], msg
 
 print("openai client: all checks passed")
