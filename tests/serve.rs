@@ -1,7 +1,7 @@
 //! `tracelab serve` end to end: a small student is trained by `tracelab run`, served, and called
-//! with the official `openai` Python client and LangChain's `ChatOpenAI` (tests/openai_client.py: tool calls plain and
-//! streamed, `tool_choice`, a tool-result round trip, bad requests); then `predict` with
-//! `model = "http"` pointed at the server gives the cell's own predictions.
+//! with the official `openai` Python client and LangChain's `ChatOpenAI` (tests/openai_client.py:
+//! tool calls plain and streamed, `tool_choice`, a tool-result round trip, bad requests); then
+//! `predict` with `model = "http"` pointed at the server gives the cell's own predictions.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
