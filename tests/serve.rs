@@ -65,6 +65,55 @@ fn tracelab(root: &Path, args: &[&str]) {
     );
 }
 
+/// One request over plain HTTP/1.1: the status and the body.
+fn post(url: &str, body: &str) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let host = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut s = std::net::TcpStream::connect(&host).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text[9..12].parse().unwrap();
+    let json = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    (status, serde_json::from_str(json).unwrap_or(Value::Null))
+}
+
+/// Kills the server's student worker and checks that the server starts another: at most the
+/// request that finds it dead fails (a 500 in OpenAI's shape), and the next one is answered.
+fn survives_a_worker_crash(server: &Server, url: &str) {
+    let kids = Command::new("pgrep")
+        .args(["-P", &server.0.id().to_string()])
+        .output()
+        .unwrap();
+    let worker = String::from_utf8_lossy(&kids.stdout).trim().to_string();
+    assert!(!worker.is_empty(), "the server has a worker process");
+    assert!(Command::new("kill")
+        .args(["-9", &worker])
+        .status()
+        .unwrap()
+        .success());
+    let body = r#"{"model": "student", "messages": [{"role": "user", "content": "Hi"}]}"#;
+    let (first, err) = post(url, body);
+    if first != 200 {
+        assert_eq!(first, 500, "{err}");
+        assert!(err["error"]["message"].is_string(), "{err}");
+    }
+    let (next, answer) = post(url, body);
+    assert_eq!(next, 200, "{answer}");
+    assert!(answer["choices"][0]["message"]["content"].is_string());
+}
+
 /// The server process, killed when dropped.
 struct Server(Child);
 
@@ -148,7 +197,7 @@ fn a_served_student_answers_the_openai_client_and_matches_its_own_predictions() 
     write_jsonl_project(root, &traces, &restaurant_tools(), "s.toml", EXPERIMENT);
     tracelab(root, &["run", "experiments/s.toml", "--quiet"]);
 
-    let (_server, url) = serve(root);
+    let (server, url) = serve(root);
     let out = Command::new(python())
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py"))
         .args([url.as_str(), "student"])
@@ -161,6 +210,8 @@ fn a_served_student_answers_the_openai_client_and_matches_its_own_predictions() 
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+
+    survives_a_worker_crash(&server, &url);
 
     std::fs::write(
         root.join("experiments/via-http.toml"),
