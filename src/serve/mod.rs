@@ -285,8 +285,9 @@ impl Pool {
     }
 }
 
-/// A worker thread's loop: take what is queued (waiting for the first), ask, hand out answers;
-/// a worker that dies is restarted, and the batch it held gets an error.
+/// A worker thread's loop: take what is queued (waiting for the first), ask, hand out answers.
+/// A worker that dies is restarted and its batch asked again; when that fails too, every request
+/// from then on gets the error.
 fn drive(
     mut worker: Worker,
     job_path: &Path,
@@ -311,7 +312,13 @@ fn drive(
         let request = ServeBatch {
             batch: pending.iter().map(|p| p.query.clone()).collect(),
         };
-        match worker.ask(&request) {
+        // A worker that died (killed, out of memory) is replaced and the batch asked again once.
+        let answered = worker.ask(&request).or_else(|e| {
+            tracing::warn!("student worker failed ({e}); starting another");
+            worker = Worker::start(job_path)?.0;
+            worker.ask(&request)
+        });
+        match answered {
             Ok(answers) => {
                 let mut by_id: std::collections::HashMap<u64, ServeAnswer> =
                     answers.answers.into_iter().map(|a| (a.id, a)).collect();
@@ -326,14 +333,8 @@ fn drive(
                 for p in pending {
                     let _ = p.reply.send(Err(e.clone()));
                 }
-                tracing::warn!("student worker failed ({e}); restarting it");
-                match Worker::start(job_path) {
-                    Ok((w, _)) => worker = w,
-                    Err(e) => {
-                        fail_all(rx, &e);
-                        return;
-                    }
-                }
+                fail_all(rx, &e);
+                return;
             }
         }
     }
