@@ -118,10 +118,8 @@ fn an_endpoint_is_a_row_of_the_table_and_a_rerun_sends_nothing() {
     assert_eq!(sent, 12, "{}", server.stats_json());
     assert_eq!(server.repeats(), 0);
 
-    let predictions = std::fs::read_dir(root.join("cache"))
-        .unwrap()
-        .flatten()
-        .flat_map(|d| walk(&d.path()))
+    let predictions = common::files_under(&root.join("cache"))
+        .into_iter()
         .find(|p| p.ends_with("predictions.jsonl"))
         .expect("a predictions file in the cache");
     let rows: Vec<Value> = std::fs::read_to_string(&predictions)
@@ -156,18 +154,6 @@ fn an_endpoint_is_a_row_of_the_table_and_a_rerun_sends_nothing() {
     run(root, &[]);
     run(root, &["--force", "*predict*"]);
     assert_eq!(server.total(), sent, "{}", server.stats_json());
-}
-
-fn walk(p: &Path) -> Vec<std::path::PathBuf> {
-    if p.is_dir() {
-        std::fs::read_dir(p)
-            .unwrap()
-            .flatten()
-            .flat_map(|d| walk(&d.path()))
-            .collect()
-    } else {
-        vec![p.to_path_buf()]
-    }
 }
 
 #[test]

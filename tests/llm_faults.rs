@@ -14,6 +14,8 @@ use tracelab::teacher::http::{parse_answer, HttpTeacher};
 use tracelab::teacher::{plan_jobs, Context, Teacher};
 use tracelab::tools::{ToolSet, DEFAULT_RESPOND};
 
+mod common;
+
 fn config(server: &MockServer) -> LlmConfig {
     let mut c = LlmConfig::new(server.base_url(), "mock-model");
     c.backoff_s = 0.01;
@@ -199,7 +201,7 @@ async fn api_key_goes_in_the_header_and_nowhere_else() {
         server.authorizations(),
         vec![Some("Bearer sk-secret-123".to_string())]
     );
-    for e in walk(dir.path()) {
+    for e in common::files_under(dir.path()) {
         let text = std::fs::read_to_string(&e).unwrap();
         assert!(
             !text.contains("sk-secret"),
@@ -214,19 +216,6 @@ async fn api_key_goes_in_the_header_and_nowhere_else() {
         LlmClient::new(cfg, dir.path()),
         Err(LlmError::MissingKey(_))
     ));
-}
-
-fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(p).unwrap() {
-        let path = e.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk(&path))
-        } else {
-            out.push(path)
-        }
-    }
-    out
 }
 
 #[test]

@@ -140,7 +140,7 @@ fn qwen3_cell_runs_end_to_end_and_its_checkpoint_is_in_the_key() {
     let table = std::fs::read_to_string(root.join("results/q/table.md")).unwrap();
     assert!(table.contains("clean"), "{table}");
     // The merged student is a Hugging Face checkpoint with its sidecar.
-    let merged = walk(&root.join("cache"))
+    let merged = common::files_under(&root.join("cache"))
         .into_iter()
         .filter(|p| p.ends_with("model/tracelab_student.json"))
         .count();
@@ -159,19 +159,4 @@ fn qwen3_cell_runs_end_to_end_and_its_checkpoint_is_in_the_key() {
         !again.contains(&"clean/direct/s1/tokenizer".to_string()),
         "the tokenizer file did not change: {again:?}"
     );
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }

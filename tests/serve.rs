@@ -166,24 +166,18 @@ fn python() -> PathBuf {
 }
 
 fn predictions(root: &Path) -> Vec<(PathBuf, Vec<Value>)> {
-    let mut found = Vec::new();
-    let mut stack = vec![root.join("cache")];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.ends_with("out/predictions.jsonl") {
-                let rows = std::fs::read_to_string(&p)
-                    .unwrap()
-                    .lines()
-                    .map(|l| serde_json::from_str(l).unwrap())
-                    .collect();
-                found.push((p, rows));
-            }
-        }
-    }
-    found
+    common::files_under(&root.join("cache"))
+        .into_iter()
+        .filter(|p| p.ends_with("out/predictions.jsonl"))
+        .map(|p| {
+            let rows = std::fs::read_to_string(&p)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            (p, rows)
+        })
+        .collect()
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! Test helpers: SGD dialogues and schemas through `tracelab::formats::sgd`, and simple emulations
+//! Test helpers: small JSONL projects, files under a cache, SGD dialogues and schemas through
+//! `tracelab::formats::sgd`, and simple emulations
 //! of the study's scenario corruptions (the data helper's corrupt step is the real one).
 #![allow(dead_code)]
 
@@ -444,4 +445,20 @@ pub fn restaurant_tools() -> Value {
         {"type": "function", "function": {"name": "respond_to_user", "description": "Reply", "x-kind": "respond",
           "parameters": s(&["message"], &["message"])}}
     ])
+}
+
+/// Every file under `dir`, at any depth (none when it does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
