@@ -1,8 +1,8 @@
 //! `tracelab run` with `family = "qwen3"`: the real binary runs tokenizer → train → predict →
 //! judge → report on a tiny random Qwen3 checkpoint (built with transformers by the student
 //! crate's `qwen3_reference.py setup`, nothing downloaded), the checkpoint's files are part of the
-//! train step's key (touching one reruns train and what follows, nothing else), and a second run
-//! does nothing. Skips with a message when python with transformers, peft, safetensors and
+//! train step's key (touching one reruns train and what follows, nothing else), a second run
+//! does nothing, and `tracelab serve` answers with a schema-valid call from the student. Skips with a message when python with transformers, peft, safetensors and
 //! tokenizers is missing (`TRACELAB_PYTHON`, else the project's `.venv`, else `python3`).
 
 use std::path::{Path, PathBuf};
@@ -79,9 +79,9 @@ batch_tokens = 2048
 rank = 4
 alpha = 8
 
-[predict]
+[predict]              # the fixture's 400-token BPE spells a whole call in ~60 tokens
 device = "cpu"
-max_new_tokens = 48
+max_new_tokens = 128
 max_value_tokens = 12
 "#;
 
@@ -145,8 +145,33 @@ fn qwen3_cell_runs_end_to_end_and_its_checkpoint_is_in_the_key() {
         .filter(|p| p.ends_with("model/tracelab_student.json"))
         .count();
     assert_eq!(merged, 1, "one trained qwen3 student in the cache");
+    // Every prediction is a finished call (a budget too small for the fixture's BPE left them
+    // all empty before).
+    for p in common::files_under(&root.join("cache")) {
+        if p.ends_with("out/predictions.jsonl") {
+            for l in std::fs::read_to_string(&p).unwrap().lines() {
+                let row: Value = serde_json::from_str(l).unwrap();
+                assert_ne!(row["prediction"]["name"], "", "{row}");
+            }
+        }
+    }
 
     assert!(run(root).is_empty(), "a second run does nothing");
+
+    // Served over the OpenAI API, the qwen3 student answers with a schema-valid call.
+    {
+        let exe = PathBuf::from(env!("CARGO_BIN_EXE_tracelab"));
+        let (_server, url) = common::serve(&exe, root, "experiments/q.toml", "clean/direct/s1");
+        let body = json!({"model": "student", "tool_choice": "required",
+            "messages": [{"role": "user", "content": "Find me food in Napa."}],
+            "tools": [tools()[0].clone()]});
+        let (status, answer) = common::post(&url, &body.to_string());
+        assert_eq!(status, 200, "{answer}");
+        let call = &answer["choices"][0]["message"]["tool_calls"][0]["function"];
+        assert_eq!(call["name"], "FindRestaurants", "{answer}");
+        let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+        assert!(args["city"].is_string(), "{answer}");
+    }
 
     // The checkpoint is part of the key: changing its config reruns train and what follows.
     set_positions(4096);

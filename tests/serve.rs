@@ -3,14 +3,13 @@
 //! tool calls plain and streamed, `tool_choice`, a tool-result round trip, bad requests); then
 //! `predict` with `model = "http"` pointed at the server gives the cell's own predictions.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 
 mod common;
-use common::{restaurant_conversation, restaurant_tools, write_jsonl_project};
+use common::{post, restaurant_conversation, restaurant_tools, serve, write_jsonl_project, Server};
 
 const EXPERIMENT: &str = r#"name = "s"
 seeds = [1]
@@ -65,30 +64,6 @@ fn tracelab(root: &Path, args: &[&str]) {
     );
 }
 
-/// One request over plain HTTP/1.1: the status and the body.
-fn post(url: &str, body: &str) -> (u16, Value) {
-    use std::io::{Read, Write};
-    let host = url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    let mut s = std::net::TcpStream::connect(&host).unwrap();
-    write!(
-        s,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text[9..12].parse().unwrap();
-    let json = text.split("\r\n\r\n").nth(1).unwrap_or("");
-    (status, serde_json::from_str(json).unwrap_or(Value::Null))
-}
-
 /// Kills the server's student worker and checks that the server starts another and answers the
 /// request that found it dead.
 fn survives_a_worker_crash(server: &Server, url: &str) {
@@ -109,50 +84,6 @@ fn survives_a_worker_crash(server: &Server, url: &str) {
         assert_eq!(status, 200, "{answer}");
         assert!(answer["choices"][0]["message"]["content"].is_string());
     }
-}
-
-/// The server process, killed when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `tracelab serve` on a free port and returns it with its base URL.
-fn serve(root: &Path) -> (Server, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tracelab"))
-        .current_dir(root)
-        .args([
-            "serve",
-            "experiments/s.toml",
-            "--cell",
-            "clean/direct/s1",
-            "--port",
-            "0",
-            "--name",
-            "student",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let server = Server(child);
-    let mut lines = BufReader::new(stderr).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .expect("serve printed its address before exiting")
-            .unwrap();
-        if let Some(at) = line.split(" at ").nth(1) {
-            break at.trim().to_string();
-        }
-    };
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (server, url)
 }
 
 fn python() -> PathBuf {
@@ -188,7 +119,12 @@ fn a_served_student_answers_the_openai_client_and_matches_its_own_predictions() 
     write_jsonl_project(root, &traces, &restaurant_tools(), "s.toml", EXPERIMENT);
     tracelab(root, &["run", "experiments/s.toml", "--quiet"]);
 
-    let (server, url) = serve(root);
+    let (server, url) = serve(
+        Path::new(env!("CARGO_BIN_EXE_tracelab")),
+        root,
+        "experiments/s.toml",
+        "clean/direct/s1",
+    );
     let out = Command::new(python())
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py"))
         .args([url.as_str(), "student"])

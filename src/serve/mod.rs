@@ -416,8 +416,9 @@ async fn completions(State(s): State<Arc<Served>>, body: Bytes) -> Response {
     };
     let call = match (answer.call, answer.error) {
         (Some(c), _) => c,
-        // The server checked the request; a refusal here is the worker's reading of it.
-        (None, Some(e)) => return error_response(&ApiError::invalid("messages", e)),
+        // The server checked the request before the worker saw it: what the worker refuses
+        // (a call it could not finish) is the server's failure.
+        (None, Some(e)) => return error_response(&ApiError::server(e)),
         (None, None) => return error_response(&ApiError::server("the worker gave no call")),
     };
     let n = s.completions.fetch_add(1, Ordering::Relaxed);

@@ -338,6 +338,11 @@ impl JsonCallState {
         self.phase == Phase::Done
     }
 
+    /// Tokens generated so far.
+    pub fn generated(&self) -> usize {
+        self.generated
+    }
+
     fn missing(&self, f: &JsonFn) -> impl Iterator<Item = usize> + '_ {
         let used = self.used;
         f.required

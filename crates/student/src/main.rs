@@ -18,7 +18,7 @@
 //! | `predict` | `model`, `tokenizer`, `pairs`, `tools` | `predictions.jsonl` | `PredictParams` |
 //! | `serve` | `model`, `tokenizer`, `tools` | none | `PredictParams` |
 //!
-//! `serve` (tiny students) prints `{"ready": {"functions": […], "respond": name}}` once the model
+//! `serve` (either family) prints `{"ready": {"functions": […], "respond": name}}` once the model
 //! is loaded, then
 //! answers each `ServeBatch` line on stdin with one `ServeAnswers` line (`tracelab_core::job`)
 //! until stdin closes.
@@ -224,17 +224,22 @@ fn run(job: &WorkerJob) -> Result<Value, WorkerError> {
         }
         "serve" => {
             let p: PredictParams = params(job)?;
-            if qwen3_student::read_sidecar(input(job, "model")?)?.is_some() {
-                return Err(WorkerError::Invalid(
-                    "serving a qwen3 student is not supported yet; serve a tiny student".into(),
-                ));
-            }
-            let served = load_tiny(job, p)?;
+            let model_dir = input(job, "model")?;
+            let served: Box<dyn serve::Answerer> = match qwen3_student::read_sidecar(model_dir)? {
+                Some(sidecar) => Box::new(qwen3_student::Qwen3Served::load(
+                    model_dir,
+                    input(job, "tokenizer")?,
+                    tools(job)?,
+                    &p,
+                    &sidecar,
+                )?),
+                None => Box::new(load_tiny(job, p)?),
+            };
             emit(&json!({"ready": {
                 "functions": served.functions(),
-                "respond": served.tpl.respond_name(),
+                "respond": served.respond_name(),
             }}));
-            serve::serve(&served, std::io::stdin().lock(), &mut |v| emit(v))?;
+            serve::serve(served.as_ref(), std::io::stdin().lock(), &mut |v| emit(v))?;
             Ok(json!({}))
         }
         other => Err(WorkerError::Invalid(format!(

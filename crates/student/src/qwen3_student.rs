@@ -428,3 +428,110 @@ pub fn decode_batch(
     }
     states
 }
+
+/// A loaded qwen3 student for `serve`: the model and what decoding needs, held across requests.
+pub struct Qwen3Served {
+    model: Qwen3,
+    tok: tokenizers::Tokenizer,
+    tpl: ChatTemplate,
+    tools: ToolSet,
+    table: TokenBytes,
+    lim: JsonLimits,
+    room: usize,
+    pad: i64,
+}
+
+impl Qwen3Served {
+    /// Loads the student in `model_dir` with its tokenizer and trained tools.
+    pub fn load(
+        model_dir: &Path,
+        tokenizer_path: &Path,
+        tools: ToolSet,
+        p: &PredictParams,
+        sidecar: &Sidecar,
+    ) -> Result<Qwen3Served, WorkerError> {
+        let dev = device(p.device)?;
+        let tok = tokenizers::Tokenizer::from_file(tokenizer_path)
+            .map_err(|e| invalid(format!("{}: {e}", tokenizer_path.display())))?;
+        let tpl = ChatTemplate::from_model_dir(model_dir).map_err(invalid)?;
+        let model = load(model_dir, sidecar, dev)?;
+        let table = TokenBytes::new(&tok, model.config.vocab_size as usize);
+        let lim = JsonLimits {
+            max_value_tokens: p.max_value_tokens.max(1),
+            max_new_tokens: p.max_new_tokens.max(16),
+        };
+        let room = sidecar.context.saturating_sub(lim.max_new_tokens).max(16);
+        let pad = pad_id(&tok);
+        Ok(Qwen3Served {
+            model,
+            tok,
+            tpl,
+            tools,
+            table,
+            lim,
+            room,
+            pad,
+        })
+    }
+
+    /// The trained functions.
+    pub fn functions(&self) -> Vec<String> {
+        self.tools
+            .functions
+            .iter()
+            .map(|f| f.name.clone())
+            .collect()
+    }
+
+    /// The reply function's name.
+    pub fn respond_name(&self) -> String {
+        self.tools
+            .respond()
+            .map(|f| f.name.clone())
+            .unwrap_or_default()
+    }
+
+    /// Calls for `questions` (one batch) that may name only `functions`: the prompt lists those
+    /// tools, and the JSON constraints allow only them. Returns each call (none when the call
+    /// did not finish within the token budget) and its prompt and generated token counts.
+    pub fn answer(
+        &self,
+        questions: &[Vec<Message>],
+        functions: &[String],
+    ) -> Result<Vec<(Option<ToolCall>, usize, usize)>, WorkerError> {
+        let subset = ToolSet {
+            functions: self
+                .tools
+                .functions
+                .iter()
+                .filter(|f| functions.contains(&f.name))
+                .cloned()
+                .collect(),
+        };
+        let layout = CallLayout::probe(&self.tpl, &subset).map_err(invalid)?;
+        let schema = JsonSchema::new(&subset).map_err(invalid)?;
+        let prompts: Vec<Vec<i64>> = questions
+            .iter()
+            .map(|q| prompt_ids(&self.tpl, &self.tok, &subset, &layout, q, self.room))
+            .collect::<Result<_, _>>()?;
+        let batch: Vec<&[i64]> = prompts.iter().map(Vec::as_slice).collect();
+        let states = tch::no_grad(|| {
+            decode_batch(
+                &self.model,
+                &self.table,
+                &schema,
+                &batch,
+                &self.lim,
+                self.pad,
+            )
+        });
+        Ok(states
+            .iter()
+            .zip(&prompts)
+            .map(|(st, p)| {
+                let call = st.done().then(|| st.call(&schema));
+                (call, p.len(), st.generated())
+            })
+            .collect())
+    }
+}

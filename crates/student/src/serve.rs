@@ -1,7 +1,7 @@
-//! The `serve` task: a long-lived worker that holds one tiny student in memory and answers
-//! batches of conversation prefixes, one [`ServeBatch`] line on stdin to one [`ServeAnswers`]
-//! line on stdout, until stdin closes. `tracelab serve` batches the HTTP requests that arrive
-//! together into one line, so they are decoded as one batch.
+//! The `serve` task: a long-lived worker that holds one student in memory (either family, behind
+//! [`Answerer`]) and answers batches of conversation prefixes, one [`ServeBatch`] line on stdin
+//! to one [`ServeAnswers`] line on stdout, until stdin closes. `tracelab serve` batches the HTTP
+//! requests that arrive together into one line, so they are decoded as one batch.
 
 use std::io::BufRead;
 
@@ -13,10 +13,47 @@ use tracelab_core::job::{PredictParams, ServeAnswer, ServeAnswers, ServeBatch, S
 use crate::grammar::{digit_tokens, Limits, SpanSetup};
 use crate::model::Tiny;
 use crate::predict::decode_states;
+use crate::qwen3_student::Qwen3Served;
 use crate::template::{ChatTemplate, Prompt};
 use crate::WorkerError;
 
-/// A loaded student and how it decodes.
+/// A loaded student that answers served queries.
+pub trait Answerer {
+    /// The functions it was trained on.
+    fn functions(&self) -> Vec<String>;
+    /// Its reply function.
+    fn respond_name(&self) -> String;
+    /// One answer per query (in any order): its call, or why it has none.
+    fn answer(&self, batch: &[ServeQuery]) -> Vec<ServeAnswer>;
+}
+
+/// An answer that is an error.
+fn refused(id: u64, error: String) -> ServeAnswer {
+    ServeAnswer {
+        id,
+        call: None,
+        error: Some(error),
+        prompt_tokens: 0,
+        completion_tokens: 0,
+    }
+}
+
+/// A query's messages, checked against the functions the model knows.
+fn read_query(
+    q: &ServeQuery,
+    known: &[String],
+) -> Result<Vec<tracelab_core::conversation::Message>, String> {
+    let messages = parse_messages(&q.messages)?;
+    if let Some(unknown) = q.functions.iter().find(|f| !known.contains(f)) {
+        return Err(format!("the model has no function {unknown:?}"));
+    }
+    if q.functions.is_empty() {
+        return Err("no function may be called".into());
+    }
+    Ok(messages)
+}
+
+/// A loaded tiny student and how it decodes.
 pub struct Served {
     /// The model.
     pub model: Tiny,
@@ -30,14 +67,16 @@ pub struct Served {
     pub dev: Device,
 }
 
-impl Served {
-    /// The names of the functions the model can call, in template order.
-    pub fn functions(&self) -> Vec<String> {
+impl Answerer for Served {
+    fn functions(&self) -> Vec<String> {
         self.tpl.functions.iter().map(|f| f.name.clone()).collect()
     }
 
-    /// Answers one batch: each query's call, or why it has none.
-    pub fn answer(&self, batch: &[ServeQuery]) -> Vec<ServeAnswer> {
+    fn respond_name(&self) -> String {
+        self.tpl.respond_name().to_string()
+    }
+
+    fn answer(&self, batch: &[ServeQuery]) -> Vec<ServeAnswer> {
         let lim = Limits {
             max_value_tokens: self.params.max_value_tokens.max(1),
             max_new_tokens: self.params.max_new_tokens.max(8),
@@ -48,13 +87,7 @@ impl Served {
         for q in batch {
             match self.prepare(q, context, &lim) {
                 Ok((prompt, callable)) => ready.push((q.id, prompt, callable)),
-                Err(error) => answers.push(ServeAnswer {
-                    id: q.id,
-                    call: None,
-                    error: Some(error),
-                    prompt_tokens: 0,
-                    completion_tokens: 0,
-                }),
+                Err(error) => answers.push(refused(q.id, error)),
             }
         }
         let digits = digit_tokens(&self.tpl);
@@ -85,7 +118,9 @@ impl Served {
         }
         answers
     }
+}
 
+impl Served {
     /// A query's prompt and which functions it may call.
     fn prepare(
         &self,
@@ -93,15 +128,9 @@ impl Served {
         context: usize,
         lim: &Limits,
     ) -> Result<(Prompt, Vec<bool>), String> {
-        let messages = parse_messages(&q.messages)?;
         let known = self.functions();
-        if let Some(unknown) = q.functions.iter().find(|f| !known.contains(f)) {
-            return Err(format!("the model has no function {unknown:?}"));
-        }
+        let messages = read_query(q, &known)?;
         let callable: Vec<bool> = known.iter().map(|f| q.functions.contains(f)).collect();
-        if !callable.contains(&true) {
-            return Err("no function may be called".into());
-        }
         Ok((
             self.tpl.prompt(&messages, context, lim.max_new_tokens + 1),
             callable,
@@ -112,7 +141,7 @@ impl Served {
 /// Answers every line of `input` until it closes; `emit` writes each answer line. A line that is
 /// not a [`ServeBatch`] ends the worker with an error (the server never sends one).
 pub fn serve(
-    served: &Served,
+    served: &dyn Answerer,
     input: impl BufRead,
     emit: &mut dyn FnMut(&Value),
 ) -> Result<(), WorkerError> {
@@ -129,4 +158,59 @@ pub fn serve(
         emit(&serde_json::to_value(answers).expect("answers serialize"));
     }
     Ok(())
+}
+
+impl Answerer for Qwen3Served {
+    fn functions(&self) -> Vec<String> {
+        Qwen3Served::functions(self)
+    }
+
+    fn respond_name(&self) -> String {
+        Qwen3Served::respond_name(self)
+    }
+
+    /// Queries are decoded in groups that may call the same functions (the prompt lists them).
+    fn answer(&self, batch: &[ServeQuery]) -> Vec<ServeAnswer> {
+        let known = Answerer::functions(self);
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut groups: std::collections::BTreeMap<Vec<String>, Vec<(u64, Vec<_>)>> =
+            Default::default();
+        for q in batch {
+            match read_query(q, &known) {
+                Ok(m) => groups
+                    .entry(q.functions.clone())
+                    .or_default()
+                    .push((q.id, m)),
+                Err(e) => answers.push(refused(q.id, e)),
+            }
+        }
+        for (functions, queries) in groups {
+            let questions: Vec<_> = queries.iter().map(|(_, m)| m.clone()).collect();
+            match Qwen3Served::answer(self, &questions, &functions) {
+                Ok(calls) => {
+                    for ((id, _), (call, prompt, generated)) in queries.iter().zip(calls) {
+                        let Some(call) = call else {
+                            answers.push(refused(
+                                *id,
+                                format!(
+                                    "the student did not finish a call within {generated} tokens \
+                                 ([predict] max_new_tokens)"
+                                ),
+                            ));
+                            continue;
+                        };
+                        answers.push(ServeAnswer {
+                            id: *id,
+                            call: Some(call.to_plain_json()),
+                            error: None,
+                            prompt_tokens: prompt,
+                            completion_tokens: generated,
+                        });
+                    }
+                }
+                Err(e) => answers.extend(queries.iter().map(|(id, _)| refused(*id, e.to_string()))),
+            }
+        }
+        answers
+    }
 }
