@@ -348,8 +348,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 tracelab::serve::resolve_cell(&l.dag, &l.cache, &l.exp.root, &l.exp.name, cell)?;
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let threads = threads.unwrap_or((cores / (*workers).max(1)).max(1));
-            let dir = tempfile_dir()?;
-            let pool = tracelab::serve::Pool::start(&target, *workers, threads, *batch, &dir)?;
+            let pool = tracelab::serve::Pool::start(&target, *workers, threads, *batch)?;
             let name = name
                 .clone()
                 .unwrap_or_else(|| format!("{}/{cell}", l.exp.name));
@@ -574,11 +573,4 @@ fn gc(
         if dry_run { "to delete" } else { "deleted" }
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// A private directory for the serve workers' job file, under the system temporary directory.
-fn tempfile_dir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("tracelab-serve-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
 }

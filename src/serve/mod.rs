@@ -134,8 +134,23 @@ struct Worker {
 
 impl Worker {
     /// Starts a worker and waits for its `ready` line; returns it and its functions (the reply
-    /// function last).
-    fn start(job_path: &Path) -> Result<(Worker, Vec<String>), String> {
+    /// function last). The job file lives only until the worker has read it.
+    fn start(job: &WorkerJob) -> Result<(Worker, Vec<String>), String> {
+        static STARTS: AtomicU64 = AtomicU64::new(0);
+        let job_path = std::env::temp_dir().join(format!(
+            "tracelab-serve-{}-{}.json",
+            std::process::id(),
+            STARTS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let text = serde_json::to_string_pretty(job).expect("job serializes");
+        std::fs::write(&job_path, text)
+            .map_err(|e| format!("cannot write {}: {e}", job_path.display()))?;
+        let started = Worker::spawn(&job_path);
+        let _ = std::fs::remove_file(&job_path);
+        started
+    }
+
+    fn spawn(job_path: &Path) -> Result<(Worker, Vec<String>), String> {
         let exe = worker_path().map_err(|e| e.to_string())?;
         let mut cmd = Command::new(&exe);
         if std::env::var_os("OMP_WAIT_POLICY").is_none() {
@@ -205,14 +220,13 @@ impl Drop for Worker {
 }
 
 impl Pool {
-    /// Starts `workers` workers for `target` (each with `threads` CPU threads) whose job files
-    /// live in `dir`; each takes up to `batch` queued queries at a time.
+    /// Starts `workers` workers for `target` (each with `threads` CPU threads); each takes up
+    /// to `batch` queued queries at a time.
     pub fn start(
         target: &Target,
         workers: usize,
         threads: usize,
         batch: usize,
-        dir: &Path,
     ) -> Result<Pool, ServeError> {
         let job = WorkerJob {
             task: "serve".into(),
@@ -223,24 +237,20 @@ impl Pool {
                 ("tools".to_string(), target.tools.clone()),
             ]
             .into(),
-            output: dir.join("unused"),
+            // `serve` writes nothing.
+            output: PathBuf::new(),
             threads: threads.max(1),
         };
-        let job_path = dir.join("serve-job.json");
-        std::fs::write(
-            &job_path,
-            serde_json::to_string_pretty(&job).expect("job serializes"),
-        )?;
         let (tx, rx) = mpsc::unbounded_channel::<Pending>();
         let rx = Arc::new(Mutex::new(rx));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         for _ in 0..workers.max(1) {
-            let (rx, job_path, ready_tx) = (rx.clone(), job_path.clone(), ready_tx.clone());
+            let (rx, job, ready_tx) = (rx.clone(), job.clone(), ready_tx.clone());
             // A worker that cannot start fails `start`, and with it the server.
-            std::thread::spawn(move || match Worker::start(&job_path) {
+            std::thread::spawn(move || match Worker::start(&job) {
                 Ok((worker, functions)) => {
                     let _ = ready_tx.send(Ok(functions));
-                    drive(worker, &job_path, &rx, batch.max(1));
+                    drive(worker, &job, &rx, batch.max(1));
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -290,7 +300,7 @@ impl Pool {
 /// from then on gets the error.
 fn drive(
     mut worker: Worker,
-    job_path: &Path,
+    job: &WorkerJob,
     rx: &Mutex<mpsc::UnboundedReceiver<Pending>>,
     batch: usize,
 ) {
@@ -315,7 +325,7 @@ fn drive(
         // A worker that died (killed, out of memory) is replaced and the batch asked again once.
         let answered = worker.ask(&request).or_else(|e| {
             tracing::warn!("student worker failed ({e}); starting another");
-            worker = Worker::start(job_path)?.0;
+            worker = Worker::start(job)?.0;
             worker.ask(&request)
         });
         match answered {
