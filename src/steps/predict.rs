@@ -75,7 +75,7 @@ impl Step for Predict {
         super::train::WORKER_VERSION * 100 + DECODE_REVISION
     }
     fn about(&self) -> &'static str {
-        "answer every evaluation pair with the student (schema-constrained greedy decoding)"
+        "answer every evaluation pair with the student (schema-constrained greedy decoding) or an OpenAI-compatible endpoint (model = \"http\")"
     }
     fn consumes(&self) -> &'static [Artifact] {
         &[
