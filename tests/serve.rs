@@ -64,26 +64,38 @@ fn tracelab(root: &Path, args: &[&str]) {
     );
 }
 
+/// A child process of `parent`, found in /proc (no procps needed).
+fn child_of(parent: u32) -> Option<i32> {
+    let parent = parent.to_string();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // pid (comm) state ppid …: the fields after the last ')'.
+                stat.rsplit(')')
+                    .next()
+                    .and_then(|rest| rest.split_whitespace().nth(1))
+                    == Some(parent.as_str())
+            })
+        })
+}
+
 /// Kills the server's student worker and checks that the server starts another and answers the
 /// request that found it dead.
 fn survives_a_worker_crash(server: &Server, url: &str) {
-    let kids = Command::new("pgrep")
-        .args(["-P", &server.0.id().to_string()])
-        .output()
-        .unwrap();
-    let worker = String::from_utf8_lossy(&kids.stdout).trim().to_string();
-    assert!(!worker.is_empty(), "the server has a worker process");
-    assert!(Command::new("kill")
-        .args(["-9", &worker])
-        .status()
-        .unwrap()
-        .success());
+    let worker = child_of(server.0.id()).expect("the server has a worker process");
+    // SAFETY: kill(2) with a pid we just found and a valid signal number.
+    assert_eq!(unsafe { libc::kill(worker, libc::SIGKILL) }, 0);
     let body = r#"{"model": "student", "messages": [{"role": "user", "content": "Hi"}]}"#;
     for _ in 0..2 {
         let (status, answer) = post(url, body);
         assert_eq!(status, 200, "{answer}");
         assert!(answer["choices"][0]["message"]["content"].is_string());
     }
+    let replaced = child_of(server.0.id()).expect("a new worker");
+    assert_ne!(replaced, worker, "the killed worker was replaced");
 }
 
 fn python() -> PathBuf {
