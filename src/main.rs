@@ -107,14 +107,22 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         csv: PathBuf,
     },
-    /// Serve a cell's trained student over the OpenAI Chat Completions API (`/v1/models`,
-    /// `/v1/chat/completions`, streaming included).
+    /// Serve a trained student over the OpenAI Chat Completions API (`/v1/models`,
+    /// `/v1/chat/completions`, streaming included): a cell's (`EXP --cell C`) or a student
+    /// directory's (`--model DIR`).
     Serve {
-        #[command(flatten)]
-        exp: ExpArgs,
+        /// The experiment file (TOML), with `--cell`.
+        #[arg(required_unless_present = "model", conflicts_with = "model")]
+        experiment: Option<PathBuf>,
+        /// Override any experiment value by its dotted path.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<SetOverride>,
         /// The cell whose student to serve: `scenario/pipeline/s<seed>`, e.g. `clean/synthetic/s1`.
-        #[arg(long)]
-        cell: String,
+        #[arg(long, requires = "experiment")]
+        cell: Option<String>,
+        /// A student directory written by `tracelab pack`.
+        #[arg(long, value_name = "DIR")]
+        model: Option<PathBuf>,
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
@@ -133,6 +141,18 @@ enum Command {
         /// Most requests decoded together in one batch.
         #[arg(long, default_value_t = 16)]
         batch: usize,
+    },
+    /// Copy a cell's trained student (model, tokenizer, tools, decoding settings) into a new
+    /// directory that `tracelab serve --model DIR` serves, anywhere.
+    Pack {
+        #[command(flatten)]
+        exp: ExpArgs,
+        /// The cell: `scenario/pipeline/s<seed>`.
+        #[arg(long)]
+        cell: String,
+        /// The directory to create.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
     /// Print the statistics a step recorded (traces, turns, calls per function, …).
     Inspect {
@@ -333,9 +353,19 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 .with_context(|| format!("writing {}", csv.display()))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Pack { exp, cell, out } => {
+            let l = load(exp, cache_dir)?;
+            let target =
+                tracelab::serve::resolve_cell(&l.dag, &l.cache, &l.exp.root, &l.exp.name, cell)?;
+            tracelab::serve::pack(&target, out)?;
+            eprintln!("packed {cell} into {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve {
-            exp,
+            experiment,
+            sets,
             cell,
+            model,
             host,
             port,
             name,
@@ -343,15 +373,36 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             threads,
             batch,
         } => {
-            let l = load(exp, cache_dir)?;
-            let target =
-                tracelab::serve::resolve_cell(&l.dag, &l.cache, &l.exp.root, &l.exp.name, cell)?;
+            let (target, default_name) = match (experiment, model) {
+                (_, Some(dir)) => (
+                    tracelab::serve::student_dir(dir)?,
+                    dir.file_name()
+                        .map_or("student".into(), |n| n.to_string_lossy().into_owned()),
+                ),
+                (Some(experiment), None) => {
+                    let Some(cell) = cell else {
+                        bail!("serving an experiment's student needs --cell scenario/pipeline/s<seed>");
+                    };
+                    let exp = ExpArgs {
+                        experiment: experiment.clone(),
+                        sets: sets.clone(),
+                    };
+                    let l = load(&exp, cache_dir)?;
+                    let target = tracelab::serve::resolve_cell(
+                        &l.dag,
+                        &l.cache,
+                        &l.exp.root,
+                        &l.exp.name,
+                        cell,
+                    )?;
+                    (target, format!("{}/{cell}", l.exp.name))
+                }
+                (None, None) => bail!("give an experiment and --cell, or --model DIR"),
+            };
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let threads = threads.unwrap_or((cores / (*workers).max(1)).max(1));
             let pool = tracelab::serve::Pool::start(&target, *workers, threads, *batch)?;
-            let name = name
-                .clone()
-                .unwrap_or_else(|| format!("{}/{cell}", l.exp.name));
+            let name = name.clone().unwrap_or(default_name);
             let max_call = target.params["max_new_tokens"].as_u64().unwrap_or(64) as usize;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

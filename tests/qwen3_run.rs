@@ -161,7 +161,11 @@ fn qwen3_cell_runs_end_to_end_and_its_checkpoint_is_in_the_key() {
     // Served over the OpenAI API, the qwen3 student answers with a schema-valid call.
     {
         let exe = PathBuf::from(env!("CARGO_BIN_EXE_tracelab"));
-        let (_server, url) = common::serve(&exe, root, "experiments/q.toml", "clean/direct/s1");
+        let (_server, url) = common::serve(
+            &exe,
+            root,
+            &["experiments/q.toml", "--cell", "clean/direct/s1"],
+        );
         let body = json!({"model": "student", "tool_choice": "required",
             "messages": [{"role": "user", "content": "Find me food in Napa."}],
             "tools": [tools()[0].clone()]});

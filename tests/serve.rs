@@ -1,7 +1,9 @@
 //! `tracelab serve` end to end: a small student is trained by `tracelab run`, served, and called
 //! with the official `openai` Python client and LangChain's `ChatOpenAI` (tests/openai_client.py:
-//! tool calls plain and streamed, `tool_choice`, a tool-result round trip, bad requests); then
-//! `predict` with `model = "http"` pointed at the server gives the cell's own predictions.
+//! tool calls plain and streamed, `tool_choice`, a tool-result round trip, bad requests); a killed
+//! worker is replaced; `tracelab pack` makes a student directory that `serve --model` serves
+//! elsewhere with the same answers; `predict` with `model = "http"` pointed at the server gives
+//! the cell's own predictions.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -51,10 +53,11 @@ fn served_experiment(base_url: &str) -> String {
     )
 }
 
-fn tracelab(root: &Path, args: &[&str]) {
+fn tracelab(root: &Path, args: &[&str], last: Option<&Path>) {
     let out = Command::new(env!("CARGO_BIN_EXE_tracelab"))
         .current_dir(root)
         .args(args)
+        .args(last)
         .output()
         .unwrap();
     assert!(
@@ -129,13 +132,13 @@ fn a_served_student_answers_the_openai_client_and_matches_its_own_predictions() 
     let root = dir.path();
     let traces: Vec<Value> = (0..60).map(restaurant_conversation).collect();
     write_jsonl_project(root, &traces, &restaurant_tools(), "s.toml", EXPERIMENT);
-    tracelab(root, &["run", "experiments/s.toml", "--quiet"]);
+    tracelab(root, &["run", "experiments/s.toml", "--quiet"], None);
 
+    let exe = Path::new(env!("CARGO_BIN_EXE_tracelab"));
     let (server, url) = serve(
-        Path::new(env!("CARGO_BIN_EXE_tracelab")),
+        exe,
         root,
-        "experiments/s.toml",
-        "clean/direct/s1",
+        &["experiments/s.toml", "--cell", "clean/direct/s1"],
     );
     let out = Command::new(python())
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py"))
@@ -152,12 +155,35 @@ fn a_served_student_answers_the_openai_client_and_matches_its_own_predictions() 
 
     survives_a_worker_crash(&server, &url);
 
+    // Packed into a directory, the student is served anywhere and answers the same.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let packed = elsewhere.path().join("my-student");
+    tracelab(
+        root,
+        &[
+            "pack",
+            "experiments/s.toml",
+            "--cell",
+            "clean/direct/s1",
+            "--out",
+        ],
+        Some(&packed),
+    );
+    let (_copy, copy_url) = serve(exe, elsewhere.path(), &["--model", "my-student"]);
+    let ask = r#"{"model": "student", "tool_choice": "required",
+        "messages": [{"role": "user", "content": "I want Mexican food in Oakland."}],
+        "tools": [{"type": "function", "function": {"name": "FindRestaurants"}}]}"#;
+    let (a, b) = (post(&url, ask), post(&copy_url, ask));
+    assert_eq!(a.0, 200, "{}", a.1);
+    let call = |v: &Value| v["choices"][0]["message"]["tool_calls"][0]["function"].clone();
+    assert_eq!(call(&a.1), call(&b.1));
+
     std::fs::write(
         root.join("experiments/via-http.toml"),
         served_experiment(&url),
     )
     .unwrap();
-    tracelab(root, &["run", "experiments/via-http.toml", "--quiet"]);
+    tracelab(root, &["run", "experiments/via-http.toml", "--quiet"], None);
     let found = predictions(root);
     assert_eq!(found.len(), 2, "the cell's predict and the HTTP predict");
     let (a, b) = (&found[0].1, &found[1].1);

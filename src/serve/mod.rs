@@ -1,6 +1,7 @@
 //! `tracelab serve`: a trained student behind the OpenAI Chat Completions API.
 //!
-//! Three parts: [`resolve_cell`] finds a cell's trained model, tokenizer and tools in the cache;
+//! Three parts: [`resolve_cell`] finds a cell's trained model, tokenizer and tools in the cache
+//! (or [`student_dir`] reads them from a directory [`pack`] wrote);
 //! a [`Pool`] keeps long-lived `tracelab-student` workers (the model loaded once; libtorch stays
 //! out of this process) and batches the requests that arrive together into one line per worker;
 //! [`serve`] answers HTTP with [`api`]'s protocol.
@@ -108,6 +109,67 @@ pub fn resolve_cell(
         tokenizer: take(Artifact::Tokenizer)?,
         tools: take(Artifact::Tools)?,
         params: dag.graph[node].params.clone(),
+    })
+}
+
+/// The files of a student directory (what [`pack`] writes and `tracelab serve --model` reads).
+const STUDENT_MODEL: &str = "model";
+const STUDENT_TOKENIZER: &str = "tokenizer.json";
+const STUDENT_TOOLS: &str = "tools.json";
+const STUDENT_PARAMS: &str = "predict.json";
+
+/// Copies a target's files into `dir` (which must not exist yet) as a student directory:
+/// `model/`, `tokenizer.json`, `tools.json` and `predict.json` (the decoding parameters). The
+/// copy is made in a temporary sibling and renamed, so an interrupted pack leaves no half
+/// directory behind.
+pub fn pack(target: &Target, dir: &Path) -> Result<(), ServeError> {
+    if dir.exists() {
+        return Err(ServeError::Setup(format!(
+            "{} already exists",
+            dir.display()
+        )));
+    }
+    let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
+    let result = (|| {
+        std::fs::create_dir_all(tmp.join(STUDENT_MODEL))?;
+        for e in std::fs::read_dir(&target.model)? {
+            let e = e?;
+            std::fs::copy(e.path(), tmp.join(STUDENT_MODEL).join(e.file_name()))?;
+        }
+        std::fs::copy(&target.tokenizer, tmp.join(STUDENT_TOKENIZER))?;
+        std::fs::copy(&target.tools, tmp.join(STUDENT_TOOLS))?;
+        let params = serde_json::to_string_pretty(&target.params).expect("params serialize");
+        std::fs::write(tmp.join(STUDENT_PARAMS), params)?;
+        std::fs::rename(&tmp, dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    Ok(result?)
+}
+
+/// A student directory's files (see [`pack`]); a missing one is named.
+pub fn student_dir(dir: &Path) -> Result<Target, ServeError> {
+    let need = |name: &str| {
+        let p = dir.join(name);
+        if p.exists() {
+            Ok(p)
+        } else {
+            Err(ServeError::Setup(format!(
+                "{} is not a student directory: it has no {name} (`tracelab pack` writes one)",
+                dir.display()
+            )))
+        }
+    };
+    let params_path = need(STUDENT_PARAMS)?;
+    let text = std::fs::read_to_string(&params_path)?;
+    let params = serde_json::from_str(&text)
+        .map_err(|e| ServeError::Setup(format!("{}: {e}", params_path.display())))?;
+    Ok(Target {
+        model: need(STUDENT_MODEL)?,
+        tokenizer: need(STUDENT_TOKENIZER)?,
+        tools: need(STUDENT_TOOLS)?,
+        params,
     })
 }
 

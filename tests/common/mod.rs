@@ -475,14 +475,14 @@ impl Drop for Server {
     }
 }
 
-/// Starts `tracelab serve EXPERIMENT --cell CELL --name student` in `root` on a free port and
-/// returns it with its base URL.
-pub fn serve(tracelab: &Path, root: &Path, experiment: &str, cell: &str) -> (Server, String) {
+/// Starts `tracelab serve ARGS… --port 0 --name student` in `root` and returns it with its base
+/// URL.
+pub fn serve(tracelab: &Path, root: &Path, args: &[&str]) -> (Server, String) {
     let mut child = Command::new(tracelab)
         .current_dir(root)
-        .args([
-            "serve", experiment, "--cell", cell, "--port", "0", "--name", "student",
-        ])
+        .arg("serve")
+        .args(args)
+        .args(["--port", "0", "--name", "student"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
