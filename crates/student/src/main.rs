@@ -115,6 +115,7 @@ fn load_tiny(job: &WorkerJob, p: PredictParams) -> Result<serve::Served, WorkerE
     .map_err(WorkerError::Invalid)?;
     let spans = grammar::SpanSetup::new(&tpl, &saved.rules, &p.decoding);
     Ok(serve::Served {
+        digits: grammar::digit_tokens(&tpl),
         model,
         tpl,
         spans,

@@ -10,7 +10,7 @@ use tch::Device;
 use tracelab_core::formats::openai::parse_messages;
 use tracelab_core::job::{PredictParams, ServeAnswer, ServeAnswers, ServeBatch, ServeQuery};
 
-use crate::grammar::{digit_tokens, Limits, SpanSetup};
+use crate::grammar::{Limits, SpanSetup};
 use crate::model::Tiny;
 use crate::predict::decode_states;
 use crate::qwen3_student::Qwen3Served;
@@ -65,6 +65,8 @@ pub struct Served {
     pub params: PredictParams,
     /// Where it runs.
     pub dev: Device,
+    /// Which tokens are digits (`grammar::digit_tokens`), computed once.
+    pub digits: Vec<bool>,
 }
 
 impl Answerer for Served {
@@ -90,7 +92,6 @@ impl Answerer for Served {
                 Err(error) => answers.push(refused(q.id, error)),
             }
         }
-        let digits = digit_tokens(&self.tpl);
         for chunk in ready.chunks(self.params.batch_size.max(1)) {
             let prompts: Vec<&Prompt> = chunk.iter().map(|(_, p, _)| p).collect();
             let callable: Vec<Vec<bool>> = chunk.iter().map(|(_, _, c)| c.clone()).collect();
@@ -101,7 +102,7 @@ impl Answerer for Served {
                     &prompts,
                     Some(&callable),
                     &lim,
-                    &digits,
+                    &self.digits,
                     Some(&self.spans),
                     self.dev,
                 )
