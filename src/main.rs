@@ -129,7 +129,7 @@ enum Command {
         /// Port (0 picks a free one; the address is printed).
         #[arg(long, default_value_t = 8000)]
         port: u16,
-        /// The model name clients send (default: the experiment and cell).
+        /// The model name clients send (default: `EXPERIMENT-NAME/CELL`, or the directory's name).
         #[arg(long)]
         name: Option<String>,
         /// Worker processes, each holding the model.
