@@ -10,7 +10,7 @@ pub mod api;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -27,7 +27,7 @@ use tracelab_core::job::{ServeAnswer, ServeAnswers, ServeBatch, ServeQuery, Work
 use crate::cache::Cache;
 use crate::dag::{Dag, InputRole};
 use crate::executor;
-use crate::steps::train::{die_with_parent, worker_path};
+use crate::steps::train::worker_command;
 use crate::steps::Artifact;
 use api::{Answer, ApiError, ModelCard};
 
@@ -213,12 +213,7 @@ impl Worker {
     }
 
     fn spawn(job_path: &Path) -> Result<(Worker, Vec<String>), String> {
-        let exe = worker_path().map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(&exe);
-        if std::env::var_os("OMP_WAIT_POLICY").is_none() {
-            cmd.env("OMP_WAIT_POLICY", "PASSIVE");
-        }
-        die_with_parent(&mut cmd);
+        let (exe, mut cmd) = worker_command().map_err(|e| e.to_string())?;
         let mut child = cmd
             .arg(job_path)
             .stdin(Stdio::piped())

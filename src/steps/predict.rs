@@ -3,18 +3,16 @@
 //! OpenAI-compatible endpoint does (see [`crate::http_predictor`]), so a teacher or a deployed
 //! model becomes a row of the table.
 
-use std::io::Write as _;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tracelab_core::conversation::EvalPair;
 use tracelab_core::tools::{ToolSet, DEFAULT_RESPOND};
 
 use super::train::{job, run_worker};
 
 use super::{canonicalize, Artifact, ParamError, Resource, Step, StepContext, StepError};
-use crate::http_predictor::{predict_all, Predicted, PredictorError};
+use crate::http_predictor::{predict_all, PredictorError};
 use crate::llm::{LlmClient, LlmConfig};
 pub use tracelab_core::job::PredictParams;
 
@@ -167,26 +165,8 @@ fn run_http(ctx: &mut StepContext<'_>) -> Result<(), StepError> {
                 "{other}; accepted answers are cached, so a rerun repeats only the failed requests"
             )),
         })?;
-    let out = ctx.output(Artifact::Predictions);
-    write_predictions(&out, &pairs, &calls).map_err(|e| StepError::io(out.clone(), e))?;
-    ctx.stat("pairs", pairs.len());
-    ctx.stat("unreadable", stats.unreadable);
-    ctx.stat("extra_calls", stats.extra_calls);
-    ctx.stat("requests", stats.llm.requests);
-    ctx.stat("retries", stats.llm.retries);
-    ctx.stat("cache_hits", stats.llm.cache_hits);
-    Ok(())
-}
-
-/// `predictions.jsonl` in the student's row form, written to a temporary file and renamed.
-fn write_predictions(
-    path: &std::path::Path,
-    pairs: &[EvalPair],
-    calls: &[Predicted],
-) -> std::io::Result<()> {
-    let tmp = path.with_extension("jsonl.tmp");
-    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-    for (pair, call) in pairs.iter().zip(calls) {
+    // The student's row form (the step's output directory is published atomically).
+    let rows = pairs.iter().zip(&calls).map(|(pair, call)| {
         let mut row = json!({
             "id": pair.id,
             "question": pair.question,
@@ -199,8 +179,14 @@ fn write_predictions(
                 row["error"] = json!(why);
             }
         }
-        writeln!(w, "{row}")?;
-    }
-    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    std::fs::rename(&tmp, path)
+        row
+    });
+    super::filter::write_jsonl(&ctx.output(Artifact::Predictions), rows)?;
+    ctx.stat("pairs", pairs.len());
+    ctx.stat("unreadable", stats.unreadable);
+    ctx.stat("extra_calls", stats.extra_calls);
+    ctx.stat("requests", stats.llm.requests);
+    ctx.stat("retries", stats.llm.retries);
+    ctx.stat("cache_hits", stats.llm.cache_hits);
+    Ok(())
 }

@@ -129,13 +129,9 @@ pub fn worker_path() -> Result<PathBuf, StepError> {
     )))
 }
 
-/// Runs the worker on `job`, forwarding progress, and returns the `stats` object of its last
-/// `{"stats": …}` line. Stderr becomes the error message on failure; cancellation kills it, and
-/// a worker the interruption's own signal killed (a terminal's Ctrl-C) is cancelled, not failed.
-pub fn run_worker(ctx: &StepContext<'_>, job: &WorkerJob) -> Result<Map<String, Value>, StepError> {
-    let job_path = ctx.out_dir.join(".worker-job.json");
-    let text = serde_json::to_string_pretty(job).expect("job serializes");
-    std::fs::write(&job_path, text).map_err(|e| StepError::io(&job_path, e))?;
+/// The worker binary and a command that runs it as every worker runs: passive OpenMP waiting,
+/// dying with tracelab.
+pub(crate) fn worker_command() -> Result<(PathBuf, Command), StepError> {
     let exe = worker_path()?;
     let mut cmd = Command::new(&exe);
     if std::env::var_os("OMP_WAIT_POLICY").is_none() {
@@ -144,6 +140,17 @@ pub fn run_worker(ctx: &StepContext<'_>, job: &WorkerJob) -> Result<Map<String, 
         cmd.env("OMP_WAIT_POLICY", "PASSIVE");
     }
     die_with_parent(&mut cmd);
+    Ok((exe, cmd))
+}
+
+/// Runs the worker on `job`, forwarding progress, and returns the `stats` object of its last
+/// `{"stats": …}` line. Stderr becomes the error message on failure; cancellation kills it, and
+/// a worker the interruption's own signal killed (a terminal's Ctrl-C) is cancelled, not failed.
+pub fn run_worker(ctx: &StepContext<'_>, job: &WorkerJob) -> Result<Map<String, Value>, StepError> {
+    let job_path = ctx.out_dir.join(".worker-job.json");
+    let text = serde_json::to_string_pretty(job).expect("job serializes");
+    std::fs::write(&job_path, text).map_err(|e| StepError::io(&job_path, e))?;
+    let (exe, mut cmd) = worker_command()?;
     let mut child = cmd
         .arg(&job_path)
         .stdin(Stdio::null())
@@ -226,7 +233,7 @@ pub fn run_worker(ctx: &StepContext<'_>, job: &WorkerJob) -> Result<Map<String, 
 /// worker exits; steps run on the executor's worker threads, which live until every step has
 /// ended, so only tracelab's death fires it. Elsewhere the worker stops at its next progress
 /// line, which fails once the pipe's reader is gone.
-pub(crate) fn die_with_parent(cmd: &mut Command) {
+fn die_with_parent(cmd: &mut Command) {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt;

@@ -330,25 +330,24 @@ pub fn predict(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(Vec<ToolCall>, Value), WorkerError> {
     let dev = device(p.device)?;
-    let tok = tokenizers::Tokenizer::from_file(tokenizer_path)
-        .map_err(|e| invalid(format!("{}: {e}", tokenizer_path.display())))?;
-    let tpl = ChatTemplate::from_model_dir(model_dir).map_err(invalid)?;
+    let Qwen3Served {
+        model,
+        tok,
+        tpl,
+        table,
+        lim,
+        room,
+        pad,
+        ..
+    } = Qwen3Served::load(model_dir, tokenizer_path, tools.clone(), p, sidecar)?;
     let layout = CallLayout::probe(&tpl, tools).map_err(invalid)?;
     let schema = JsonSchema::new(tools).map_err(invalid)?;
-    let model = load(model_dir, sidecar, dev)?;
-    let table = TokenBytes::new(&tok, model.config.vocab_size as usize);
-    let lim = JsonLimits {
-        max_value_tokens: p.max_value_tokens.max(1),
-        max_new_tokens: p.max_new_tokens.max(16),
-    };
-    let room = sidecar.context.saturating_sub(lim.max_new_tokens).max(16);
     let prompts: Vec<Vec<i64>> = pairs
         .iter()
         .map(|pair| prompt_ids(&tpl, &tok, tools, &layout, &pair.question, room))
         .collect::<Result<_, _>>()?;
     let mut order: Vec<usize> = (0..pairs.len()).collect();
     order.sort_by_key(|&i| prompts[i].len());
-    let pad = pad_id(&tok);
     let mut out: Vec<Option<ToolCall>> = vec![None; pairs.len()];
     let mut unfinished = 0usize;
     let mut log = PairLog::new(pairs.len());
@@ -429,7 +428,7 @@ pub fn decode_batch(
     states
 }
 
-/// A loaded qwen3 student for `serve`: the model and what decoding needs, held across requests.
+/// A loaded qwen3 student: the model and what decoding needs (held across requests by `serve`).
 pub struct Qwen3Served {
     model: Qwen3,
     tok: tokenizers::Tokenizer,
