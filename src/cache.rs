@@ -534,10 +534,10 @@ impl Cache {
     /// Starts writing an entry.
     pub fn begin(&self, key: &StepKey) -> Result<Pending, CacheError> {
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = self
-            .dir
-            .join(".tmp")
-            .join(format!("{}.{}.{n}", key.0, std::process::id()));
+        let dir =
+            self.dir
+                .join(".tmp")
+                .join(format!("{}.{}.{n}@{}", key.0, std::process::id(), host()));
         let out_dir = dir.join("out");
         fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
         Ok(Pending {
@@ -603,10 +603,12 @@ impl Cache {
     pub fn remove(&self, key: &StepKey) -> Result<(), CacheError> {
         let dir = self.entry_dir(key);
         // Rename first so a concurrent reader never sees a half-deleted entry as valid.
-        let trash = self
-            .dir
-            .join(".tmp")
-            .join(format!("{}.trash.{}", key.0, std::process::id()));
+        let trash = self.dir.join(".tmp").join(format!(
+            "{}.trash.{}@{}",
+            key.0,
+            std::process::id(),
+            host()
+        ));
         match fs::rename(&dir, &trash) {
             Ok(()) => fs::remove_dir_all(&trash).map_err(io_err(&trash)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -709,7 +711,13 @@ impl Cache {
             return;
         };
         for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
+            let full = e.file_name().to_string_lossy().into_owned();
+            // A directory made on another host (a cluster job's, in a shared cache) belongs to a
+            // process this one cannot see: left for a run on that host to judge.
+            let (name, made_on) = full.split_once('@').unwrap_or((full.as_str(), host()));
+            if made_on != host() {
+                continue;
+            }
             let pid = name
                 .split('.')
                 .nth(if name.contains(".trash.") { 2 } else { 1 })
@@ -720,6 +728,17 @@ impl Cache {
             }
         }
     }
+}
+
+/// This machine's name, which tells whose processes a temporary directory's process id refers to
+/// when several hosts share one cache (a cluster's compute nodes).
+fn host() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().replace(['@', '/', '.'], "_"))
+            .unwrap_or_default()
+    })
 }
 
 fn unreachable_io(path: &Path) -> CacheError {

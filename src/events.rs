@@ -1,10 +1,10 @@
 //! The one event enum that joins the runner to its reporters: progress bars, JSON logs and tests
 //! all consume the same stream.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Something that happened during a run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// The DAG is built; `steps` nodes will be considered.
@@ -38,6 +38,9 @@ pub enum Event {
         label: String,
         /// Cache key.
         key: String,
+        /// The cluster job running it (the Slurm job id), when it does not run here.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<String>,
     },
     /// A started node waits for a lock another process holds (another run computing the same
     /// step, or `gc`).

@@ -29,7 +29,7 @@ use serde_json::{Map, Value};
 use crate::cache::{
     Cache, CacheError, Exposed, Exposure, KeyParts, Lock, LockWait, Manifest, StatCache, StepKey,
 };
-use crate::dag::{Dag, InputRole};
+use crate::dag::{Dag, InputRole, Node};
 use crate::events::{Event, Reporter};
 use crate::steps::{Inputs, Progress, Resource, StepContext, StepError};
 
@@ -47,6 +47,8 @@ pub struct RunOptions {
     /// How long to wait for a lock another process holds before failing (`None`: as long as
     /// it takes).
     pub lock_timeout: Option<std::time::Duration>,
+    /// Run the steps it takes as Slurm jobs (`None`: every step runs here).
+    pub slurm: Option<std::sync::Arc<crate::slurm::Slurm>>,
 }
 
 /// Outcome of one node.
@@ -412,14 +414,17 @@ enum Status {
     Skipped,
 }
 
-struct Launch {
-    n: NodeIndex,
-    lock_timeout: Option<std::time::Duration>,
-    parts: KeyParts,
-    key: StepKey,
-    forced: bool,
-    slots: usize,
-    gpu: bool,
+pub(crate) struct Launch {
+    pub(crate) n: NodeIndex,
+    pub(crate) lock_timeout: Option<std::time::Duration>,
+    pub(crate) parts: KeyParts,
+    pub(crate) key: StepKey,
+    pub(crate) forced: bool,
+    /// Threads the step may use (its job slots here, its CPUs on a cluster).
+    pub(crate) slots: usize,
+    pub(crate) gpu: bool,
+    /// Runs as a cluster job, not in this process.
+    pub(crate) remote: bool,
 }
 
 /// What a worker tells the scheduler.
@@ -441,9 +446,9 @@ enum Msg {
 
 /// A step's published entry, and what remains to commit it (with its key lock, held until the
 /// entry is committed).
-struct Published {
-    manifest: Manifest,
-    commit: Option<(Exposed, Lock)>,
+pub(crate) struct Published {
+    pub(crate) manifest: Manifest,
+    pub(crate) commit: Option<(Exposed, Lock)>,
 }
 
 /// Sends [`Msg::Released`] once: when the step's work ends, or when the worker exits early.
@@ -602,7 +607,14 @@ pub fn run(
                     if interrupted || !matches!(status[n.index()], Status::Ready { .. }) {
                         continue;
                     }
+                    let remote = opts
+                        .slurm
+                        .as_ref()
+                        .is_some_and(|s| s.takes(node.step.kind()));
+                    // A cluster job takes none of this machine's slots or GPUs: the cluster
+                    // decides when it runs; its threads are the CPUs it asks Slurm for.
                     let (slots, gpu) = match node.step.resource(&node.params, jobs) {
+                        _ if remote => (0, false),
                         Resource::Cpu { slots } => (slots.clamp(1, jobs), false),
                         Resource::Http => (1, false),
                         Resource::Gpu => (1, opts.gpus > 0),
@@ -633,11 +645,16 @@ pub fn run(
                         forced,
                         slots,
                         gpu,
+                        remote,
                     };
-                    reporter.event(&Event::StepStarted {
-                        label: node.label.clone(),
-                        key: launch.key.0.clone(),
-                    });
+                    // A cluster job's start is told once it is submitted, with its job id.
+                    if !remote {
+                        reporter.event(&Event::StepStarted {
+                            label: node.label.clone(),
+                            key: launch.key.0.clone(),
+                            job: None,
+                        });
+                    }
                     // A worker that is idle takes the job; otherwise one more is started. Workers
                     // live for the whole run, so a step's start does not wait for a thread to be
                     // created, and each worker's malloc arena stays warm between steps.
@@ -646,8 +663,11 @@ pub fn run(
                         .is_err()
                     {
                         let (tx, jobs_rx, idle) = (tx.clone(), &jobs_rx, &idle);
+                        let slurm = opts.slurm.as_deref();
                         scope.spawn(move || {
-                            worker(dag, cache, root, reporter, cancel, &tx, jobs_rx, idle)
+                            worker(
+                                dag, cache, root, slurm, reporter, cancel, &tx, jobs_rx, idle,
+                            )
                         });
                     }
                     jobs_tx
@@ -874,7 +894,7 @@ fn input_dirs(
 }
 
 /// Why a node did not produce an entry.
-enum Failure {
+pub(crate) enum Failure {
     /// Not a failure: another run published this key while we waited for its lock.
     Reused(Box<Manifest>),
     /// The run was interrupted while it ran.
@@ -895,6 +915,7 @@ fn worker(
     dag: &Dag,
     cache: &Cache,
     root: &Path,
+    slurm: Option<&crate::slurm::Slurm>,
     reporter: &dyn Reporter,
     cancel: &AtomicBool,
     tx: &mpsc::Sender<Msg>,
@@ -912,9 +933,15 @@ fn worker(
             gpu: launch.gpu,
             sent: Cell::new(false),
         };
-        let result = execute(
-            dag, cache, root, &launch, &inputs, reporter, cancel, &release,
-        );
+        let node = &dag.graph[launch.n];
+        let result = match (&launch.remote, slurm) {
+            (true, Some(slurm)) => crate::slurm::client::execute(
+                slurm, node, cache, root, &launch, &inputs, reporter, cancel,
+            ),
+            _ => execute(
+                node, cache, root, &launch, &inputs, reporter, cancel, &release,
+            ),
+        };
         release.send();
         let (result, commit) = match result {
             Ok(p) => (Ok(p.manifest), p.commit),
@@ -954,7 +981,7 @@ fn worker(
 /// never an uncommitted one.
 #[allow(clippy::too_many_arguments)]
 fn execute(
-    dag: &Dag,
+    node: &Node,
     cache: &Cache,
     root: &Path,
     launch: &Launch,
@@ -963,7 +990,6 @@ fn execute(
     cancel: &AtomicBool,
     release: &Release<'_>,
 ) -> Result<Published, Failure> {
-    let node = &dag.graph[launch.n];
     // Another run may be computing the same key: wait for it instead of doing the work twice,
     // and say so.
     let on_wait = |what: &str, holder: &str| {
@@ -1055,4 +1081,66 @@ fn execute(
             commit: Some((exposed, lock)),
         },
     })
+}
+
+/// How a step run on its own ended (a cluster job: `tracelab exec-step`).
+#[derive(Debug)]
+pub enum Alone {
+    /// It ran; its entry is committed.
+    Ran(Box<Manifest>),
+    /// Another run had published the key meanwhile.
+    Reused(Box<Manifest>),
+    /// Interrupted (the job was cancelled).
+    Cancelled,
+    /// It failed with this cause.
+    Failed(String),
+}
+
+/// Runs one step outside a DAG run, as a cluster job does: the same locking, cache re-check,
+/// publication and commit as a step of [`run`], with `threads` threads.
+#[allow(clippy::too_many_arguments)]
+pub fn run_alone(
+    node: &Node,
+    cache: &Cache,
+    root: &Path,
+    parts: KeyParts,
+    forced: bool,
+    threads: usize,
+    inputs: &Inputs,
+    reporter: &dyn Reporter,
+    cancel: &AtomicBool,
+) -> Alone {
+    let launch = Launch {
+        n: NodeIndex::new(0),
+        lock_timeout: None,
+        key: parts.key(),
+        parts,
+        forced,
+        slots: threads.max(1),
+        gpu: false,
+        remote: false,
+    };
+    let (tx, _rx) = mpsc::channel();
+    let release = Release {
+        tx: &tx,
+        slots: 0,
+        gpu: false,
+        sent: Cell::new(false),
+    };
+    match execute(
+        node, cache, root, &launch, inputs, reporter, cancel, &release,
+    ) {
+        Ok(Published { manifest, commit }) => {
+            if let Some((exposed, lock)) = commit {
+                if let Err(e) = exposed.commit() {
+                    return Alone::Failed(format!("its cache entry could not be committed: {e}"));
+                }
+                drop(lock);
+            }
+            Alone::Ran(Box::new(manifest))
+        }
+        Err(Failure::Reused(m)) => Alone::Reused(m),
+        Err(Failure::Cancelled) => Alone::Cancelled,
+        Err(Failure::Error(e)) => Alone::Failed(e),
+    }
 }

@@ -21,6 +21,7 @@ pub mod reporter;
 pub mod results;
 pub mod scenario;
 pub mod serve;
+pub mod slurm;
 pub mod split;
 pub mod steps;
 pub mod teacher;

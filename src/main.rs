@@ -80,6 +80,19 @@ enum Command {
         /// Show the plan instead of running.
         #[arg(long)]
         dry_run: bool,
+        /// Where steps run: here, or as Slurm jobs (options in the settings file's `[slurm]`).
+        #[arg(long, value_enum, default_value = "local", env = "TRACELAB_EXECUTOR")]
+        executor: ExecutorKind,
+        /// The settings file (default: `tracelab.toml` in the project root, if there is one).
+        #[arg(long, value_name = "FILE", env = "TRACELAB_SETTINGS")]
+        settings: Option<PathBuf>,
+    },
+    /// Run one step from a job file written by `run --executor slurm` (what a Slurm job runs
+    /// on the compute node).
+    #[command(hide = true)]
+    ExecStep {
+        /// The job file (`cache/slurm/<key>/job.json`).
+        job: PathBuf,
     },
     /// List every step as cached or to-run, with the reason.
     Plan {
@@ -187,6 +200,14 @@ enum Command {
     Steps,
 }
 
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum ExecutorKind {
+    /// Every step runs on this machine.
+    Local,
+    /// Steps not listed in `[slurm] client_steps` run as Slurm jobs.
+    Slurm,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum GraphFormat {
     Dot,
@@ -266,6 +287,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             only,
             force,
             dry_run,
+            executor,
+            settings,
         } => {
             let l = load(exp, cache_dir)?;
             if *dry_run {
@@ -273,15 +296,37 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             let cancel = Arc::new(AtomicBool::new(false));
             let flag = cancel.clone();
+            let on_cluster = *executor == ExecutorKind::Slurm;
             ctrlc::set_handler(move || {
                 if flag.swap(true, Ordering::SeqCst) {
                     // Second Ctrl-C: leave now. Unpublished work sits in cache/.tmp and is
-                    // cleaned by the next run; published entries are complete.
+                    // cleaned by the next run; published entries are complete. Cluster jobs
+                    // go on, and the next run waits for them.
                     std::process::exit(130);
                 }
-                eprintln!("interrupted: finishing running steps (Ctrl-C again to quit now)");
+                if on_cluster {
+                    eprintln!(
+                        "interrupted: cancelling the run's slurm jobs (Ctrl-C again to quit now)"
+                    );
+                } else {
+                    eprintln!("interrupted: finishing running steps (Ctrl-C again to quit now)");
+                }
             })
             .context("installing the Ctrl-C handler")?;
+            let slurm = match executor {
+                ExecutorKind::Local => None,
+                ExecutorKind::Slurm => {
+                    let path = settings
+                        .clone()
+                        .unwrap_or_else(|| l.exp.root.join("tracelab.toml"));
+                    let s = tracelab::slurm::Settings::load(&path, settings.is_some())?;
+                    Some(tracelab::slurm::Slurm::new(
+                        s,
+                        &l.cache.dir,
+                        cancel.clone(),
+                    )?)
+                }
+            };
             let opts = RunOptions {
                 jobs: jobs
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
@@ -289,6 +334,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 only: globs(only)?,
                 force: globs(force)?,
                 lock_timeout: cli.lock_timeout()?,
+                slurm: slurm.clone(),
             };
             let reporter: Box<dyn Reporter> = if cli.json {
                 Box::new(JsonReporter::new())
@@ -303,7 +349,16 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 &opts,
                 reporter.as_ref(),
                 &cancel,
-            )?;
+            );
+            if let Some(slurm) = &slurm {
+                slurm.finish();
+                let c = slurm.counts();
+                eprintln!(
+                    "slurm: {} jobs submitted, {} adopted from an earlier run, {} status queries",
+                    c.submitted, c.adopted, c.queries
+                );
+            }
+            let summary = summary?;
             let failures = summary.failures();
             if !failures.is_empty() {
                 eprintln!("\n{} step(s) failed:", failures.len());
@@ -325,6 +380,16 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::ExecStep { job } => {
+            let cancel = Arc::new(AtomicBool::new(false));
+            let flag = cancel.clone();
+            // scancel sends SIGTERM: stop the step as Ctrl-C stops a local one.
+            ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+                .context("installing the signal handler")?;
+            Ok(ExitCode::from(tracelab::slurm::node::exec_step(
+                job, &cancel,
+            )?))
         }
         Command::Plan { exp } => {
             let l = load(exp, cache_dir)?;

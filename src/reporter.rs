@@ -109,7 +109,7 @@ impl Reporter for HumanReporter {
                     self.line(format!("cached  {label} (input reran, same output)"));
                 }
             }
-            Event::StepStarted { label, .. } => match &self.bars {
+            Event::StepStarted { label, job, .. } => match &self.bars {
                 Some(b) => {
                     let pb = b.multi.add(ProgressBar::new_spinner());
                     pb.set_style(
@@ -117,10 +117,16 @@ impl Reporter for HumanReporter {
                             .expect("valid template"),
                     );
                     pb.set_prefix(label.clone());
+                    if let Some(job) = job {
+                        pb.set_message(format!("slurm job {job}"));
+                    }
                     pb.enable_steady_tick(Duration::from_millis(200));
                     b.steps.lock().expect("bars lock").insert(label.clone(), pb);
                 }
-                None => eprintln!("start   {label}"),
+                None => match job {
+                    Some(job) => eprintln!("start   {label} (slurm job {job})"),
+                    None => eprintln!("start   {label}"),
+                },
             },
             Event::RunWaiting { what, holder } => {
                 self.line(format!("waiting for {what}, held by {holder}"))

@@ -207,6 +207,7 @@ fn opts(jobs: usize) -> RunOptions {
         only: None,
         force: None,
         lock_timeout: None,
+        slurm: None,
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub mod corrupt;
@@ -63,7 +63,7 @@ pub fn find(kind: &str) -> Option<&'static dyn Step> {
 
 /// A typed product of a step. Every artifact lives in a fixed file name inside its producer's
 /// cache entry, so consumers find it without knowing who produced it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Artifact {
     /// Conversations in OpenAI chat JSONL (`traces.jsonl`).
@@ -256,7 +256,7 @@ pub struct Progress {
 
 /// The inputs of one step run: producer output directories, by artifact, plus the labelled list
 /// of all inputs (for steps such as `report` that take many).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Inputs {
     /// Output directory of the producer of each consumed artifact.
     pub by_artifact: BTreeMap<Artifact, PathBuf>,
