@@ -354,8 +354,12 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 slurm.finish();
                 let c = slurm.counts();
                 eprintln!(
-                    "slurm: {} jobs submitted, {} adopted from an earlier run, {} status queries",
-                    c.submitted, c.adopted, c.queries
+                    "slurm: {} jobs submitted, {} adopted from an earlier run, {} status queries \
+                     (job name {})",
+                    c.submitted,
+                    c.adopted,
+                    c.queries,
+                    slurm.job_name()
                 );
             }
             let summary = summary?;

@@ -306,8 +306,9 @@ impl Slurm {
     }
 
     /// The status thread: one `squeue` per poll for every job of the run while any is not
-    /// final; the interval starts at `poll_min_s` after a submission or a change and grows by
-    /// half each quiet poll up to `poll_max_s`. Ctrl-C cancels every job with one `scancel`.
+    /// final, so at most one query per `poll_min_s` whatever the number of jobs; the interval
+    /// starts at `poll_min_s` after a submission or a change and grows by half each quiet poll
+    /// up to `poll_max_s`. Ctrl-C cancels every job with one `scancel`.
     fn poll_loop(&self) {
         let (min, max) = (self.settings.poll_min_s, self.settings.poll_max_s);
         let mut interval = min;
@@ -329,8 +330,11 @@ impl Slurm {
                     return;
                 }
                 if jobs.nudged {
+                    // A new job: poll quickly again, but after one short interval, so that
+                    // queries grow with the run's duration, never with its number of jobs.
                     jobs.nudged = false;
                     interval = min;
+                    continue;
                 }
                 if self.cancel.load(Ordering::SeqCst) && !jobs.cancelled {
                     jobs.cancelled = true;
@@ -433,7 +437,7 @@ impl Slurm {
         }
         let doc: Value = serde_json::from_slice(&out.stdout)
             .map_err(|e| command_error("squeue --json", &e.to_string()))?;
-        Ok(parse_squeue(&doc))
+        Ok(parse_squeue(&doc, &self.job_name))
     }
 
     /// The final state accounting recorded for a job the controller forgot; `VANISHED` when
@@ -486,11 +490,14 @@ fn command_error(command: &str, message: &str) -> SlurmError {
     }
 }
 
-/// Jobs from `squeue --json`: id → (comment, state). Slurm 22.05 gives `job_state` as a
-/// string and `exit_code` as a number; later versions give a list of states and an object.
-fn parse_squeue(doc: &Value) -> HashMap<String, (String, JobState)> {
+/// The jobs named `name` in `squeue --json`: id → (comment, state). Slurm 22.05 lists every
+/// job whatever `--name` says (its JSON output ignores the filters), gives `job_state` as a
+/// string and `exit_code` as a raw wait status; later versions give a list of states and an
+/// object.
+fn parse_squeue(doc: &Value, name: &str) -> HashMap<String, (String, JobState)> {
     let mut out = HashMap::new();
-    for job in doc["jobs"].as_array().into_iter().flatten() {
+    let jobs = doc["jobs"].as_array().into_iter().flatten();
+    for job in jobs.filter(|j| j["name"] == name) {
         let Some(id) = job["job_id"].as_u64() else {
             continue;
         };
@@ -505,7 +512,12 @@ fn parse_squeue(doc: &Value) -> HashMap<String, (String, JobState)> {
             _ => String::new(),
         };
         let exit_code = match &job["exit_code"] {
-            Value::Number(n) => n.as_i64(),
+            // Slurm 22.05 gives the raw wait status: the exit code is its high byte, and a
+            // death by signal N reads as 128 + N, as a shell says it.
+            Value::Number(n) => n.as_i64().map(|raw| match raw & 0x7f {
+                0 => raw >> 8,
+                signal => 128 + signal,
+            }),
             Value::Object(o) => o
                 .get("return_code")
                 .and_then(|r| r.as_i64().or_else(|| r["number"].as_i64())),
@@ -535,9 +547,10 @@ mod tests {
 
     #[test]
     fn squeue_json_of_slurm_22_and_of_later_versions_read_alike() {
-        let old = json!({"jobs": [{"job_id": 7, "job_state": "FAILED", "exit_code": 1,
-            "state_reason": "NonZeroExitCode", "comment": "abc"}]});
-        let new = json!({"jobs": [{"job_id": 7, "job_state": ["FAILED"],
+        let old = json!({"jobs": [{"job_id": 7, "name": "tl", "job_state": "FAILED",
+            "exit_code": 256, "state_reason": "NonZeroExitCode", "comment": "abc"},
+            {"job_id": 8, "name": "someone else's", "job_state": "RUNNING"}]});
+        let new = json!({"jobs": [{"job_id": 7, "name": "tl", "job_state": ["FAILED"],
             "exit_code": {"status": ["ERROR"], "return_code": {"set": true, "number": 1}},
             "state_reason": "NonZeroExitCode", "comment": "abc"}]});
         let want = (
@@ -548,8 +561,8 @@ mod tests {
                 reason: "NonZeroExitCode".into(),
             },
         );
-        assert_eq!(parse_squeue(&old)["7"], want);
-        assert_eq!(parse_squeue(&new)["7"], want);
+        assert_eq!(parse_squeue(&old, "tl"), HashMap::from([("7".into(), want.clone())]));
+        assert_eq!(parse_squeue(&new, "tl")["7"], want);
         assert!(want.1.is_final());
     }
 

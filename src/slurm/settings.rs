@@ -15,13 +15,14 @@ pub const CLIENT_STEPS: &[&str] = &[
     "ingest", "schema", "split", "corrupt", "filter", "validate", "judge", "report",
 ];
 
-/// `[slurm]`. (Unknown keys are refused by [`JobOptions`], which receives every key this
-/// struct does not know: serde cannot refuse them here, beside a flattened field.)
+/// `[slurm]`.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// Options every job gets (a step kind's own table adds to or overrides them).
-    #[serde(flatten)]
-    pub all: JobOptions,
+    /// Options every job gets, `[slurm.job]` (a step kind's own table adds to or overrides
+    /// them).
+    #[serde(default)]
+    pub job: JobOptions,
     /// Step kinds that run on the client, not as jobs.
     #[serde(default = "default_client_steps")]
     pub client_steps: Vec<String>,
@@ -80,16 +81,16 @@ fn default_max_jobs() -> usize {
     500
 }
 fn default_poll_min() -> f64 {
-    0.1
+    0.25
 }
 fn default_poll_max() -> f64 {
-    2.0
+    5.0
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            all: JobOptions::default(),
+            job: JobOptions::default(),
             client_steps: default_client_steps(),
             steps: BTreeMap::new(),
             retries: 0,
@@ -121,7 +122,7 @@ impl Settings {
         let file: File = toml::from_str(&text).map_err(|e| {
             let line = e
                 .span()
-                .map(|s| text[..s.start].lines().count().max(1))
+                .map(|s| text[..s.start].matches('\n').count() + 1)
                 .map_or(String::new(), |l| format!(" line {l}:"));
             SlurmError::Settings(format!("{}:{line} {}", path.display(), e.message()))
         })?;
@@ -153,7 +154,7 @@ impl Settings {
 
     /// The options of a job running a step of `kind`: its own table over the common one.
     pub fn for_kind(&self, kind: &str) -> JobOptions {
-        let mut o = self.all.clone();
+        let mut o = self.job.clone();
         if let Some(k) = self.steps.get(kind) {
             let over = |a: &mut Option<String>, b: &Option<String>| {
                 if b.is_some() {
@@ -188,7 +189,7 @@ mod tests {
     #[test]
     fn a_kind_table_overrides_the_common_options_and_adds_arguments() {
         let s = parse(
-            "[slurm]\npartition = \"cpu\"\ntime = \"1:00:00\"\nextra_args = [\"--exclusive\"]\n\
+            "[slurm.job]\npartition = \"cpu\"\ntime = \"1:00:00\"\nextra_args = [\"--exclusive\"]\n\
              [slurm.steps.train]\npartition = \"gpu\"\ngres = \"gpu:1\"\nextra_args = [\"-C\", \"a100\"]\n",
         )
         .unwrap();
@@ -212,7 +213,7 @@ mod tests {
 
     #[test]
     fn bad_settings_name_the_file_line_and_problem() {
-        let e = parse("[slurm]\npartition = \"gpu\"\npartitoin = \"x\"\n")
+        let e = parse("[slurm.job]\npartition = \"gpu\"\npartitoin = \"x\"\n")
             .unwrap_err()
             .to_string();
         assert!(
