@@ -511,6 +511,13 @@ pub fn run(
     let (mut free_slots, mut free_gpus) = (jobs, opts.gpus);
     // Nodes launched and not yet settled (running their step or publishing it).
     let mut running = 0usize;
+    // Nodes running as cluster jobs (at most `[slurm] max_jobs`), and which nodes those are.
+    let mut jobs_out = 0usize;
+    let mut is_job = vec![false; dag.graph.node_bound()];
+    let max_jobs = opts
+        .slurm
+        .as_ref()
+        .map_or(usize::MAX, |s| s.settings().max_jobs);
     // Published nodes whose entries are still being committed.
     let mut committing = 0usize;
     let (tx, rx) = mpsc::channel::<Msg>();
@@ -619,7 +626,10 @@ pub fn run(
                         Resource::Http => (1, false),
                         Resource::Gpu => (1, opts.gpus > 0),
                     };
-                    if slots > free_slots || (gpu && free_gpus == 0) {
+                    if slots > free_slots
+                        || (gpu && free_gpus == 0)
+                        || (remote && jobs_out >= max_jobs)
+                    {
                         continue;
                     }
                     let Status::Ready {
@@ -636,6 +646,10 @@ pub fn run(
                         free_gpus -= 1;
                     }
                     running += 1;
+                    if remote {
+                        jobs_out += 1;
+                        is_job[n.index()] = true;
+                    }
                     let inputs_dirs = input_dirs(dag, n, &summary.out_dirs, &missing);
                     let launch = Launch {
                         n,
@@ -711,6 +725,9 @@ pub fn run(
                 }
             };
             running -= 1;
+            if is_job[n.index()] {
+                jobs_out -= 1;
+            }
             let node = &dag.graph[n];
             match result {
                 Ok(m) => {

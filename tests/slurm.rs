@@ -147,7 +147,8 @@ fn jobs_give_the_local_entries_byte_for_byte_gpus_come_from_slurm_and_a_rerun_su
         return;
     };
     // Every step a job, every job one of the two GPUs.
-    let tmp = project("[slurm]\nclient_steps = []\npoll_min_s = 0.25\n[slurm.job]\ngres = \"gpu:1\"\n");
+    let tmp =
+        project("[slurm]\nclient_steps = []\npoll_min_s = 0.25\n[slurm.job]\ngres = \"gpu:1\"\n");
     let root = tmp.path();
     let t0 = std::time::Instant::now();
     let first = smoke(root, &sgd, &TWO_CELLS)
@@ -163,6 +164,11 @@ fn jobs_give_the_local_entries_byte_for_byte_gpus_come_from_slurm_and_a_rerun_su
     assert!(
         started.iter().all(|e| e["job"].as_str().is_some()),
         "step_started carries the job id"
+    );
+    assert!(
+        ev.iter()
+            .any(|e| e["event"] == "step_progress" && e["label"] == "clean/direct/s1/train"),
+        "the job's progress reaches the client"
     );
     // One squeue per poll for all jobs: at most one per poll_min_s, whatever the job count.
     assert!(
@@ -228,11 +234,11 @@ fn jobs_give_the_local_entries_byte_for_byte_gpus_come_from_slurm_and_a_rerun_su
 }
 
 #[test]
-fn a_failing_job_fails_its_step_with_job_and_log_and_its_dependents_never_run() {
+fn a_failing_job_is_retried_then_fails_its_step_with_job_and_log_and_its_dependents_never_run() {
     let Some(sgd) = cluster_and_sgd() else {
         return;
     };
-    let tmp = project("[slurm]\n");
+    let tmp = project("[slurm]\nretries = 1\n");
     let root = tmp.path();
     // A real failure: the tokenizer step cannot start its student worker on the node.
     let out = smoke(
@@ -245,6 +251,7 @@ fn a_failing_job_fails_its_step_with_job_and_log_and_its_dependents_never_run() 
     .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(counts(&stderr).0, 2, "one retry, then the step fails");
     let line = stderr
         .lines()
         .find(|l| l.trim_start().starts_with("clean/direct/s1/tokenizer:"))
@@ -289,6 +296,7 @@ fn start_until(root: &Path, sgd: &Path, only: &str, label: &str) -> (Child, Stri
             return (child, e["job"].as_str().unwrap().to_string());
         }
     }
+    let _ = child.wait();
     panic!("the run ended before {label} started");
 }
 

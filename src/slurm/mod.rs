@@ -99,6 +99,18 @@ struct Jobs {
     error: Option<String>,
 }
 
+impl Jobs {
+    /// Starts watching a job, and has the status thread poll soon.
+    fn watch(&mut self, id: &str) {
+        let fresh = Watched {
+            state: None,
+            unseen: 0,
+        };
+        self.watched.insert(id.to_string(), fresh);
+        self.nudged = true;
+    }
+}
+
 /// Submits a run's jobs and keeps their states.
 pub struct Slurm {
     settings: Settings,
@@ -229,14 +241,7 @@ impl Slurm {
     pub fn adopt(&self, key: &str) -> Option<String> {
         let mut jobs = self.jobs.lock().expect("jobs lock");
         let id = jobs.orphans.remove(key)?;
-        jobs.watched.insert(
-            id.clone(),
-            Watched {
-                state: None,
-                unseen: 0,
-            },
-        );
-        jobs.nudged = true;
+        jobs.watch(&id);
         self.adopted.fetch_add(1, Ordering::Relaxed);
         self.changed.notify_all();
         Some(id)
@@ -268,16 +273,15 @@ impl Slurm {
             ));
         }
         let mut jobs = self.jobs.lock().expect("jobs lock");
-        jobs.watched.insert(
-            id.clone(),
-            Watched {
-                state: None,
-                unseen: 0,
-            },
-        );
-        jobs.nudged = true;
+        jobs.watch(&id);
         self.submitted.fetch_add(1, Ordering::Relaxed);
+        // Submitted while Ctrl-C's scancel ran: cancelled like the others.
+        let late = jobs.cancelled;
+        drop(jobs);
         self.changed.notify_all();
+        if late {
+            self.scancel(std::slice::from_ref(&id));
+        }
         Ok(id)
     }
 
@@ -561,7 +565,10 @@ mod tests {
                 reason: "NonZeroExitCode".into(),
             },
         );
-        assert_eq!(parse_squeue(&old, "tl"), HashMap::from([("7".into(), want.clone())]));
+        assert_eq!(
+            parse_squeue(&old, "tl"),
+            HashMap::from([("7".into(), want.clone())])
+        );
         assert_eq!(parse_squeue(&new, "tl")["7"], want);
         assert!(want.1.is_final());
     }
