@@ -11,7 +11,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 use toml::de::{DeTable, DeValue};
 
 use crate::steps;
@@ -636,6 +636,44 @@ impl Experiment {
         blame(&self.source, &self.sets, key, message.into())
     }
 
+    /// The parameters of a pipeline step of kind `kind` in a cell: [`Experiment::params_for`],
+    /// and for `pretrain` what it takes from the rest of the experiment.
+    pub fn cell_params(&self, kind: &str, pipeline: &str, scenario: &str) -> Value {
+        let own = self.params_for(kind, Some(pipeline), Some(scenario));
+        if kind == "pretrain" {
+            self.pretrain_params(&own)
+        } else {
+            own
+        }
+    }
+
+    /// The `pretrain` step's parameters under the experiment's `[pretrain]` table (`own`, with
+    /// the cell's overrides): the corpus leaves out every service the experiment reads (target
+    /// and role pools, besides any the table names), and the tokenizer and student take the
+    /// experiment's `[tokenizer]` and `[train]`, so the cells' students have the base's shape.
+    fn pretrain_params(&self, own: &Value) -> Value {
+        let d = &self.data;
+        let mut services: Vec<String> = d.service.iter().cloned().collect();
+        services.extend(d.roles.values().filter_map(|r| r.service.clone()));
+        // The experiment's own tables, not a pipeline's or scenario's overrides: every cell
+        // shares one base (a cell whose overrides change the architecture is told so by train).
+        let mut train = self.params_for("train", None, None);
+        if let Some(t) = train.as_object_mut() {
+            t.remove("base");
+        }
+        let mut raw = json!({
+            "corpus": {"path": if d.format == "sgd" { d.path.clone() } else { String::new() }},
+            "tokenizer": self.params_for("tokenizer", None, None),
+            "train": train,
+        });
+        merge(&mut raw, own);
+        if let Some(listed) = raw["corpus"]["exclude"].as_array() {
+            services.extend(listed.iter().filter_map(|v| v.as_str().map(String::from)));
+        }
+        raw["corpus"]["exclude"] = json!(services);
+        raw
+    }
+
     /// Parameters of a step kind in a cell: its table, then the pipeline's overrides, then the
     /// scenario's. The result is the raw (not yet canonical) table.
     pub fn params_for(&self, kind: &str, pipeline: Option<&str>, scenario: Option<&str>) -> Value {
@@ -684,7 +722,7 @@ impl Experiment {
         for p in &self.pipelines {
             for s in &self.scenarios {
                 for step in &p.steps {
-                    let mut raw = self.params_for(step.kind(), Some(&p.name), Some(&s.name));
+                    let mut raw = self.cell_params(step.kind(), &p.name, &s.name);
                     if step.seeded() {
                         raw["seed"] = Value::from(self.seeds[0]);
                     }

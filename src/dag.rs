@@ -320,7 +320,7 @@ pub fn build(exp: &Experiment) -> Result<Dag, ConfigError> {
                     chain.insert(*a, corrupt_node);
                 }
                 for (i, step) in p.steps.iter().enumerate() {
-                    let mut raw = exp.params_for(step.kind(), Some(&p.name), Some(&sc.name));
+                    let mut raw = exp.cell_params(step.kind(), &p.name, &sc.name);
                     if step.seeded() {
                         raw["seed"] = json!(seed);
                     }

@@ -11,6 +11,7 @@
 //! optional, categorical slots with possible values → `enum`, slot descriptions → descriptions,
 //! `x-kind` from `is_transactional`), plus the reply function.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
@@ -72,7 +73,60 @@ pub fn dialogue_files(root: &Path, splits: &[String]) -> Result<Vec<PathBuf>, Fo
 /// split and file order. Ids are `<split>/<dialogue_id>` (SGD ids restart in every split).
 pub fn read_dialogues(root: &Path, sel: &Selection) -> Result<Vec<Conversation>, FormatError> {
     let mut out = Vec::new();
-    for split in &sel.splits {
+    visit_dialogues(root, &sel.splits, &mut |split, d, services, invalid| {
+        if sel.selects(services) {
+            out.push(converted(d, split, &sel.service).map_err(invalid)?);
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Every single-service dialogue of the given splits whose service `keep` accepts, by service,
+/// each list in split and file order (the pretraining corpus: one pass over the files for all
+/// services).
+pub fn read_single_service(
+    root: &Path,
+    splits: &[String],
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<BTreeMap<String, Vec<Conversation>>, FormatError> {
+    let mut out: BTreeMap<String, Vec<Conversation>> = BTreeMap::new();
+    visit_dialogues(root, splits, &mut |split, d, services, invalid| {
+        if let [service] = services {
+            if keep(service) {
+                let c = converted(d, split, service).map_err(invalid)?;
+                out.entry(service.to_string()).or_default().push(c);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// A dialogue as a conversation with its id `<split>/<dialogue_id>` and its origin in `meta`.
+fn converted(d: &Value, split: &str, service: &str) -> Result<Conversation, String> {
+    let mut c = dialogue_to_conversation(d)?;
+    c.id = format!("{split}/{}", c.id);
+    c.meta.insert("source".into(), "sgd".into());
+    c.meta.insert("service".into(), service.into());
+    c.meta.insert("split".into(), split.into());
+    Ok(c)
+}
+
+/// Calls `f(split, dialogue, its services, an error maker naming file and dialogue)` for every
+/// dialogue of the splits, in split and file order.
+#[allow(clippy::type_complexity)]
+fn visit_dialogues(
+    root: &Path,
+    splits: &[String],
+    f: &mut dyn FnMut(
+        &str,
+        &Value,
+        &[&str],
+        &dyn Fn(String) -> FormatError,
+    ) -> Result<(), FormatError>,
+) -> Result<(), FormatError> {
+    for split in splits {
         for file in dialogue_files(root, std::slice::from_ref(split))? {
             let text = std::fs::read_to_string(&file).map_err(|e| FormatError::io(&file, e))?;
             let fname = file.display().to_string();
@@ -103,19 +157,11 @@ pub fn read_dialogues(root: &Path, sel: &Selection) -> Result<Vec<Conversation>,
                     .iter()
                     .filter_map(Value::as_str)
                     .collect();
-                if !sel.selects(&services) {
-                    continue;
-                }
-                let mut c = dialogue_to_conversation(d).map_err(invalid)?;
-                c.id = format!("{split}/{}", c.id);
-                c.meta.insert("source".into(), "sgd".into());
-                c.meta.insert("service".into(), sel.service.clone().into());
-                c.meta.insert("split".into(), split.clone().into());
-                out.push(c);
+                f(split, d, &services, &invalid)?;
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Converts one SGD dialogue (see the module documentation). The id is the `dialogue_id`.

@@ -18,6 +18,7 @@ pub mod generate;
 pub mod ingest;
 pub mod judge;
 pub mod predict;
+pub mod pretrain;
 pub mod report;
 pub mod schema;
 pub mod split;
@@ -34,6 +35,7 @@ pub static STEPS: &[&dyn Step] = &[
     &filter::Filter,
     &generate::Generate,
     &validate::Validate,
+    &pretrain::Pretrain,
     &tokenizer::TokenizerStep,
     &train::Train,
     &predict::Predict,

@@ -366,6 +366,21 @@ impl Step for Train {
             Artifact::Task,
         ]
     }
+    /// A student that starts from the pretrained base also reads the base's weights (the
+    /// `pretrain` step's model; its tokenizer comes through [`Artifact::Tokenizer`] as usual).
+    fn consumes_with(&self, params: &Value) -> &'static [Artifact] {
+        if params["base"] == "pretrained" {
+            &[
+                Artifact::Traces,
+                Artifact::Tokenizer,
+                Artifact::Tools,
+                Artifact::Task,
+                Artifact::Model,
+            ]
+        } else {
+            self.consumes()
+        }
+    }
     fn produces(&self) -> &'static [Artifact] {
         &[Artifact::Model]
     }
@@ -373,7 +388,16 @@ impl Step for Train {
         true
     }
     fn canonical_params(&self, params: &Value) -> Result<Value, ParamError> {
-        TrainParams::canonical(params)
+        let canonical = TrainParams::canonical(params)?;
+        if canonical["base"] == "pretrained" && canonical["family"] != "tiny" {
+            return Err(ParamError {
+                path: "base".into(),
+                message: "a pretrained base is for the tiny family; a qwen3 student starts \
+                          from its model_dir"
+                    .into(),
+            });
+        }
+        Ok(canonical)
     }
     fn resource(&self, params: &Value, jobs: usize) -> Resource {
         worker_resource(params, jobs)
@@ -397,6 +421,10 @@ impl Step for Train {
         )?;
         if let (Some(dir), "qwen3") = (&p.model_dir, p.family.as_str()) {
             job.inputs.insert("base_model".into(), ctx.resolve(dir));
+        }
+        if p.base == tracelab_core::job::Base::Pretrained {
+            job.inputs
+                .insert("base_model".into(), ctx.input(Artifact::Model)?);
         }
         let stats = run_worker(ctx, &job)?;
         for (k, v) in stats {

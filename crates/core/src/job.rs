@@ -156,6 +156,87 @@ pub struct TrainParams {
     pub seed: u64,
     /// Thresholds of the value rules learned from the training calls (`tiny`).
     pub rules: RuleParams,
+    /// Where the weights start (`tiny`): `none` (random, today's default) or `pretrained` (the
+    /// weights of the cell's `pretrain` step, which must come before `train` in the pipeline
+    /// and whose tokenizer the cell then uses). Left out of the canonical form when `none`, so
+    /// that cache keys from before the choice existed stay valid.
+    #[serde(skip_serializing_if = "Base::is_none")]
+    pub base: Base,
+}
+
+/// Where a tiny student's weights start (`[train] base`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Base {
+    /// Random initialization (the from-scratch student).
+    #[default]
+    None,
+    /// The `pretrain` step's model.
+    Pretrained,
+}
+
+impl Base {
+    /// Whether this is the from-scratch default.
+    pub fn is_none(&self) -> bool {
+        *self == Base::None
+    }
+}
+
+/// Parameters of the `pretrain` step (`[pretrain]`): a tokenizer and a tiny model trained once
+/// on a corpus that shares nothing with the experiment, which `[train] base = "pretrained"`
+/// fine-tunes in every cell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PretrainParams {
+    /// The corpus.
+    pub corpus: CorpusParams,
+    /// The tokenizer trained on the corpus (by default the experiment's `[tokenizer]`).
+    pub tokenizer: TokenizerParams,
+    /// Architecture and optimizer (by default the experiment's `[train]`, so the cells'
+    /// students have the base's shape; `[pretrain.train]` overrides, e.g. `epochs`).
+    pub train: TrainParams,
+}
+
+impl Default for PretrainParams {
+    fn default() -> Self {
+        PretrainParams {
+            corpus: CorpusParams::default(),
+            tokenizer: TokenizerParams::default(),
+            train: TrainParams {
+                seed: 0,
+                ..TrainParams::default()
+            },
+        }
+    }
+}
+
+/// Which dialogues pretraining reads (`[pretrain.corpus]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorpusParams {
+    /// `sgd`: every single-service dialogue of SGD's services not excluded.
+    pub format: String,
+    /// The SGD directory (by default the experiment's `data.path`).
+    pub path: String,
+    /// SGD splits to read.
+    pub splits: Vec<String>,
+    /// Services left out: by default every service the experiment reads (target, sister and
+    /// foreign pools), plus any named here.
+    pub exclude: Vec<String>,
+    /// At most this many conversations per service (0: all), taken in file order.
+    pub per_service: usize,
+}
+
+impl Default for CorpusParams {
+    fn default() -> Self {
+        CorpusParams {
+            format: "sgd".into(),
+            path: String::new(),
+            splits: vec!["train".into()],
+            exclude: Vec::new(),
+            per_service: 0,
+        }
+    }
 }
 
 /// Thresholds of the value rules the tiny student learns from its training calls after training
@@ -251,6 +332,7 @@ impl Default for TrainParams {
             gradient_checkpointing: false,
             save: SaveMode::Merged,
             rules: RuleParams::default(),
+            base: Base::None,
         }
     }
 }

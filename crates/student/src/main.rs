@@ -14,7 +14,8 @@
 //! | task | inputs | output | params |
 //! |---|---|---|---|
 //! | `tokenizer` | `traces`, `tools`, optional `user_tokenizer` or `checkpoint_tokenizer` | `tokenizer.json` | `TokenizerParams` |
-//! | `train` | `traces`, `tools`, `tokenizer`, optional `task` (reference date), `base_model` (qwen3) | `model/` | `TrainParams` |
+//! | `train` | `traces`, `tools`, `tokenizer`, optional `task` (reference date), `base_model` (qwen3's checkpoint, or tiny's pretrained `model/`) | `model/` | `TrainParams` |
+//! | `pretrain` | `corpus` (a directory of `<service>.jsonl` and `<service>.tools.json`) | `tokenizer.json` and `model/` in the output directory | `PretrainParams` |
 //! | `predict` | `model`, `tokenizer`, `pairs`, `tools` | `predictions.jsonl` | `PredictParams` |
 //! | `serve` | `model`, `tokenizer`, `tools` | none | `PredictParams` |
 //!
@@ -51,11 +52,11 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use tracelab_core::job::PredictParams;
 use tracelab_core::job::TokenizerParams;
-use tracelab_core::job::{TrainParams, WorkerJob};
+use tracelab_core::job::{PretrainParams, TrainParams, WorkerJob};
 use tracelab_core::tools::{ToolSet, DEFAULT_RESPOND};
 use tracelab_student::{
-    corpus_texts, data, grammar, predict, qwen3_student, serve, template::ChatTemplate, tokenizer,
-    train, Progress, WorkerError,
+    corpus_texts, data, grammar, predict, pretrain, qwen3_student, serve, template::ChatTemplate,
+    tokenizer, train, Progress, WorkerError,
 };
 
 /// Writes one line to the orchestrator. A failed write means it is gone (EPIPE: Rust ignores
@@ -183,14 +184,21 @@ fn run(job: &WorkerJob) -> Result<Value, WorkerError> {
             let tpl = ChatTemplate::new(tok, &tools, p.max_records, reference.as_deref())
                 .map_err(WorkerError::Invalid)?;
             let convs = data::read_conversations(input(job, "traces")?)?;
+            let base = job.inputs.get("base_model").map(PathBuf::as_path);
             train::train(
                 &p,
                 &tpl,
                 &convs,
                 reference.as_deref(),
+                base,
                 &job.output,
                 &mut report,
             )
+        }
+        "pretrain" => {
+            let p: PretrainParams = params(job)?;
+            let corpus = pretrain::read_corpus(input(job, "corpus")?)?;
+            pretrain::pretrain(&p, &corpus, &job.output, &mut report)
         }
         "predict" => {
             let p: PredictParams = params(job)?;
@@ -244,7 +252,7 @@ fn run(job: &WorkerJob) -> Result<Value, WorkerError> {
             Ok(json!({}))
         }
         other => Err(WorkerError::Invalid(format!(
-            "unknown task {other:?} (tokenizer, train, predict, serve)"
+            "unknown task {other:?} (tokenizer, pretrain, train, predict, serve)"
         ))),
     }
 }

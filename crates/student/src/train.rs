@@ -650,15 +650,8 @@ pub fn device(choice: tracelab_core::job::DeviceChoice) -> Result<Device, Worker
     }
 }
 
-/// Trains a student and writes `out/` (`config.json`, `model.safetensors`). Returns statistics.
-pub fn train(
-    p: &TrainParams,
-    tpl: &ChatTemplate,
-    conversations: &[Conversation],
-    reference_date: Option<&str>,
-    out: &Path,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<Value, WorkerError> {
+/// The tiny architecture `p` asks for over a vocabulary of `vocab` tokens.
+pub fn tiny_config(p: &TrainParams, vocab: usize) -> Result<TinyConfig, WorkerError> {
     if p.family != "tiny" {
         return Err(WorkerError::Invalid(format!(
             "family {:?} is not built into this worker (known: tiny)",
@@ -671,20 +664,8 @@ pub fn train(
             p.width, p.heads
         )));
     }
-    let dev = device(p.device)?;
-    tch::manual_seed(p.seed as i64);
-    let windows: Vec<Window> = conversations
-        .iter()
-        .flat_map(|c| tpl.windows(&tpl.render(&c.messages), p.context as usize))
-        .collect();
-    if windows.is_empty() {
-        return Err(WorkerError::Invalid(
-            "no assistant tool calls to train on in the traces".into(),
-        ));
-    }
-    let lens: Vec<usize> = windows.iter().map(|w| w.tokens.len()).collect();
-    let cfg = TinyConfig {
-        vocab: tpl.vocab as i64,
+    Ok(TinyConfig {
+        vocab: vocab as i64,
         layers: p.layers,
         width: p.width,
         heads: p.heads,
@@ -696,14 +677,46 @@ pub fn train(
         context: p.context,
         dropout: p.dropout,
         copy_dim: p.copy_dim,
-    };
-    let vs = nn::VarStore::new(dev);
+    })
+}
+
+/// A trained model and its training statistics.
+pub struct Fitted {
+    /// The weights.
+    pub vs: nn::VarStore,
+    /// Steps, tokens, loss curve, parameters, windows, device.
+    pub stats: serde_json::Map<String, Value>,
+}
+
+/// Trains a tiny model on `windows` (rendered by templates over `tpl`'s tokenizer, whose
+/// special tokens the model needs): from random weights, or from the student saved in `base`
+/// (`pretrain`'s model), which must have the same architecture.
+pub fn fit(
+    p: &TrainParams,
+    cfg: &TinyConfig,
+    tpl: &ChatTemplate,
+    windows: &[Window],
+    base: Option<&Path>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Fitted, WorkerError> {
+    let dev = device(p.device)?;
+    tch::manual_seed(p.seed as i64);
+    if windows.is_empty() {
+        return Err(WorkerError::Invalid(
+            "no assistant tool calls to train on in the traces".into(),
+        ));
+    }
+    let lens: Vec<usize> = windows.iter().map(|w| w.tokens.len()).collect();
+    let mut vs = nn::VarStore::new(dev);
     let model = Tiny::new(
         &vs.root(),
         cfg.clone(),
         &tpl.is_special,
         [tpl.sp.arg, tpl.sp.end],
     );
+    if let Some(dir) = base {
+        load_base(&mut vs, cfg, dir)?;
+    }
     let n_params = Tiny::parameter_count(&vs);
     let mut opt = nn::AdamW {
         wd: p.weight_decay,
@@ -744,11 +757,56 @@ pub fn train(
         opt.zero_grad();
         log.step(step, step_loss, progress);
     }
-    let rules = ValueRules::learn(tpl, conversations, &p.rules);
-    save(&vs, &cfg, p.max_records, reference_date, &rules, out)?;
     let mut stats = log.stats();
     stats.insert("parameters".into(), json!(n_params));
     stats.insert("windows".into(), json!(windows.len()));
+    stats.insert("device".into(), json!(format!("{dev:?}")));
+    Ok(Fitted { vs, stats })
+}
+
+/// Loads a pretrained base's weights into `vs`, after checking that its architecture is `cfg`'s
+/// (dropout aside, which is a training setting).
+fn load_base(vs: &mut nn::VarStore, cfg: &TinyConfig, dir: &Path) -> Result<(), WorkerError> {
+    let cfg_path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| WorkerError::io(&cfg_path, e))?;
+    let saved: SavedConfig = serde_json::from_str(&text)
+        .map_err(|e| WorkerError::Invalid(format!("{}: {e}", cfg_path.display())))?;
+    let base = TinyConfig {
+        dropout: cfg.dropout,
+        ..saved.model
+    };
+    if &base != cfg {
+        return Err(WorkerError::Invalid(format!(
+            "the pretrained base ({}) is {base:?}, but train asks for {cfg:?}: pretrain and \
+             train must agree on the architecture and the tokenizer",
+            dir.display()
+        )));
+    }
+    let weights = dir.join(WEIGHTS_FILE);
+    vs.load(&weights)
+        .map_err(|e| WorkerError::Torch(format!("{}: {e}", weights.display())))
+}
+
+/// Trains the tiny student on the cell's conversations (from `base`'s weights when given) and
+/// saves it with the value rules learned from the same conversations.
+pub fn train(
+    p: &TrainParams,
+    tpl: &ChatTemplate,
+    conversations: &[Conversation],
+    reference_date: Option<&str>,
+    base: Option<&Path>,
+    out: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Value, WorkerError> {
+    let cfg = tiny_config(p, tpl.vocab)?;
+    let windows: Vec<Window> = conversations
+        .iter()
+        .flat_map(|c| tpl.windows(&tpl.render(&c.messages), p.context as usize))
+        .collect();
+    let Fitted { vs, mut stats } = fit(p, &cfg, tpl, &windows, base, progress)?;
+    let rules = ValueRules::learn(tpl, conversations, &p.rules);
+    save(&vs, &cfg, p.max_records, reference_date, &rules, out)?;
+    stats.insert("base".into(), json!(base.is_some()));
     stats.insert("span_params".into(), json!(rules.span_params));
     stats.insert("keyed_params".into(), json!(rules.keyed_params));
     // Word and value lists by their sizes: the manifest stays readable.
@@ -775,7 +833,6 @@ pub fn train(
         "alias_params".into(),
         json!(sizes(&rules.alias_params, BTreeMap::len)),
     );
-    stats.insert("device".into(), json!(format!("{dev:?}")));
     Ok(Value::Object(stats))
 }
 

@@ -204,6 +204,7 @@ fn learns_the_rule_and_copies_unseen_values() {
         &tpl,
         &train_set,
         None,
+        None,
         dir.path(),
         &mut |_| {},
     )
@@ -309,8 +310,26 @@ fn checkpoint_reloads_to_identical_predictions_and_training_is_deterministic() {
     let tpl = template(&convs);
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    let sa = train::train(&params(11, 2.0), &tpl, &convs, None, a.path(), &mut |_| {}).unwrap();
-    let sb = train::train(&params(11, 2.0), &tpl, &convs, None, b.path(), &mut |_| {}).unwrap();
+    let sa = train::train(
+        &params(11, 2.0),
+        &tpl,
+        &convs,
+        None,
+        None,
+        a.path(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let sb = train::train(
+        &params(11, 2.0),
+        &tpl,
+        &convs,
+        None,
+        None,
+        b.path(),
+        &mut |_| {},
+    )
+    .unwrap();
     assert_eq!(sa["loss_curve"], sb["loss_curve"]);
     let wa = std::fs::read(a.path().join(train::WEIGHTS_FILE)).unwrap();
     let wb = std::fs::read(b.path().join(train::WEIGHTS_FILE)).unwrap();

@@ -1,0 +1,164 @@
+//! `pretrain`: trains a tokenizer and a tiny student once, in the `tracelab-student` worker, on
+//! dialogues that share nothing with the experiment: by default every single-service dialogue of
+//! SGD's services the experiment does not read (not the target, sister or foreign pools), each
+//! rendered as a cell renders its conversations, with that service's own tools in the header.
+//! A cell whose `[train] base = "pretrained"` fine-tunes its weights with its tokenizer.
+//!
+//! The step reads no cell artifact, so every cell (and every experiment file with the same
+//! pretraining parameters) shares one node and one cache entry. Which services went in, and how
+//! many conversations each gave, is in `services.json` and the manifest.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use super::tokenizer::MIN_VOCAB;
+use super::train::{run_worker, worker_resource};
+use super::{canonicalize, Artifact, ParamError, Resource, Step, StepContext, StepError};
+use crate::formats::sgd;
+use crate::tools::DEFAULT_RESPOND;
+use tracelab_core::job::WorkerJob;
+pub use tracelab_core::job::{CorpusParams, PretrainParams};
+
+/// The `pretrain` step.
+pub struct Pretrain;
+
+impl Step for Pretrain {
+    fn kind(&self) -> &'static str {
+        "pretrain"
+    }
+    fn version(&self) -> u32 {
+        super::train::WORKER_VERSION
+    }
+    fn about(&self) -> &'static str {
+        "train a tokenizer and a base student on dialogues of services the experiment does not use"
+    }
+    fn consumes(&self) -> &'static [Artifact] {
+        &[]
+    }
+    fn produces(&self) -> &'static [Artifact] {
+        &[Artifact::Tokenizer, Artifact::Model]
+    }
+    fn canonical_params(&self, params: &Value) -> Result<Value, ParamError> {
+        let mut canonical = canonicalize::<PretrainParams>(params)?;
+        let err = |path: &str, message: &str| ParamError {
+            path: path.into(),
+            message: message.into(),
+        };
+        if canonical["corpus"]["format"] != "sgd" {
+            return Err(err("corpus.format", "the pretraining corpus reads \"sgd\""));
+        }
+        if canonical["corpus"]["path"] == "" {
+            return Err(err(
+                "corpus.path",
+                "no SGD directory (data.path is not SGD's?)",
+            ));
+        }
+        let train = super::train::Train.canonical_params(&canonical["train"])?;
+        if train["family"] != "tiny" || train["base"] == "pretrained" {
+            return Err(err(
+                "train",
+                "pretraining trains a tiny student from scratch (family \"tiny\", no base)",
+            ));
+        }
+        let tok = &canonical["tokenizer"];
+        if !tok["path"].is_null() || !tok["model_dir"].is_null() {
+            return Err(err("tokenizer", "pretraining trains its own tokenizer"));
+        }
+        if tok["vocab_size"].as_u64().unwrap_or(0) < MIN_VOCAB as u64 {
+            return Err(err("tokenizer.vocab_size", "too small for the template"));
+        }
+        // Sorted and deduplicated: the same services in another order are the same corpus.
+        let exclude: BTreeSet<String> =
+            serde_json::from_value(canonical["corpus"]["exclude"].clone())
+                .map_err(|e| err("corpus.exclude", &e.to_string()))?;
+        canonical["corpus"]["exclude"] = json!(exclude);
+        canonical["train"] = train;
+        Ok(canonical)
+    }
+    fn resource(&self, params: &Value, jobs: usize) -> Resource {
+        worker_resource(&params["train"], jobs)
+    }
+    fn external_files(&self, params: &Value, root: &Path) -> Result<Vec<PathBuf>, StepError> {
+        let p: PretrainParams = super::typed(params)?;
+        let dir = Path::new(&p.corpus.path);
+        let mut files = Vec::new();
+        for f in sgd::dialogue_files(&root.join(dir), &p.corpus.splits)
+            .map_err(|e| StepError::Data(e.to_string()))?
+        {
+            let name = f.file_name().expect("a file").to_owned();
+            let split = f.parent().and_then(Path::file_name).expect("in a split");
+            files.push(dir.join(split).join(name));
+        }
+        for split in ["train", "dev", "test"] {
+            if root.join(dir).join(split).join("schema.json").is_file() {
+                files.push(dir.join(split).join("schema.json"));
+            }
+        }
+        Ok(files)
+    }
+    fn run(&self, ctx: &mut StepContext<'_>) -> Result<(), StepError> {
+        let p: PretrainParams = super::typed(ctx.params)?;
+        let corpus = ctx.out_dir.join(".corpus");
+        let services = write_corpus(&ctx.resolve(&p.corpus.path), &p.corpus, &corpus)?;
+        if services.is_empty() {
+            return Err(StepError::Data(format!(
+                "{}: no single-service dialogue outside the excluded services ({})",
+                p.corpus.path,
+                p.corpus.exclude.join(", ")
+            )));
+        }
+        let record = ctx.out_dir.join("services.json");
+        let text = serde_json::to_string_pretty(&services).expect("JSON");
+        std::fs::write(&record, text + "\n").map_err(|e| StepError::io(&record, e))?;
+        let job = WorkerJob {
+            task: "pretrain".into(),
+            params: ctx.params.clone(),
+            inputs: [("corpus".to_string(), corpus.clone())].into(),
+            output: ctx.out_dir.to_path_buf(),
+            threads: ctx.threads.max(1),
+        };
+        let stats = run_worker(ctx, &job);
+        // The corpus is SGD's text again: not worth a place in the cache.
+        let _ = std::fs::remove_dir_all(&corpus);
+        for (k, v) in stats? {
+            ctx.stat(&k, v);
+        }
+        let total: u64 = services.values().filter_map(Value::as_u64).sum();
+        ctx.stat("services", services.len());
+        ctx.stat("conversations", total);
+        ctx.stat("per_service", Value::Object(services));
+        Ok(())
+    }
+}
+
+/// Writes `<service>.jsonl` and `<service>.tools.json` into `dir` for every kept service;
+/// returns the conversations written per service.
+fn write_corpus(
+    sgd_dir: &Path,
+    c: &CorpusParams,
+    dir: &Path,
+) -> Result<serde_json::Map<String, Value>, StepError> {
+    let excluded: BTreeSet<&str> = c.exclude.iter().map(String::as_str).collect();
+    let by_service = sgd::read_single_service(sgd_dir, &c.splits, &|s| !excluded.contains(s))
+        .map_err(|e| StepError::Data(e.to_string()))?;
+    std::fs::create_dir_all(dir).map_err(|e| StepError::io(dir, e))?;
+    let mut counts = serde_json::Map::new();
+    for (service, mut convs) in by_service {
+        if c.per_service > 0 {
+            convs.truncate(c.per_service);
+        }
+        let schema = sgd::find_service_schema(sgd_dir, &service)
+            .map_err(|e| StepError::Data(e.to_string()))?;
+        let tools = sgd::service_to_toolset(&schema.service, DEFAULT_RESPOND)
+            .map_err(|e| StepError::Data(format!("{}: {e}", schema.path.display())))?;
+        let tools_path = dir.join(format!("{service}.tools.json"));
+        let text = serde_json::to_string(&tools.to_openai(true)).expect("JSON");
+        std::fs::write(&tools_path, text).map_err(|e| StepError::io(&tools_path, e))?;
+        let path = dir.join(format!("{service}.jsonl"));
+        crate::formats::write_conversations(&path, &convs).map_err(|e| StepError::io(&path, e))?;
+        counts.insert(service, json!(convs.len()));
+    }
+    Ok(counts)
+}
