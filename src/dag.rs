@@ -333,12 +333,14 @@ pub fn build(exp: &Experiment) -> Result<Dag, ConfigError> {
                     let inputs = b.wire(*step, &params, &chain, &|m| {
                         exp.error(&format!("pipelines.{}.steps[{i}]", p.name), m)
                     })?;
-                    let n = b.add(
-                        *step,
-                        params,
-                        inputs,
-                        format!("{}/{}", cell.label(), step.kind()),
-                    );
+                    // A step that reads nothing of the cell (pretrain) is the same in every
+                    // cell: it is named by its kind alone, as the report is.
+                    let label = if inputs.is_empty() {
+                        step.kind().to_string()
+                    } else {
+                        format!("{}/{}", cell.label(), step.kind())
+                    };
+                    let n = b.add(*step, params, inputs, label);
                     for a in step.produces() {
                         chain.insert(*a, n);
                     }
