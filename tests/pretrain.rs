@@ -4,6 +4,8 @@
 //! file with the same pretraining; a student fine-tuned from it starts below a from-scratch
 //! student's loss on the same batches (same tokenizer, same seed).
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -213,4 +215,50 @@ base = "pretrained"
     );
     assert_eq!(ran(&events), 0, "cached");
     assert_eq!(manifests(root, "pretrain").len(), 1);
+}
+
+#[test]
+fn a_jsonl_corpus_is_grouped_by_its_lines_tools_and_a_line_without_tools_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    project(root);
+    let line = |i: usize, function: &str, tools: Option<&Value>| {
+        let mut v = common::small_conversation(i, function);
+        if let Some(t) = tools {
+            v["tools"] = t.clone();
+        }
+        v.to_string()
+    };
+    let restaurants = common::small_tools();
+    let other = common::restaurant_tools();
+    let mut lines: Vec<String> = (0..6)
+        .map(|i| line(i, "FindRestaurants", Some(&restaurants)))
+        .collect();
+    lines.extend((6..10).map(|i| line(i, "FindRestaurants", Some(&other))));
+    std::fs::write(root.join("data/corpus.jsonl"), lines.join("\n") + "\n").unwrap();
+    let pipelines = "\n[pipelines.p]\nsteps = [\"pretrain\", \"train\"]\n\n\
+        [overrides.p.train]\nbase = \"pretrained\"\n\n\
+        [pretrain.corpus]\nformat = \"jsonl\"\npath = \"data/corpus.jsonl\"\n";
+    run(root, "j", pipelines);
+    let m = &manifests(root, "pretrain")[0];
+    assert_eq!(
+        m["stats"]["per_service"],
+        json!({"tools-1": 6, "tools-2": 4})
+    );
+
+    lines.push(line(10, "FindRestaurants", None));
+    std::fs::write(root.join("data/corpus.jsonl"), lines.join("\n") + "\n").unwrap();
+    let text = EXPERIMENT.replace("NAME", "j") + pipelines;
+    std::fs::write(root.join("experiments/j.toml"), text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tracelab"))
+        .args(["run", "experiments/j.toml"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("corpus.jsonl:11: no \"tools\" list"),
+        "{stderr}"
+    );
 }

@@ -16,8 +16,9 @@ use serde_json::{json, Value};
 use super::tokenizer::MIN_VOCAB;
 use super::train::{run_worker, worker_resource};
 use super::{canonicalize, Artifact, ParamError, Resource, Step, StepContext, StepError};
+use crate::conversation::Conversation;
 use crate::formats::sgd;
-use crate::tools::DEFAULT_RESPOND;
+use crate::tools::{ToolSet, DEFAULT_RESPOND};
 use tracelab_core::job::WorkerJob;
 pub use tracelab_core::job::{CorpusParams, PretrainParams};
 
@@ -46,13 +47,20 @@ impl Step for Pretrain {
             path: path.into(),
             message: message.into(),
         };
-        if canonical["corpus"]["format"] != "sgd" {
-            return Err(err("corpus.format", "the pretraining corpus reads \"sgd\""));
+        match canonical["corpus"]["format"].as_str() {
+            Some("sgd" | "jsonl") => {}
+            _ => {
+                return Err(err(
+                    "corpus.format",
+                    "the pretraining corpus is \"sgd\" (a directory in SGD's layout) or \"jsonl\" \
+                     (OpenAI chat JSONL whose lines carry their \"tools\")",
+                ))
+            }
         }
         if canonical["corpus"]["path"] == "" {
             return Err(err(
                 "corpus.path",
-                "no SGD directory (data.path is not SGD's?)",
+                "no corpus: data.path is not SGD's, so name one ([pretrain.corpus] path)",
             ));
         }
         let train = super::train::Train.canonical_params(&canonical["train"])?;
@@ -83,6 +91,15 @@ impl Step for Pretrain {
     fn external_files(&self, params: &Value, root: &Path) -> Result<Vec<PathBuf>, StepError> {
         let p: PretrainParams = super::typed(params)?;
         let dir = Path::new(&p.corpus.path);
+        if p.corpus.format == "jsonl" {
+            if !root.join(dir).is_file() {
+                return Err(StepError::MissingFile {
+                    key: "corpus.path".into(),
+                    message: format!("{}: no such file", root.join(dir).display()),
+                });
+            }
+            return Ok(vec![dir.to_path_buf()]);
+        }
         let mut files = Vec::new();
         for f in sgd::dialogue_files(&root.join(dir), &p.corpus.splits)
             .map_err(|e| StepError::Data(e.to_string()))?
@@ -133,26 +150,23 @@ impl Step for Pretrain {
     }
 }
 
-/// Writes `<service>.jsonl` and `<service>.tools.json` into `dir` for every kept service;
-/// returns the conversations written per service.
+/// Writes `<service>.jsonl` and `<service>.tools.json` into `dir` for every kept service (or
+/// tool set, for a JSONL corpus); returns the conversations written per service.
 fn write_corpus(
-    sgd_dir: &Path,
+    corpus: &Path,
     c: &CorpusParams,
     dir: &Path,
 ) -> Result<serde_json::Map<String, Value>, StepError> {
-    let excluded: BTreeSet<&str> = c.exclude.iter().map(String::as_str).collect();
-    let by_service = sgd::read_single_service(sgd_dir, &c.splits, &|s| !excluded.contains(s))
-        .map_err(|e| StepError::Data(e.to_string()))?;
+    let groups = match c.format.as_str() {
+        "jsonl" => jsonl_groups(corpus)?,
+        _ => sgd_groups(corpus, c)?,
+    };
     std::fs::create_dir_all(dir).map_err(|e| StepError::io(dir, e))?;
     let mut counts = serde_json::Map::new();
-    for (service, mut convs) in by_service {
+    for (service, tools, mut convs) in groups {
         if c.per_service > 0 {
             convs.truncate(c.per_service);
         }
-        let schema = sgd::find_service_schema(sgd_dir, &service)
-            .map_err(|e| StepError::Data(e.to_string()))?;
-        let tools = sgd::service_to_toolset(&schema.service, DEFAULT_RESPOND)
-            .map_err(|e| StepError::Data(format!("{}: {e}", schema.path.display())))?;
         let tools_path = dir.join(format!("{service}.tools.json"));
         let text = serde_json::to_string(&tools.to_openai(true)).expect("JSON");
         std::fs::write(&tools_path, text).map_err(|e| StepError::io(&tools_path, e))?;
@@ -161,4 +175,55 @@ fn write_corpus(
         counts.insert(service, json!(convs.len()));
     }
     Ok(counts)
+}
+
+/// One service of the corpus: its name, tools and conversations.
+type Group = (String, ToolSet, Vec<Conversation>);
+
+/// SGD's single-service dialogues by service, the excluded services left out.
+fn sgd_groups(sgd_dir: &Path, c: &CorpusParams) -> Result<Vec<Group>, StepError> {
+    let excluded: BTreeSet<&str> = c.exclude.iter().map(String::as_str).collect();
+    let by_service = sgd::read_single_service(sgd_dir, &c.splits, &|s| !excluded.contains(s))
+        .map_err(|e| StepError::Data(e.to_string()))?;
+    by_service
+        .into_iter()
+        .map(|(service, convs)| {
+            let schema = sgd::find_service_schema(sgd_dir, &service)
+                .map_err(|e| StepError::Data(e.to_string()))?;
+            let tools = sgd::service_to_toolset(&schema.service, DEFAULT_RESPOND)
+                .map_err(|e| StepError::Data(format!("{}: {e}", schema.path.display())))?;
+            Ok((service, tools, convs))
+        })
+        .collect()
+}
+
+/// An OpenAI chat JSONL corpus whose every line declares its `tools`: one group per distinct
+/// tool list (`tools-1`, `tools-2` … in order of first appearance).
+fn jsonl_groups(path: &Path) -> Result<Vec<Group>, StepError> {
+    let read = crate::formats::read_conversations(path, crate::formats::OnBadTrace::Error)
+        .map_err(|e| StepError::Data(e.to_string()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| StepError::io(path, e))?;
+    let lines: Vec<&str> = text.lines().collect();
+    let mut groups: Vec<(Value, Group)> = Vec::new();
+    for (c, lineno) in read.conversations.into_iter().zip(read.lines) {
+        let v: Value = serde_json::from_str(lines[lineno - 1]).expect("parsed above");
+        let Some(tools) = v.get("tools").filter(|t| t.is_array()) else {
+            return Err(StepError::Data(format!(
+                "{}:{lineno}: no \"tools\" list: a pretraining corpus renders each \
+                 conversation with the tools it was written against",
+                path.display()
+            )));
+        };
+        match groups.iter_mut().find(|(t, _)| t == tools) {
+            Some((_, g)) => g.2.push(c),
+            None => {
+                let origin = format!("{}:{lineno}", path.display());
+                let set = ToolSet::from_openai(tools, DEFAULT_RESPOND, &[], &origin)
+                    .map_err(|e| StepError::Data(e.to_string()))?;
+                let name = format!("tools-{}", groups.len() + 1);
+                groups.push((tools.clone(), (name, set, vec![c])));
+            }
+        }
+    }
+    Ok(groups.into_iter().map(|(_, g)| g).collect())
 }
