@@ -262,3 +262,26 @@ fn a_jsonl_corpus_is_grouped_by_its_lines_tools_and_a_line_without_tools_is_refu
         "{stderr}"
     );
 }
+
+#[test]
+fn a_base_fine_tuned_with_another_tokenizer_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    project(root);
+    // Same vocabulary size, other ids: the cell's own tokenizer after the base's.
+    let text = EXPERIMENT.replace("NAME", "t")
+        + "\n[pipelines.p]\nsteps = [\"pretrain\", \"tokenizer\", \"train\"]\n\n\
+           [overrides.p.train]\nbase = \"pretrained\"\n";
+    std::fs::write(root.join("experiments/t.toml"), text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tracelab"))
+        .args(["run", "experiments/t.toml"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("is not the pretrained base's") && stderr.contains("put `pretrain`"),
+        "{stderr}"
+    );
+}

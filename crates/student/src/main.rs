@@ -125,6 +125,23 @@ fn load_tiny(job: &WorkerJob, p: PredictParams) -> Result<serve::Served, WorkerE
     })
 }
 
+/// Refuses to fine-tune a pretrained base with a tokenizer other than its own: a vocabulary of
+/// the same size with other ids would train, on garbage.
+fn same_tokenizer(tokenizer: &Path, base: &Path) -> Result<(), WorkerError> {
+    let own = pretrain::base_tokenizer(base);
+    let read = |p: &Path| std::fs::read(p).map_err(|e| WorkerError::io(p, e));
+    if read(tokenizer)? != read(&own)? {
+        return Err(WorkerError::Invalid(format!(
+            "the tokenizer {} is not the pretrained base's ({}): a student fine-tuned from the \
+             base must use its tokenizer (put `pretrain`, not `tokenizer`, before `train` in the \
+             pipeline)",
+            tokenizer.display(),
+            own.display()
+        )));
+    }
+    Ok(())
+}
+
 fn run(job: &WorkerJob) -> Result<Value, WorkerError> {
     tch::set_num_threads(job.threads.max(1) as i32);
     match job.task.as_str() {
@@ -185,6 +202,9 @@ fn run(job: &WorkerJob) -> Result<Value, WorkerError> {
                 .map_err(WorkerError::Invalid)?;
             let convs = data::read_conversations(input(job, "traces")?)?;
             let base = job.inputs.get("base_model").map(PathBuf::as_path);
+            if let Some(dir) = base {
+                same_tokenizer(input(job, "tokenizer")?, dir)?;
+            }
             train::train(
                 &p,
                 &tpl,

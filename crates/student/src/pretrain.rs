@@ -13,6 +13,15 @@ use crate::template::{ChatTemplate, Window};
 use crate::train::{fit, save, tiny_config, Fitted, ValueRules};
 use crate::{corpus_texts, data, tokenizer, Progress, WorkerError};
 
+/// Where a pretrained base's tokenizer is, given its `model/` directory: beside it, in the
+/// `pretrain` step's output, as `tokenizer.json`.
+pub fn base_tokenizer(model_dir: &Path) -> std::path::PathBuf {
+    model_dir
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("tokenizer.json")
+}
+
 /// One service of the corpus: its tools and conversations.
 pub struct Service {
     /// The service's name.
