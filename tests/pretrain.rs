@@ -113,20 +113,33 @@ context = 256
 epochs = 2
 "#;
 
-fn run(root: &Path, name: &str, pipelines: &str) -> Vec<Value> {
+/// Writes `experiments/<name>.toml` (the fixture's experiment and these pipelines) and runs it.
+fn tracelab_run(root: &Path, name: &str, pipelines: &str) -> std::process::Output {
     let text = EXPERIMENT.replace("NAME", name) + pipelines;
     std::fs::write(root.join(format!("experiments/{name}.toml")), text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tracelab"))
+    Command::new(env!("CARGO_BIN_EXE_tracelab"))
         .args(["run", &format!("experiments/{name}.toml"), "--json"])
         .current_dir(root)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// A run that must succeed: its events.
+fn run(root: &Path, name: &str, pipelines: &str) -> Vec<Value> {
+    let out = tracelab_run(root, name, pipelines);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{name} failed:\n{stderr}");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
+}
+
+/// A run that must fail: what it printed on stderr.
+fn run_failing(root: &Path, name: &str, pipelines: &str) -> String {
+    let out = tracelab_run(root, name, pipelines);
+    assert!(!out.status.success(), "{name} should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Manifests of the committed entries of one step kind.
@@ -248,15 +261,7 @@ fn a_jsonl_corpus_is_grouped_by_its_lines_tools_and_a_line_without_tools_is_refu
 
     lines.push(line(10, "FindRestaurants", None));
     std::fs::write(root.join("data/corpus.jsonl"), lines.join("\n") + "\n").unwrap();
-    let text = EXPERIMENT.replace("NAME", "j") + pipelines;
-    std::fs::write(root.join("experiments/j.toml"), text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tracelab"))
-        .args(["run", "experiments/j.toml"])
-        .current_dir(root)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = run_failing(root, "j", pipelines);
     assert!(
         stderr.contains("corpus.jsonl:11: no \"tools\" list"),
         "{stderr}"
@@ -269,17 +274,12 @@ fn a_base_fine_tuned_with_another_tokenizer_is_refused() {
     let root = tmp.path();
     project(root);
     // Same vocabulary size, other ids: the cell's own tokenizer after the base's.
-    let text = EXPERIMENT.replace("NAME", "t")
-        + "\n[pipelines.p]\nsteps = [\"pretrain\", \"tokenizer\", \"train\"]\n\n\
-           [overrides.p.train]\nbase = \"pretrained\"\n";
-    std::fs::write(root.join("experiments/t.toml"), text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tracelab"))
-        .args(["run", "experiments/t.toml"])
-        .current_dir(root)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = run_failing(
+        root,
+        "t",
+        "\n[pipelines.p]\nsteps = [\"pretrain\", \"tokenizer\", \"train\"]\n\n\
+         [overrides.p.train]\nbase = \"pretrained\"\n",
+    );
     assert!(
         stderr.contains("is not the pretrained base's") && stderr.contains("put `pretrain`"),
         "{stderr}"

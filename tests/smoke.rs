@@ -286,7 +286,10 @@ fn outputs_change_only_with_their_step_version(root: &Path) {
             if let Some(p) = g.get_mut("params").and_then(|p| p.get_mut("path")) {
                 *p = Value::Null;
             }
-            if let Some(p) = g.get_mut("params").and_then(|p| p.pointer_mut("/corpus/path")) {
+            if let Some(p) = g
+                .get_mut("params")
+                .and_then(|p| p.pointer_mut("/corpus/path"))
+            {
                 *p = Value::Null;
             }
             if let Some(Value::Array(files)) = g.get_mut("external") {
