@@ -240,7 +240,7 @@ fn a_failing_job_is_retried_then_fails_its_step_with_job_and_log_and_its_depende
     };
     let tmp = project("[slurm]\nretries = 1\n");
     let root = tmp.path();
-    // A real failure: the tokenizer step cannot start its student worker on the node.
+    // A real failure: the pretrain step cannot start its student worker on the node.
     let out = smoke(
         root,
         &sgd,
@@ -254,8 +254,8 @@ fn a_failing_job_is_retried_then_fails_its_step_with_job_and_log_and_its_depende
     assert_eq!(counts(&stderr).0, 2, "one retry, then the step fails");
     let line = stderr
         .lines()
-        .find(|l| l.trim_start().starts_with("clean/direct/s1/tokenizer:"))
-        .unwrap_or_else(|| panic!("no failure line for the tokenizer:\n{stderr}"));
+        .find(|l| l.trim_start().starts_with("pretrain:"))
+        .unwrap_or_else(|| panic!("no failure line for pretrain:\n{stderr}"));
     assert!(
         line.contains("no-such-worker"),
         "the step's own cause: {line}"
@@ -266,7 +266,7 @@ fn a_failing_job_is_retried_then_fails_its_step_with_job_and_log_and_its_depende
     );
     let log = line.rsplit("log ").next().unwrap().trim_end_matches(']');
     let text = std::fs::read_to_string(log).unwrap();
-    assert!(text.contains("clean/direct/s1/tokenizer"), "{text}");
+    assert!(text.contains("tracelab exec-step pretrain"), "{text}");
     let ev = events(&out.stdout);
     for after in [
         "clean/direct/s1/train",
