@@ -287,30 +287,109 @@ pub fn find_service_schema(root: &Path, service: &str) -> Result<ServiceSchema, 
 /// How many dialogues [`read_dialogues`] would select, without converting them: an experiment
 /// checks the size of its pool when it is loaded.
 pub fn count_dialogues(root: &Path, sel: &Selection) -> Result<usize, FormatError> {
-    /// A dialogue's `services`, the rest skipped unread: counting runs at every load of an
-    /// experiment, and building whole JSON values for 40 MB of dialogues cost a second.
-    #[derive(serde::Deserialize)]
-    struct Services {
-        services: Vec<String>,
-    }
+    let mut memo = ServicesMemo::load();
     let mut n = 0;
     for file in dialogue_files(root, &sel.splits)? {
-        let text = std::fs::read_to_string(&file).map_err(|e| FormatError::io(&file, e))?;
+        for (services, count) in memo.counts(&file)? {
+            let services: Vec<&str> = services.split('\t').collect();
+            if sel.selects(&services) {
+                n += count;
+            }
+        }
+    }
+    memo.save();
+    Ok(n)
+}
+
+/// How many dialogues of each `services` list the dialogue files hold, remembered by each
+/// file's size, modification time and inode in the system's temporary directory: the pool is
+/// counted at every load of an experiment, and reading 40 MB of dialogues each time cost more
+/// than everything else a no-op run does. A missing or unreadable memo is only a miss.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct ServicesMemo {
+    /// Absolute path → what was counted.
+    files: BTreeMap<String, FileCounts>,
+    #[serde(skip)]
+    changed: bool,
+}
+
+#[derive(Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct FileCounts {
+    size: u64,
+    mtime_ns: u128,
+    inode: u64,
+    /// Services joined by tabs → dialogues.
+    counts: BTreeMap<String, usize>,
+}
+
+impl ServicesMemo {
+    fn path() -> PathBuf {
+        std::env::temp_dir().join("tracelab-sgd-services.json")
+    }
+
+    fn load() -> ServicesMemo {
+        std::fs::read(Self::path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn save(&self) {
+        if !self.changed {
+            return;
+        }
+        let path = Self::path();
+        let tmp = path.with_extension(format!("json.{}", std::process::id()));
+        let text = serde_json::to_vec(self).expect("memo serializes");
+        if std::fs::write(&tmp, text).is_ok() && std::fs::rename(&tmp, &path).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+
+    /// The counts of one file: remembered while its stat is unchanged, else read.
+    fn counts(&mut self, file: &Path) -> Result<BTreeMap<String, usize>, FormatError> {
+        use std::os::unix::fs::MetadataExt;
+        /// A dialogue's `services`, the rest skipped unread.
+        #[derive(serde::Deserialize)]
+        struct Services {
+            services: Vec<String>,
+        }
+        let meta = std::fs::metadata(file).map_err(|e| FormatError::io(file, e))?;
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let key = std::path::absolute(file)
+            .unwrap_or_else(|_| file.to_path_buf())
+            .to_string_lossy()
+            .into_owned();
+        if let Some(f) = self.files.get(&key) {
+            if f.size == meta.len() && f.mtime_ns == mtime_ns && f.inode == meta.ino() {
+                return Ok(f.counts.clone());
+            }
+        }
+        let text = std::fs::read_to_string(file).map_err(|e| FormatError::io(file, e))?;
         let dialogues: Vec<Services> =
             serde_json::from_str(&text).map_err(|e| FormatError::Invalid {
                 file: file.display().to_string(),
                 line: e.line(),
                 message: format!("bad JSON: {e}"),
             })?;
-        n += dialogues
-            .iter()
-            .filter(|d| {
-                let services: Vec<&str> = d.services.iter().map(String::as_str).collect();
-                sel.selects(&services)
-            })
-            .count();
+        let mut counts = BTreeMap::new();
+        for d in dialogues {
+            *counts.entry(d.services.join("\t")).or_insert(0) += 1;
+        }
+        let entry = FileCounts {
+            size: meta.len(),
+            mtime_ns,
+            inode: meta.ino(),
+            counts: counts.clone(),
+        };
+        self.files.insert(key, entry);
+        self.changed = true;
+        Ok(counts)
     }
-    Ok(n)
 }
 
 /// Converts one SGD service schema into tools (see the module documentation); the reply function
@@ -389,4 +468,44 @@ pub fn service_to_toolset(service: &Value, respond_name: &str) -> Result<ToolSet
     functions.sort_by_key(|f| f.kind);
     functions.push(ToolSet::respond_function(respond_name));
     Ok(ToolSet { functions })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_count_is_remembered_until_a_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let train = dir.path().join("train");
+        std::fs::create_dir_all(&train).unwrap();
+        let file = train.join("dialogues_001.json");
+        let write = |services: &[&[&str]]| {
+            let list: Vec<Value> = services.iter().map(|s| json!({"services": s})).collect();
+            std::fs::write(&file, Value::from(list).to_string()).unwrap();
+        };
+        let sel = Selection {
+            service: "A_1".into(),
+            splits: vec!["train".into()],
+            single_domain: true,
+        };
+        write(&[&["A_1"], &["A_1", "B_1"], &["A_1"]]);
+        assert_eq!(count_dialogues(dir.path(), &sel).unwrap(), 2);
+        assert_eq!(
+            count_dialogues(dir.path(), &sel).unwrap(),
+            2,
+            "from the memo"
+        );
+        let any = Selection {
+            single_domain: false,
+            ..sel.clone()
+        };
+        assert_eq!(count_dialogues(dir.path(), &any).unwrap(), 3);
+        write(&[&["A_1"]]);
+        assert_eq!(
+            count_dialogues(dir.path(), &sel).unwrap(),
+            1,
+            "a changed file is recounted"
+        );
+    }
 }
