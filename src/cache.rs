@@ -139,7 +139,7 @@ pub struct FileStat {
 }
 
 impl FileStat {
-    fn of(meta: &fs::Metadata) -> FileStat {
+    pub(crate) fn of(meta: &fs::Metadata) -> FileStat {
         use std::os::unix::fs::MetadataExt;
         let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
         FileStat {
@@ -154,7 +154,7 @@ impl FileStat {
     /// times come from a coarse clock (one tick can be 10 ms), so an edit in the same tick as
     /// the recording would leave every field unchanged ("racy" files, as git calls them).
     /// Such a file is re-hashed at its next lookup, which records its stat then.
-    fn recordable(meta: &fs::Metadata) -> Option<FileStat> {
+    pub(crate) fn recordable(meta: &fs::Metadata) -> Option<FileStat> {
         let stat = FileStat::of(meta);
         let now = std::time::SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Map, Value};
 
 use super::FormatError;
+use crate::cache::FileStat;
 use crate::conversation::{Arguments, Conversation, Message, ToolCall};
 use crate::tools::{Function, FunctionKind, ToolSet};
 
@@ -315,9 +316,9 @@ struct ServicesMemo {
 
 #[derive(Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 struct FileCounts {
-    size: u64,
-    mtime_ns: u128,
-    inode: u64,
+    /// The file's identity when counted (the cache's own notion: a same-tick edit is never
+    /// remembered, see [`FileStat::recordable`]).
+    stat: FileStat,
     /// Services joined by tabs → dialogues.
     counts: BTreeMap<String, usize>,
 }
@@ -348,24 +349,18 @@ impl ServicesMemo {
 
     /// The counts of one file: remembered while its stat is unchanged, else read.
     fn counts(&mut self, file: &Path) -> Result<BTreeMap<String, usize>, FormatError> {
-        use std::os::unix::fs::MetadataExt;
         /// A dialogue's `services`, the rest skipped unread.
         #[derive(serde::Deserialize)]
         struct Services {
             services: Vec<String>,
         }
         let meta = std::fs::metadata(file).map_err(|e| FormatError::io(file, e))?;
-        let mtime_ns = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
         let key = std::path::absolute(file)
             .unwrap_or_else(|_| file.to_path_buf())
             .to_string_lossy()
             .into_owned();
         if let Some(f) = self.files.get(&key) {
-            if f.size == meta.len() && f.mtime_ns == mtime_ns && f.inode == meta.ino() {
+            if f.stat == FileStat::of(&meta) {
                 return Ok(f.counts.clone());
             }
         }
@@ -380,14 +375,14 @@ impl ServicesMemo {
         for d in dialogues {
             *counts.entry(d.services.join("\t")).or_insert(0) += 1;
         }
-        let entry = FileCounts {
-            size: meta.len(),
-            mtime_ns,
-            inode: meta.ino(),
-            counts: counts.clone(),
-        };
-        self.files.insert(key, entry);
-        self.changed = true;
+        if let Some(stat) = FileStat::recordable(&meta) {
+            let entry = FileCounts {
+                stat,
+                counts: counts.clone(),
+            };
+            self.files.insert(key, entry);
+            self.changed = true;
+        }
         Ok(counts)
     }
 }
@@ -489,8 +484,22 @@ mod tests {
             splits: vec!["train".into()],
             single_domain: true,
         };
+        let remembered = |file: &Path| {
+            let key = std::path::absolute(file)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            ServicesMemo::load().files.contains_key(&key)
+        };
         write(&[&["A_1"], &["A_1", "B_1"], &["A_1"]]);
         assert_eq!(count_dialogues(dir.path(), &sel).unwrap(), 2);
+        assert!(
+            !remembered(&file),
+            "a file changed this tick is not remembered (racy)"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        assert_eq!(count_dialogues(dir.path(), &sel).unwrap(), 2);
+        assert!(remembered(&file));
         assert_eq!(
             count_dialogues(dir.path(), &sel).unwrap(),
             2,

@@ -200,28 +200,35 @@ fn sgd_groups(sgd_dir: &Path, c: &CorpusParams) -> Result<Vec<Group>, StepError>
 /// An OpenAI chat JSONL corpus whose every line declares its `tools`: one group per distinct
 /// tool list (`tools-1`, `tools-2` … in order of first appearance).
 fn jsonl_groups(path: &Path) -> Result<Vec<Group>, StepError> {
-    let read = crate::formats::read_conversations(path, crate::formats::OnBadTrace::Error)
-        .map_err(|e| StepError::Data(e.to_string()))?;
     let text = std::fs::read_to_string(path).map_err(|e| StepError::io(path, e))?;
-    let lines: Vec<&str> = text.lines().collect();
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     let mut groups: Vec<(Value, Group)> = Vec::new();
-    for (c, lineno) in read.conversations.into_iter().zip(read.lines) {
-        let v: Value = serde_json::from_str(lines[lineno - 1]).expect("parsed above");
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = format!("{}:{}", path.display(), i + 1);
+        let bad = |message: String| StepError::Data(format!("{at}: {message}"));
+        let c =
+            crate::formats::openai::parse_line(line, &format!("{name}:{}", i + 1)).map_err(bad)?;
+        let v: Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
         let Some(tools) = v.get("tools").filter(|t| t.is_array()) else {
-            return Err(StepError::Data(format!(
-                "{}:{lineno}: no \"tools\" list: a pretraining corpus renders each \
-                 conversation with the tools it was written against",
-                path.display()
-            )));
+            return Err(bad(
+                "no \"tools\" list: a pretraining corpus renders each conversation with the \
+                 tools it was written against"
+                    .into(),
+            ));
         };
         match groups.iter_mut().find(|(t, _)| t == tools) {
             Some((_, g)) => g.2.push(c),
             None => {
-                let origin = format!("{}:{lineno}", path.display());
-                let set = ToolSet::from_openai(tools, DEFAULT_RESPOND, &[], &origin)
+                let set = ToolSet::from_openai(tools, DEFAULT_RESPOND, &[], &at)
                     .map_err(|e| StepError::Data(e.to_string()))?;
-                let name = format!("tools-{}", groups.len() + 1);
-                groups.push((tools.clone(), (name, set, vec![c])));
+                let group = format!("tools-{}", groups.len() + 1);
+                groups.push((tools.clone(), (group, set, vec![c])));
             }
         }
     }
