@@ -17,14 +17,14 @@ use tracelab::judge::{judge_rows, parse_call, JudgeOptions, JudgeSetup, Row};
 use tracelab::task::Task;
 use tracelab::tools::ToolSet;
 
-/// Agreement floors: a change that lowers agreement below them fails here. Constructed: all 25
+/// Agreement floors: a change that lowers agreement below them fails here. Constructed: all 35
 /// agree. Drawn: just under what the judge reached on each half when the labels were recorded
 /// (see the README), so a change that costs more than a pair or two fails.
 const CONSTRUCTED_FLOOR: f64 = 1.0;
 const DRAWN_DEV_FLOOR: f64 = DRAWN_DEV_MEASURED - 0.015;
 const DRAWN_TEST_FLOOR: f64 = DRAWN_TEST_MEASURED - 0.015;
-const DRAWN_DEV_MEASURED: f64 = 0.862;
-const DRAWN_TEST_MEASURED: f64 = 0.781;
+const DRAWN_DEV_MEASURED: f64 = 0.950;
+const DRAWN_TEST_MEASURED: f64 = 0.888;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/judge-labels")
@@ -104,8 +104,9 @@ fn judged(items: &[Labelled]) -> Vec<(&Labelled, String, String)> {
     out
 }
 
-/// Prints the report and returns the agreement.
-fn report(name: &str, items: &[Labelled]) -> f64 {
+/// Prints the report and returns the agreement. Disagreements are listed only where `show` (not
+/// for the drawn `test` half, which is reported, never looked into).
+fn report(name: &str, items: &[Labelled], show: bool) -> f64 {
     let judged = judged(items);
     let agree = judged
         .iter()
@@ -147,7 +148,7 @@ fn report(name: &str, items: &[Labelled]) -> f64 {
             pct(*lj, *lab)
         );
     }
-    for (l, c, reason) in &judged {
+    for (l, c, reason) in judged.iter().filter(|_| show) {
         if l.good != (c == "good") {
             println!(
                 "  disagree {}: labelled {}, judge {c}: {reason}",
@@ -174,7 +175,7 @@ fn constructed_cases_of_each_class() {
         assert!(classes.contains(c), "no constructed case of {c}");
     }
     assert!(items.iter().any(|l| l.domain != "restaurants"));
-    let agreement = report("constructed", &items);
+    let agreement = report("constructed", &items, true);
     assert!(
         agreement >= CONSTRUCTED_FLOOR,
         "agreement {agreement:.3} < {CONSTRUCTED_FLOOR}"
@@ -188,8 +189,8 @@ fn drawn_pairs_from_students() {
     let (dev, test): (Vec<Labelled>, Vec<Labelled>) =
         items.into_iter().partition(|l| l.split == "dev");
     assert!(!dev.is_empty() && test.iter().all(|l| l.split == "test"));
-    let d = report("drawn dev", &dev);
-    let t = report("drawn test", &test);
+    let d = report("drawn dev", &dev, true);
+    let t = report("drawn test", &test, false);
     assert!(
         d >= DRAWN_DEV_FLOOR,
         "dev agreement {d:.3} < {DRAWN_DEV_FLOOR}"

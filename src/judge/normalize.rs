@@ -82,6 +82,11 @@ impl Synonyms {
         v
     }
 
+    /// Every group: its folded canonical value and alternatives.
+    pub fn groups(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.groups.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
     /// The canonical value a folded phrase is an alternative of, if any.
     pub fn canonical_of(&self, phrase: &str) -> Option<&str> {
         self.groups

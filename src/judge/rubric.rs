@@ -16,6 +16,7 @@
 //! words for facts come from the field names plus the synonym table.
 
 mod dialogue;
+mod grounding;
 
 use std::collections::BTreeSet;
 
@@ -582,25 +583,25 @@ impl<'a> Rubric<'a> {
             .check_booking(ctx, &message, &clauses)
             .map(|p| (Fault::FalseOutcome, p));
         let mut problems: Vec<(Fault, String)> = against_results.chain(outcome).collect();
-        let mut dialogue = self.check_dialogue(ctx, &message, &clauses);
+        let r = reply_text(reference);
+        let mut dialogue = self.check_dialogue(ctx, &message, &clauses, &r);
         if !dialogue.is_empty() {
             // The reference shows what was right at this point: a reply is not faulted for
             // what the reference does too (SGD's own replies sometimes answer a question
             // instead of reporting a booking).
-            let r = reply_text(reference);
             let rc = claims(&r, &names);
             // The same check on the same kind of value or field (the reason without its quoted
             // values): a reference that states a default count exempts no re-asked city.
             let same: Vec<(Fault, String)> = self
-                .check_dialogue(ctx, &r, &rc)
+                .check_dialogue(ctx, &r, &rc, &r)
                 .into_iter()
                 .map(|(f, why)| (f, unquoted(&why)))
                 .collect();
             dialogue.retain(|(f, why)| !same.contains(&(*f, unquoted(why))));
         }
         problems.extend(dialogue);
-        let r = reply_text(reference);
         problems.extend(self.check_swapped(ctx, &r, &message));
+        problems.extend(self.check_unsaid(ctx, &r, &message));
         problems.extend(self.check_closing(ctx, &r, &message));
         problems.extend(self.check_presents_results(ctx, &r, &message));
         problems.extend(self.check_outcome_as_referenced(ctx, &r, &message));
@@ -1022,6 +1023,12 @@ const SUCCESS_PHRASES: &[&str] = &[
     "is made",
     "was made",
     "went through",
+    // "I have a 13:15 reservation for 6" claims one exists.
+    "i have a",
+    "i have an",
+    "ive made",
+    "i have made",
+    "i made",
 ];
 /// Words of a reply that asks the user to confirm details rather than reporting a result.
 const CONFIRMATION_CUES: &[&str] = &["confirm", "confirmation", "verify", "correct", "review"];
@@ -1130,7 +1137,7 @@ fn push_clauses(sentence: &str, names: &[String], out: &mut Vec<Clause>) {
     if lower.starts_with("if ") || lower.starts_with("would you") || lower.starts_with("do you") {
         return;
     }
-    for part in sentence.split([',', ':', '(', ')']) {
+    for part in clause_parts(sentence) {
         // Mask names first, so "and" inside "Chili's Grill & Bar" does not split a clause.
         let mut ws: Vec<String> = words_of(part);
         let mut found: Vec<Option<String>> = vec![None; ws.len()];
@@ -1167,6 +1174,26 @@ fn push_clauses(sentence: &str, names: &[String], out: &mut Vec<Clause>) {
             out.push(clause);
         }
     }
+}
+
+/// A sentence's parts between commas, parentheses and colons, but not the colon of a time
+/// ("an 13:15 reservation" is one part).
+fn clause_parts(sentence: &str) -> Vec<&str> {
+    let bytes = sentence.as_bytes();
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for (i, c) in sentence.char_indices() {
+        let in_time = c == ':'
+            && i > 0
+            && bytes[i - 1].is_ascii_digit()
+            && bytes.get(i + 1).is_some_and(u8::is_ascii_digit);
+        if matches!(c, ',' | ':' | '(' | ')') && !in_time {
+            parts.push(&sentence[start..i]);
+            start = i + 1;
+        }
+    }
+    parts.push(&sentence[start..]);
+    parts
 }
 
 fn words_of(s: &str) -> Vec<String> {

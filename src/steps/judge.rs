@@ -74,7 +74,10 @@ impl Step for Judge {
         // 6: no built-in synonyms (the task file's only); swapped values contradict the user.
         // 7: closing replies that leave the user unanswered; outcomes the reference reports
         // where the record is ambiguous; "found 1"; negated categories; overridden defaults.
-        7
+        // 8: repeated replies, names nobody said, a city given in words asked again, values
+        // the user just gave ignored, questions asked before a transaction, counts checked
+        // against the reference's values, "13:15." read as a time.
+        8
     }
 
     fn about(&self) -> &'static str {

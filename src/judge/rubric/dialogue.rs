@@ -16,8 +16,8 @@ use std::sync::LazyLock;
 use regex::Regex;
 
 use super::{
-    find_phrase, find_words, Clause, Fault, Rubric, FAILURE_PHRASES, FIELD_VERBS, NEGATIONS,
-    SUCCESS_PHRASES,
+    find_phrase, find_words, Clause, Fault, Rubric, CONFIRMATION_CUES, FAILURE_PHRASES,
+    FIELD_VERBS, NEGATIONS, SUCCESS_PHRASES,
 };
 use crate::judge::context::{Context, ResultBlock, Speaker};
 use crate::judge::normalize::{fold, parse_date, parse_number, parse_time, value_text, ValueKind};
@@ -160,6 +160,7 @@ const CLOSINGS: &[&str] = &[
 const USER_CLOSINGS: &[&str] = &[
     "thanks",
     "thank",
+    "appreciate",
     "bye",
     "goodbye",
     "no",
@@ -189,19 +190,23 @@ const GENERIC_FIELD_WORDS: &[&str] = &[
 ];
 
 impl Rubric<'_> {
-    /// The dialogue checks, each problem with its class.
+    /// The dialogue checks, each problem with its class; `reference` is the reference reply
+    /// (what it states was right at this point).
     pub(super) fn check_dialogue(
         &self,
         ctx: &Context,
         message: &str,
         clauses: &[Clause],
+        reference: &str,
     ) -> Vec<(Fault, String)> {
         let timeline = self.timeline(ctx);
         let mut out = Vec::new();
         out.extend(self.check_reported(ctx, message, clauses));
-        out.extend(self.check_stated_values(ctx, message, &timeline));
+        out.extend(self.check_stated_values(ctx, message, &timeline, reference));
         out.extend(self.check_answers_request(ctx, message));
         out.extend(self.check_asks_again(ctx, message, &timeline));
+        out.extend(self.check_repeats(ctx, message));
+        out.extend(self.check_takes_given_values(ctx, message, &timeline));
         out
     }
 
@@ -757,6 +762,49 @@ impl Rubric<'_> {
         })
     }
 
+    /// The user's latest turn gave times, dates or counts: a reply that asks nothing, does not
+    /// close and states none of them ignores what the user just said ("You're an Indian
+    /// restaurant." after "11 in the morning, for 2 people").
+    fn check_takes_given_values(
+        &self,
+        ctx: &Context,
+        message: &str,
+        timeline: &[Mention],
+    ) -> Option<(Fault, String)> {
+        let last = ctx.turns.len().checked_sub(1)?;
+        let ws = words(message);
+        // A confirmation that leaves a value out asks the user to check it: not ignoring.
+        let confirms = ws.iter().any(|w| CONFIRMATION_CUES.contains(&w.as_str()));
+        if ctx.turns[last].speaker != Speaker::User
+            || !questions_of(message).is_empty()
+            || is_closing(message)
+            || confirms
+        {
+            return None;
+        }
+        let given: Vec<&Stated> = timeline
+            .iter()
+            .filter(|m| m.turn == last && m.source == Source::User)
+            .map(|m| &m.value)
+            .collect();
+        let first = given.first()?;
+        let stated = self.stated_in(&mask_names(ctx, message), &self.count_nouns());
+        if stated
+            .iter()
+            .any(|s| given.iter().any(|g| g.matches(s)) || self.said_in_turns(ctx, s, last))
+        {
+            return None;
+        }
+        Some((
+            Fault::IgnoresRequest,
+            format!(
+                "says nothing of the {} the user just gave ({:?}) and asks nothing",
+                first.kind.noun(),
+                first.text
+            ),
+        ))
+    }
+
     /// Each time, date and count the reply states must be one somebody gave; where the schema
     /// has one parameter of that kind, it must not be one the user has since changed.
     fn check_stated_values(
@@ -764,9 +812,16 @@ impl Rubric<'_> {
         ctx: &Context,
         message: &str,
         timeline: &[Mention],
+        reference: &str,
     ) -> Option<(Fault, String)> {
         let nouns = self.count_nouns();
+        // What the reference states was right at this point (SGD's replies state a default
+        // party size nobody said): the same value in the reply is too, another one is not.
+        let referenced = self.stated_in(&mask_names(ctx, reference), &nouns);
         for v in self.stated_in(&mask_names(ctx, message), &nouns) {
+            if referenced.iter().any(|r| r.matches(&v)) {
+                continue;
+            }
             let known: Vec<&Mention> = timeline.iter().filter(|m| m.value.matches(&v)).collect();
             if known.is_empty() && !self.said_in_turns(ctx, &v, 0) {
                 return Some((
@@ -874,7 +929,13 @@ impl Rubric<'_> {
     /// When the user's latest turn asks for a field of the results ("what is their phone
     /// number?"), the reply must give it, talk about it, or say it cannot.
     fn check_answers_request(&self, ctx: &Context, message: &str) -> Option<(Fault, String)> {
-        let last = ctx.turns.last()?;
+        // The user's latest turn, even when service calls and their results came after it
+        // (the user confirmed a booking and asked the price in one turn): no reply since.
+        let last = ctx
+            .turns
+            .iter()
+            .rev()
+            .find(|t| t.speaker != Speaker::Tool && t.call.is_none())?;
         if last.speaker != Speaker::User {
             return None;
         }
@@ -1014,15 +1075,22 @@ impl Rubric<'_> {
             }
             for p in f.parameter_names() {
                 let phrase = identifier_words(p).join(" ");
+                let place = self.is_place_param(p);
                 let asks = questions.iter().any(|q| {
                     let qw: Vec<&str> = q.split(' ').collect();
-                    let at = find_phrase(&qw, &phrase);
                     // "what time", "which city", "what is the date": the phrase right after a
-                    // question word (or one word later).
-                    at.is_some_and(|i| {
+                    // question word (or one word later); a place also as "which city",
+                    // whatever the parameter's name.
+                    let after_question = |i: usize| {
                         (i.saturating_sub(3)..i)
                             .any(|j| matches!(qw[j], "what" | "which" | "whats" | "where"))
-                    })
+                    };
+                    find_phrase(&qw, &phrase).is_some_and(after_question)
+                        || (place
+                            && PLACE_NOUNS
+                                .iter()
+                                .filter_map(|n| find_phrase(&qw, n))
+                                .any(after_question))
                 });
                 if asks && find_phrase(&lw, &phrase).is_none() {
                     asked_params.insert((f.name.clone(), p.to_string()));
@@ -1037,6 +1105,7 @@ impl Rubric<'_> {
                     .iter()
                     .find(|m| m.source == Source::User && m.value.kind == kind)
                     .map(|m| m.value.text.clone()),
+                None if self.is_place_param(&param) => self.place_said(ctx),
                 None => ctx.turns.iter().find_map(|t| {
                     let c = t.call.as_ref()?;
                     let v = value_text(c.arguments.get(&param)?);
@@ -1062,6 +1131,62 @@ impl Rubric<'_> {
         None
     }
 }
+
+impl Rubric<'_> {
+    /// Whether a parameter names where (a city, a location): by its words or its description,
+    /// and it is the schema's only such parameter (of "from" and "to" cities, which one the
+    /// user's "in Oakland" gave is not known).
+    fn is_place_param(&self, param: &str) -> bool {
+        let is_place = |f: &crate::tools::Function, p: &str| {
+            let description = f
+                .parameter(p)
+                .and_then(|s| s.get("description"))
+                .and_then(|d| d.as_str())
+                .unwrap_or_default();
+            identifier_words(p)
+                .into_iter()
+                .chain(words(description))
+                .any(|w| PLACE_NOUNS.contains(&w.as_str()))
+        };
+        let places: BTreeSet<&str> = self
+            .tools
+            .functions
+            .iter()
+            .flat_map(|f| f.parameter_names().into_iter().filter(|p| is_place(f, p)))
+            .collect();
+        places.len() == 1 && places.contains(param)
+    }
+
+    /// A place a user turn gave in words: "in Oakland", "in SFO" (a capitalized phrase after
+    /// "in", not a month or a weekday).
+    fn place_said(&self, ctx: &Context) -> Option<String> {
+        static IN_PLACE: LazyLock<Regex> = LazyLock::new(|| {
+            Regex::new(r"\b[Ii]n ([A-Z][\w'.&-]*(?: [A-Z][\w'.&-]*)*)").expect("valid pattern")
+        });
+        ctx.user_text().find_map(|u| {
+            IN_PLACE
+                .captures_iter(u)
+                .map(|c| c[1].trim_end_matches('.').to_string())
+                .find(|p| {
+                    let first = fold(p);
+                    !tracelab_core::dates::MONTHS
+                        .iter()
+                        .chain(tracelab_core::dates::WEEKDAYS.iter())
+                        .any(|m| fold(m) == first)
+                })
+        })
+    }
+}
+
+/// Words that make a parameter a place ("city", "location"): how English says where.
+const PLACE_NOUNS: &[&str] = &[
+    "city",
+    "town",
+    "location",
+    "locality",
+    "area",
+    "neighborhood",
+];
 
 /// The numbers written with digits in `text` ("$1,550" → 1550, "3.7").
 fn numbers_in(text: &str) -> Vec<f64> {
@@ -1121,7 +1246,7 @@ fn reported(text: &str) -> Option<bool> {
 
 /// Runs of capitalized words ("San Jose", "Ariake"), not counting a sentence's first word
 /// alone ("Please").
-fn capitalized_phrases(text: &str) -> Vec<String> {
+pub(super) fn capitalized_phrases(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur: Vec<&str> = Vec::new();
     let mut sentence_start = true;

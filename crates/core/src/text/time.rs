@@ -234,8 +234,13 @@ pub fn find_time_readings(text: &str) -> Vec<(Range<usize>, Vec<Minutes>)> {
             .find_map(|g| c.name(g))
             .map_or("", |m| m.as_str());
         let after = &text[end..];
-        if c.name("clock").is_some() && after.starts_with([':', '.']) {
-            continue; // "18:30:00", "10:30.5": not a time as said
+        // "18:30:00", "10:30.5": not a time as said; "at 13:15." ends a sentence.
+        let mut next = after.chars();
+        if c.name("clock").is_some()
+            && matches!(next.next(), Some(':' | '.'))
+            && next.next().is_some_and(|ch| ch.is_ascii_digit())
+        {
+            continue;
         }
         // "evening 2" then a word: a count of that word, unless a colon or a marker made it a time.
         let bare = said.ends_with(|ch: char| ch.is_ascii_digit()) && !said.contains(':');
@@ -301,6 +306,7 @@ mod tests {
         let cases: &[(&str, &[(&str, &str)])] = &[
             ("at 7:45 pm today.", &[("7:45 pm", "19:45")]),
             ("19:45 works", &[("19:45", "19:45")]),
+            ("I need it for 13:15.", &[("13:15", "13:15")]),
             (
                 "half past 5 in the evening please",
                 &[("half past 5 in the evening", "17:30")],

@@ -1,0 +1,184 @@
+//! Reply checks on what a reply is made of rather than what it claims: a reply that says again
+//! what an earlier reply said while the user has moved on, and a reply that names something
+//! (a capitalized word) that nobody in the conversation said, no call or result holds and the
+//! schema does not know.
+//!
+//! Both read only the conversation, the reference and the tool schema; the word lists here are
+//! English function words and calendar words, never a domain's.
+
+use std::collections::BTreeSet;
+
+use super::{find_words, Fault, Rubric};
+use crate::judge::context::{Context, Speaker};
+use crate::judge::normalize::{fold, parse_number, value_text};
+use tracelab_core::dates::{MONTHS, WEEKDAYS};
+use tracelab_core::text::{identifier_words, words};
+
+/// English words that carry no content of their own: two replies that share every other word
+/// say the same thing.
+const FUNCTION_WORDS: &[&str] = &[
+    "a", "an", "the", "is", "are", "was", "were", "be", "been", "it", "its", "they", "their",
+    "them", "theyre", "this", "that", "there", "these", "those", "i", "im", "you", "youre", "your",
+    "we", "our", "my", "me", "of", "in", "on", "at", "for", "to", "with", "and", "or", "but", "so",
+    "do", "does", "did", "not", "dont", "doesnt", "have", "has", "had", "also", "as", "by", "from",
+    "can", "could", "would", "will", "should", "may", "am", "very", "just", "what", "which",
+    "where", "when", "how", "who", "any", "some", "here", "called", "okay", "ok", "sure", "yes",
+    "yeah", "well", "then", "if", "about", "like", "want", "please",
+];
+
+/// How much of a reply's content an earlier reply must hold for the reply to repeat it.
+const REPEATED_SHARE: f64 = 0.8;
+
+/// Capitalized words that are no value anyone has to have said: the calendar, the clock, "I".
+fn is_common_capital(w: &str) -> bool {
+    matches!(
+        w,
+        "i" | "am" | "pm" | "ok" | "okay" | "mr" | "mrs" | "ms" | "dr"
+    ) || MONTHS.iter().any(|m| m.eq_ignore_ascii_case(w))
+        || WEEKDAYS.iter().any(|d| d.eq_ignore_ascii_case(w))
+}
+
+/// The folded words of `text` that carry content.
+fn content_words(text: &str) -> Vec<String> {
+    words(text)
+        .into_iter()
+        .filter(|w| !FUNCTION_WORDS.contains(&w.as_str()))
+        .collect()
+}
+
+impl Rubric<'_> {
+    /// A reply that says again what an earlier reply said (the same fact: a result's value or
+    /// field, a number), while the user's latest turn asks about none of it, leaves that turn
+    /// unanswered: "Burma Love is a nice restaurant" once more after "That would be fine".
+    pub(super) fn check_repeats(&self, ctx: &Context, message: &str) -> Option<(Fault, String)> {
+        let last_user = ctx.turns.iter().rposition(|t| t.speaker == Speaker::User)?;
+        let content = content_words(message);
+        if content.len() < 2 || !self.states_a_fact(ctx, message) {
+            return None;
+        }
+        let asked = content_words(&ctx.turns[last_user].text);
+        if content.iter().any(|w| asked.contains(w)) {
+            return None;
+        }
+        let earlier = ctx.turns[..last_user]
+            .iter()
+            .filter(|t| t.speaker == Speaker::Assistant && t.call.is_none())
+            .find(|t| {
+                let e = content_words(&t.text);
+                let shared = content.iter().filter(|w| e.contains(w)).count();
+                let numbers_kept = content
+                    .iter()
+                    .filter(|w| w.chars().any(|c| c.is_ascii_digit()))
+                    .all(|w| e.contains(w));
+                numbers_kept && shared as f64 >= REPEATED_SHARE * content.len() as f64
+            })?;
+        Some((
+            Fault::IgnoresRequest,
+            format!(
+                "repeats an earlier reply ({:?}) where the user has moved on",
+                earlier.text
+            ),
+        ))
+    }
+
+    /// Whether a reply states something of the results: a record's value, a field's words, or
+    /// a number.
+    fn states_a_fact(&self, ctx: &Context, message: &str) -> bool {
+        let ws = words(message);
+        let ws: Vec<&str> = ws.iter().map(String::as_str).collect();
+        if ws.iter().any(|w| w.chars().any(|c| c.is_ascii_digit())) {
+            return true;
+        }
+        ctx.records().flat_map(|r| r.iter()).any(|(k, v)| {
+            let value = fold(&value_text(v));
+            let value_said = value.len() >= 3
+                && !matches!(value.as_str(), "true" | "false")
+                && find_words(&ws, &value.split(' ').collect::<Vec<_>>()).is_some();
+            let field: Vec<String> = identifier_words(k)
+                .into_iter()
+                .filter(|w| w.len() >= 3 && !FUNCTION_WORDS.contains(&w.as_str()))
+                .collect();
+            let field: Vec<&str> = field.iter().map(String::as_str).collect();
+            value_said || (!field.is_empty() && find_words(&ws, &field).is_some())
+        })
+    }
+
+    /// A reply that names something nobody said: a capitalized word (not a sentence's first
+    /// word, not the calendar's) that no turn of the conversation, no call, no result, not the
+    /// reference and not the schema hold ("I found 1 Hotel Brooklyn" in a conversation about
+    /// restaurants in Santa Clara; "in San Francisco" when the user gave no city).
+    pub(super) fn check_unsaid(
+        &self,
+        ctx: &Context,
+        reference: &str,
+        message: &str,
+    ) -> Option<(Fault, String)> {
+        let said = self.said_words(ctx, reference);
+        super::dialogue::capitalized_phrases(message)
+            .into_iter()
+            .find(|phrase| {
+                words(phrase).iter().any(|w| {
+                    w.len() >= 2
+                        && !is_common_capital(w)
+                        && parse_number(w).is_none()
+                        && !said.contains(w)
+                        // "St" for a said "Street".
+                        && !super::STREET
+                            .iter()
+                            .any(|(short, long)| short == w && said.contains(*long))
+                })
+            })
+            .map(|phrase| {
+                (
+                    Fault::UnfoundedValues,
+                    format!(
+                        "names {phrase:?}, which nobody in this conversation said and no result \
+                         holds"
+                    ),
+                )
+            })
+    }
+
+    /// Every folded word the conversation, its calls and results, the reference and the tool
+    /// schema hold, with the words of the task's synonyms of what was said.
+    fn said_words(&self, ctx: &Context, reference: &str) -> BTreeSet<String> {
+        let mut texts: Vec<String> = vec![reference.to_string()];
+        for t in &ctx.turns {
+            texts.push(t.text.clone());
+            if let Some(c) = &t.call {
+                texts.push(c.name.clone());
+                texts.extend(c.arguments.values().map(value_text));
+            }
+        }
+        for r in ctx.records() {
+            for (k, v) in r {
+                texts.push(identifier_words(k).join(" "));
+                texts.push(value_text(v));
+            }
+        }
+        for f in &self.tools.functions {
+            texts.push(identifier_words(&f.name).join(" "));
+            texts.push(f.description.clone());
+            texts.push(f.parameters.to_string());
+        }
+        let mut said: BTreeSet<String> = texts.iter().flat_map(|t| words(t)).collect();
+        let folded: Vec<String> = texts.iter().map(|t| fold(t)).collect();
+        let is_said = |phrase: &str| {
+            let p: Vec<&str> = phrase.split(' ').collect();
+            folded.iter().any(|t| {
+                let tw: Vec<&str> = t.split(' ').collect();
+                find_words(&tw, &p).is_some()
+            })
+        };
+        for (canonical, alts) in self.norm.synonyms.groups() {
+            if std::iter::once(canonical)
+                .chain(alts.iter().map(String::as_str))
+                .any(is_said)
+            {
+                said.extend(words(canonical));
+                said.extend(alts.iter().flat_map(|a| words(a)));
+            }
+        }
+        said
+    }
+}
