@@ -207,6 +207,7 @@ impl Rubric<'_> {
         out.extend(self.check_asks_again(ctx, message, &timeline));
         out.extend(self.check_repeats(ctx, message));
         out.extend(self.check_takes_given_values(ctx, message, &timeline));
+        out.extend(self.check_takes_transaction_request(ctx, message));
         out
     }
 
@@ -803,6 +804,36 @@ impl Rubric<'_> {
                 first.text
             ),
         ))
+    }
+
+    /// The user's latest turn asks for a transaction (its words: "make a reservation"): a
+    /// reply that neither asks, confirms, reports nor declines, and says nothing of it, ignores
+    /// the request ("You're an Take-out restaurant.").
+    fn check_takes_transaction_request(
+        &self,
+        ctx: &Context,
+        message: &str,
+    ) -> Option<(Fault, String)> {
+        let last = ctx.turns.last()?;
+        if last.speaker != Speaker::User {
+            return None;
+        }
+        let txn = self.transaction_words();
+        let uw = words(&last.text);
+        let requested = uw.iter().find(|w| txn.contains(*w))?;
+        let ws = words(message);
+        let wr: Vec<&str> = ws.iter().map(String::as_str).collect();
+        let engages = !questions_of(message).is_empty()
+            || is_closing(message)
+            || ws.iter().any(|w| txn.contains(w) || CONFIRMATION_CUES.contains(&w.as_str()))
+            || CANNOT_SAY.iter().any(|p| find_phrase(&wr, p).is_some())
+            || reported(message).is_some();
+        (!engages).then(|| {
+            (
+                Fault::IgnoresRequest,
+                format!("says nothing of the {requested:?} the user asked for and asks nothing"),
+            )
+        })
     }
 
     /// Each time, date and count the reply states must be one somebody gave; where the schema
