@@ -825,7 +825,9 @@ impl Rubric<'_> {
         let wr: Vec<&str> = ws.iter().map(String::as_str).collect();
         let engages = !questions_of(message).is_empty()
             || is_closing(message)
-            || ws.iter().any(|w| txn.contains(w) || CONFIRMATION_CUES.contains(&w.as_str()))
+            || ws
+                .iter()
+                .any(|w| txn.contains(w) || CONFIRMATION_CUES.contains(&w.as_str()))
             || CANNOT_SAY.iter().any(|p| find_phrase(&wr, p).is_some())
             || reported(message).is_some();
         (!engages).then(|| {
