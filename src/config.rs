@@ -667,6 +667,10 @@ impl Experiment {
             "train": train,
         });
         merge(&mut raw, own);
+        // data.path is a default for an SGD corpus only: a JSONL corpus names its own file.
+        if raw["corpus"]["format"] == "jsonl" && own["corpus"]["path"].is_null() {
+            raw["corpus"]["path"] = json!("");
+        }
         if let Some(listed) = raw["corpus"]["exclude"].as_array() {
             services.extend(listed.iter().filter_map(|v| v.as_str().map(String::from)));
         }

@@ -266,6 +266,14 @@ fn a_jsonl_corpus_is_grouped_by_its_lines_tools_and_a_line_without_tools_is_refu
         stderr.contains("corpus.jsonl:11: no \"tools\" list"),
         "{stderr}"
     );
+
+    // A JSONL corpus does not inherit data.path (an SGD directory): it must be named.
+    let unnamed = pipelines.replace("path = \"data/corpus.jsonl\"\n", "");
+    let stderr = run_failing(root, "j", &unnamed);
+    assert!(
+        stderr.contains("pretrain.corpus.path") && stderr.contains("a JSONL corpus needs its file"),
+        "{stderr}"
+    );
 }
 
 #[test]

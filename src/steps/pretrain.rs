@@ -58,10 +58,12 @@ impl Step for Pretrain {
             }
         }
         if canonical["corpus"]["path"] == "" {
-            return Err(err(
-                "corpus.path",
-                "no corpus: data.path is not SGD's, so name one ([pretrain.corpus] path)",
-            ));
+            let message = if canonical["corpus"]["format"] == "jsonl" {
+                "a JSONL corpus needs its file ([pretrain.corpus] path)"
+            } else {
+                "no corpus: data.path is not SGD's, so name one ([pretrain.corpus] path)"
+            };
+            return Err(err("corpus.path", message));
         }
         let train = super::train::Train.canonical_params(&canonical["train"])?;
         if train["family"] != "tiny" || train["base"] == "pretrained" {
