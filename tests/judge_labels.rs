@@ -3,7 +3,9 @@
 //! restaurant schema and on a house-rental one (`constructed.jsonl`), and pairs drawn from four
 //! students' predictions on the benchmark's held-out pairs (`drawn.jsonl`: clean and noisy
 //! labels, synthetic and direct). The drawn pairs are split in two by id: the judge's rules were
-//! revised looking at the `dev` half's disagreements only; the `test` half is reported.
+//! revised looking at the `dev` half's disagreements only; the `test` half is reported. A third
+//! set, all dev, comes from students fine-tuned from the pretrained base on the dev split's
+//! pairs (`drawn-pretrained.jsonl`).
 //!
 //! Prints agreement and, per class, precision (of the judge's verdicts of that class, the share
 //! people labelled bad) and recall (of the pairs people put in that class, the share the judge
@@ -17,14 +19,16 @@ use tracelab::judge::{judge_rows, parse_call, JudgeOptions, JudgeSetup, Row};
 use tracelab::task::Task;
 use tracelab::tools::ToolSet;
 
-/// Agreement floors: a change that lowers agreement below them fails here. Constructed: all 37
+/// Agreement floors: a change that lowers agreement below them fails here. Constructed: all 40
 /// agree. Drawn: just under what the judge reached on each half when the labels were recorded
 /// (see the README), so a change that costs more than a pair or two fails.
 const CONSTRUCTED_FLOOR: f64 = 1.0;
 const DRAWN_DEV_FLOOR: f64 = DRAWN_DEV_MEASURED - 0.015;
 const DRAWN_TEST_FLOOR: f64 = DRAWN_TEST_MEASURED - 0.015;
 const DRAWN_DEV_MEASURED: f64 = 0.956;
-const DRAWN_TEST_MEASURED: f64 = 0.900;
+const DRAWN_TEST_MEASURED: f64 = 0.888;
+const PRETRAINED_FLOOR: f64 = PRETRAINED_MEASURED - 0.015;
+const PRETRAINED_MEASURED: f64 = 0.875;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/judge-labels")
@@ -198,5 +202,20 @@ fn drawn_pairs_from_students() {
     assert!(
         t >= DRAWN_TEST_FLOOR,
         "test agreement {t:.3} < {DRAWN_TEST_FLOOR}"
+    );
+}
+
+/// Pairs drawn from four students fine-tuned from the pretrained base, on the dev split's pairs
+/// (`drawn-pretrained.jsonl`): a dev set whose students make other mistakes than the ones above
+/// (garbled names of a byte-pair vocabulary).
+#[test]
+fn drawn_pairs_from_pretrained_students_on_dev() {
+    let items = load("drawn-pretrained.jsonl");
+    assert!(items.len() >= 160, "{} drawn pairs", items.len());
+    assert!(items.iter().all(|l| l.split == "dev"));
+    let a = report("drawn from pretrained students (dev)", &items, true);
+    assert!(
+        a >= PRETRAINED_FLOOR,
+        "agreement {a:.3} < {PRETRAINED_FLOOR}"
     );
 }

@@ -156,6 +156,8 @@ pub struct Lexicon {
     /// Words that at least [`COMMON_NAME_WORD`] distinct names share after their first word
     /// ("restaurant", "grill", "hotel"): they pad names rather than tell them apart.
     common: BTreeSet<String>,
+    /// Every folded word of the judged set's turns and results: what its conversations say.
+    words: BTreeSet<String>,
 }
 
 /// How many distinct names must share a word for it to count as padding.
@@ -168,13 +170,18 @@ impl Lexicon {
     pub fn build<'a>(contexts: impl IntoIterator<Item = &'a Context>) -> Lexicon {
         let mut names = BTreeSet::new();
         let mut other = BTreeSet::new();
+        let mut said = BTreeSet::new();
         for ctx in contexts {
+            for t in &ctx.turns {
+                said.extend(tracelab_core::text::words(&t.text));
+            }
             for r in ctx.records() {
                 for (k, v) in r {
                     let f = fold(&value_text(v));
                     if f.is_empty() {
                         continue;
                     }
+                    said.extend(f.split(' ').map(String::from));
                     if k.to_lowercase().contains("name") {
                         names.insert(f);
                     } else {
@@ -212,6 +219,7 @@ impl Lexicon {
             names,
             longest,
             common,
+            words: said,
         }
     }
 
@@ -250,6 +258,8 @@ pub struct Rubric<'a> {
     /// Words that only pad a name: words many result names share ("restaurant", "hotel"),
     /// the words of the functions' names, and English articles and conjunctions.
     fillers: BTreeSet<String>,
+    /// Patterns of a count parameter's words before a number ("party size 18"), built once.
+    count_labels: std::sync::OnceLock<Vec<regex::Regex>>,
 }
 
 /// Words negating a fact mentioned after them in the same clause.
@@ -324,6 +334,7 @@ impl<'a> Rubric<'a> {
             respond: respond.to_string(),
             fillers: fillers(tools, &lexicon),
             lexicon,
+            count_labels: std::sync::OnceLock::new(),
         }
     }
 
@@ -602,6 +613,7 @@ impl<'a> Rubric<'a> {
         problems.extend(dialogue);
         problems.extend(self.check_swapped(ctx, &r, &message));
         problems.extend(self.check_unsaid(ctx, &r, &message));
+        problems.extend(self.check_unreadable(ctx, &r, &message));
         problems.extend(self.check_closing(ctx, &r, &message));
         problems.extend(self.check_presents_results(ctx, &r, &message));
         problems.extend(self.check_outcome_as_referenced(ctx, &r, &message));
@@ -1244,8 +1256,9 @@ fn count_claim(ws: &[&str]) -> Option<usize> {
         if n >= 2.0 && n.fract() == 0.0 && noun.is_some_and(|w| w.ends_with('s')) {
             return Some(n as usize);
         }
-        // "I found 1 restaurant": a digit 1 is a count ("found one you may like" is not).
-        if ws[j] == "1" && noun.is_some_and(|w| !w.ends_with('s')) {
+        // "I found 1 restaurant" (or a garbled "1 restaurants"): a digit 1 is a count ("found
+        // one you may like" is not).
+        if ws[j] == "1" && noun.is_some() {
             return Some(1);
         }
     }

@@ -77,7 +77,9 @@ impl Step for Judge {
         // 8: repeated replies, names nobody said, a city given in words asked again, values
         // the user just gave ignored, questions asked before a transaction, counts checked
         // against the reference's values, "13:15." read as a time.
-        8
+        // 9: words nobody can read; counts labelled with a parameter's words; a place given as
+        // the answer to "where"; "found 1 restaurants"; no question carried past a transaction.
+        9
     }
 
     fn about(&self) -> &'static str {

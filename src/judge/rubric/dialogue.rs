@@ -631,6 +631,50 @@ impl Rubric<'_> {
                     readings: vec![n as i64],
                     text: whole.as_str().trim().to_string(),
                 });
+                taken.push(whole.range());
+            }
+        }
+        out.extend(self.labelled_counts(text, &taken));
+        out
+    }
+
+    /// Counts a text labels with a count parameter's words: "party size 18", "number of
+    /// adults: three" (a confirmation that lists the arguments).
+    fn labelled_counts(&self, text: &str, taken: &[std::ops::Range<usize>]) -> Vec<Stated> {
+        let patterns = self.count_labels.get_or_init(|| {
+            self.params_of(Kind::Count)
+                .iter()
+                .filter_map(|param| {
+                    let phrase = identifier_words(param)
+                        .iter()
+                        .map(|w| regex::escape(w))
+                        .collect::<Vec<_>>()
+                        .join(r"\W+");
+                    Regex::new(&format!(
+                        r"(?i)\b{phrase}\W{{0,4}}(?:is\s+|of\s+)?(\d{{1,3}}|{})\b",
+                        UNITS[1..].join("|")
+                    ))
+                    .ok()
+                })
+                .collect()
+        });
+        let mut out = Vec::new();
+        for re in patterns {
+            for c in re.captures_iter(text) {
+                let (whole, number) = (c.get(0).expect("match"), c.get(1).expect("number"));
+                if taken
+                    .iter()
+                    .any(|r| r.start < number.end() && number.start() < r.end)
+                {
+                    continue;
+                }
+                if let Some(n) = parse_number(number.as_str()).filter(|n| *n >= 1.0) {
+                    out.push(Stated {
+                        kind: Kind::Count,
+                        readings: vec![n as i64],
+                        text: whole.as_str().to_string(),
+                    });
+                }
             }
         }
         out
@@ -962,13 +1006,10 @@ impl Rubric<'_> {
     /// When the user's latest turn asks for a field of the results ("what is their phone
     /// number?"), the reply must give it, talk about it, or say it cannot.
     fn check_answers_request(&self, ctx: &Context, message: &str) -> Option<(Fault, String)> {
-        // The user's latest turn, even when service calls and their results came after it
-        // (the user confirmed a booking and asked the price in one turn): no reply since.
-        let last = ctx
-            .turns
-            .iter()
-            .rev()
-            .find(|t| t.speaker != Speaker::Tool && t.call.is_none())?;
+        // Only a question of the latest turn: one asked before a transaction that ran since
+        // ("Yes, book it. Do they serve alcohol?") may go unanswered in the reply that reports
+        // the booking (the readers of the labelled sets accept it, bar one pair).
+        let last = ctx.turns.last()?;
         if last.speaker != Speaker::User {
             return None;
         }
@@ -1196,20 +1237,100 @@ impl Rubric<'_> {
         static IN_PLACE: LazyLock<Regex> = LazyLock::new(|| {
             Regex::new(r"\b[Ii]n ([A-Z][\w'.&-]*(?: [A-Z][\w'.&-]*)*)").expect("valid pattern")
         });
-        ctx.user_text().find_map(|u| {
+        let not_calendar = |p: &String| {
+            let first = fold(p);
+            !tracelab_core::dates::MONTHS
+                .iter()
+                .chain(tracelab_core::dates::WEEKDAYS.iter())
+                .any(|m| fold(m) == first)
+        };
+        let said_in = ctx.user_text().find_map(|u| {
             IN_PLACE
                 .captures_iter(u)
                 .map(|c| c[1].trim_end_matches('.').to_string())
-                .find(|p| {
-                    let first = fold(p);
-                    !tracelab_core::dates::MONTHS
-                        .iter()
-                        .chain(tracelab_core::dates::WEEKDAYS.iter())
-                        .any(|m| fold(m) == first)
+                .find(not_calendar)
+        });
+        // "Where would you like to eat?" — "Hayward would be nice.": a capitalized word of the
+        // answer that the question did not offer.
+        let answered = ctx.turns.windows(2).find_map(|w| {
+            let (asked, answer) = (&w[0], &w[1]);
+            if asked.speaker != Speaker::Assistant || answer.speaker != Speaker::User {
+                return None;
+            }
+            let asks_where = questions_of(&asked.text).iter().any(|q| {
+                let qw: Vec<&str> = q.split(' ').collect();
+                qw.first() == Some(&"where") || qw.iter().any(|w| PLACE_NOUNS.contains(w))
+            });
+            if !asks_where {
+                return None;
+            }
+            let offered = words(&asked.text);
+            answer
+                .text
+                .split_whitespace()
+                .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()))
+                .filter(|w| w.starts_with(|c: char| c.is_uppercase()))
+                .map(String::from)
+                .find(|w| {
+                    let f = fold(w);
+                    !ANSWER_OPENERS.contains(&f.as_str())
+                        && !offered.contains(&f)
+                        && not_calendar(w)
                 })
-        })
+        });
+        said_in.or(answered)
     }
 }
+
+/// Capitalized words an answer opens with that name no place ("Yes, …", "I think …").
+const ANSWER_OPENERS: &[&str] = &[
+    "yes",
+    "yeah",
+    "yep",
+    "no",
+    "nope",
+    "sure",
+    "ok",
+    "okay",
+    "i",
+    "im",
+    "id",
+    "ill",
+    "it",
+    "its",
+    "that",
+    "thats",
+    "this",
+    "please",
+    "thanks",
+    "thank",
+    "maybe",
+    "well",
+    "actually",
+    "the",
+    "in",
+    "at",
+    "lets",
+    "let",
+    "somewhere",
+    "anywhere",
+    "any",
+    "how",
+    "what",
+    "can",
+    "could",
+    "would",
+    "we",
+    "my",
+    "find",
+    "search",
+    "look",
+    "book",
+    "hmm",
+    "great",
+    "perfect",
+    "good",
+];
 
 /// Words that make a parameter a place ("city", "location"): how English says where.
 const PLACE_NOUNS: &[&str] = &[

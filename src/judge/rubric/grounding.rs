@@ -1,12 +1,14 @@
 //! Reply checks on what a reply is made of rather than what it claims: a reply that says again
-//! what an earlier reply said while the user has moved on, and a reply that names something
-//! (a capitalized word) that nobody in the conversation said, no call or result holds and the
-//! schema does not know.
+//! what an earlier reply said while the user has moved on, a reply that names something (a
+//! capitalized word) that nobody in the conversation said, no call or result holds and the
+//! schema does not know, and a reply with words no reader can read ("cityderate").
 //!
-//! Both read only the conversation, the reference and the tool schema; the word lists here are
-//! English function words and calendar words, never a domain's.
+//! They read the conversation, the reference, the tool schema and English: function words,
+//! calendar words and `english.txt`, the words SGD's dialogues of at least two services use
+//! (`scripts/english_words.py`), never a domain's.
 
 use std::collections::BTreeSet;
+use std::sync::LazyLock;
 
 use super::{find_words, Fault, Rubric};
 use crate::judge::context::{Context, Speaker};
@@ -25,6 +27,13 @@ const FUNCTION_WORDS: &[&str] = &[
     "where", "when", "how", "who", "any", "some", "here", "called", "okay", "ok", "sure", "yes",
     "yeah", "well", "then", "if", "about", "like", "want", "please",
 ];
+
+/// English words: those SGD's dialogues of at least two services use, folded.
+static ENGLISH: LazyLock<BTreeSet<&'static str>> =
+    LazyLock::new(|| include_str!("../english.txt").lines().collect());
+
+/// Words shorter than this are too short to call unreadable ("ma", "re" may be anything).
+const MIN_UNREADABLE_LEN: usize = 4;
 
 /// How much of a reply's content an earlier reply must hold for the reply to repeat it.
 const REPEATED_SHARE: f64 = 0.8;
@@ -118,14 +127,18 @@ impl Rubric<'_> {
             .into_iter()
             .find(|phrase| {
                 words(phrase).iter().any(|w| {
+                    // A name cut short ("Soo Yuan Resta") still names what was said.
+                    let cut_short = w.len() >= 4 && said.iter().any(|s| s.starts_with(w.as_str()));
+                    // "St" for a said "Street".
+                    let abbreviated = super::STREET
+                        .iter()
+                        .any(|(short, long)| short == w && said.contains(*long));
                     w.len() >= 2
                         && !is_common_capital(w)
                         && parse_number(w).is_none()
                         && !said.contains(w)
-                        // "St" for a said "Street".
-                        && !super::STREET
-                            .iter()
-                            .any(|(short, long)| short == w && said.contains(*long))
+                        && !cut_short
+                        && !abbreviated
                 })
             })
             .map(|phrase| {
@@ -137,6 +150,37 @@ impl Rubric<'_> {
                     ),
                 )
             })
+    }
+
+    /// A reply with a lower-case word that is no English word and that neither this
+    /// conversation, the reference, the schema nor any conversation of the judged set says
+    /// ("Please confirm the details: cityderate, dated.") cannot be read: a student's garbled
+    /// output. Capitalized words are names, for [`Self::check_unsaid`].
+    pub(super) fn check_unreadable(
+        &self,
+        ctx: &Context,
+        reference: &str,
+        message: &str,
+    ) -> Option<(Fault, String)> {
+        let lower: Vec<String> = message
+            .split_whitespace()
+            .filter(|w| w.starts_with(|c: char| c.is_lowercase()))
+            .flat_map(words)
+            .filter(|w| {
+                w.chars().count() >= MIN_UNREADABLE_LEN && w.chars().all(char::is_alphabetic)
+            })
+            .filter(|w| !ENGLISH.contains(w.as_str()) && !self.lexicon.words.contains(w))
+            .collect();
+        if lower.is_empty() {
+            return None;
+        }
+        let said = self.said_words(ctx, reference);
+        let unread: Vec<&String> = lower.iter().filter(|w| !said.contains(*w)).collect();
+        let first = unread.first()?;
+        Some((
+            Fault::Unreadable,
+            format!("has a word nobody can read ({first:?})"),
+        ))
     }
 
     /// Every folded word the conversation, its calls and results, the reference and the tool
