@@ -177,6 +177,13 @@ impl Context {
     }
 
     fn push(&mut self, speaker: Speaker, text: String, call: Option<ToolCall>) {
+        // SGD's texts write "7 o\"clock" with a double quote for the apostrophe; read them as
+        // people do.
+        let text = if text.contains("o\"clock") {
+            text.replace("o\"clock", "o'clock")
+        } else {
+            text
+        };
         self.turns.push(Turn {
             speaker,
             text,

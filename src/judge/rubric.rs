@@ -957,7 +957,13 @@ impl<'a> Rubric<'a> {
             if let Some(claimed) = count_claim(&ws).filter(|_| !counted && (just_returned || !more))
             {
                 counted = true;
-                if claimed != n {
+                if claimed == MANY {
+                    if n <= 1 && just_returned {
+                        return Some(format!(
+                            "says it found several, but the search returned {n} results"
+                        ));
+                    }
+                } else if claimed != n {
                     return Some(format!(
                         "says it found {claimed}, but the search returned {n} results"
                     ));
@@ -1229,6 +1235,9 @@ fn find_words(words: &[&str], pat: &[&str]) -> Option<usize> {
     (0..=words.len() - pat.len()).find(|&i| words[i..i + pat.len()] == *pat)
 }
 
+/// What [`count_claim`] returns for "a few" or "several": some number above one.
+const MANY: usize = usize::MAX;
+
 /// "found 5 restaurants", "there are 10 options", "located 9 hotels": the count, when at least 2
 /// and followed by a plural noun (a lone "one" usually means "one of them"). "I have three
 /// suggestions" is an offer of some results, not a count of all, so "have" does not count.
@@ -1248,6 +1257,14 @@ fn count_claim(ws: &[&str]) -> Option<usize> {
         }
         if ws.get(j).is_some_and(|w| *w == "only") {
             j += 1;
+        }
+        // "I found a few options", "several": more than one, said without a number.
+        if ws
+            .get(j)
+            .is_some_and(|w| matches!(*w, "several" | "multiple" | "many"))
+            || ws.get(j..j + 2) == Some(&["a", "few"][..])
+        {
+            return Some(MANY);
         }
         let Some(n) = ws.get(j).and_then(|w| parse_number(w)) else {
             continue;
