@@ -1041,15 +1041,20 @@ const SUCCESS_PHRASES: &[&str] = &[
     "is made",
     "was made",
     "went through",
-    // "I have a 13:15 reservation for 6" claims one exists.
-    "i have a",
-    "i have an",
     "ive made",
     "i have made",
     "i made",
 ];
+
 /// Words of a reply that asks the user to confirm details rather than reporting a result.
-const CONFIRMATION_CUES: &[&str] = &["confirm", "confirmation", "verify", "correct", "review"];
+const CONFIRMATION_CUES: &[&str] = &[
+    "confirm",
+    "confirmation",
+    "verify",
+    "correct",
+    "review",
+    "accurate",
+];
 /// Words that make a clause about a booking tentative ("will be booked", "being reserved").
 const TENTATIVE: &[&str] = &[
     "will", "being", "would", "shall", "going", "should", "can", "could",
