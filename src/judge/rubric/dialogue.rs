@@ -1180,17 +1180,21 @@ impl Rubric<'_> {
                     .find(|m| m.source == Source::User && m.value.kind == kind)
                     .map(|m| m.value.text.clone()),
                 None if self.is_place_param(&param) => self.place_said(ctx),
-                None => ctx.turns.iter().find_map(|t| {
-                    let c = t.call.as_ref()?;
-                    let v = value_text(c.arguments.get(&param)?);
-                    let f = fold(&v);
-                    let user_said = ctx.user_text().any(|u| {
-                        let uw = fold(u);
-                        let uw: Vec<&str> = uw.split(' ').collect();
-                        find_phrase(&uw, &f).is_some()
-                    });
-                    (user_said && !f.is_empty() && f != "dontcare").then_some(v)
-                }),
+                None => ctx
+                    .turns
+                    .iter()
+                    .find_map(|t| {
+                        let c = t.call.as_ref()?;
+                        let v = value_text(c.arguments.get(&param)?);
+                        let f = fold(&v);
+                        let user_said = ctx.user_text().any(|u| {
+                            let uw = fold(u);
+                            let uw: Vec<&str> = uw.split(' ').collect();
+                            find_phrase(&uw, &f).is_some()
+                        });
+                        (user_said && !f.is_empty() && f != "dontcare").then_some(v)
+                    })
+                    .or_else(|| named_by_user(ctx, &param)),
             };
             if let Some(v) = given {
                 return Some((
@@ -1280,6 +1284,31 @@ impl Rubric<'_> {
         });
         said_in.or(answered)
     }
+}
+
+/// A name the user gave with the parameter's own noun around it: "the El Rancho restaurant",
+/// "the restaurant to be Kobe", "a restaurant called Juerga" for `restaurant_name`.
+fn named_by_user(ctx: &Context, param: &str) -> Option<String> {
+    const NAME: &str = r"([A-Z][\w'&.-]*(?:\s+[A-Z][\w'&.-]*)*)";
+    let nouns: Vec<String> = identifier_words(param)
+        .into_iter()
+        .filter(|w| w.len() >= 3 && !GENERIC_FIELD_WORDS.contains(&w.as_str()))
+        .collect();
+    nouns.iter().find_map(|noun| {
+        let noun = regex::escape(noun);
+        let after = Regex::new(&format!(
+            r"(?i:\b{noun}\s+(?:is\s+|called\s+|named\s+|to\s+be\s+)?){NAME}"
+        ))
+        .ok()?;
+        let before = Regex::new(&format!(r"{NAME}\s+(?i:{noun})\b")).ok()?;
+        ctx.user_text().find_map(|u| {
+            after
+                .captures(u)
+                .or_else(|| before.captures(u))
+                .map(|c| c[1].to_string())
+                .filter(|n| !ANSWER_OPENERS.contains(&fold(n).as_str()))
+        })
+    })
 }
 
 /// Capitalized words an answer opens with that name no place ("Yes, …", "I think …").
