@@ -451,9 +451,10 @@ pub(crate) struct Published {
     pub(crate) commit: Option<(Exposed, Lock)>,
 }
 
-/// Sends [`Msg::Released`] once: when the step's work ends, or when the worker exits early.
+/// Sends [`Msg::Released`] once: when the step's work ends, or when the worker exits early. A
+/// step run alone (`exec-step`, a Slurm job) has no scheduler to tell: `tx` is `None`.
 struct Release<'a> {
-    tx: &'a mpsc::Sender<Msg>,
+    tx: Option<&'a mpsc::Sender<Msg>>,
     slots: usize,
     gpu: bool,
     sent: Cell<bool>,
@@ -461,8 +462,8 @@ struct Release<'a> {
 
 impl Release<'_> {
     fn send(&self) {
-        if !self.sent.replace(true) {
-            let _ = self.tx.send(Msg::Released {
+        if let Some(tx) = self.tx.filter(|_| !self.sent.replace(true)) {
+            let _ = tx.send(Msg::Released {
                 slots: self.slots,
                 gpu: self.gpu,
             });
@@ -945,7 +946,7 @@ fn worker(
             return; // the run is over
         };
         let release = Release {
-            tx,
+            tx: Some(tx),
             slots: launch.slots,
             gpu: launch.gpu,
             sent: Cell::new(false),
@@ -1137,9 +1138,8 @@ pub fn run_alone(
         gpu: false,
         remote: false,
     };
-    let (tx, _rx) = mpsc::channel();
     let release = Release {
-        tx: &tx,
+        tx: None,
         slots: 0,
         gpu: false,
         sent: Cell::new(false),
