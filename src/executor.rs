@@ -503,27 +503,21 @@ pub fn run(
         jobs,
     });
 
-    let mut status: Vec<Status> = (0..dag.graph.node_bound())
-        .map(|_| Status::Waiting)
-        .collect();
-    let mut summary = Summary::default();
-    let mut outcome: BTreeMap<NodeIndex, Outcome> = BTreeMap::new();
-    let mut new_state = State::new();
-    let (mut free_slots, mut free_gpus) = (jobs, opts.gpus);
-    // Nodes launched and not yet settled (running their step or publishing it).
-    let mut running = 0usize;
-    // Nodes running as cluster jobs (at most `[slurm] max_jobs`), and which nodes those are.
-    let mut jobs_out = 0usize;
-    let mut is_job = vec![false; dag.graph.node_bound()];
-    let max_jobs = opts
-        .slurm
-        .as_ref()
-        .map_or(usize::MAX, |s| s.settings().max_jobs);
-    // Published nodes whose entries are still being committed.
-    let mut committing = 0usize;
+    let mut progress = RunProgress::new(dag.graph.node_bound());
+    let mut capacity = Capacity {
+        free_slots: jobs,
+        free_gpus: opts.gpus,
+        running: 0,
+        committing: 0,
+        jobs_out: 0,
+        max_jobs: opts
+            .slurm
+            .as_ref()
+            .map_or(usize::MAX, |s| s.settings().max_jobs),
+        is_job: vec![false; dag.graph.node_bound()],
+    };
     let (tx, rx) = mpsc::channel::<Msg>();
     let (jobs_tx, jobs_rx) = mpsc::channel::<(Launch, Inputs)>();
-    let mut ran_inputs: Vec<bool> = vec![false; dag.graph.node_bound()];
 
     let jobs_rx = Mutex::new(jobs_rx);
     // Workers waiting for a job and not yet promised one.
@@ -541,80 +535,20 @@ pub fn run(
                     if !sel[n.index()] {
                         continue;
                     }
-                    let node = &dag.graph[n];
-                    if matches!(status[n.index()], Status::Waiting) {
-                        let inputs = &node.inputs;
-                        let missing = match settle(dag, n, &status, interrupted) {
-                            Settled::Waiting => continue,
-                            Settled::Skip(bad) => {
-                                let reason =
-                                    format!("input {} did not complete", dag.graph[bad].label);
-                                reporter.event(&Event::StepSkipped {
-                                    label: node.label.clone(),
-                                    reason: reason.clone(),
-                                });
-                                status[n.index()] = Status::Skipped;
-                                outcome.insert(n, Outcome::Skipped(reason));
-                                progressed = true;
-                                continue;
-                            }
-                            Settled::Ready(missing) => missing,
+                    if matches!(progress.status[n.index()], Status::Waiting) {
+                        let ctx = Resolve {
+                            dag,
+                            keys: &keys,
+                            cache,
+                            opts,
+                            reporter,
                         };
-                        // A missing input enters the key as what is missing, never as a hash,
-                        // so a partial output has a key of its own.
-                        let hashes: BTreeMap<NodeIndex, String> = inputs
-                            .iter()
-                            .map(|(_, f)| match &status[f.index()] {
-                                Status::Done { output_hash } => (*f, output_hash.clone()),
-                                _ => (*f, format!("missing: {}", missing[f])),
-                            })
-                            .collect();
-                        let parts = match keys.parts(n, &hashes) {
-                            Ok(p) => p,
-                            Err(e) => {
-                                reporter.event(&Event::StepFailed {
-                                    label: node.label.clone(),
-                                    error: e.to_string(),
-                                });
-                                status[n.index()] = Status::Failed;
-                                outcome.insert(n, Outcome::Failed(e.to_string()));
-                                progressed = true;
-                                continue;
-                            }
-                        };
-                        let key = parts.key();
-                        let forced = opts
-                            .force
-                            .as_ref()
-                            .is_some_and(|g| node.matches(&|l| g.is_match(l)));
-                        if !forced {
-                            if let Some(m) = cache.lookup(&key) {
-                                let cut_off = inputs.iter().any(|(_, f)| ran_inputs[f.index()]);
-                                reporter.event(&Event::StepCached {
-                                    label: node.label.clone(),
-                                    key: key.0.clone(),
-                                    cut_off,
-                                });
-                                summary.out_dirs.insert(n, cache.out_dir(&key));
-                                status[n.index()] = Status::Done {
-                                    output_hash: m.output_hash,
-                                };
-                                outcome.insert(n, Outcome::Cached { key, cut_off });
-                                new_state.insert(node.label.clone(), parts);
-                                progressed = true;
-                                continue;
-                            }
-                        }
-                        status[n.index()] = Status::Ready {
-                            parts: Box::new(parts),
-                            key,
-                            forced,
-                            missing,
-                        };
+                        progressed |= progress.resolve(n, &ctx, interrupted);
                     }
-                    if interrupted || !matches!(status[n.index()], Status::Ready { .. }) {
+                    if interrupted || !matches!(progress.status[n.index()], Status::Ready { .. }) {
                         continue;
                     }
+                    let node = &dag.graph[n];
                     let remote = opts
                         .slurm
                         .as_ref()
@@ -627,10 +561,7 @@ pub fn run(
                         Resource::Http => (1, false),
                         Resource::Gpu => (1, opts.gpus > 0),
                     };
-                    if slots > free_slots
-                        || (gpu && free_gpus == 0)
-                        || (remote && jobs_out >= max_jobs)
-                    {
+                    if !capacity.fits(slots, gpu, remote) {
                         continue;
                     }
                     let Status::Ready {
@@ -638,20 +569,12 @@ pub fn run(
                         key,
                         forced,
                         missing,
-                    } = std::mem::replace(&mut status[n.index()], Status::Running)
+                    } = std::mem::replace(&mut progress.status[n.index()], Status::Running)
                     else {
                         unreachable!("checked above")
                     };
-                    free_slots -= slots;
-                    if gpu {
-                        free_gpus -= 1;
-                    }
-                    running += 1;
-                    if remote {
-                        jobs_out += 1;
-                        is_job[n.index()] = true;
-                    }
-                    let inputs_dirs = input_dirs(dag, n, &summary.out_dirs, &missing);
+                    capacity.take(n, slots, gpu, remote);
+                    let inputs_dirs = input_dirs(dag, n, &progress.summary.out_dirs, &missing);
                     let launch = Launch {
                         n,
                         lock_timeout: opts.lock_timeout,
@@ -691,111 +614,37 @@ pub fn run(
                     progressed = true;
                 }
             }
-            if running == 0 && committing == 0 {
+            if capacity.running == 0 && capacity.committing == 0 {
                 break;
             }
-            let (n, result) = match rx.recv().expect("a worker is running") {
-                Msg::Released { slots, gpu } => {
-                    free_slots += slots;
-                    if gpu {
-                        free_gpus += 1;
-                    }
-                    continue;
-                }
+            match rx.recv().expect("a worker is running") {
+                Msg::Released { slots, gpu } => capacity.release(slots, gpu),
                 Msg::Committed(n, error) => {
-                    committing -= 1;
+                    capacity.committing -= 1;
                     if let Some(e) = error {
-                        let node = &dag.graph[n];
-                        let e = format!("its cache entry could not be committed: {e}");
-                        reporter.event(&Event::StepFailed {
-                            label: node.label.clone(),
-                            error: e.clone(),
-                        });
-                        new_state.remove(&node.label);
-                        outcome.insert(n, Outcome::Failed(e));
+                        progress.commit_failed(n, &e, dag, reporter);
                     }
-                    continue;
                 }
                 Msg::Finished {
                     n,
                     result,
-                    committing: c,
+                    committing,
                 } => {
-                    committing += usize::from(c);
-                    (n, *result)
-                }
-            };
-            running -= 1;
-            if is_job[n.index()] {
-                jobs_out -= 1;
-            }
-            let node = &dag.graph[n];
-            match result {
-                Ok(m) => {
-                    tracing::debug!(label = %node.label, "published");
-                    for message in crate::steps::warnings(&m.stats) {
-                        let label = node.label.clone();
-                        reporter.event(&Event::StepWarning { label, message });
-                    }
-                    reporter.event(&Event::StepFinished {
-                        label: node.label.clone(),
-                        key: m.key.0.clone(),
-                        seconds: m.duration_s,
-                    });
-                    summary.out_dirs.insert(n, cache.out_dir(&m.key));
-                    ran_inputs[n.index()] = true;
-                    new_state.insert(node.label.clone(), m.parts.clone());
-                    outcome.insert(
-                        n,
-                        Outcome::Ran {
-                            key: m.key.clone(),
-                            seconds: m.duration_s,
-                        },
-                    );
-                    status[n.index()] = Status::Done {
-                        output_hash: m.output_hash,
-                    };
-                }
-                Err(Failure::Reused(m)) => {
-                    reporter.event(&Event::StepCached {
-                        label: node.label.clone(),
-                        key: m.key.0.clone(),
-                        cut_off: false,
-                    });
-                    summary.out_dirs.insert(n, cache.out_dir(&m.key));
-                    new_state.insert(node.label.clone(), m.parts.clone());
-                    outcome.insert(
-                        n,
-                        Outcome::Cached {
-                            key: m.key.clone(),
-                            cut_off: false,
-                        },
-                    );
-                    status[n.index()] = Status::Done {
-                        output_hash: m.output_hash,
-                    };
-                }
-                Err(Failure::Cancelled) => {
-                    reporter.event(&Event::StepSkipped {
-                        label: node.label.clone(),
-                        reason: "interrupted".into(),
-                    });
-                    outcome.insert(n, Outcome::Skipped("interrupted".into()));
-                    status[n.index()] = Status::Skipped;
-                }
-                Err(Failure::Error(e)) => {
-                    reporter.event(&Event::StepFailed {
-                        label: node.label.clone(),
-                        error: e.clone(),
-                    });
-                    outcome.insert(n, Outcome::Failed(e));
-                    status[n.index()] = Status::Failed;
+                    capacity.committing += usize::from(committing);
+                    capacity.settled(n);
+                    progress.record(n, *result, dag, cache, reporter);
                 }
             }
         }
         Ok(())
     })?;
 
+    let RunProgress {
+        mut summary,
+        mut outcome,
+        new_state,
+        ..
+    } = progress;
     summary.interrupted = cancel.load(Ordering::Relaxed);
     for &n in &dag.order {
         let o = if !sel[n.index()] {
@@ -825,6 +674,243 @@ pub fn run(
         seconds: start.elapsed().as_secs_f64(),
     });
     Ok(summary)
+}
+
+/// What a run has found of each node: where it stands, its outcome, its output directory and
+/// key parts. The scheduler's bookkeeping, apart from the resources it hands out.
+struct RunProgress {
+    status: Vec<Status>,
+    outcome: BTreeMap<NodeIndex, Outcome>,
+    summary: Summary,
+    new_state: State,
+    /// Nodes whose step ran in this run: a cached dependent of one is a cut-off.
+    ran: Vec<bool>,
+}
+
+/// What resolving a waiting node reads.
+struct Resolve<'a> {
+    dag: &'a Dag,
+    keys: &'a Keys<'a>,
+    cache: &'a Cache,
+    opts: &'a RunOptions,
+    reporter: &'a dyn Reporter,
+}
+
+impl RunProgress {
+    fn new(nodes: usize) -> RunProgress {
+        RunProgress {
+            status: (0..nodes).map(|_| Status::Waiting).collect(),
+            outcome: BTreeMap::new(),
+            summary: Summary::default(),
+            new_state: State::new(),
+            ran: vec![false; nodes],
+        }
+    }
+
+    /// A waiting node whose inputs have settled becomes skipped (an input failed), failed (its
+    /// key cannot be computed), done (its entry is cached) or ready to launch. Returns whether
+    /// it settled (ready is not settled: it still waits for resources).
+    fn resolve(&mut self, n: NodeIndex, ctx: &Resolve<'_>, interrupted: bool) -> bool {
+        let node = &ctx.dag.graph[n];
+        let missing = match settle(ctx.dag, n, &self.status, interrupted) {
+            Settled::Waiting => return false,
+            Settled::Skip(bad) => {
+                let reason = format!("input {} did not complete", ctx.dag.graph[bad].label);
+                ctx.reporter.event(&Event::StepSkipped {
+                    label: node.label.clone(),
+                    reason: reason.clone(),
+                });
+                self.status[n.index()] = Status::Skipped;
+                self.outcome.insert(n, Outcome::Skipped(reason));
+                return true;
+            }
+            Settled::Ready(missing) => missing,
+        };
+        // A missing input enters the key as what is missing, never as a hash, so a partial
+        // output has a key of its own.
+        let hashes: BTreeMap<NodeIndex, String> = node
+            .inputs
+            .iter()
+            .map(|(_, f)| match &self.status[f.index()] {
+                Status::Done { output_hash } => (*f, output_hash.clone()),
+                _ => (*f, format!("missing: {}", missing[f])),
+            })
+            .collect();
+        let parts = match ctx.keys.parts(n, &hashes) {
+            Ok(p) => p,
+            Err(e) => {
+                ctx.reporter.event(&Event::StepFailed {
+                    label: node.label.clone(),
+                    error: e.to_string(),
+                });
+                self.status[n.index()] = Status::Failed;
+                self.outcome.insert(n, Outcome::Failed(e.to_string()));
+                return true;
+            }
+        };
+        let key = parts.key();
+        let forced = ctx
+            .opts
+            .force
+            .as_ref()
+            .is_some_and(|g| node.matches(&|l| g.is_match(l)));
+        if let Some(m) = ctx.cache.lookup(&key).filter(|_| !forced) {
+            let cut_off = node.inputs.iter().any(|(_, f)| self.ran[f.index()]);
+            ctx.reporter.event(&Event::StepCached {
+                label: node.label.clone(),
+                key: key.0.clone(),
+                cut_off,
+            });
+            self.summary.out_dirs.insert(n, ctx.cache.out_dir(&key));
+            self.status[n.index()] = Status::Done {
+                output_hash: m.output_hash,
+            };
+            self.outcome.insert(n, Outcome::Cached { key, cut_off });
+            self.new_state.insert(node.label.clone(), parts);
+            return true;
+        }
+        self.status[n.index()] = Status::Ready {
+            parts: Box::new(parts),
+            key,
+            forced,
+            missing,
+        };
+        false
+    }
+
+    /// A launched node's result: published, reused (another process published the same key),
+    /// interrupted or failed.
+    fn record(
+        &mut self,
+        n: NodeIndex,
+        result: Result<Manifest, Failure>,
+        dag: &Dag,
+        cache: &Cache,
+        reporter: &dyn Reporter,
+    ) {
+        let node = &dag.graph[n];
+        let label = || node.label.clone();
+        let (outcome, status) = match result {
+            Ok(m) => {
+                tracing::debug!(label = %node.label, "published");
+                for message in crate::steps::warnings(&m.stats) {
+                    reporter.event(&Event::StepWarning {
+                        label: label(),
+                        message,
+                    });
+                }
+                reporter.event(&Event::StepFinished {
+                    label: label(),
+                    key: m.key.0.clone(),
+                    seconds: m.duration_s,
+                });
+                self.summary.out_dirs.insert(n, cache.out_dir(&m.key));
+                self.ran[n.index()] = true;
+                self.new_state.insert(label(), m.parts.clone());
+                let outcome = Outcome::Ran {
+                    key: m.key.clone(),
+                    seconds: m.duration_s,
+                };
+                let status = Status::Done {
+                    output_hash: m.output_hash,
+                };
+                (outcome, status)
+            }
+            Err(Failure::Reused(m)) => {
+                reporter.event(&Event::StepCached {
+                    label: label(),
+                    key: m.key.0.clone(),
+                    cut_off: false,
+                });
+                self.summary.out_dirs.insert(n, cache.out_dir(&m.key));
+                self.new_state.insert(label(), m.parts.clone());
+                let outcome = Outcome::Cached {
+                    key: m.key.clone(),
+                    cut_off: false,
+                };
+                let status = Status::Done {
+                    output_hash: m.output_hash,
+                };
+                (outcome, status)
+            }
+            Err(Failure::Cancelled) => {
+                reporter.event(&Event::StepSkipped {
+                    label: label(),
+                    reason: "interrupted".into(),
+                });
+                (Outcome::Skipped("interrupted".into()), Status::Skipped)
+            }
+            Err(Failure::Error(e)) => {
+                reporter.event(&Event::StepFailed {
+                    label: label(),
+                    error: e.clone(),
+                });
+                (Outcome::Failed(e), Status::Failed)
+            }
+        };
+        self.outcome.insert(n, outcome);
+        self.status[n.index()] = status;
+    }
+
+    /// A published entry that could not be committed: the step failed after all.
+    fn commit_failed(&mut self, n: NodeIndex, error: &str, dag: &Dag, reporter: &dyn Reporter) {
+        let node = &dag.graph[n];
+        let e = format!("its cache entry could not be committed: {error}");
+        reporter.event(&Event::StepFailed {
+            label: node.label.clone(),
+            error: e.clone(),
+        });
+        self.new_state.remove(&node.label);
+        self.outcome.insert(n, Outcome::Failed(e));
+    }
+}
+
+/// What a run hands out: this machine's job slots and GPUs, and the cluster's job budget
+/// (`[slurm] max_jobs`); with the launched nodes not yet settled and the entries not yet
+/// committed, which keep the run going.
+struct Capacity {
+    free_slots: usize,
+    free_gpus: usize,
+    /// Nodes launched and not yet settled (running their step or publishing it).
+    running: usize,
+    /// Published nodes whose entries are still being committed.
+    committing: usize,
+    /// Nodes running as cluster jobs, and which nodes those are.
+    jobs_out: usize,
+    max_jobs: usize,
+    is_job: Vec<bool>,
+}
+
+impl Capacity {
+    fn fits(&self, slots: usize, gpu: bool, remote: bool) -> bool {
+        slots <= self.free_slots
+            && (!gpu || self.free_gpus > 0)
+            && (!remote || self.jobs_out < self.max_jobs)
+    }
+
+    fn take(&mut self, n: NodeIndex, slots: usize, gpu: bool, remote: bool) {
+        self.free_slots -= slots;
+        self.free_gpus -= usize::from(gpu);
+        self.running += 1;
+        if remote {
+            self.jobs_out += 1;
+            self.is_job[n.index()] = true;
+        }
+    }
+
+    /// A step's work ended: its slots and GPU are free again (before it is settled).
+    fn release(&mut self, slots: usize, gpu: bool) {
+        self.free_slots += slots;
+        self.free_gpus += usize::from(gpu);
+    }
+
+    /// A launched node settled.
+    fn settled(&mut self, n: NodeIndex) {
+        self.running -= 1;
+        if self.is_job[n.index()] {
+            self.jobs_out -= 1;
+        }
+    }
 }
 
 /// What a waiting node's inputs allow.
