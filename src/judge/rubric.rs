@@ -260,6 +260,8 @@ pub struct Rubric<'a> {
     fillers: BTreeSet<String>,
     /// Patterns of a count parameter's words before a number ("party size 18"), built once.
     count_labels: std::sync::OnceLock<Vec<regex::Regex>>,
+    /// The schema's one place parameter ("city"), if it has exactly one, found once.
+    place_param: std::sync::OnceLock<Option<String>>,
 }
 
 /// Words negating a fact mentioned after them in the same clause.
@@ -335,6 +337,7 @@ impl<'a> Rubric<'a> {
             fillers: fillers(tools, &lexicon),
             lexicon,
             count_labels: std::sync::OnceLock::new(),
+            place_param: std::sync::OnceLock::new(),
         }
     }
 
@@ -612,8 +615,7 @@ impl<'a> Rubric<'a> {
         }
         problems.extend(dialogue);
         problems.extend(self.check_swapped(ctx, &r, &message));
-        problems.extend(self.check_unsaid(ctx, &r, &message));
-        problems.extend(self.check_unreadable(ctx, &r, &message));
+        problems.extend(self.check_grounding(ctx, &r, &message));
         problems.extend(self.check_closing(ctx, &r, &message));
         problems.extend(self.check_presents_results(ctx, &r, &message));
         problems.extend(self.check_outcome_as_referenced(ctx, &r, &message));

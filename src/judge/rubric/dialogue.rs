@@ -817,14 +817,8 @@ impl Rubric<'_> {
         timeline: &[Mention],
     ) -> Option<(Fault, String)> {
         let last = ctx.turns.len().checked_sub(1)?;
-        let ws = words(message);
         // A confirmation that leaves a value out asks the user to check it: not ignoring.
-        let confirms = ws.iter().any(|w| CONFIRMATION_CUES.contains(&w.as_str()));
-        if ctx.turns[last].speaker != Speaker::User
-            || !questions_of(message).is_empty()
-            || is_closing(message)
-            || confirms
-        {
+        if ctx.turns[last].speaker != Speaker::User || asks_confirms_or_closes(message) {
             return None;
         }
         let given: Vec<&Stated> = timeline
@@ -867,11 +861,8 @@ impl Rubric<'_> {
         let requested = uw.iter().find(|w| txn.contains(*w))?;
         let ws = words(message);
         let wr: Vec<&str> = ws.iter().map(String::as_str).collect();
-        let engages = !questions_of(message).is_empty()
-            || is_closing(message)
-            || ws
-                .iter()
-                .any(|w| txn.contains(w) || CONFIRMATION_CUES.contains(&w.as_str()))
+        let engages = asks_confirms_or_closes(message)
+            || ws.iter().any(|w| txn.contains(w))
             || CANNOT_SAY.iter().any(|p| find_phrase(&wr, p).is_some())
             || reported(message).is_some();
         (!engages).then(|| {
@@ -1215,6 +1206,14 @@ impl Rubric<'_> {
     /// and it is the schema's only such parameter (of "from" and "to" cities, which one the
     /// user's "in Oakland" gave is not known).
     fn is_place_param(&self, param: &str) -> bool {
+        self.place_param
+            .get_or_init(|| self.find_place_param())
+            .as_deref()
+            == Some(param)
+    }
+
+    /// The one parameter of the schema that names a place, if there is exactly one.
+    fn find_place_param(&self) -> Option<String> {
         let is_place = |f: &crate::tools::Function, p: &str| {
             let description = f
                 .parameter(p)
@@ -1232,7 +1231,10 @@ impl Rubric<'_> {
             .iter()
             .flat_map(|f| f.parameter_names().into_iter().filter(|p| is_place(f, p)))
             .collect();
-        places.len() == 1 && places.contains(param)
+        match places.into_iter().collect::<Vec<_>>().as_slice() {
+            [one] => Some(one.to_string()),
+            _ => None,
+        }
     }
 
     /// A place a user turn gave in words: "in Oakland", "in SFO" (a capitalized phrase after
@@ -1241,13 +1243,7 @@ impl Rubric<'_> {
         static IN_PLACE: LazyLock<Regex> = LazyLock::new(|| {
             Regex::new(r"\b[Ii]n ([A-Z][\w'.&-]*(?: [A-Z][\w'.&-]*)*)").expect("valid pattern")
         });
-        let not_calendar = |p: &String| {
-            let first = fold(p);
-            !tracelab_core::dates::MONTHS
-                .iter()
-                .chain(tracelab_core::dates::WEEKDAYS.iter())
-                .any(|m| fold(m) == first)
-        };
+        let not_calendar = |p: &String| !super::grounding::is_calendar_word(p);
         let said_in = ctx.user_text().find_map(|u| {
             IN_PLACE
                 .captures_iter(u)
@@ -1411,6 +1407,16 @@ fn is_closing(text: &str) -> bool {
     let ws: Vec<&str> = ws.iter().map(String::as_str).collect();
     let closes = CLOSINGS.iter().any(|p| find_phrase(&ws, p).is_some());
     closes && !text.contains('?') && ws.len() <= 8
+}
+
+/// Whether a reply asks something, asks to confirm, or closes the conversation: it takes the
+/// user's turn up in some way.
+fn asks_confirms_or_closes(message: &str) -> bool {
+    !questions_of(message).is_empty()
+        || is_closing(message)
+        || words(message)
+            .iter()
+            .any(|w| CONFIRMATION_CUES.contains(&w.as_str()))
 }
 
 /// What a text reports of a transaction: `Some(false)` failed, `Some(true)` succeeded.

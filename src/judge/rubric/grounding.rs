@@ -7,6 +7,7 @@
 //! calendar words and `english.txt`, the words SGD's dialogues of at least two services use
 //! (`scripts/english_words.py`), never a domain's.
 
+use std::cell::OnceCell;
 use std::collections::BTreeSet;
 use std::sync::LazyLock;
 
@@ -43,8 +44,15 @@ fn is_common_capital(w: &str) -> bool {
     matches!(
         w,
         "i" | "am" | "pm" | "ok" | "okay" | "mr" | "mrs" | "ms" | "dr"
-    ) || MONTHS.iter().any(|m| m.eq_ignore_ascii_case(w))
-        || WEEKDAYS.iter().any(|d| d.eq_ignore_ascii_case(w))
+    ) || is_calendar_word(w)
+}
+
+/// A month's or a weekday's name, in any case.
+pub(super) fn is_calendar_word(w: &str) -> bool {
+    MONTHS
+        .iter()
+        .chain(WEEKDAYS.iter())
+        .any(|m| m.eq_ignore_ascii_case(w))
 }
 
 /// The folded words of `text` that carry content.
@@ -112,33 +120,49 @@ impl Rubric<'_> {
         })
     }
 
-    /// A reply that names something nobody said: a capitalized word (not a sentence's first
-    /// word, not the calendar's) that no turn of the conversation, no call, no result, not the
-    /// reference and not the schema hold ("I found 1 Hotel Brooklyn" in a conversation about
-    /// restaurants in Santa Clara; "in San Francisco" when the user gave no city).
-    pub(super) fn check_unsaid(
+    /// The checks on what a reply names and spells, [`Self::check_unsaid`] and
+    /// [`Self::check_unreadable`], with the words of the conversation gathered once, and only
+    /// when a word needs them.
+    pub(super) fn check_grounding(
         &self,
         ctx: &Context,
         reference: &str,
         message: &str,
+    ) -> Vec<(Fault, String)> {
+        let said = OnceCell::new();
+        let said = || said.get_or_init(|| self.said_words(ctx, reference));
+        self.check_unsaid(message, said)
+            .into_iter()
+            .chain(self.check_unreadable(message, said))
+            .collect()
+    }
+
+    /// A reply that names something nobody said: a capitalized word (not a sentence's first
+    /// word, not the calendar's) that no turn of the conversation, no call, no result, not the
+    /// reference and not the schema hold ("I found 1 Hotel Brooklyn" in a conversation about
+    /// restaurants in Santa Clara; "in San Francisco" when the user gave no city).
+    fn check_unsaid<'s>(
+        &self,
+        message: &str,
+        said: impl Fn() -> &'s BTreeSet<String>,
     ) -> Option<(Fault, String)> {
-        let said = self.said_words(ctx, reference);
+        let unsaid = |w: &String| {
+            let said = said();
+            // A name cut short ("Soo Yuan Resta") still names what was said; "St" for a said
+            // "Street".
+            let cut_short = || w.len() >= 4 && said.iter().any(|s| s.starts_with(w.as_str()));
+            let abbreviated = || {
+                super::STREET
+                    .iter()
+                    .any(|(short, long)| short == w && said.contains(*long))
+            };
+            !said.contains(w) && !cut_short() && !abbreviated()
+        };
         super::dialogue::capitalized_phrases(message)
             .into_iter()
             .find(|phrase| {
                 words(phrase).iter().any(|w| {
-                    // A name cut short ("Soo Yuan Resta") still names what was said.
-                    let cut_short = w.len() >= 4 && said.iter().any(|s| s.starts_with(w.as_str()));
-                    // "St" for a said "Street".
-                    let abbreviated = super::STREET
-                        .iter()
-                        .any(|(short, long)| short == w && said.contains(*long));
-                    w.len() >= 2
-                        && !is_common_capital(w)
-                        && parse_number(w).is_none()
-                        && !said.contains(w)
-                        && !cut_short
-                        && !abbreviated
+                    w.len() >= 2 && !is_common_capital(w) && parse_number(w).is_none() && unsaid(w)
                 })
             })
             .map(|phrase| {
@@ -156,13 +180,12 @@ impl Rubric<'_> {
     /// conversation, the reference, the schema nor any conversation of the judged set says
     /// ("Please confirm the details: cityderate, dated.") cannot be read: a student's garbled
     /// output. Capitalized words are names, for [`Self::check_unsaid`].
-    pub(super) fn check_unreadable(
+    fn check_unreadable<'s>(
         &self,
-        ctx: &Context,
-        reference: &str,
         message: &str,
+        said: impl Fn() -> &'s BTreeSet<String>,
     ) -> Option<(Fault, String)> {
-        let lower: Vec<String> = message
+        let first = message
             .split_whitespace()
             .filter(|w| w.starts_with(|c: char| c.is_lowercase()))
             .flat_map(words)
@@ -170,13 +193,7 @@ impl Rubric<'_> {
                 w.chars().count() >= MIN_UNREADABLE_LEN && w.chars().all(char::is_alphabetic)
             })
             .filter(|w| !ENGLISH.contains(w.as_str()) && !self.lexicon.words.contains(w))
-            .collect();
-        if lower.is_empty() {
-            return None;
-        }
-        let said = self.said_words(ctx, reference);
-        let unread: Vec<&String> = lower.iter().filter(|w| !said.contains(*w)).collect();
-        let first = unread.first()?;
+            .find(|w| !said().contains(w))?;
         Some((
             Fault::Unreadable,
             format!("has a word nobody can read ({first:?})"),
