@@ -959,16 +959,18 @@ impl<'a> Rubric<'a> {
             if let Some(claimed) = count_claim(&ws).filter(|_| !counted && (just_returned || !more))
             {
                 counted = true;
-                if claimed == MANY {
-                    if n <= 1 && just_returned {
+                match claimed {
+                    Count::Several if n <= 1 && just_returned => {
                         return Some(format!(
                             "says it found several, but the search returned {n} results"
                         ));
                     }
-                } else if claimed != n {
-                    return Some(format!(
-                        "says it found {claimed}, but the search returned {n} results"
-                    ));
+                    Count::Exactly(c) if c != n => {
+                        return Some(format!(
+                            "says it found {c}, but the search returned {n} results"
+                        ));
+                    }
+                    _ => {}
                 }
             }
         }
@@ -1242,13 +1244,18 @@ fn find_words(words: &[&str], pat: &[&str]) -> Option<usize> {
     (0..=words.len() - pat.len()).find(|&i| words[i..i + pat.len()] == *pat)
 }
 
-/// What [`count_claim`] returns for "a few" or "several": some number above one.
-const MANY: usize = usize::MAX;
+/// How many results a reply says were found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Count {
+    Exactly(usize),
+    /// "a few", "several": more than one, said without a number.
+    Several,
+}
 
 /// "found 5 restaurants", "there are 10 options", "located 9 hotels": the count, when at least 2
 /// and followed by a plural noun (a lone "one" usually means "one of them"). "I have three
 /// suggestions" is an offer of some results, not a count of all, so "have" does not count.
-fn count_claim(ws: &[&str]) -> Option<usize> {
+fn count_claim(ws: &[&str]) -> Option<Count> {
     for i in 0..ws.len() {
         let counting = match ws[i] {
             "found" | "located" | "returned" | "got" | "discovered" => true,
@@ -1271,19 +1278,19 @@ fn count_claim(ws: &[&str]) -> Option<usize> {
             .is_some_and(|w| matches!(*w, "several" | "multiple" | "many"))
             || ws.get(j..j + 2) == Some(&["a", "few"][..])
         {
-            return Some(MANY);
+            return Some(Count::Several);
         }
         let Some(n) = ws.get(j).and_then(|w| parse_number(w)) else {
             continue;
         };
         let noun = ws.get(j + 1).or_else(|| ws.get(j + 2));
         if n >= 2.0 && n.fract() == 0.0 && noun.is_some_and(|w| w.ends_with('s')) {
-            return Some(n as usize);
+            return Some(Count::Exactly(n as usize));
         }
         // "I found 1 restaurant" (or a garbled "1 restaurants"): a digit 1 is a count ("found
         // one you may like" is not).
         if ws[j] == "1" && noun.is_some() {
-            return Some(1);
+            return Some(Count::Exactly(1));
         }
     }
     None
@@ -1801,10 +1808,24 @@ mod tests {
             vec![vec!["71", "north", "san", "pedro", "street"]]
         );
         assert!(addresses("I have 2 options that way").is_empty());
-        assert_eq!(count_claim(&["i", "found", "10", "restaurants"]), Some(10));
+        assert_eq!(
+            count_claim(&["i", "found", "10", "restaurants"]),
+            Some(Count::Exactly(10))
+        );
         assert_eq!(count_claim(&["i", "have", "one", "in", "oakland"]), None);
         assert_eq!(count_claim(&["i", "have", "three", "suggestions"]), None);
-        assert_eq!(count_claim(&["there", "are", "4", "bedrooms"]), Some(4));
+        assert_eq!(
+            count_claim(&["there", "are", "4", "bedrooms"]),
+            Some(Count::Exactly(4))
+        );
+        assert_eq!(
+            count_claim(&["i", "found", "a", "few", "options"]),
+            Some(Count::Several)
+        );
+        assert_eq!(
+            count_claim(&["i", "found", "1", "restaurants"]),
+            Some(Count::Exactly(1))
+        );
         assert_eq!(count_claim(&["they", "are", "4", "stars"]), None);
     }
 }
