@@ -640,10 +640,14 @@ impl Experiment {
     /// and for `pretrain` what it takes from the rest of the experiment.
     pub fn cell_params(&self, kind: &str, pipeline: &str, scenario: &str) -> Value {
         let own = self.params_for(kind, Some(pipeline), Some(scenario));
-        if kind == "pretrain" {
-            self.pretrain_params(&own)
-        } else {
-            own
+        match kind {
+            "pretrain" => self.pretrain_params(&own),
+            "phrasebook" => {
+                let mut raw = json!({});
+                self.corpus_params(&mut raw, &own);
+                raw
+            }
+            _ => own,
         }
     }
 
@@ -652,9 +656,6 @@ impl Experiment {
     /// and role pools, besides any the table names), and the tokenizer and student take the
     /// experiment's `[tokenizer]` and `[train]`, so the cells' students have the base's shape.
     fn pretrain_params(&self, own: &Value) -> Value {
-        let d = &self.data;
-        let mut services: Vec<String> = d.service.iter().cloned().collect();
-        services.extend(d.roles.values().filter_map(|r| r.service.clone()));
         // The experiment's own tables, not a pipeline's or scenario's overrides: every cell
         // shares one base (a cell whose overrides change the architecture is told so by train).
         let mut train = self.params_for("train", None, None);
@@ -662,11 +663,27 @@ impl Experiment {
             t.remove("base");
         }
         let mut raw = json!({
-            "corpus": {"path": if d.format == "sgd" { d.path.clone() } else { String::new() }},
             "tokenizer": self.params_for("tokenizer", None, None),
             "train": train,
         });
-        merge(&mut raw, own);
+        self.corpus_params(&mut raw, own);
+        raw
+    }
+
+    /// Merges a corpus-reading step's table (`own`) into `raw` with the corpus defaults: SGD's
+    /// `data.path`, and every service the experiment reads (target and role pools) excluded
+    /// besides any the table names.
+    fn corpus_params(&self, raw: &mut Value, own: &Value) {
+        let d = &self.data;
+        let mut services: Vec<String> = d.service.iter().cloned().collect();
+        services.extend(d.roles.values().filter_map(|r| r.service.clone()));
+        let path = if d.format == "sgd" {
+            d.path.clone()
+        } else {
+            String::new()
+        };
+        raw["corpus"] = json!({ "path": path });
+        merge(raw, own);
         // data.path is a default for an SGD corpus only: a JSONL corpus names its own file.
         if raw["corpus"]["format"] == "jsonl" && own["corpus"]["path"].is_null() {
             raw["corpus"]["path"] = json!("");
@@ -675,7 +692,6 @@ impl Experiment {
             services.extend(listed.iter().filter_map(|v| v.as_str().map(String::from)));
         }
         raw["corpus"]["exclude"] = json!(services);
-        raw
     }
 
     /// Parameters of a step kind in a cell: its table, then the pipeline's overrides, then the

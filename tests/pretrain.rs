@@ -293,3 +293,46 @@ fn a_base_fine_tuned_with_another_tokenizer_is_refused() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_phrasebook_reads_the_services_the_experiment_does_not_and_words_generated_messages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    project(root);
+    let pipelines =
+        "\n[pipelines.synthetic]\nsteps = [\"filter\", \"phrasebook\", \"generate\"]\n\n\
+        [generate]\nconversations = 40\nphrasebook = 0.5\n";
+    let events = run(root, "p", pipelines);
+    let books = manifests(root, "phrasebook");
+    assert_eq!(books.len(), 1);
+    let entry = root.join("cache").join(books[0]["key"].as_str().unwrap());
+    let book: Value =
+        serde_json::from_slice(&std::fs::read(entry.join("out/phrasebook.json")).unwrap()).unwrap();
+    assert_eq!(
+        book["services"],
+        json!({"Delta_1": 12, "Gamma_1": 12, "Omega_1": 12}),
+        "target and sister left out, the Omega+Alpha dialogue too"
+    );
+    // The fixture's services share their wording: "book it at {time}" maps onto Alpha's time.
+    let generate = &manifests(root, "generate")[0];
+    assert!(
+        generate["stats"]["borrowed_phrasings"].as_u64().unwrap() > 0,
+        "{generate}"
+    );
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "step_finished" && e["label"] == "phrasebook"));
+
+    // Another experiment file with the same corpus reuses it; a share with no phrasebook step
+    // before generate is a dangling input that names the step to add.
+    let again = run(root, "q", pipelines);
+    assert!(!again
+        .iter()
+        .any(|e| e["event"] == "step_finished" && e["label"] == "phrasebook"));
+    let missing = pipelines.replace("\"phrasebook\", ", "");
+    let stderr = run_failing(root, "r", &missing);
+    assert!(
+        stderr.contains("needs a phrasebook") && stderr.contains("add one of: phrasebook"),
+        "{stderr}"
+    );
+}

@@ -14,10 +14,17 @@ use crate::llm::{LlmClient, LlmConfig};
 use crate::task::MutationTopic;
 use crate::teacher::http::HttpTeacher;
 use crate::teacher::offline::OfflineTeacher;
+use crate::teacher::phrasebook::Phrasebook;
 use crate::teacher::{plan_jobs, Context, Teacher, TeacherError};
 
 /// The generate step.
 pub struct Generate;
+
+/// Reads a `phrasebook` step's output; an unreadable one names its file.
+fn read_phrasebook(path: &std::path::Path) -> Result<Phrasebook, StepError> {
+    let text = std::fs::read_to_string(path).map_err(|e| StepError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| StepError::Data(format!("{}: {e}", path.display())))
+}
 
 /// Which teacher writes the conversations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +62,15 @@ pub struct GenerateParams {
     /// Largest share of failed jobs the step accepts.
     #[serde(default = "default_max_failure_rate")]
     pub max_failure_rate: f64,
+    /// The share of the offline teacher's messages worded from the phrasebook (a `phrasebook`
+    /// step earlier in the pipeline) where it has a phrasing for them; 0: no phrasebook.
+    /// Left out of the canonical form at 0, so files that never set it keep their keys.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub phrasebook: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 fn default_teacher() -> TeacherKind {
@@ -98,6 +114,19 @@ impl Step for Generate {
     }
     fn consumes(&self) -> &'static [Artifact] {
         &[Artifact::Traces, Artifact::Tools, Artifact::Task]
+    }
+    /// With a phrasebook share, also the `phrasebook` step's output.
+    fn consumes_with(&self, params: &Value) -> &'static [Artifact] {
+        if params["phrasebook"].as_f64().unwrap_or(0.0) > 0.0 {
+            &[
+                Artifact::Traces,
+                Artifact::Tools,
+                Artifact::Task,
+                Artifact::Phrasebook,
+            ]
+        } else {
+            self.consumes()
+        }
     }
     fn produces(&self) -> &'static [Artifact] {
         &[Artifact::Traces]
@@ -143,6 +172,16 @@ impl Step for Generate {
         if !(0.0..=1.0).contains(&p.max_failure_rate) {
             return Err(bad("max_failure_rate", "must be between 0 and 1".into()));
         }
+        if !(0.0..=1.0).contains(&p.phrasebook) {
+            return Err(bad("phrasebook", "a share between 0 and 1".into()));
+        }
+        if p.phrasebook > 0.0 && p.teacher != TeacherKind::Offline {
+            return Err(bad(
+                "phrasebook",
+                "the phrasebook words the offline teacher's messages; an LLM teacher has its own"
+                    .into(),
+            ));
+        }
         Ok(v)
     }
     fn resource(&self, params: &Value, _jobs: usize) -> Resource {
@@ -175,9 +214,27 @@ impl Step for Generate {
             TeacherError::Cancelled => StepError::Cancelled,
             other => StepError::Data(other.to_string()),
         };
+        let mut borrowed = None;
         let (outcomes, llm) = match p.teacher {
             TeacherKind::Offline => {
-                let t = OfflineTeacher::new(&tctx).map_err(teacher_err)?;
+                let mut t = OfflineTeacher::new(&tctx).map_err(teacher_err)?;
+                if p.phrasebook > 0.0 {
+                    let book = read_phrasebook(&ctx.input(Artifact::Phrasebook)?)?;
+                    t = t.with_phrasebook(&tctx, &book, p.phrasebook);
+                    let b = t.borrowed();
+                    let n = b
+                        .inform
+                        .values()
+                        .chain(b.request.values())
+                        .map(Vec::len)
+                        .sum::<usize>()
+                        + b.ask.values().map(Vec::len).sum::<usize>()
+                        + b.opener.len()
+                        + b.confirm_u.len()
+                        + b.thanks.len()
+                        + b.close.len();
+                    borrowed = Some(n);
+                }
                 // Stay within the threads the executor granted this step.
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(ctx.threads.max(1))
@@ -216,6 +273,9 @@ impl Step for Generate {
                 .map(|f| json!({"index": f.index, "reason": f.reason})),
         )?;
         ctx.stat("generated", convs.len());
+        if let Some(n) = borrowed {
+            ctx.stat("borrowed_phrasings", n);
+        }
         ctx.stat("failures", failures.len());
         ctx.stat(
             "turns",

@@ -17,6 +17,7 @@ pub mod filter;
 pub mod generate;
 pub mod ingest;
 pub mod judge;
+pub mod phrasebook;
 pub mod predict;
 pub mod pretrain;
 pub mod report;
@@ -33,6 +34,7 @@ pub static STEPS: &[&dyn Step] = &[
     &split::Split,
     &corrupt::Corrupt,
     &filter::Filter,
+    &phrasebook::MakePhrasebook,
     &generate::Generate,
     &validate::Validate,
     &pretrain::Pretrain,
@@ -80,6 +82,8 @@ pub enum Artifact {
     Tokenizer,
     /// A trained student (`model/`).
     Model,
+    /// Other services' phrasings for the offline teacher (`phrasebook.json`).
+    Phrasebook,
     /// Predictions next to their references (`predictions.jsonl`).
     Predictions,
     /// Judge verdicts and per-cell metrics (`verdicts.jsonl`, `metrics.json`).
@@ -98,6 +102,7 @@ impl Artifact {
             Artifact::Pairs => "pairs.jsonl",
             Artifact::Tokenizer => "tokenizer.json",
             Artifact::Model => "model",
+            Artifact::Phrasebook => "phrasebook.json",
             Artifact::Predictions => "predictions.jsonl",
             Artifact::Verdicts => "metrics.json",
             Artifact::Table => "table.csv",
@@ -113,6 +118,7 @@ impl Artifact {
             Artifact::Pairs => "evaluation pairs",
             Artifact::Tokenizer => "a tokenizer",
             Artifact::Model => "a trained model",
+            Artifact::Phrasebook => "a phrasebook",
             Artifact::Predictions => "predictions",
             Artifact::Verdicts => "verdicts",
             Artifact::Table => "a result table",

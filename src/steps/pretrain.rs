@@ -102,20 +102,7 @@ impl Step for Pretrain {
             }
             return Ok(vec![dir.to_path_buf()]);
         }
-        let mut files = Vec::new();
-        for f in sgd::dialogue_files(&root.join(dir), &p.corpus.splits)
-            .map_err(|e| StepError::Data(e.to_string()))?
-        {
-            let name = f.file_name().expect("a file").to_owned();
-            let split = f.parent().and_then(Path::file_name).expect("in a split");
-            files.push(dir.join(split).join(name));
-        }
-        for split in ["train", "dev", "test"] {
-            if root.join(dir).join(split).join("schema.json").is_file() {
-                files.push(dir.join(split).join("schema.json"));
-            }
-        }
-        Ok(files)
+        sgd_corpus_files(&p.corpus, root)
     }
     fn run(&self, ctx: &mut StepContext<'_>) -> Result<(), StepError> {
         let p: PretrainParams = super::typed(ctx.params)?;
@@ -179,11 +166,31 @@ fn write_corpus(
     Ok(counts)
 }
 
+/// The files an SGD corpus reads (its dialogue files and schemas), relative to `root` as
+/// `corpus.path` is: their contents are part of a step's key.
+pub(super) fn sgd_corpus_files(c: &CorpusParams, root: &Path) -> Result<Vec<PathBuf>, StepError> {
+    let dir = Path::new(&c.path);
+    let mut files = Vec::new();
+    for f in sgd::dialogue_files(&root.join(dir), &c.splits)
+        .map_err(|e| StepError::Data(e.to_string()))?
+    {
+        let name = f.file_name().expect("a file").to_owned();
+        let split = f.parent().and_then(Path::file_name).expect("in a split");
+        files.push(dir.join(split).join(name));
+    }
+    for split in ["train", "dev", "test"] {
+        if root.join(dir).join(split).join("schema.json").is_file() {
+            files.push(dir.join(split).join("schema.json"));
+        }
+    }
+    Ok(files)
+}
+
 /// One service of the corpus: its name, tools and conversations.
-type Group = (String, ToolSet, Vec<Conversation>);
+pub(super) type Group = (String, ToolSet, Vec<Conversation>);
 
 /// SGD's single-service dialogues by service, the excluded services left out.
-fn sgd_groups(sgd_dir: &Path, c: &CorpusParams) -> Result<Vec<Group>, StepError> {
+pub(super) fn sgd_groups(sgd_dir: &Path, c: &CorpusParams) -> Result<Vec<Group>, StepError> {
     let excluded: BTreeSet<&str> = c.exclude.iter().map(String::as_str).collect();
     let by_service = sgd::read_single_service(sgd_dir, &c.splits, &|s| !excluded.contains(s))
         .map_err(|e| StepError::Data(e.to_string()))?;

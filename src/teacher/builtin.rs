@@ -16,7 +16,8 @@ use rand_chacha::ChaCha8Rng;
 use tracelab_core::text::identifier_words;
 
 /// What kind of thing an argument's value is, which decides how a person says it in a sentence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     /// A city, town or area: "in {v}".
     Place,
@@ -33,6 +34,16 @@ pub enum Role {
 }
 
 impl Role {
+    /// Reads the role from an argument's name and JSON schema.
+    pub fn of_schema(name: &str, schema: &serde_json::Value) -> Role {
+        let description = schema
+            .get("description")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("");
+        let integer = schema.get("type").and_then(serde_json::Value::as_str) == Some("integer");
+        Role::of(name, description, integer)
+    }
+
     /// Reads the role from an argument's name and schema description.
     pub fn of(name: &str, description: &str, integer: bool) -> Role {
         let n = name.to_ascii_lowercase();

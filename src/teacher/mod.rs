@@ -8,6 +8,7 @@
 pub mod builtin;
 pub mod http;
 pub mod offline;
+pub mod phrasebook;
 /// Spoken forms of values live in the text layer (`tracelab-core`), shared with the student.
 pub use tracelab_core::text::spoken;
 

@@ -26,6 +26,7 @@ use rayon::prelude::*;
 use serde_json::{Map, Value};
 
 use super::builtin::{self, Role, Said};
+use super::phrasebook::Phrasebook;
 use super::spoken::{format_date, parse_date, Spoken};
 use super::{Context, Failure, Job, Outcome, Teacher, TeacherError};
 use crate::conversation::{Conversation, Message, ToolCall};
@@ -76,11 +77,7 @@ impl Arg {
             validator,
             is_flag,
             predicate: flag_predicate(name, description),
-            role: Role::of(
-                name,
-                description,
-                schema.get("type").and_then(Value::as_str) == Some("integer"),
-            ),
+            role: Role::of_schema(name, schema),
         }
     }
 
@@ -423,7 +420,7 @@ fn delexicalize(text: &str, values: &[(String, String)], spoken: &Spoken) -> Str
 }
 
 /// Placeholder names in a template, sorted and distinct.
-fn placeholders(t: &str) -> Vec<String> {
+pub(crate) fn placeholders(t: &str) -> Vec<String> {
     let mut out = BTreeSet::new();
     let mut rest = t;
     while let Some(a) = rest.find('{') {
@@ -1129,6 +1126,10 @@ pub struct OfflineTeacher {
     pools: BTreeMap<String, Vec<String>>,
     /// How values are said in messages.
     spoken: Spoken,
+    /// Phrasings of other services mapped onto this schema ([`OfflineTeacher::with_phrasebook`]).
+    borrowed: Templates,
+    /// The share of choices that take a borrowed phrasing where there is one.
+    borrowed_share: f64,
 }
 
 /// Widens value pools whose traces show a time (`HH:MM`) or ISO date format with more values of
@@ -1245,6 +1246,23 @@ impl Writer<'_> {
         });
     }
 
+    /// A borrowed phrasing ([`OfflineTeacher::with_phrasebook`]) `borrowed_share` of the time
+    /// where there is one, otherwise [`Writer::pick`]. No random draw without a borrowed
+    /// phrasing, so a teacher with no phrasebook writes what it wrote before.
+    fn pick_with(&mut self, learned: &[String], borrowed: &[String], builtin: &[&str]) -> String {
+        if self.borrows(borrowed) {
+            borrowed.choose(&mut self.rng).expect("non-empty").clone()
+        } else {
+            self.pick(learned, builtin)
+        }
+    }
+
+    /// Whether to take one of `borrowed` this time.
+    fn borrows(&mut self, borrowed: &[String]) -> bool {
+        let share = self.teacher.borrowed_share;
+        share > 0.0 && !borrowed.is_empty() && self.rng.random_bool(share.min(1.0))
+    }
+
     fn pick<'a>(&mut self, learned: &'a [String], builtin: &'a [&'a str]) -> String {
         // Trace phrasings (domain signal) as far as the traces offer variety, built-ins for the
         // rest.
@@ -1293,13 +1311,17 @@ impl Writer<'_> {
             .map(|(k, v)| (k.clone(), self.teacher.spoken.say(v, &mut self.rng)))
             .collect();
         let values: BTreeMap<String, String> = plain.iter().cloned().collect();
-        let templates = &self.teacher.domain.templates;
-        let learned = match templates.request.get(&key) {
+        let of = |templates: &Templates| match templates.request.get(&key) {
             Some(r) if func.kind == FunctionKind::Transaction && !r.is_empty() => r.clone(),
             _ => templates.inform.get(&key).cloned().unwrap_or_default(),
         };
+        let learned = of(&self.teacher.domain.templates);
+        let borrowed = of(&self.teacher.borrowed);
         let mut text = if plain.is_empty() {
             String::new()
+        } else if self.borrows(&borrowed) {
+            let t = borrowed.choose(&mut self.rng).expect("non-empty");
+            fill(t, &values).expect("keys match")
         } else if !learned.is_empty() && self.rng.random_bool(builtin::LEARNED_SHARE) {
             let t = learned.choose(&mut self.rng).expect("non-empty");
             fill(t, &values).expect("keys match")
@@ -1374,7 +1396,14 @@ impl Writer<'_> {
             format!("Could you tell me the {h}, please?"),
         ];
         let b: Vec<&str> = builtin.iter().map(String::as_str).collect();
-        self.pick(&learned, &b)
+        let borrowed = self
+            .teacher
+            .borrowed
+            .ask
+            .get(arg)
+            .cloned()
+            .unwrap_or_default();
+        self.pick_with(&learned, &borrowed, &b)
     }
 }
 
@@ -1480,6 +1509,8 @@ impl OfflineTeacher {
             domain,
             pools,
             spoken: Spoken::new(&ctx.task.settings.reference_date),
+            borrowed: Templates::default(),
+            borrowed_share: 0.0,
         };
         for f in &teacher.searches {
             for &i in &f.required {
@@ -1513,6 +1544,21 @@ impl OfflineTeacher {
     /// The extracted domain (for statistics and tests).
     pub fn domain(&self) -> &Domain {
         &self.domain
+    }
+
+    /// Lets other services' phrasings (a [`Phrasebook`]) word `share` of the messages they have
+    /// a phrasing for, the traces and built-ins the rest. Only phrasings whose rare words the
+    /// traces of `ctx` say, and whose placeholders map onto this schema, are taken.
+    pub fn with_phrasebook(mut self, ctx: &Context<'_>, book: &Phrasebook, share: f64) -> Self {
+        let vocabulary = super::phrasebook::vocabulary(ctx.traces, &self.respond_name);
+        self.borrowed = book.for_target(ctx.tools, &vocabulary);
+        self.borrowed_share = share;
+        self
+    }
+
+    /// The phrasings taken from a phrasebook (for statistics and tests).
+    pub fn borrowed(&self) -> &Templates {
+        &self.borrowed
     }
 
     fn draw(&self, rng: &mut ChaCha8Rng, arg: &Arg, avoid: Option<&str>) -> Option<String> {
@@ -1683,7 +1729,11 @@ impl OfflineTeacher {
             },
         }
         .map_err(fail)?;
-        let close = w.pick(&self.domain.templates.close, builtin::CLOSE);
+        let close = w.pick_with(
+            &self.domain.templates.close,
+            &self.borrowed.close,
+            builtin::CLOSE,
+        );
         w.say(close);
 
         if w.turns < lo || w.turns > hi {
@@ -1744,7 +1794,11 @@ impl OfflineTeacher {
             .map(|(_, kv)| kv.clone())
             .collect();
         let opener = if opener_given.is_empty() {
-            w.pick(&self.domain.templates.opener, builtin::OPENER)
+            w.pick_with(
+                &self.domain.templates.opener,
+                &self.borrowed.opener,
+                builtin::OPENER,
+            )
         } else {
             w.inform(search, &opener_given, None, Act::Request)
         };
@@ -1820,7 +1874,11 @@ impl OfflineTeacher {
                 shown = self.search_and_present(w, search, &current)?;
                 shown_at = 0;
             } else if shown.len() > shown_at + 1 && w.rng.random_bool(0.4) {
-                let q = w.pick(&self.domain.templates.another, builtin::ANOTHER);
+                let q = w.pick_with(
+                    &self.domain.templates.another,
+                    &self.borrowed.another,
+                    builtin::ANOTHER,
+                );
                 w.user(q);
                 shown_at += 1;
                 let text =
@@ -1851,7 +1909,11 @@ impl OfflineTeacher {
                 may_fail: true,
             };
             self.book(w, search, t, &booking)?;
-            let thanks = w.pick(&self.domain.templates.thanks, builtin::THANKS);
+            let thanks = w.pick_with(
+                &self.domain.templates.thanks,
+                &self.borrowed.thanks,
+                builtin::THANKS,
+            );
             w.user(thanks);
         } else {
             let bye = w.pick(&[], builtin::DECLINE);
@@ -2011,7 +2073,11 @@ impl OfflineTeacher {
                 }
             }
         }
-        let yes = w.pick(&self.domain.templates.confirm_u, builtin::CONFIRM_U);
+        let yes = w.pick_with(
+            &self.domain.templates.confirm_u,
+            &self.borrowed.confirm_u,
+            builtin::CONFIRM_U,
+        );
         // Users often confirm and ask something in the same message ("Yes. Do they serve
         // alcohol?"): the booking still comes first, the answer rides on its report.
         let question = if w.rng.random_bool(0.4) {
@@ -2167,7 +2233,11 @@ impl OfflineTeacher {
                 self.detail(w, &booked);
             }
         }
-        let thanks = w.pick(&self.domain.templates.thanks, builtin::THANKS);
+        let thanks = w.pick_with(
+            &self.domain.templates.thanks,
+            &self.borrowed.thanks,
+            builtin::THANKS,
+        );
         w.user(thanks);
         Ok(())
     }
@@ -2248,7 +2318,11 @@ impl OfflineTeacher {
                 w.say(a);
             }
             None => {
-                let q = w.pick(&self.domain.templates.another, builtin::ANOTHER);
+                let q = w.pick_with(
+                    &self.domain.templates.another,
+                    &self.borrowed.another,
+                    builtin::ANOTHER,
+                );
                 w.user(q);
                 w.say("That is the only option I found.".into());
             }
