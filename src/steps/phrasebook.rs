@@ -32,7 +32,8 @@ impl Step for MakePhrasebook {
         "phrasebook"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: "account_type" is no count (a count's words are whole words of its name).
+        2
     }
     fn about(&self) -> &'static str {
         "learn the offline teacher's phrasings from dialogues of services the experiment does not use"

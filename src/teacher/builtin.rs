@@ -54,18 +54,11 @@ impl Role {
         } else if has(&n, &["time", "hour"]) {
             Role::Time
         } else if integer
-            || has(
-                &n,
-                &[
-                    "size",
-                    "count",
-                    "number_of",
-                    "num_",
-                    "people",
-                    "guests",
-                    "seats",
-                ],
-            )
+            || has(&n, &["number_of", "num_"])
+            // Whole words: "account_type" holds "count" and is no count.
+            || identifier_words(name).iter().any(|w| {
+                ["size", "count", "people", "guests", "seats"].contains(&w.as_str())
+            })
         {
             Role::Count
         } else if has(
@@ -627,6 +620,8 @@ mod tests {
             ("restaurant_name", "Name of the restaurant", Role::Name),
             ("cuisine", "Cuisine of food served", Role::Category),
             ("where_to", "Town or city of the hotel", Role::Place),
+            ("guest_count", "How many guests", Role::Count),
+            ("account_type", "Checking or savings", Role::Category),
         ] {
             assert_eq!(Role::of(name, description, false), role, "{name}");
         }
