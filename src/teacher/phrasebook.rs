@@ -32,7 +32,8 @@ pub struct Phrasebook {
 }
 
 /// Which part of a conversation a phrasing plays (the offline teacher's [`Templates`] fields
-/// whose text does not depend on one domain's result fields).
+/// whose text does not depend on one domain's result fields; a repeated search changes a
+/// category most of the time, which stays in its domain, so none of those).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
@@ -40,8 +41,6 @@ pub enum Kind {
     Inform,
     /// A user message giving values that led to a transaction.
     Request,
-    /// A user message asking to search again with changed values.
-    Research,
     /// An assistant question for one argument.
     Ask,
     /// A value-free first user message.
@@ -290,7 +289,6 @@ impl Phrasebook {
             match e.kind {
                 Kind::Inform => push(t.inform.entry(key).or_default(), text),
                 Kind::Request => push(t.request.entry(key).or_default(), text),
-                Kind::Research => push(t.research.entry(key).or_default(), text),
                 Kind::Ask => {
                     if let [arg] = key.as_slice() {
                         push(t.ask.entry(arg.clone()).or_default(), text);
@@ -346,7 +344,6 @@ fn entries_of(t: &Templates) -> Vec<(Kind, String, Option<String>)> {
     let keyed = [
         (Kind::Inform, &t.inform),
         (Kind::Request, &t.request),
-        (Kind::Research, &t.research),
     ];
     for (kind, map) in keyed {
         out.extend(map.values().flatten().map(|s| (kind, s.clone(), None)));
