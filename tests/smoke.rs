@@ -119,9 +119,10 @@ fn smoke_experiment_runs_end_to_end_and_reruns_nothing() {
 }
 
 /// One clean cell of a student trained from scratch with its own tokenizer (`base = "none"`,
-/// the ablation and the other domains' setting), on the smoke slice: the `tokenizer` step kind,
-/// which no benchmark pipeline runs any more, gets its output recorded too. Its data steps are
-/// the smoke run's cache entries.
+/// the ablation and the other domains' setting), on the smoke slice, and one that generates
+/// with the teacher's phrasebook: the `tokenizer` and `phrasebook` step kinds, which no
+/// benchmark pipeline runs, get their outputs recorded too. Its data steps are the smoke run's
+/// cache entries.
 fn scratch_cell_runs(root: &Path, sgd: &Path) {
     let smoke = std::fs::read_to_string(root.join("experiments/smoke.toml")).unwrap();
     let head = smoke.split("[pipelines.synthetic]").next().unwrap();
@@ -133,6 +134,9 @@ fn scratch_cell_runs(root: &Path, sgd: &Path) {
             "scenarios = [\"clean\"]",
         )
         + "[pipelines.scratch]\nsteps = [\"tokenizer\", \"train\", \"predict\", \"judge\"]\n\n"
+        + "[pipelines.phrased]\nsteps = [\"filter\", \"phrasebook\", \"generate\"]\n\n"
+        + "[overrides.phrased.generate]\nphrasebook = 0.3\n\n"
+        + "[phrasebook.corpus]\nper_service = 10\n\n"
         + &tail.replace("base = \"pretrained\"", "base = \"none\"");
     assert!(scratch.contains("smoke-scratch") && scratch.contains("base = \"none\""));
     std::fs::write(root.join("experiments/smoke-scratch.toml"), scratch).unwrap();
@@ -304,6 +308,7 @@ fn outputs_change_only_with_their_step_version(root: &Path) {
             || label.ends_with("/corrupt")
             || label.starts_with("clean/")
             || label == "pretrain"
+            || label == "phrasebook"
             || (label == "report" && !scratch_report);
         if keep {
             let kind = m["parts"]["kind"].as_str().unwrap().to_string();
