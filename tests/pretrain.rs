@@ -329,6 +329,15 @@ fn the_phrasebook_reads_the_services_the_experiment_does_not_and_words_generated
     assert!(!again
         .iter()
         .any(|e| e["event"] == "step_finished" && e["label"] == "phrasebook"));
+    // Values alone need the phrasebook as well; the fixture's places are all the target's own.
+    let values = pipelines.replace("phrasebook = 0.5", "phrasebook_values = true");
+    run(root, "v", &values);
+    let gens = manifests(root, "generate");
+    let with_values = gens
+        .iter()
+        .find(|m| m["parts"]["params"]["phrasebook_values"] == true)
+        .expect("a generate step with the phrasebook's values");
+    assert_eq!(with_values["stats"]["borrowed_values"], 0, "{with_values}");
     let missing = pipelines.replace("\"phrasebook\", ", "");
     let stderr = run_failing(root, "r", &missing);
     assert!(

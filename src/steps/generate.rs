@@ -67,6 +67,10 @@ pub struct GenerateParams {
     /// Left out of the canonical form at 0, so files that never set it keep their keys.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub phrasebook: f64,
+    /// Widen the offline teacher's pools of places, names and counts with the phrasebook's
+    /// values of those roles (a `phrasebook` step earlier in the pipeline).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub phrasebook_values: bool,
 }
 
 fn is_zero(x: &f64) -> bool {
@@ -117,7 +121,8 @@ impl Step for Generate {
     }
     /// With a phrasebook share, also the `phrasebook` step's output.
     fn consumes_with(&self, params: &Value) -> &'static [Artifact] {
-        if params["phrasebook"].as_f64().unwrap_or(0.0) > 0.0 {
+        if params["phrasebook"].as_f64().unwrap_or(0.0) > 0.0 || params["phrasebook_values"] == true
+        {
             &[
                 Artifact::Traces,
                 Artifact::Tools,
@@ -175,7 +180,7 @@ impl Step for Generate {
         if !(0.0..=1.0).contains(&p.phrasebook) {
             return Err(bad("phrasebook", "a share between 0 and 1".into()));
         }
-        if p.phrasebook > 0.0 && p.teacher != TeacherKind::Offline {
+        if (p.phrasebook > 0.0 || p.phrasebook_values) && p.teacher != TeacherKind::Offline {
             return Err(bad(
                 "phrasebook",
                 "the phrasebook words the offline teacher's messages; an LLM teacher has its own"
@@ -215,12 +220,20 @@ impl Step for Generate {
             other => StepError::Data(other.to_string()),
         };
         let mut borrowed = None;
+        let mut borrowed_values = None;
         let (outcomes, llm) = match p.teacher {
             TeacherKind::Offline => {
                 let mut t = OfflineTeacher::new(&tctx).map_err(teacher_err)?;
-                if p.phrasebook > 0.0 {
-                    let book = read_phrasebook(&ctx.input(Artifact::Phrasebook)?)?;
-                    t = t.with_phrasebook(&tctx, &book, p.phrasebook);
+                let book = if p.phrasebook > 0.0 || p.phrasebook_values {
+                    Some(read_phrasebook(&ctx.input(Artifact::Phrasebook)?)?)
+                } else {
+                    None
+                };
+                if let Some(book) = book.as_ref().filter(|_| p.phrasebook_values) {
+                    borrowed_values = Some(t.borrow_values(book));
+                }
+                if let Some(book) = book.as_ref().filter(|_| p.phrasebook > 0.0) {
+                    t = t.with_phrasebook(&tctx, book, p.phrasebook);
                     let b = t.borrowed();
                     let n = b
                         .inform
@@ -275,6 +288,9 @@ impl Step for Generate {
         ctx.stat("generated", convs.len());
         if let Some(n) = borrowed {
             ctx.stat("borrowed_phrasings", n);
+        }
+        if let Some(n) = borrowed_values {
+            ctx.stat("borrowed_values", n);
         }
         ctx.stat("failures", failures.len());
         ctx.stat(

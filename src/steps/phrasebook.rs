@@ -33,7 +33,8 @@ impl Step for MakePhrasebook {
     }
     fn version(&self) -> u32 {
         // 2: "account_type" is no count (a count's words are whole words of its name).
-        2
+        // 3: the values of places, names and counts, by role.
+        3
     }
     fn about(&self) -> &'static str {
         "learn the offline teacher's phrasings from dialogues of services the experiment does not use"

@@ -16,7 +16,9 @@ use rand_chacha::ChaCha8Rng;
 use tracelab_core::text::identifier_words;
 
 /// What kind of thing an argument's value is, which decides how a person says it in a sentence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// A city, town or area: "in {v}".

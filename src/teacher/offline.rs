@@ -1556,6 +1556,30 @@ impl OfflineTeacher {
         self
     }
 
+    /// Widens the value pools of arguments whose role shares values across domains (places,
+    /// names, counts) with a phrasebook's values of that role that fit the argument's schema.
+    /// Returns how many values were added.
+    pub fn borrow_values(&mut self, book: &Phrasebook) -> usize {
+        let mut added = 0;
+        for f in self.searches.iter().chain(&self.transactions) {
+            for a in f.args.iter().filter(|a| !a.is_flag) {
+                let Some(values) = book.values.get(&a.role) else {
+                    continue;
+                };
+                if !super::phrasebook::shares_values(a.role) {
+                    continue;
+                }
+                let pool = self.pools.entry(a.name.clone()).or_default();
+                let mut all: BTreeSet<String> = pool.iter().cloned().collect();
+                let before = all.len();
+                all.extend(values.iter().filter(|v| a.json(v).is_some()).cloned());
+                added += all.len() - before;
+                *pool = all.into_iter().collect();
+            }
+        }
+        added
+    }
+
     /// The phrasings taken from a phrasebook (for statistics and tests).
     pub fn borrowed(&self) -> &Templates {
         &self.borrowed
@@ -2832,6 +2856,39 @@ mod tests {
                 .iter()
                 .any(|o| o.contains("Thai place") && o.contains("Paris")),
             "{openers:?}"
+        );
+    }
+
+    #[test]
+    fn a_phrasebook_lends_places_names_and_counts_that_fit_the_schema() {
+        let traces: Vec<Conversation> = (0..4)
+            .map(|i| trace(i, "Paris", "Thai", &format!("Place {i}"), "19:00"))
+            .collect();
+        let (mut t, _) = teacher(&traces);
+        let cuisines = t.pools["cuisine"].clone();
+        let book = Phrasebook {
+            values: [
+                (Role::Place, vec!["Lima".to_string(), "Oslo".to_string()]),
+                (Role::Name, vec!["Blue Hall".to_string()]),
+                // `guests` is an integer from 1 to 8.
+                (Role::Count, vec!["3".to_string(), "12".to_string()]),
+            ]
+            .into(),
+            ..Phrasebook::default()
+        };
+        assert_eq!(t.borrow_values(&book), 4, "Lima, Oslo, Blue Hall and 3");
+        assert!(["Lima", "Oslo", "Paris"]
+            .iter()
+            .all(|c| t.pools["city"].contains(&c.to_string())));
+        assert!(t.pools["name"].contains(&"Blue Hall".to_string()));
+        assert!(t.pools["guests"].contains(&"3".to_string()));
+        assert!(
+            !t.pools["guests"].contains(&"12".to_string()),
+            "over the maximum"
+        );
+        assert_eq!(
+            t.pools["cuisine"], cuisines,
+            "a category is the domain's own"
         );
     }
 

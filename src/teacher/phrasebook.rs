@@ -29,6 +29,17 @@ pub struct Phrasebook {
     pub services: BTreeMap<String, usize>,
     /// The phrasings.
     pub entries: Vec<Entry>,
+    /// The values the services' calls took, by role, for the roles whose values any domain
+    /// may share (places, names, counts): a teacher whose few traces name three cities can
+    /// draw from hundreds, so its student learns to copy a city rather than memorize one.
+    #[serde(default)]
+    pub values: BTreeMap<Role, Vec<String>>,
+}
+
+/// Roles whose values a target may borrow: a city is a city in any domain, and a name or a
+/// count is copied from the conversation whatever it names.
+pub fn shares_values(role: Role) -> bool {
+    matches!(role, Role::Place | Role::Name | Role::Count)
 }
 
 /// Which part of a conversation a phrasing plays (the offline teacher's [`Templates`] fields
@@ -191,6 +202,7 @@ impl Phrasebook {
         let all: BTreeSet<&str> = groups.iter().map(|g| domain_of(&g.0)).collect();
         let common = (COMMON_SHARE * all.len() as f64).ceil() as usize;
         let mut book = Phrasebook::default();
+        let mut values_by_role: BTreeMap<Role, BTreeSet<String>> = BTreeMap::new();
         for (service, tools, convs) in groups {
             book.services.insert(service.clone(), convs.len());
             let ctx = Context {
@@ -200,6 +212,18 @@ impl Phrasebook {
             };
             let domain = Domain::extract(&ctx);
             let slots = arg_slots(tools);
+            for (arg, values) in &domain.values {
+                if let Some(slot) = slots.get(arg).filter(|s| shares_values(s.role)) {
+                    // A place with a number in it is a street address, not a city or an area.
+                    let fits = |v: &&String| {
+                        slot.role != Role::Place || !v.chars().any(|c| c.is_ascii_digit())
+                    };
+                    values_by_role
+                        .entry(slot.role)
+                        .or_default()
+                        .extend(values.iter().filter(fits).cloned());
+                }
+            }
             for (kind, text, asked) in entries_of(&domain.templates) {
                 // A question's slot is the argument it asks for; a message's, its placeholders.
                 let keys = match asked {
@@ -229,6 +253,10 @@ impl Phrasebook {
                 });
             }
         }
+        book.values = values_by_role
+            .into_iter()
+            .map(|(role, v)| (role, v.into_iter().collect()))
+            .collect();
         book.drop_generic_questions();
         book
     }
@@ -341,10 +369,7 @@ fn map_slots(
 /// asks for).
 fn entries_of(t: &Templates) -> Vec<(Kind, String, Option<String>)> {
     let mut out = Vec::new();
-    let keyed = [
-        (Kind::Inform, &t.inform),
-        (Kind::Request, &t.request),
-    ];
+    let keyed = [(Kind::Inform, &t.inform), (Kind::Request, &t.request)];
     for (kind, map) in keyed {
         out.extend(map.values().flatten().map(|s| (kind, s.clone(), None)));
     }
@@ -449,7 +474,22 @@ mod tests {
             "hall_name",
             "number_of_guests",
         );
-        let convs: Vec<Conversation> = (0..8).map(hall_dialogue).collect();
+        let mut convs: Vec<Conversation> = (0..8).map(hall_dialogue).collect();
+        // A place with a number is an address: its value is no city to lend.
+        let mut pier = hall_dialogue(0);
+        for m in &mut pier.messages {
+            if let Message::Tool { content, .. } = m {
+                *content = content.replace("Paris", "Pier 39");
+            }
+            if let Message::Assistant { tool_calls, .. } = m {
+                for c in tool_calls.iter_mut() {
+                    if let Some(v) = c.arguments.get_mut("hall_city") {
+                        *v = json!("Pier 39");
+                    }
+                }
+            }
+        }
+        convs.push(pier);
         // Two more domains that say only common words, so "hall" is rare and "strong" is not.
         let mut others = Vec::new();
         for d in ["Boats_1", "Cabins_1"] {
@@ -471,7 +511,15 @@ mod tests {
     #[test]
     fn phrasings_are_learned_with_typed_slots_and_rare_words() {
         let book = hall_book();
-        assert_eq!(book.services["Halls_1"], 8);
+        assert_eq!(book.services["Halls_1"], 9);
+        // Values by role: places (no address), names and counts; no category or time.
+        assert_eq!(
+            book.values[&Role::Place],
+            vec!["Lima", "Oslo", "Paris", "Rome"]
+        );
+        assert_eq!(book.values[&Role::Name].len(), 4);
+        assert!(book.values[&Role::Count].contains(&"2".to_string()));
+        assert!(!book.values.contains_key(&Role::Time));
         let request = book
             .entries
             .iter()
@@ -575,6 +623,7 @@ mod tests {
         };
         let mut book = Phrasebook {
             services: BTreeMap::new(),
+            values: BTreeMap::new(),
             entries: vec![
                 entry("What time?", Role::Time),
                 entry("Can I help with anything else?", Role::Date),
