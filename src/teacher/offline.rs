@@ -1130,6 +1130,8 @@ pub struct OfflineTeacher {
     borrowed: Templates,
     /// The share of choices that take a borrowed phrasing where there is one.
     borrowed_share: f64,
+    /// Whether a phrasebook widened the value pools ([`OfflineTeacher::borrow_values`]).
+    lent_values: bool,
 }
 
 /// Widens value pools whose traces show a time (`HH:MM`) or ISO date format with more values of
@@ -1511,6 +1513,7 @@ impl OfflineTeacher {
             spoken: Spoken::new(&ctx.task.settings.reference_date),
             borrowed: Templates::default(),
             borrowed_share: 0.0,
+            lent_values: false,
         };
         for f in &teacher.searches {
             for &i in &f.required {
@@ -1577,6 +1580,7 @@ impl OfflineTeacher {
                 *pool = all.into_iter().collect();
             }
         }
+        self.lent_values = true;
         added
     }
 
@@ -2220,11 +2224,22 @@ impl OfflineTeacher {
         plan: &DirectPlan,
     ) -> Result<(), String> {
         // A known place: a record's name with its own city, address and other fields.
-        let record = self
+        let mut record = self
             .results(&mut w.rng, &[])
             .into_iter()
             .next()
             .ok_or("no record to book")?;
+        if self.lent_values {
+            // Borrowed places reach wider than the traces' records: draw the known place's
+            // city from them too, or every direct booking stays in the traces' few cities.
+            for a in search.args.iter().filter(|a| a.role == Role::Place) {
+                if record.contains_key(&a.name) {
+                    if let Some(v) = self.draw(&mut w.rng, a, None) {
+                        record.insert(a.name.clone(), v);
+                    }
+                }
+            }
+        }
         let mut extra: Vec<(String, String)> = Vec::new();
         for &i in &t.required {
             let a = &t.args[i];
