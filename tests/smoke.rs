@@ -136,7 +136,6 @@ fn scratch_cell_runs(root: &Path, sgd: &Path) {
         + "[pipelines.scratch]\nsteps = [\"tokenizer\", \"train\", \"predict\", \"judge\"]\n\n"
         + "[pipelines.phrased]\nsteps = [\"filter\", \"phrasebook\", \"generate\"]\n\n"
         + "[overrides.phrased.generate]\nphrasebook = 0.3\n\n"
-        + "[phrasebook.corpus]\nper_service = 10\n\n"
         + &tail.replace("base = \"pretrained\"", "base = \"none\"");
     assert!(scratch.contains("smoke-scratch") && scratch.contains("base = \"none\""));
     std::fs::write(root.join("experiments/smoke-scratch.toml"), scratch).unwrap();
