@@ -160,6 +160,54 @@ pub fn vocabulary(convs: &[Conversation], respond: &str) -> BTreeSet<String> {
     out
 }
 
+/// Which domains of the corpus say each word, and how many make a word common.
+struct Rarity<'g> {
+    domains: BTreeMap<String, BTreeSet<&'g str>>,
+    common: usize,
+}
+
+impl<'g> Rarity<'g> {
+    fn of(groups: &'g [(String, ToolSet, Vec<Conversation>)]) -> Self {
+        let mut domains: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+        for (service, tools, convs) in groups {
+            let respond = tools.respond().map(|f| f.name.clone()).unwrap_or_default();
+            for w in vocabulary(convs, &respond) {
+                domains.entry(w).or_default().insert(domain_of(service));
+            }
+        }
+        let all: BTreeSet<&str> = groups.iter().map(|g| domain_of(&g.0)).collect();
+        let common = (COMMON_SHARE * all.len() as f64).ceil() as usize;
+        Rarity { domains, common }
+    }
+
+    /// The words of a text (outside placeholders) that fewer than `common` domains say.
+    fn rare_words(&self, text: &str) -> Vec<String> {
+        let rare: BTreeSet<String> = text_words(text)
+            .into_iter()
+            .filter(|w| self.domains.get(w).map_or(0, BTreeSet::len) < self.common)
+            .collect();
+        rare.into_iter().collect()
+    }
+}
+
+/// Adds a service's accepted values of the roles any domain shares to `into`.
+fn collect_values(
+    domain: &Domain,
+    slots: &BTreeMap<String, Slot>,
+    into: &mut BTreeMap<Role, BTreeSet<String>>,
+) {
+    for (arg, values) in &domain.values {
+        let Some(slot) = slots.get(arg).filter(|s| shares_values(s.role)) else {
+            continue;
+        };
+        // A place with a number in it is a street address, not a city or an area.
+        let fits = |v: &&String| slot.role != Role::Place || !v.chars().any(|c| c.is_ascii_digit());
+        into.entry(slot.role)
+            .or_default()
+            .extend(values.iter().filter(fits).cloned());
+    }
+}
+
 /// The role and name words of every non-reply argument of a tool set.
 fn arg_slots(tools: &ToolSet) -> BTreeMap<String, Slot> {
     let mut out = BTreeMap::new();
@@ -191,16 +239,7 @@ impl Phrasebook {
             settings: TaskSettings::default(),
             description: String::new(),
         };
-        // Which domains say each word.
-        let mut domains: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
-        for (service, tools, convs) in groups {
-            let respond = tools.respond().map(|f| f.name.clone()).unwrap_or_default();
-            for w in vocabulary(convs, &respond) {
-                domains.entry(w).or_default().insert(domain_of(service));
-            }
-        }
-        let all: BTreeSet<&str> = groups.iter().map(|g| domain_of(&g.0)).collect();
-        let common = (COMMON_SHARE * all.len() as f64).ceil() as usize;
+        let rarity = Rarity::of(groups);
         let mut book = Phrasebook::default();
         let mut values_by_role: BTreeMap<Role, BTreeSet<String>> = BTreeMap::new();
         for (service, tools, convs) in groups {
@@ -212,18 +251,7 @@ impl Phrasebook {
             };
             let domain = Domain::extract(&ctx);
             let slots = arg_slots(tools);
-            for (arg, values) in &domain.values {
-                if let Some(slot) = slots.get(arg).filter(|s| shares_values(s.role)) {
-                    // A place with a number in it is a street address, not a city or an area.
-                    let fits = |v: &&String| {
-                        slot.role != Role::Place || !v.chars().any(|c| c.is_ascii_digit())
-                    };
-                    values_by_role
-                        .entry(slot.role)
-                        .or_default()
-                        .extend(values.iter().filter(fits).cloned());
-                }
-            }
+            collect_values(&domain, &slots, &mut values_by_role);
             for (kind, text, asked) in entries_of(&domain.templates) {
                 // A question's slot is the argument it asks for; a message's, its placeholders.
                 let keys = match asked {
@@ -240,16 +268,12 @@ impl Phrasebook {
                 if !slots.values().all(|s| portable(s.role)) {
                     continue;
                 }
-                let rare: BTreeSet<String> = text_words(&text)
-                    .into_iter()
-                    .filter(|w| domains.get(w).map_or(0, BTreeSet::len) < common)
-                    .collect();
                 book.entries.push(Entry {
                     kind,
                     service: service.clone(),
+                    rare: rarity.rare_words(&text),
                     text,
                     slots,
-                    rare: rare.into_iter().collect(),
                 });
             }
         }
