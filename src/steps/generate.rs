@@ -77,6 +77,13 @@ fn is_zero(x: &f64) -> bool {
     *x == 0.0
 }
 
+impl GenerateParams {
+    /// Whether the teacher reads a `phrasebook` step's output (for its phrasings or values).
+    fn uses_phrasebook(&self) -> bool {
+        self.phrasebook > 0.0 || self.phrasebook_values
+    }
+}
+
 fn default_teacher() -> TeacherKind {
     TeacherKind::Offline
 }
@@ -111,7 +118,8 @@ impl Step for Generate {
         // 10: nothing from one domain: widened times span the traces' hours (not 10:00–22:45),
         // the booking lead says the transaction's own act, counts of things are said as such
         // ("3 tickets"), origin and destination places as "from"/"to".
-        10
+        // 11: a booking of a place the user names draws its city from the pool, as searches do.
+        11
     }
     fn about(&self) -> &'static str {
         "write synthetic conversations with a teacher (offline simulator or an LLM) from filtered traces"
@@ -119,10 +127,11 @@ impl Step for Generate {
     fn consumes(&self) -> &'static [Artifact] {
         &[Artifact::Traces, Artifact::Tools, Artifact::Task]
     }
-    /// With a phrasebook share, also the `phrasebook` step's output.
+    /// With a phrasebook share or its values, also the `phrasebook` step's output.
     fn consumes_with(&self, params: &Value) -> &'static [Artifact] {
-        if params["phrasebook"].as_f64().unwrap_or(0.0) > 0.0 || params["phrasebook_values"] == true
-        {
+        let uses = serde_json::from_value::<GenerateParams>(params.clone())
+            .is_ok_and(|p| p.uses_phrasebook());
+        if uses {
             &[
                 Artifact::Traces,
                 Artifact::Tools,
@@ -180,7 +189,7 @@ impl Step for Generate {
         if !(0.0..=1.0).contains(&p.phrasebook) {
             return Err(bad("phrasebook", "a share between 0 and 1".into()));
         }
-        if (p.phrasebook > 0.0 || p.phrasebook_values) && p.teacher != TeacherKind::Offline {
+        if p.uses_phrasebook() && p.teacher != TeacherKind::Offline {
             return Err(bad(
                 "phrasebook",
                 "the phrasebook words the offline teacher's messages; an LLM teacher has its own"
@@ -224,7 +233,7 @@ impl Step for Generate {
         let (outcomes, llm) = match p.teacher {
             TeacherKind::Offline => {
                 let mut t = OfflineTeacher::new(&tctx).map_err(teacher_err)?;
-                let book = if p.phrasebook > 0.0 || p.phrasebook_values {
+                let book = if p.uses_phrasebook() {
                     Some(read_phrasebook(&ctx.input(Artifact::Phrasebook)?)?)
                 } else {
                     None
@@ -234,19 +243,7 @@ impl Step for Generate {
                 }
                 if let Some(book) = book.as_ref().filter(|_| p.phrasebook > 0.0) {
                     t = t.with_phrasebook(&tctx, book, p.phrasebook);
-                    let b = t.borrowed();
-                    let n = b
-                        .inform
-                        .values()
-                        .chain(b.request.values())
-                        .map(Vec::len)
-                        .sum::<usize>()
-                        + b.ask.values().map(Vec::len).sum::<usize>()
-                        + b.opener.len()
-                        + b.confirm_u.len()
-                        + b.thanks.len()
-                        + b.close.len();
-                    borrowed = Some(n);
+                    borrowed = Some(t.borrowed().count());
                 }
                 // Stay within the threads the executor granted this step.
                 let pool = rayon::ThreadPoolBuilder::new()

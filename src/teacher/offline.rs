@@ -228,6 +228,37 @@ pub struct Templates {
     pub close: Vec<String>,
 }
 
+impl Templates {
+    /// How many phrasings the templates hold, of every kind.
+    pub fn count(&self) -> usize {
+        let by_args = [&self.inform, &self.request, &self.research];
+        let by_field = [&self.ask, &self.detail_q, &self.detail_a];
+        let lists = [
+            &self.opener,
+            &self.present,
+            &self.another,
+            &self.confirm_a,
+            &self.confirm_u,
+            &self.success,
+            &self.failure,
+            &self.thanks,
+            &self.close,
+        ];
+        let sum = |v: &Vec<String>| v.len();
+        by_args
+            .iter()
+            .flat_map(|m| m.values())
+            .map(sum)
+            .sum::<usize>()
+            + by_field
+                .iter()
+                .flat_map(|m| m.values())
+                .map(sum)
+                .sum::<usize>()
+            + lists.iter().map(|l| l.len()).sum::<usize>()
+    }
+}
+
 /// The domain signal extracted from traces: values per argument, result records, phrasings.
 #[derive(Debug, Default, Clone)]
 pub struct Domain {
@@ -1130,8 +1161,6 @@ pub struct OfflineTeacher {
     borrowed: Templates,
     /// The share of choices that take a borrowed phrasing where there is one.
     borrowed_share: f64,
-    /// Whether a phrasebook widened the value pools ([`OfflineTeacher::borrow_values`]).
-    lent_values: bool,
 }
 
 /// Widens value pools whose traces show a time (`HH:MM`) or ISO date format with more values of
@@ -1513,7 +1542,6 @@ impl OfflineTeacher {
             spoken: Spoken::new(&ctx.task.settings.reference_date),
             borrowed: Templates::default(),
             borrowed_share: 0.0,
-            lent_values: false,
         };
         for f in &teacher.searches {
             for &i in &f.required {
@@ -1580,7 +1608,6 @@ impl OfflineTeacher {
                 *pool = all.into_iter().collect();
             }
         }
-        self.lent_values = true;
         added
     }
 
@@ -2229,14 +2256,13 @@ impl OfflineTeacher {
             .into_iter()
             .next()
             .ok_or("no record to book")?;
-        if self.lent_values {
-            // Borrowed places reach wider than the traces' records: draw the known place's
-            // city from them too, or every direct booking stays in the traces' few cities.
-            for a in search.args.iter().filter(|a| a.role == Role::Place) {
-                if record.contains_key(&a.name) {
-                    if let Some(v) = self.draw(&mut w.rng, a, None) {
-                        record.insert(a.name.clone(), v);
-                    }
+        // Its place is drawn from the pool as a search's is (names already are), not kept from
+        // the record: records come from the traces alone, and where the pool reaches wider (a
+        // phrasebook's places) every direct booking would stay in the traces' few cities.
+        for a in search.args.iter().filter(|a| a.role == Role::Place) {
+            if record.contains_key(&a.name) {
+                if let Some(v) = self.draw(&mut w.rng, a, None) {
+                    record.insert(a.name.clone(), v);
                 }
             }
         }

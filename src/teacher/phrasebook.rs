@@ -292,14 +292,10 @@ impl Phrasebook {
     fn drop_generic_questions(&mut self) {
         self.entries
             .retain(|e| e.kind != Kind::Ask || !text_words(&e.text).iter().any(|w| w == "else"));
-        let mut roles: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut roles: BTreeMap<String, BTreeSet<Role>> = BTreeMap::new();
         for e in self.entries.iter().filter(|e| e.kind == Kind::Ask) {
-            for s in e.slots.values() {
-                roles
-                    .entry(e.text.to_lowercase())
-                    .or_default()
-                    .insert(format!("{:?}", s.role));
-            }
+            let seen = roles.entry(e.text.to_lowercase()).or_default();
+            seen.extend(e.slots.values().map(|s| s.role));
         }
         self.entries.retain(|e| {
             e.kind != Kind::Ask
@@ -564,19 +560,19 @@ mod tests {
     #[test]
     fn a_target_takes_phrasings_whose_slots_map_by_role_and_whose_rare_words_it_says() {
         let book = hall_book();
-        // A restaurant-like target: a count and a time of its own names.
+        // A court-booking target: a count and a time of its own names.
         let target = service(
-            "FindTables",
-            "ReserveTable",
+            "FindCourts",
+            "BookCourt",
             "city",
-            "restaurant_name",
-            "party_size",
+            "court_name",
+            "number_of_players",
         );
         let says = |words: &[&str]| words.iter().map(|w| w.to_string()).collect();
         let t = book.for_target(&target, &says(&["reserve"]));
         assert_eq!(
-            t.request[&vec!["party_size".to_string(), "time".to_string()]],
-            vec!["Reserve it, we will come {party_size} strong at {time}."]
+            t.request[&vec!["number_of_players".to_string(), "time".to_string()]],
+            vec!["Reserve it, we will come {number_of_players} strong at {time}."]
         );
         // "hall" and "reserve" are rare: a target whose traces never say them takes neither.
         let t = book.for_target(&target, &says(&[]));
