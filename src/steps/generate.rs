@@ -118,8 +118,7 @@ impl Step for Generate {
         // 10: nothing from one domain: widened times span the traces' hours (not 10:00–22:45),
         // the booking lead says the transaction's own act, counts of things are said as such
         // ("3 tickets"), origin and destination places as "from"/"to".
-        // 11: a booking of a place the user names draws its city from the pool, as searches do.
-        11
+        10
     }
     fn about(&self) -> &'static str {
         "write synthetic conversations with a teacher (offline simulator or an LLM) from filtered traces"

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::pretrain::{sgd_corpus_files, sgd_groups};
+use super::pretrain::{sgd_corpus_files, sgd_groups, sort_exclusions};
 use super::{canonicalize, Artifact, ParamError, Step, StepContext, StepError};
 use crate::teacher::phrasebook::{Kind, Phrasebook};
 use tracelab_core::job::CorpusParams;
@@ -63,11 +63,7 @@ impl Step for MakePhrasebook {
                 "no corpus: data.path is not SGD's, so name one ([phrasebook.corpus] path)",
             ));
         }
-        // Sorted and deduplicated: the same services in another order are the same corpus.
-        let exclude: std::collections::BTreeSet<String> =
-            serde_json::from_value(canonical["corpus"]["exclude"].clone())
-                .map_err(|e| err("corpus.exclude", &e.to_string()))?;
-        canonical["corpus"]["exclude"] = json!(exclude);
+        sort_exclusions(&mut canonical["corpus"]);
         Ok(canonical)
     }
     fn external_files(&self, params: &Value, root: &Path) -> Result<Vec<PathBuf>, StepError> {

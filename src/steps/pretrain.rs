@@ -79,11 +79,7 @@ impl Step for Pretrain {
         if tok["vocab_size"].as_u64().unwrap_or(0) < MIN_VOCAB as u64 {
             return Err(err("tokenizer.vocab_size", "too small for the template"));
         }
-        // Sorted and deduplicated: the same services in another order are the same corpus.
-        let exclude: BTreeSet<String> =
-            serde_json::from_value(canonical["corpus"]["exclude"].clone())
-                .map_err(|e| err("corpus.exclude", &e.to_string()))?;
-        canonical["corpus"]["exclude"] = json!(exclude);
+        sort_exclusions(&mut canonical["corpus"]);
         canonical["train"] = train;
         Ok(canonical)
     }
@@ -164,6 +160,18 @@ fn write_corpus(
         counts.insert(service, json!(convs.len()));
     }
     Ok(counts)
+}
+
+/// Sorts and deduplicates a canonical corpus table's `exclude`: the same services in another
+/// order are the same corpus, and the same cache key.
+pub(super) fn sort_exclusions(corpus: &mut Value) {
+    let exclude: BTreeSet<&str> = corpus["exclude"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    corpus["exclude"] = json!(exclude);
 }
 
 /// The files an SGD corpus reads (its dialogue files and schemas), relative to `root` as

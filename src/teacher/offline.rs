@@ -1161,6 +1161,8 @@ pub struct OfflineTeacher {
     borrowed: Templates,
     /// The share of choices that take a borrowed phrasing where there is one.
     borrowed_share: f64,
+    /// Whether a phrasebook widened the value pools ([`OfflineTeacher::borrow_values`]).
+    lent_values: bool,
 }
 
 /// Widens value pools whose traces show a time (`HH:MM`) or ISO date format with more values of
@@ -1542,6 +1544,7 @@ impl OfflineTeacher {
             spoken: Spoken::new(&ctx.task.settings.reference_date),
             borrowed: Templates::default(),
             borrowed_share: 0.0,
+            lent_values: false,
         };
         for f in &teacher.searches {
             for &i in &f.required {
@@ -1608,6 +1611,7 @@ impl OfflineTeacher {
                 *pool = all.into_iter().collect();
             }
         }
+        self.lent_values = true;
         added
     }
 
@@ -2256,13 +2260,16 @@ impl OfflineTeacher {
             .into_iter()
             .next()
             .ok_or("no record to book")?;
-        // Its place is drawn from the pool as a search's is (names already are), not kept from
-        // the record: records come from the traces alone, and where the pool reaches wider (a
-        // phrasebook's places) every direct booking would stay in the traces' few cities.
-        for a in search.args.iter().filter(|a| a.role == Role::Place) {
-            if record.contains_key(&a.name) {
-                if let Some(v) = self.draw(&mut w.rng, a, None) {
-                    record.insert(a.name.clone(), v);
+        if self.lent_values {
+            // Borrowed places reach wider than the traces' records: draw the known place's
+            // city from them too, or every direct booking stays in the traces' few cities.
+            // (Drawn always, the default teacher's conversations change: a separate, unmeasured
+            // change, which also breaks `tests/synthetic_sgd.rs`'s said-before-call check.)
+            for a in search.args.iter().filter(|a| a.role == Role::Place) {
+                if record.contains_key(&a.name) {
+                    if let Some(v) = self.draw(&mut w.rng, a, None) {
+                        record.insert(a.name.clone(), v);
+                    }
                 }
             }
         }
