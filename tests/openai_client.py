@@ -98,6 +98,20 @@ with client.chat.completions.stream(model=model, messages=ASK, tools=tools, tool
     final = s.get_final_completion()
 assert final.choices[0].message.tool_calls[0].function.name == name
 
+# Sampling: temperature 0 is the greedy call; above 0 a seed decodes the same way again, every
+# drawn call still fits the schema, and different seeds draw different calls.
+def sampled(**kw):
+    r = client.chat.completions.create(model=model, messages=ASK, tools=tools,
+                                       tool_choice="required", **kw)
+    return check_call(r.choices[0].message.tool_calls[0])
+
+
+assert sampled(temperature=0) == (name, args)
+assert sampled(temperature=1.5, seed=11) == sampled(temperature=1.5, seed=11)
+drawn = [sampled(temperature=2.0, seed=s) for s in range(8)]
+assert len({json.dumps(d, sort_keys=True) for d in drawn}) > 1, f"8 seeds, one call: {drawn}"
+assert sampled(temperature=2.0, top_p=0.0, seed=3) == (name, args), "top_p 0 keeps the best token"
+
 # tool_choice none: a reply, as content; also streamed.
 r = client.chat.completions.create(model=model, messages=ASK, tools=tools, tool_choice="none")
 assert r.choices[0].finish_reason == "stop" and not r.choices[0].message.tool_calls

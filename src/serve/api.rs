@@ -10,6 +10,7 @@
 
 use serde_json::{json, Map, Value};
 use tracelab_core::formats::openai::parse_messages;
+use tracelab_core::job::Sampling;
 
 /// An error as the OpenAI API returns it, with its HTTP status.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +68,8 @@ pub struct ChatRequest {
     pub stream: bool,
     /// With `stream`, a last chunk carries the usage.
     pub include_usage: bool,
+    /// A `temperature` above 0: draw tokens (with `top_p` and `seed`) instead of decoding greedily.
+    pub sampling: Option<Sampling>,
 }
 
 /// What the served model offers: its name and functions.
@@ -123,14 +126,7 @@ pub fn parse_request(body: &[u8], card: &ModelCard) -> Result<ChatRequest, ApiEr
         }
     }
     check_max_tokens(&req, card)?;
-    for key in ["temperature", "top_p"] {
-        if req.get(key).is_some_and(|t| !t.is_number()) {
-            return Err(ApiError::invalid(key, format!("`{key}` must be a number")));
-        }
-    }
-    if req.get("seed").is_some_and(|s| !s.is_i64() && !s.is_u64()) {
-        return Err(ApiError::invalid("seed", "`seed` must be an integer"));
-    }
+    let sampling = sampling(&req)?;
     let tools = request_tools(&req, card)?;
     let functions = callable(&req, tools, card)?;
     let stream = match req.get("stream") {
@@ -148,7 +144,51 @@ pub fn parse_request(body: &[u8], card: &ModelCard) -> Result<ChatRequest, ApiEr
         functions,
         stream,
         include_usage,
+        sampling,
     })
+}
+
+/// `temperature` (0 to 2; absent or 0 is greedy, as the predict step decodes), `top_p` (0 to 1)
+/// and `seed` (absent: a fresh one per request).
+fn sampling(req: &Map<String, Value>) -> Result<Option<Sampling>, ApiError> {
+    let number = |key: &str, max: f64| -> Result<Option<f64>, ApiError> {
+        match req.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .filter(|x| (0.0..=max).contains(x))
+                .map(Some)
+                .ok_or_else(|| {
+                    ApiError::invalid(key, format!("`{key}` must be a number from 0 to {max}"))
+                }),
+        }
+    };
+    let temperature = number("temperature", 2.0)?;
+    let top_p = number("top_p", 1.0)?;
+    let seed = match req.get("seed") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .or_else(|| v.as_i64().map(|i| i as u64))
+                .ok_or_else(|| ApiError::invalid("seed", "`seed` must be an integer"))?,
+        ),
+    };
+    Ok(temperature.filter(|t| *t > 0.0).map(|t| Sampling {
+        temperature: t as f32,
+        top_p: top_p.unwrap_or(1.0) as f32,
+        seed: seed.unwrap_or_else(fresh_seed),
+    }))
+}
+
+/// A seed for a request that gives none: the clock's nanoseconds and a counter, so two requests
+/// in the same instant still differ.
+fn fresh_seed() -> u64 {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    nanos ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// `max_tokens` / `max_completion_tokens`: positive, and room for a whole call.
@@ -418,6 +458,43 @@ mod tests {
             body[k] = v.clone();
         }
         parse_request(body.to_string().as_bytes(), &card())
+    }
+
+    #[test]
+    fn temperature_above_zero_samples_with_its_seed_and_nucleus() {
+        assert_eq!(req(json!({})).unwrap().sampling, None);
+        assert_eq!(
+            req(json!({"temperature": 0, "seed": 3})).unwrap().sampling,
+            None
+        );
+        assert_eq!(req(json!({"top_p": 0.5})).unwrap().sampling, None);
+        assert_eq!(
+            req(json!({"temperature": 0.7, "top_p": 0.9, "seed": 3}))
+                .unwrap()
+                .sampling,
+            Some(Sampling {
+                temperature: 0.7,
+                top_p: 0.9,
+                seed: 3
+            })
+        );
+        // No seed: each request draws its own.
+        let a = req(json!({"temperature": 1})).unwrap().sampling.unwrap();
+        let b = req(json!({"temperature": 1})).unwrap().sampling.unwrap();
+        assert_eq!((a.top_p, a.temperature), (1.0, 1.0));
+        assert_ne!(a.seed, b.seed);
+        for bad in [
+            json!({"temperature": 2.5}),
+            json!({"temperature": -1}),
+            json!({"temperature": "hot"}),
+            json!({"top_p": 1.5}),
+            json!({"seed": 1.5}),
+        ] {
+            let key = bad.as_object().unwrap().keys().next().unwrap().clone();
+            let e = req(bad).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(key.as_str()));
+            assert_eq!(e.status, 400);
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
-use tracelab_core::job::{ServeAnswer, ServeAnswers, ServeBatch, ServeQuery, WorkerJob};
+use tracelab_core::job::{Sampling, ServeAnswer, ServeAnswers, ServeBatch, ServeQuery, WorkerJob};
 
 use crate::cache::Cache;
 use crate::dag::{Dag, InputRole};
@@ -331,17 +331,19 @@ impl Pool {
         })
     }
 
-    /// The call for one query's messages and functions.
+    /// The call for one query's messages and functions, decoded greedily or with `sampling`.
     pub async fn ask(
         &self,
         messages: Value,
         functions: Vec<String>,
+        sampling: Option<Sampling>,
     ) -> Result<ServeAnswer, String> {
         let (reply, answer) = oneshot::channel();
         let query = ServeQuery {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             messages,
             functions,
+            sampling,
         };
         self.queue
             .send(Pending { query, reply })
@@ -477,7 +479,7 @@ async fn completions(State(s): State<Arc<Served>>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return error_response(&e),
     };
-    let answer = match s.pool.ask(req.messages, req.functions).await {
+    let answer = match s.pool.ask(req.messages, req.functions, req.sampling).await {
         Ok(a) => a,
         Err(e) => return error_response(&ApiError::server(e)),
     };

@@ -652,6 +652,22 @@ pub struct ServeQuery {
     pub messages: Value,
     /// The functions the call may name (a subset of the model's).
     pub functions: Vec<String>,
+    /// How to choose among the allowed tokens; absent, greedily (as the predict step does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<Sampling>,
+}
+
+/// Sampling at a temperature instead of greedy decoding (a request's `temperature` > 0).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    /// Divides the log-probabilities before the softmax (> 0).
+    pub temperature: f32,
+    /// Nucleus: sample among the most likely allowed tokens whose probabilities add up to this
+    /// share (in (0, 1]; 1 keeps every allowed token).
+    pub top_p: f32,
+    /// Seeds the query's own generator, so a query with a seed decodes the same way again
+    /// whatever it is batched with.
+    pub seed: u64,
 }
 
 /// One line a `serve` worker writes back per batch (after `{"ready": …}` once at start).

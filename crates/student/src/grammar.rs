@@ -51,6 +51,7 @@ use tracelab_core::conversation::ToolCall;
 use tracelab_core::job::DecodeParams;
 
 use crate::normalize::folded;
+use crate::sampling::Sampler;
 use crate::template::{ChatTemplate, FnSpec, ValueKind};
 use crate::train::{KeyedParams, SpanShape, ValueRules};
 
@@ -1114,25 +1115,71 @@ pub fn pick(
     decoding: &DecodeParams,
 ) -> u32 {
     let mut best = (f32::NEG_INFINITY, tpl.sp.pad);
-    let mut consider = |t: u32, bonus: f32| {
-        let s = scores[t as usize] + bonus;
-        if s > best.0 || best.0 == f32::NEG_INFINITY && best.1 == tpl.sp.pad {
+    // The best free-text token, taken only when it beats the constrained best by the margin.
+    let mut alt: Option<(f32, u32)> = None;
+    visit(allowed, scores, tpl, digit, decoding, &mut |t, s, free| {
+        if free {
+            if alt.is_none_or(|(b, _)| s > b) {
+                alt = Some((s, t));
+            }
+        } else if s > best.0 || best.0 == f32::NEG_INFINITY && best.1 == tpl.sp.pad {
             best = (s, t);
         }
+    });
+    match alt {
+        Some((s, t)) if s > best.0 + decoding.free_margin => t,
+        _ => best.1,
+    }
+}
+
+/// Draws an allowed token with `sampler` (a served request's temperature): each candidate
+/// weighs by its score with the bonuses [`pick`] adds, free text less the margin [`pick`]
+/// asks of it. With nothing to draw from, [`pick`]'s token.
+pub fn pick_sampled(
+    allowed: &Allowed,
+    scores: &[f32],
+    tpl: &ChatTemplate,
+    digit: &[bool],
+    decoding: &DecodeParams,
+    sampler: &mut Sampler,
+) -> u32 {
+    let mut candidates = Vec::new();
+    visit(allowed, scores, tpl, digit, decoding, &mut |t, s, free| {
+        candidates.push((t, if free { s - decoding.free_margin } else { s }));
+    });
+    sampler
+        .draw(&mut candidates)
+        .unwrap_or_else(|| pick(allowed, scores, tpl, digit, decoding))
+}
+
+/// Calls `f(token, score with its bonus, free)` for every token `allowed` lets come next;
+/// `free` marks a span's free-text alternatives.
+fn visit(
+    allowed: &Allowed,
+    scores: &[f32],
+    tpl: &ChatTemplate,
+    digit: &[bool],
+    decoding: &DecodeParams,
+    f: &mut dyn FnMut(u32, f32, bool),
+) {
+    let text = |f: &mut dyn FnMut(u32, f32, bool), free: bool, banned: &[u32]| {
+        (0..scores.len())
+            .filter(|&t| !tpl.is_special[t] && !banned.contains(&(t as u32)))
+            .for_each(|t| f(t as u32, scores[t], free));
     };
     match allowed {
-        Allowed::Only(list) => list.iter().for_each(|&t| consider(t, 0.0)),
+        Allowed::Only(list) => list.iter().for_each(|&t| f(t, scores[t as usize], false)),
         Allowed::Text { closers, banned } => {
-            (0..scores.len())
-                .filter(|&t| !tpl.is_special[t] && !banned.contains(&(t as u32)))
-                .for_each(|t| consider(t as u32, 0.0));
-            closers.iter().for_each(|&t| consider(t, 0.0));
+            text(f, false, banned);
+            closers
+                .iter()
+                .for_each(|&t| f(t, scores[t as usize], false));
         }
         Allowed::Digits(extra) => {
             (0..scores.len())
                 .filter(|&t| digit[t])
-                .for_each(|t| consider(t as u32, 0.0));
-            extra.iter().for_each(|&t| consider(t, 0.0));
+                .for_each(|t| f(t as u32, scores[t], false));
+            extra.iter().for_each(|&t| f(t, scores[t as usize], false));
         }
         Allowed::Span {
             continuations,
@@ -1146,23 +1193,17 @@ pub fn pick(
                     .iter()
                     .find(|(p, _)| *p == t)
                     .map_or(0.0, |&(_, b)| b);
-                consider(t, bonus)
+                f(t, scores[t as usize] + bonus, false)
             });
             let bonus = if *whole { decoding.whole_bonus } else { 0.0 };
-            closers.iter().for_each(|&t| consider(t, bonus));
+            closers
+                .iter()
+                .for_each(|&t| f(t, scores[t as usize] + bonus, false));
             if *free {
-                let any = Allowed::Text {
-                    closers: Vec::new(),
-                    banned: Vec::new(),
-                };
-                let alt = pick(&any, scores, tpl, digit, decoding);
-                if scores[alt as usize] > best.0 + decoding.free_margin {
-                    return alt;
-                }
+                text(f, true, &[]);
             }
         }
     }
-    best.1
 }
 
 /// Marks tokens that decode to digits (optionally after one leading space).

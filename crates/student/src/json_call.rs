@@ -19,6 +19,7 @@ use tracelab_core::tools::ToolSet;
 
 use crate::chat_template::{python_json, ChatTemplate, TemplateError};
 use crate::grammar::trie_next;
+use crate::sampling::Sampler;
 
 /// How an argument value is written.
 #[derive(Debug, Clone)]
@@ -666,33 +667,22 @@ impl JsonCallState {
         (next.min_finish(s) < left).then_some(next)
     }
 
-    /// Picks the allowed token with the best score and advances the state by it. Returns `None`
-    /// when no token is allowed (the state stays as it was).
-    pub fn step(
-        &mut self,
+    /// The best-scoring allowed token and the state after it (greedy decoding).
+    fn best(
+        &self,
         s: &JsonSchema,
         table: &TokenBytes,
         scores: &[f32],
         lim: &JsonLimits,
-    ) -> Option<u32> {
-        let left = lim.max_new_tokens.saturating_sub(self.generated);
-        let tight = self.tight(s, left);
+        (left, tight): (usize, bool),
+        plain_ok: bool,
+    ) -> Option<(u32, JsonCallState)> {
         let mut best: Option<(f32, u32, JsonCallState)> = None;
         let mut consider = |id: u32, st: JsonCallState| {
             let sc = scores[id as usize];
             if best.as_ref().is_none_or(|(b, _, _)| sc > *b) {
                 best = Some((sc, id, st));
             }
-        };
-        // Inside an open string, tokens without quote or backslash only add text: one check
-        // covers them all. Everything else is simulated byte by byte.
-        let open_string = matches!(self.phase, Phase::Value { open: true, escape: 0, .. })
-            && self
-                .func
-                .is_some_and(|f| matches!(self.phase, Phase::Value { p, .. } if matches!(s.functions[f].params[p].kind, JsonKind::Str)));
-        let plain_ok = open_string && {
-            let probe = [b'a'];
-            self.after(s, &probe, lim, left, tight).is_some()
         };
         if plain_ok {
             let mut top: Option<(f32, u32)> = None;
@@ -702,11 +692,31 @@ impl JsonCallState {
                 }
             }
             if let Some((_, id)) = top {
-                let mut st = self.clone();
-                st.item.extend_from_slice(table.bytes(id));
-                consider(id, st);
+                consider(id, self.with_plain(table, id));
             }
         }
+        self.others(s, table, lim, (left, tight), plain_ok, &mut consider);
+        best.map(|(_, id, st)| (id, st))
+    }
+
+    /// The state after a plain string token (no quote, no backslash: it only adds text).
+    fn with_plain(&self, table: &TokenBytes, id: u32) -> JsonCallState {
+        let mut st = self.clone();
+        st.item.extend_from_slice(table.bytes(id));
+        st
+    }
+
+    /// Calls `f(token, state after it)` for every allowed token that is not plain string text
+    /// (when `plain_ok`, those are covered at once by the caller).
+    fn others(
+        &self,
+        s: &JsonSchema,
+        table: &TokenBytes,
+        lim: &JsonLimits,
+        (left, tight): (usize, bool),
+        plain_ok: bool,
+        f: &mut dyn FnMut(u32, JsonCallState),
+    ) {
         for first in 0..=255u8 {
             let mut probe = self.clone();
             if probe.done() || !probe.feed(s, first, lim, tight) {
@@ -717,11 +727,57 @@ impl JsonCallState {
                     continue;
                 }
                 if let Some(st) = self.after(s, table.bytes(id), lim, left, tight) {
-                    consider(id, st);
+                    f(id, st);
                 }
             }
         }
-        let (_, id, mut st) = best?;
+    }
+
+    /// Picks the allowed token with the best score (or draws one with `sampler`) and advances
+    /// the state by it. Returns `None` when no token is allowed (the state stays as it was).
+    pub fn step(
+        &mut self,
+        s: &JsonSchema,
+        table: &TokenBytes,
+        scores: &[f32],
+        lim: &JsonLimits,
+        sampler: Option<&mut Sampler>,
+    ) -> Option<u32> {
+        let left = lim.max_new_tokens.saturating_sub(self.generated);
+        let tight = self.tight(s, left);
+        // Inside an open string, tokens without quote or backslash only add text: one check
+        // covers them all. Everything else is simulated byte by byte.
+        let open_string = matches!(self.phase, Phase::Value { open: true, escape: 0, .. })
+            && self
+                .func
+                .is_some_and(|f| matches!(self.phase, Phase::Value { p, .. } if matches!(s.functions[f].params[p].kind, JsonKind::Str)));
+        let plain_ok = open_string && {
+            let probe = [b'a'];
+            self.after(s, &probe, lim, left, tight).is_some()
+        };
+        let (id, mut st) = match sampler {
+            None => self.best(s, table, scores, lim, (left, tight), plain_ok)?,
+            Some(sampler) => {
+                let mut candidates = Vec::new();
+                if plain_ok {
+                    candidates.extend(
+                        (0..table.plain.len())
+                            .filter(|&id| table.plain[id])
+                            .map(|id| (id as u32, scores[id])),
+                    );
+                }
+                self.others(s, table, lim, (left, tight), plain_ok, &mut |id, _| {
+                    candidates.push((id, scores[id as usize]))
+                });
+                let id = sampler.draw(&mut candidates)?;
+                let st = if plain_ok && table.plain[id as usize] {
+                    self.with_plain(table, id)
+                } else {
+                    self.after(s, table.bytes(id), lim, left, tight)?
+                };
+                (id, st)
+            }
+        };
         st.generated = self.generated + 1;
         st.value_tokens = if st.in_value() && self.in_value() {
             self.value_tokens + 1
@@ -748,6 +804,7 @@ impl JsonCallState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracelab_core::job::Sampling;
 
     fn schema() -> JsonSchema {
         let tools = json!([
@@ -814,10 +871,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_tight_budget_still_ends_in_a_valid_call() {
-        let s = schema();
-        // Bytes as tokens; prefer ever more text, so only the budget ends the value.
+    /// Bytes as tokens, plus one "San Jose" token.
+    fn byte_table() -> TokenBytes {
         let mut table_bytes: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
         table_bytes.push(b"San Jose".to_vec());
         let mut by_first = vec![Vec::new(); 256];
@@ -828,28 +883,15 @@ mod tests {
             .iter()
             .map(|b| b.iter().all(|&c| c >= 0x20 && c != b'"' && c != b'\\'))
             .collect();
-        let table = TokenBytes {
+        TokenBytes {
             bytes: table_bytes,
             by_first,
             plain,
-        };
-        let lim = JsonLimits {
-            max_value_tokens: 5,
-            max_new_tokens: 60,
-        };
-        let mut scores = vec![0f32; table.bytes.len()];
-        scores[b'x' as usize] = 5.0; // the model would write x forever
-        scores[256] = 1.0;
-        let mut st = JsonCallState::new();
-        let mut n = 0;
-        while !st.done() {
-            if st.step(&s, &table, &scores, &lim).is_none() {
-                panic!("no token allowed after {n} tokens: {st:?}");
-            }
-            n += 1;
-            assert!(n <= lim.max_new_tokens, "over budget");
         }
-        let call = st.call(&s);
+    }
+
+    /// Checks `call` against [`schema`]'s function as a tool set validates it.
+    fn assert_valid(call: &ToolCall) {
         let tools = ToolSet::from_openai(
             &json!([{"type": "function", "function": {"name": "FindRestaurants",
                 "parameters": {"type": "object", "properties": {
@@ -863,7 +905,67 @@ mod tests {
         .unwrap();
         tools
             .validator()
-            .check(&call)
+            .check(call)
             .unwrap_or_else(|e| panic!("{call:?}: {e}"));
+    }
+
+    /// Decodes to the end with `scores` at every step, within `lim`.
+    fn decode(
+        s: &JsonSchema,
+        table: &TokenBytes,
+        scores: &[f32],
+        lim: &JsonLimits,
+        mut sampler: Option<Sampler>,
+    ) -> ToolCall {
+        let mut st = JsonCallState::new();
+        let mut n = 0;
+        while !st.done() {
+            if st.step(s, table, scores, lim, sampler.as_mut()).is_none() {
+                panic!("no token allowed after {n} tokens: {st:?}");
+            }
+            n += 1;
+            assert!(n <= lim.max_new_tokens, "over budget");
+        }
+        st.call(s)
+    }
+
+    #[test]
+    fn a_tight_budget_still_ends_in_a_valid_call() {
+        let s = schema();
+        // Prefer ever more text, so only the budget ends the value.
+        let table = byte_table();
+        let lim = JsonLimits {
+            max_value_tokens: 5,
+            max_new_tokens: 60,
+        };
+        let mut scores = vec![0f32; table.bytes.len()];
+        scores[b'x' as usize] = 5.0; // the model would write x forever
+        scores[256] = 1.0;
+        assert_valid(&decode(&s, &table, &scores, &lim, None));
+    }
+
+    #[test]
+    fn sampled_calls_are_valid_and_repeat_with_their_seed() {
+        let s = schema();
+        let table = byte_table();
+        let lim = JsonLimits {
+            max_value_tokens: 6,
+            max_new_tokens: 80,
+        };
+        // Every token equally likely: only the constraints shape what is drawn.
+        let scores = vec![0f32; table.bytes.len()];
+        let sampler = |seed| {
+            Some(Sampler::new(&Sampling {
+                temperature: 1.0,
+                top_p: 1.0,
+                seed,
+            }))
+        };
+        let calls: Vec<ToolCall> = (0..6)
+            .map(|seed| decode(&s, &table, &scores, &lim, sampler(seed)))
+            .collect();
+        calls.iter().for_each(assert_valid);
+        assert_eq!(calls[2], decode(&s, &table, &scores, &lim, sampler(2)));
+        assert!(calls.iter().any(|c| c != &calls[0]), "six seeds, one call");
     }
 }

@@ -22,6 +22,7 @@ pub mod predict;
 pub mod pretrain;
 pub mod qwen3;
 pub mod qwen3_student;
+pub mod sampling;
 pub mod serve;
 pub mod template;
 pub mod tokenizer;

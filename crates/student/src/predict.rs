@@ -8,8 +8,9 @@ use tch::{Device, Kind, Tensor};
 use tracelab_core::conversation::{EvalPair, ToolCall};
 use tracelab_core::job::PredictParams;
 
-use crate::grammar::{digit_tokens, pick, CallState, Limits, SpanSetup};
+use crate::grammar::{digit_tokens, pick, pick_sampled, CallState, Limits, SpanSetup};
 use crate::model::Tiny;
+use crate::sampling::Sampler;
 use crate::template::{ChatTemplate, Prompt};
 use crate::Progress;
 
@@ -110,18 +111,21 @@ pub fn decode_batch(
     spans: Option<&SpanSetup>,
     dev: Device,
 ) -> Vec<ToolCall> {
-    let states = decode_states(model, tpl, prompts, None, lim, digits, spans, dev);
+    let states = decode_states(model, tpl, prompts, None, &mut [], lim, digits, spans, dev);
     states.iter().map(|s| s.call(tpl)).collect()
 }
 
 /// [`decode_batch`]'s decoding, returning each prompt's final state; `callable` restricts each
-/// prompt's call to the template functions it marks (a served request's tools).
+/// prompt's call to the template functions it marks (a served request's tools), and a prompt
+/// with a sampler in `samplers` draws its tokens instead of picking the best (greedy for all
+/// when `samplers` is empty).
 #[allow(clippy::too_many_arguments)]
 pub fn decode_states(
     model: &Tiny,
     tpl: &ChatTemplate,
     prompts: &[&Prompt],
     callable: Option<&[Vec<bool>]>,
+    samplers: &mut [Option<Sampler>],
     lim: &Limits,
     digits: &[bool],
     spans: Option<&SpanSetup>,
@@ -180,13 +184,11 @@ pub fn decode_states(
             }
             let scores = if st.in_value() { &mixed } else { &vocab };
             let allowed = st.allowed(tpl, lim);
-            let tok = pick(
-                &allowed,
-                &scores[i * v..(i + 1) * v],
-                tpl,
-                digits,
-                &decoding,
-            );
+            let row = &scores[i * v..(i + 1) * v];
+            let tok = match samplers.get_mut(i).and_then(Option::as_mut) {
+                Some(sampler) => pick_sampled(&allowed, row, tpl, digits, &decoding, sampler),
+                None => pick(&allowed, row, tpl, digits, &decoding),
+            };
             st.push(tpl, tok);
             next.push(tok as i64);
         }

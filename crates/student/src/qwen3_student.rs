@@ -29,6 +29,7 @@ use crate::hf::{self, HfModelDir};
 use crate::json_call::{CallLayout, JsonCallState, JsonLimits, JsonSchema, TokenBytes};
 use crate::lora::LoraConfig;
 use crate::qwen3::{causal_lm_loss, KvCache, Qwen3, IGNORE_INDEX};
+use crate::sampling::Sampler;
 use crate::train::{device, lr_at, LossLog, Schedule};
 use crate::{Progress, WorkerError};
 
@@ -353,7 +354,8 @@ pub fn predict(
     let mut log = PairLog::new(pairs.len());
     for chunk in order.chunks(p.batch_size.max(1)) {
         let batch: Vec<&[i64]> = chunk.iter().map(|&i| prompts[i].as_slice()).collect();
-        let states = tch::no_grad(|| decode_batch(&model, &table, &schema, &batch, &lim, pad));
+        let states =
+            tch::no_grad(|| decode_batch(&model, &table, &schema, &batch, &lim, pad, &mut []));
         for (&i, st) in chunk.iter().zip(states) {
             unfinished += usize::from(!st.done());
             out[i] = Some(st.call(&schema));
@@ -371,8 +373,9 @@ pub fn predict(
     ))
 }
 
-/// Decodes one batch of prompts (each ending with the call prefix), left-padded, greedily under
-/// the JSON constraints. Returns each sequence's final state.
+/// Decodes one batch of prompts (each ending with the call prefix), left-padded, under the JSON
+/// constraints: greedily, or by drawing for a prompt with a sampler in `samplers` (empty: greedy
+/// for all). Returns each sequence's final state.
 pub fn decode_batch(
     model: &Qwen3,
     table: &TokenBytes,
@@ -380,6 +383,7 @@ pub fn decode_batch(
     prompts: &[&[i64]],
     lim: &JsonLimits,
     pad: i64,
+    samplers: &mut [Option<Sampler>],
 ) -> Vec<JsonCallState> {
     let dev = model.device();
     let b = prompts.len();
@@ -410,7 +414,8 @@ pub fn decode_batch(
             let tok = if st.done() || stuck[i] {
                 None
             } else {
-                st.step(schema, table, &scores[i * v..(i + 1) * v], lim)
+                let sampler = samplers.get_mut(i).and_then(Option::as_mut);
+                st.step(schema, table, &scores[i * v..(i + 1) * v], lim, sampler)
             };
             // A sequence with no allowed token (a vocabulary without single-byte tokens) stops;
             // its call is reported as unfinished.
@@ -497,6 +502,7 @@ impl Qwen3Served {
         &self,
         questions: &[Vec<Message>],
         functions: &[String],
+        samplers: &mut [Option<Sampler>],
     ) -> Result<Vec<(Option<ToolCall>, usize, usize)>, WorkerError> {
         let subset = ToolSet {
             functions: self
@@ -522,6 +528,7 @@ impl Qwen3Served {
                 &batch,
                 &self.lim,
                 self.pad,
+                samplers,
             )
         });
         Ok(states

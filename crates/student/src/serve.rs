@@ -8,12 +8,15 @@ use std::io::BufRead;
 use serde_json::Value;
 use tch::Device;
 use tracelab_core::formats::openai::parse_messages;
-use tracelab_core::job::{PredictParams, ServeAnswer, ServeAnswers, ServeBatch, ServeQuery};
+use tracelab_core::job::{
+    PredictParams, Sampling, ServeAnswer, ServeAnswers, ServeBatch, ServeQuery,
+};
 
 use crate::grammar::{Limits, SpanSetup};
 use crate::model::Tiny;
 use crate::predict::decode_states;
 use crate::qwen3_student::Qwen3Served;
+use crate::sampling::Sampler;
 use crate::template::{ChatTemplate, Prompt};
 use crate::WorkerError;
 
@@ -85,29 +88,34 @@ impl Answerer for Served {
         };
         let context = self.model.cfg.context as usize;
         let mut answers = Vec::with_capacity(batch.len());
-        let mut ready: Vec<(u64, Prompt, Vec<bool>)> = Vec::new();
+        let mut ready: Vec<(u64, Prompt, Vec<bool>, Option<Sampling>)> = Vec::new();
         for q in batch {
             match self.prepare(q, context, &lim) {
-                Ok((prompt, callable)) => ready.push((q.id, prompt, callable)),
+                Ok((prompt, callable)) => ready.push((q.id, prompt, callable, q.sampling.clone())),
                 Err(error) => answers.push(refused(q.id, error)),
             }
         }
         for chunk in ready.chunks(self.params.batch_size.max(1)) {
-            let prompts: Vec<&Prompt> = chunk.iter().map(|(_, p, _)| p).collect();
-            let callable: Vec<Vec<bool>> = chunk.iter().map(|(_, _, c)| c.clone()).collect();
+            let prompts: Vec<&Prompt> = chunk.iter().map(|(_, p, _, _)| p).collect();
+            let callable: Vec<Vec<bool>> = chunk.iter().map(|(_, _, c, _)| c.clone()).collect();
+            let mut samplers: Vec<Option<Sampler>> = chunk
+                .iter()
+                .map(|(_, _, _, s)| s.as_ref().map(Sampler::new))
+                .collect();
             let states = tch::no_grad(|| {
                 decode_states(
                     &self.model,
                     &self.tpl,
                     &prompts,
                     Some(&callable),
+                    &mut samplers,
                     &lim,
                     &self.digits,
                     Some(&self.spans),
                     self.dev,
                 )
             });
-            for ((id, prompt, _), st) in chunk.iter().zip(states) {
+            for ((id, prompt, _, _), st) in chunk.iter().zip(states) {
                 answers.push(ServeAnswer {
                     id: *id,
                     call: Some(st.call(&self.tpl).to_plain_json()),
@@ -174,22 +182,25 @@ impl Answerer for Qwen3Served {
     fn answer(&self, batch: &[ServeQuery]) -> Vec<ServeAnswer> {
         let known = Answerer::functions(self);
         let mut answers = Vec::with_capacity(batch.len());
-        let mut groups: std::collections::BTreeMap<Vec<String>, Vec<(u64, Vec<_>)>> =
+        let mut groups: std::collections::BTreeMap<Vec<String>, Vec<(u64, Vec<_>, _)>> =
             Default::default();
         for q in batch {
             match read_query(q, &known) {
-                Ok(m) => groups
-                    .entry(q.functions.clone())
-                    .or_default()
-                    .push((q.id, m)),
+                Ok(m) => groups.entry(q.functions.clone()).or_default().push((
+                    q.id,
+                    m,
+                    q.sampling.as_ref().map(Sampler::new),
+                )),
                 Err(e) => answers.push(refused(q.id, e)),
             }
         }
         for (functions, queries) in groups {
-            let questions: Vec<_> = queries.iter().map(|(_, m)| m.clone()).collect();
-            match Qwen3Served::answer(self, &questions, &functions) {
+            let ids: Vec<u64> = queries.iter().map(|(id, _, _)| *id).collect();
+            let questions: Vec<_> = queries.iter().map(|(_, m, _)| m.clone()).collect();
+            let mut samplers: Vec<_> = queries.into_iter().map(|(_, _, s)| s).collect();
+            match Qwen3Served::answer(self, &questions, &functions, &mut samplers) {
                 Ok(calls) => {
-                    for ((id, _), (call, prompt, generated)) in queries.iter().zip(calls) {
+                    for (id, (call, prompt, generated)) in ids.iter().zip(calls) {
                         let Some(call) = call else {
                             answers.push(refused(
                                 *id,
@@ -209,7 +220,7 @@ impl Answerer for Qwen3Served {
                         });
                     }
                 }
-                Err(e) => answers.extend(queries.iter().map(|(id, _)| refused(*id, e.to_string()))),
+                Err(e) => answers.extend(ids.iter().map(|id| refused(*id, e.to_string()))),
             }
         }
         answers
