@@ -79,7 +79,9 @@ impl Step for Judge {
         // against the reference's values, "13:15." read as a time.
         // 9: words nobody can read; counts labelled with a parameter's words; a place given as
         // the answer to "where"; "found 1 restaurants"; no question carried past a transaction.
-        9
+        // 10: the same result again after the user asked for another; a clock time whose hour
+        // is a word.
+        10
     }
 
     fn about(&self) -> &'static str {

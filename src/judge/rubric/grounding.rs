@@ -98,6 +98,55 @@ impl Rubric<'_> {
         ))
     }
 
+    /// A user who asks for another option ("Anything else?", "Is there another one?") and gets
+    /// a result an earlier reply already presented, with no number it did not give, while the
+    /// results hold one not presented yet, is left unanswered. Results are named by their fields
+    /// whose name says "name".
+    pub(super) fn check_same_again(&self, ctx: &Context, message: &str) -> Option<(Fault, String)> {
+        let last_user = ctx.turns.iter().rposition(|t| t.speaker == Speaker::User)?;
+        if !asks_for_another(&ctx.turns[last_user].text) {
+            return None;
+        }
+        let block = ctx.results.iter().rev().find(|b| b.turn < last_user)?;
+        let names: Vec<String> = block
+            .records
+            .iter()
+            .flat_map(|r| r.iter())
+            .filter(|(k, _)| identifier_words(k).iter().any(|w| w == "name"))
+            .map(|(_, v)| fold(&value_text(v)))
+            .filter(|n| n.len() >= 3)
+            .collect();
+        let names_in = |text: &str| -> Vec<&String> {
+            let ws = words(text);
+            let ws: Vec<&str> = ws.iter().map(String::as_str).collect();
+            names
+                .iter()
+                .filter(|n| find_words(&ws, &n.split(' ').collect::<Vec<_>>()).is_some())
+                .collect()
+        };
+        let replies: Vec<&str> = ctx.turns[block.turn..last_user]
+            .iter()
+            .filter(|t| t.speaker == Speaker::Assistant && t.call.is_none())
+            .map(|t| t.text.as_str())
+            .collect();
+        let presented: BTreeSet<&String> = replies.iter().flat_map(|t| names_in(t)).collect();
+        // A number no earlier reply gave is news about it ("another time?": "7:30 pm at
+        // Rheem Theatre").
+        let said_numbers: BTreeSet<String> = replies.iter().flat_map(|t| words(t)).collect();
+        let news = words(message)
+            .iter()
+            .any(|w| w.chars().any(|c| c.is_ascii_digit()) && !said_numbers.contains(w));
+        let again = names_in(message);
+        let fresh = names.iter().any(|n| !presented.contains(n));
+        match again.as_slice() {
+            [one] if presented.contains(one) && fresh && !news => Some((
+                Fault::IgnoresRequest,
+                format!("presents {one:?} again where the user asked for another"),
+            )),
+            _ => None,
+        }
+    }
+
     /// Whether a reply states something of the results: a record's value, a field's words, or
     /// a number.
     fn states_a_fact(&self, ctx: &Context, message: &str) -> bool {
@@ -178,13 +227,20 @@ impl Rubric<'_> {
 
     /// A reply with a lower-case word that is no English word and that neither this
     /// conversation, the reference, the schema nor any conversation of the judged set says
-    /// ("Please confirm the details: cityderate, dated.") cannot be read: a student's garbled
-    /// output. Capitalized words are names, for [`Self::check_unsaid`].
+    /// ("Please confirm the details: cityderate, dated."), or with a clock time whose hour is a
+    /// word ("a table at Right:00"), cannot be read: a student's garbled output. Capitalized
+    /// words are names, for [`Self::check_unsaid`].
     fn check_unreadable<'s>(
         &self,
         message: &str,
         said: impl Fn() -> &'s BTreeSet<String>,
     ) -> Option<(Fault, String)> {
+        if let Some(clock) = message.split_whitespace().find(|w| is_worded_clock(w)) {
+            return Some((
+                Fault::Unreadable,
+                format!("has a clock time whose hour is a word ({clock:?})"),
+            ));
+        }
         let first = message
             .split_whitespace()
             .filter(|w| w.starts_with(|c: char| c.is_lowercase()))
@@ -242,4 +298,27 @@ impl Rubric<'_> {
         }
         said
     }
+}
+
+/// Whether a user's turn asks for another option: "else", "another", "other" or "different",
+/// and no "nothing", "don't" or "that's all" ("No, nothing else" closes instead).
+fn asks_for_another(text: &str) -> bool {
+    let ws = words(text);
+    let has = |list: &[&str]| ws.iter().any(|w| list.contains(&w.as_str()));
+    let all_said = ws.windows(2).any(|p| p[0] == "thats" && p[1] == "all");
+    has(&["else", "another", "other", "others", "different"])
+        && !has(&["nothing", "dont"])
+        && !all_said
+}
+
+/// Whether a whitespace-separated token is a clock time with a word for its hour: letters, a
+/// colon, two digits ("Right:00", "at:30,").
+fn is_worded_clock(token: &str) -> bool {
+    let token = token.trim_end_matches(|c: char| c.is_ascii_punctuation());
+    token.split_once(':').is_some_and(|(hour, minutes)| {
+        !hour.is_empty()
+            && hour.chars().all(char::is_alphabetic)
+            && minutes.len() == 2
+            && minutes.chars().all(|c| c.is_ascii_digit())
+    })
 }
