@@ -667,6 +667,34 @@ impl JsonCallState {
         (next.min_finish(s) < left).then_some(next)
     }
 
+    /// Inside an open string, tokens without quote or backslash only add text: one check covers
+    /// them all (whether one more text byte is allowed). Everything else is simulated byte by byte.
+    fn plain_ok(&self, s: &JsonSchema, lim: &JsonLimits, left: usize, tight: bool) -> bool {
+        let open_string = matches!(self.phase, Phase::Value { open: true, escape: 0, .. })
+            && self
+                .func
+                .is_some_and(|f| matches!(self.phase, Phase::Value { p, .. } if matches!(s.functions[f].params[p].kind, JsonKind::Str)));
+        open_string && self.after(s, b"a", lim, left, tight).is_some()
+    }
+
+    /// Every token [`JsonCallState::step`] may pick from here (indexed by id): the whole mask,
+    /// which `step` itself never builds. For measurements and comparisons with other
+    /// constraint engines (`benches/constraints.rs`).
+    pub fn allowed(&self, s: &JsonSchema, table: &TokenBytes, lim: &JsonLimits) -> Vec<bool> {
+        let left = lim.max_new_tokens.saturating_sub(self.generated);
+        let tight = self.tight(s, left);
+        let plain_ok = self.plain_ok(s, lim, left, tight);
+        let mut mask = if plain_ok {
+            table.plain.clone()
+        } else {
+            vec![false; table.bytes.len()]
+        };
+        self.others(s, table, lim, (left, tight), plain_ok, &mut |id, _| {
+            mask[id as usize] = true
+        });
+        mask
+    }
+
     /// The best-scoring allowed token and the state after it (greedy decoding).
     fn best(
         &self,
@@ -745,16 +773,7 @@ impl JsonCallState {
     ) -> Option<u32> {
         let left = lim.max_new_tokens.saturating_sub(self.generated);
         let tight = self.tight(s, left);
-        // Inside an open string, tokens without quote or backslash only add text: one check
-        // covers them all. Everything else is simulated byte by byte.
-        let open_string = matches!(self.phase, Phase::Value { open: true, escape: 0, .. })
-            && self
-                .func
-                .is_some_and(|f| matches!(self.phase, Phase::Value { p, .. } if matches!(s.functions[f].params[p].kind, JsonKind::Str)));
-        let plain_ok = open_string && {
-            let probe = [b'a'];
-            self.after(s, &probe, lim, left, tight).is_some()
-        };
+        let plain_ok = self.plain_ok(s, lim, left, tight);
         let (id, mut st) = match sampler {
             None => self.best(s, table, scores, lim, (left, tight), plain_ok)?,
             Some(sampler) => {
