@@ -391,7 +391,7 @@ fn main() {
                     scores[id as usize] = 1.0;
                     let mut next = jc.clone();
                     let t = cpu();
-                    let picked = next.step(&schema, &table, &scores, &LIM);
+                    let picked = next.step(&schema, &table, &scores, &LIM, None);
                     times.jc_step.push(micros(t));
                     assert_eq!(picked == Some(id), allowed[id as usize], "allowed vs step");
                     let t = cpu();
@@ -489,7 +489,7 @@ fn main() {
                             )
                         });
                     }
-                    let Some(id) = jc.step(&schema, &table, &scores, &LIM) else {
+                    let Some(id) = jc.step(&schema, &table, &scores, &LIM, None) else {
                         break;
                     };
                     out.extend_from_slice(table.bytes(id));
