@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-mod common;
-use common::{
+use crate::common::{
     restaurant_conversation as conversation, restaurant_tools as tools, write_jsonl_project,
 };
 

@@ -1,8 +1,7 @@
 //! Corruption operators on generated traces: rates within tolerance on 1,000 traces, determinism
 //! per seed, renaming leaves no target name, mixing shares, and the shipped scenario files.
 
-#[path = "fixtures/generated.rs"]
-mod generated;
+use crate::generated;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

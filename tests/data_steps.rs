@@ -1,8 +1,7 @@
 //! The data steps run by hand (a StepContext over temp dirs, as the engine would): ingest →
 //! schema → split → corrupt, on generated JSONL and (when present) on the real SGD copy.
 
-#[path = "fixtures/generated.rs"]
-mod generated;
+use crate::generated;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use tracelab::llm_mock::{MockRequest, MockServer, Reply};
 
-mod common;
-use common::{small_conversation, small_tools, write_jsonl_project};
+use crate::common;
+use crate::common::{small_conversation, small_tools, write_jsonl_project};
 
 /// Answers like a perfect model of [`small_conversation`]: a search for the city the user named,
 /// then "Nothing found." after the empty result; its first answer is a broken `<tool_call>`.

@@ -3,7 +3,7 @@
 //! real replies), reformatted service calls stay good, altered ones turn bad, and the
 //! always-reply baseline lands where the study's numbers put it (≈ 0.80, macro 1/3).
 
-mod common;
+use crate::common;
 
 use serde_json::{json, Value};
 use tracelab::conversation::ToolCall;
@@ -166,7 +166,7 @@ fn references_against_themselves_in_other_domains() {
     }
 }
 
-/// Every SGD conversation of the four domains (`cargo nextest run --test judge_sgd
+/// Every SGD conversation of the four domains (`cargo nextest run --test suite judge_sgd::
 /// --run-ignored only`): the self-agreement the README quotes.
 #[test]
 #[ignore = "a measurement over every conversation of four services (~1 min)"]

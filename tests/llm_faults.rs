@@ -14,7 +14,7 @@ use tracelab::teacher::http::{parse_answer, HttpTeacher};
 use tracelab::teacher::{plan_jobs, Context, Teacher};
 use tracelab::tools::{ToolSet, DEFAULT_RESPOND};
 
-mod common;
+use crate::common;
 
 fn config(server: &MockServer) -> LlmConfig {
     let mut c = LlmConfig::new(server.base_url(), "mock-model");

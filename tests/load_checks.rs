@@ -6,8 +6,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-mod common;
-use common::{small_conversation, small_tools, write_jsonl_project};
+use crate::common::{small_conversation, small_tools, write_jsonl_project};
 
 /// A valid experiment over 10 conversations; tests append or replace parts.
 const BASE: &str = r#"name = "t"

@@ -4,7 +4,7 @@
 //! file with the same pretraining; a student fine-tuned from it starts below a from-scratch
 //! student's loss on the same batches (same tokenizer, same seed).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -10,11 +10,11 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-mod common;
+use crate::common;
 #[path = "../crates/student/tests/common/python.rs"]
 mod python;
 
-use common::{assistant_call, write_jsonl_project};
+use crate::common::{assistant_call, write_jsonl_project};
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -10,8 +10,10 @@ use std::process::Command;
 
 use serde_json::Value;
 
-mod common;
-use common::{post, restaurant_conversation, restaurant_tools, serve, write_jsonl_project, Server};
+use crate::common;
+use crate::common::{
+    post, restaurant_conversation, restaurant_tools, serve, write_jsonl_project, Server,
+};
 
 const EXPERIMENT: &str = r#"name = "s"
 seeds = [1]

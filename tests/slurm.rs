@@ -8,7 +8,7 @@
 //! Skips with a message where no cluster answers (`SLURM_CONF` unset or `sinfo` failing) or
 //! where ../shared/sgd is absent.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};

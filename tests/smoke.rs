@@ -348,7 +348,7 @@ fn outputs_change_only_with_their_step_version(root: &Path) {
             })
             .collect();
         let record = json!({
-            "about": "each step's output hash on experiments/smoke.toml, by version; rewrite with TRACELAB_RECORD_STEP_OUTPUTS=1 cargo nextest run --test smoke",
+            "about": "each step's output hash on experiments/smoke.toml, by version; rewrite with TRACELAB_RECORD_STEP_OUTPUTS=1 cargo nextest run --test suite smoke::",
             "platform": platform(),
             "steps": steps,
         });
@@ -400,7 +400,7 @@ fn outputs_change_only_with_their_step_version(root: &Path) {
     }
     assert!(
         problems.is_empty(),
-        "step outputs vs {STEP_OUTPUTS} (re-record with TRACELAB_RECORD_STEP_OUTPUTS=1 cargo nextest run --test smoke):\n{}",
+        "step outputs vs {STEP_OUTPUTS} (re-record with TRACELAB_RECORD_STEP_OUTPUTS=1 cargo nextest run --test suite smoke::):\n{}",
         problems.join("\n")
     );
 }

@@ -1,7 +1,7 @@
 //! The filter → generate → validate steps through the step interface, on SGD Restaurants_1
 //! traces mixed with renamed hotel traces: outputs, side files and statistics.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;

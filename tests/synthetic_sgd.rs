@@ -2,7 +2,7 @@
 //! validation in the five scenarios (corruptions emulated in tests/common until the data
 //! helper's corrupt step is on main). Skips with a message when ../shared/sgd is absent.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicBool;
@@ -131,7 +131,7 @@ fn five_scenarios_on_sgd() {
     let r1 = common::load("Restaurants_1", &["train"]);
     let pool: Vec<Conversation> = r1[..r1.len() - 34].to_vec();
     // 600 keeps the debug test quick; the 2,000 of the acceptance run in release:
-    // TRACELAB_SYNTH_N=2000 cargo test --release --test synthetic_sgd -- --nocapture
+    // TRACELAB_SYNTH_N=2000 cargo test --release --test suite synthetic_sgd:: -- --nocapture
     let n: usize = std::env::var("TRACELAB_SYNTH_N")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -7,8 +7,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-mod common;
-use common::{small_conversation, small_tools, write_jsonl_project};
+use crate::common::{small_conversation, small_tools, write_jsonl_project};
 
 const EXPERIMENT: &str = r#"name = "t"
 scenarios = ["clean"]

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-mod common;
-use common::{assistant_call, write_jsonl_project};
+use crate::common::{assistant_call, write_jsonl_project};
 
 /// A restaurant conversation with two calls.
 fn conversation(i: usize) -> Value {

@@ -21,9 +21,8 @@ use tracelab_student::hf::{self, HfError, HfModelDir};
 use tracelab_student::lora::LoraConfig;
 use tracelab_student::qwen3::{causal_lm_loss, Config, KvCache, Qwen3};
 
-mod common;
-use common::python::{python, reference as run_reference};
-use common::repo_root;
+use crate::common::python::{python, reference as run_reference};
+use crate::common::repo_root;
 
 const TOL: f64 = 1e-4;
 

@@ -14,9 +14,8 @@ use tracelab_student::hf;
 use tracelab_student::qwen3::Qwen3;
 use tracelab_student::qwen3_student;
 
-mod common;
-use common::python::{python, reference};
-use common::{repo_root, run_worker as run};
+use crate::common::python::{python, reference};
+use crate::common::{repo_root, run_worker as run};
 
 const CITIES: [&str; 4] = ["Fremont", "Oakland", "Napa", "Dublin"];
 

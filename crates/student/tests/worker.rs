@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-mod common;
-use common::run_worker as run;
+use crate::common::run_worker as run;
 
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
