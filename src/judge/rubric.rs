@@ -619,6 +619,7 @@ impl<'a> Rubric<'a> {
         problems.extend(self.check_closing(ctx, &r, &message));
         problems.extend(self.check_presents_results(ctx, &r, &message));
         problems.extend(self.check_same_again(ctx, &message));
+        problems.extend(self.check_empty_confirmation(ctx, &message));
         problems.extend(self.check_outcome_as_referenced(ctx, &r, &message));
         problems.sort_by_key(|(f, _)| *f);
         match problems.first() {

@@ -81,7 +81,8 @@ impl Step for Judge {
         // the answer to "where"; "found 1 restaurants"; no question carried past a transaction.
         // 10: the same result again after the user asked for another; a clock time whose hour
         // is a word.
-        10
+        // 11: a request to confirm that states nothing to confirm.
+        11
     }
 
     fn about(&self) -> &'static str {

@@ -550,6 +550,11 @@ impl Rubric<'_> {
         out
     }
 
+    /// Whether a text states a time, a date or a count.
+    pub(super) fn states_time_date_or_count(&self, text: &str) -> bool {
+        !self.stated_in(text, &self.count_nouns()).is_empty()
+    }
+
     /// The times, dates and counts a text states.
     fn stated_in(&self, text: &str, nouns: &BTreeSet<String>) -> Vec<Stated> {
         let mut out = Vec::new();

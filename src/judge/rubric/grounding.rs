@@ -11,6 +11,7 @@ use std::cell::OnceCell;
 use std::collections::BTreeSet;
 use std::sync::LazyLock;
 
+use super::dialogue::capitalized_phrases;
 use super::{find_words, Fault, Rubric};
 use crate::judge::context::{Context, Speaker};
 use crate::judge::normalize::{fold, parse_number, value_text};
@@ -145,6 +146,57 @@ impl Rubric<'_> {
             )),
             _ => None,
         }
+    }
+
+    /// A reply that asks the user to confirm and states nothing to confirm — no number, time,
+    /// date or count, no name, no value of a call or a result ("Please confirm the details: city should
+    /// I search for?", "Which restaurants. Does that sound right?") — takes nothing up: a
+    /// student's garbled confirmation.
+    pub(super) fn check_empty_confirmation(
+        &self,
+        ctx: &Context,
+        message: &str,
+    ) -> Option<(Fault, String)> {
+        let ws = words(message);
+        let ws: Vec<&str> = ws.iter().map(String::as_str).collect();
+        // Asking to confirm, not "Do you want to confirm it?" nor "I can confirm that …".
+        let cue = [
+            &["please", "confirm"][..],
+            &["confirm", "the", "details"],
+            &["sound", "right"],
+            &["sound", "correct"],
+            &["that", "right"],
+            &["that", "correct"],
+        ]
+        .iter()
+        .any(|p| find_words(&ws, p).is_some());
+        if !cue
+            || ws.iter().any(|w| w.chars().any(|c| c.is_ascii_digit()))
+            || self.states_time_date_or_count(message)
+            || capitalized_phrases(message)
+                .iter()
+                .any(|p| p.split(' ').any(|w| !is_common_capital(&w.to_lowercase())))
+        {
+            return None;
+        }
+        let calls = ctx
+            .turns
+            .iter()
+            .filter_map(|t| t.call.as_ref())
+            .flat_map(|c| c.arguments.values());
+        let records = ctx.records().flat_map(|r| r.values());
+        let states_a_value = calls.chain(records).any(|v| {
+            let v = fold(&value_text(v));
+            v.len() >= 3
+                && !matches!(v.as_str(), "true" | "false")
+                && find_words(&ws, &v.split(' ').collect::<Vec<_>>()).is_some()
+        });
+        (!states_a_value).then(|| {
+            (
+                Fault::IgnoresRequest,
+                "asks to confirm but states nothing to confirm".to_string(),
+            )
+        })
     }
 
     /// Whether a reply states something of the results: a record's value, a field's words, or
