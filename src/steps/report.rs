@@ -485,25 +485,32 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[test]
-    fn table_averages_seeds_and_computes_delta() {
-        let cell = |s: &str, p: &str, seed| CellRef {
-            scenario: s.into(),
-            pipeline: p.into(),
-            seed,
-        };
-        let params = ReportParams {
+    /// Report parameters over `cells` (scenario, pipeline, seed) of pipelines "syn" and "dir".
+    fn params(cells: &[(&str, &str, u64)]) -> ReportParams {
+        ReportParams {
             experiment: "e".into(),
-            cells: vec![
-                cell("clean", "syn", 1),
-                cell("clean", "dir", 1),
-                cell("clean", "syn", 2),
-                cell("clean", "dir", 2),
-            ],
+            cells: cells
+                .iter()
+                .map(|&(s, p, seed)| CellRef {
+                    scenario: s.into(),
+                    pipeline: p.into(),
+                    seed,
+                })
+                .collect(),
             pipelines: vec!["syn".into(), "dir".into()],
             metric: "score".into(),
             delta: None,
-        };
+        }
+    }
+
+    #[test]
+    fn table_averages_seeds_and_computes_delta() {
+        let params = params(&[
+            ("clean", "syn", 1),
+            ("clean", "dir", 1),
+            ("clean", "syn", 2),
+            ("clean", "dir", 2),
+        ]);
         let m = |s: f64| json!({"score": s, "macro_score": s / 2.0, "baseline": {"score": 0.78, "macro_score": 0.33}});
         let ok = |s: f64| CellResult::Metrics(m(s));
         let t = ResultTable::build(&params, &[ok(0.9), ok(0.7), ok(0.8), ok(0.7)]);
@@ -528,25 +535,14 @@ mod tests {
 
     #[test]
     fn a_cell_that_did_not_complete_reads_failed_and_says_why() {
-        let cell = |s: &str, p: &str, seed| CellRef {
-            scenario: s.into(),
-            pipeline: p.into(),
-            seed,
-        };
-        let params = ReportParams {
-            experiment: "e".into(),
-            cells: vec![
-                cell("clean", "syn", 1),
-                cell("clean", "dir", 1),
-                cell("clean", "syn", 2),
-                cell("clean", "dir", 2),
-                cell("drift", "syn", 1),
-                cell("drift", "dir", 1),
-            ],
-            pipelines: vec!["syn".into(), "dir".into()],
-            metric: "score".into(),
-            delta: None,
-        };
+        let params = params(&[
+            ("clean", "syn", 1),
+            ("clean", "dir", 1),
+            ("clean", "syn", 2),
+            ("clean", "dir", 2),
+            ("drift", "syn", 1),
+            ("drift", "dir", 1),
+        ]);
         let ok = |s: f64| {
             CellResult::Metrics(
                 json!({"score": s, "macro_score": s, "baseline": {"score": 0.8, "macro_score": 0.3}}),

@@ -2536,42 +2536,37 @@ impl OfflineTeacher {
     }
 
     fn failure_text(&self, w: &mut Writer<'_>, said: &BTreeMap<String, String>) -> String {
-        let usable: Vec<String> = self
-            .domain
-            .templates
-            .failure
-            .iter()
-            .filter(|t| placeholders(t).iter().all(|p| said.contains_key(p)))
-            .cloned()
-            .collect();
-        let t = w.pick(
-            &usable,
-            &[
-                "Sorry, the booking did not go through. Can I help with anything else?",
-                "I'm sorry, I could not make that reservation.",
-            ],
-        );
-        w.fill_spoken(&t, said).unwrap_or(t)
+        let builtin = [
+            "Sorry, the booking did not go through. Can I help with anything else?",
+            "I'm sorry, I could not make that reservation.",
+        ];
+        outcome_text(w, &self.domain.templates.failure, said, &builtin)
     }
 
     fn success_text(&self, w: &mut Writer<'_>, outcome: &Record) -> String {
-        let usable: Vec<String> = self
-            .domain
-            .templates
-            .success
-            .iter()
-            .filter(|t| placeholders(t).iter().all(|p| outcome.contains_key(p)))
-            .cloned()
-            .collect();
-        let t = w.pick(
-            &usable,
-            &[
-                "Your booking is confirmed.",
-                "All set, the reservation is made.",
-            ],
-        );
-        w.fill_spoken(&t, outcome).unwrap_or(t)
+        let builtin = [
+            "Your booking is confirmed.",
+            "All set, the reservation is made.",
+        ];
+        outcome_text(w, &self.domain.templates.success, outcome, &builtin)
     }
+}
+
+/// A transaction's outcome in words: one of the learned templates whose every placeholder has
+/// a value (filled as said), else one of the built-in sentences.
+fn outcome_text(
+    w: &mut Writer<'_>,
+    templates: &[String],
+    values: &Record,
+    builtin: &[&str],
+) -> String {
+    let usable: Vec<String> = templates
+        .iter()
+        .filter(|t| placeholders(t).iter().all(|p| values.contains_key(p)))
+        .cloned()
+        .collect();
+    let t = w.pick(&usable, builtin);
+    w.fill_spoken(&t, values).unwrap_or(t)
 }
 
 impl Teacher for OfflineTeacher {
