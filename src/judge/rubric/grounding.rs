@@ -56,6 +56,15 @@ pub(super) fn is_calendar_word(w: &str) -> bool {
         .any(|m| m.eq_ignore_ascii_case(w))
 }
 
+/// Whether the words `ws` say a call's or a record's value: one of three letters or more, not a
+/// bare boolean.
+fn says_value(ws: &[&str], v: &serde_json::Value) -> bool {
+    let value = fold(&value_text(v));
+    value.len() >= 3
+        && !matches!(value.as_str(), "true" | "false")
+        && find_words(ws, &value.split(' ').collect::<Vec<_>>()).is_some()
+}
+
 /// The folded words of `text` that carry content.
 fn content_words(text: &str) -> Vec<String> {
     words(text)
@@ -185,12 +194,7 @@ impl Rubric<'_> {
             .filter_map(|t| t.call.as_ref())
             .flat_map(|c| c.arguments.values());
         let records = ctx.records().flat_map(|r| r.values());
-        let states_a_value = calls.chain(records).any(|v| {
-            let v = fold(&value_text(v));
-            v.len() >= 3
-                && !matches!(v.as_str(), "true" | "false")
-                && find_words(&ws, &v.split(' ').collect::<Vec<_>>()).is_some()
-        });
+        let states_a_value = calls.chain(records).any(|v| says_value(&ws, v));
         (!states_a_value).then(|| {
             (
                 Fault::IgnoresRequest,
@@ -208,10 +212,7 @@ impl Rubric<'_> {
             return true;
         }
         ctx.records().flat_map(|r| r.iter()).any(|(k, v)| {
-            let value = fold(&value_text(v));
-            let value_said = value.len() >= 3
-                && !matches!(value.as_str(), "true" | "false")
-                && find_words(&ws, &value.split(' ').collect::<Vec<_>>()).is_some();
+            let value_said = says_value(&ws, v);
             let field: Vec<String> = identifier_words(k)
                 .into_iter()
                 .filter(|w| w.len() >= 3 && !FUNCTION_WORDS.contains(&w.as_str()))
