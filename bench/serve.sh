@@ -6,7 +6,9 @@
 # 1. batch predict of the cell, forced: pairs/s from its manifest;
 # 2. `tracelab serve` of the cell; the cell's evaluation pairs sent as requests (the official
 #    openai client, one per thread) at concurrency 1, 4 and 16: p50/p99 latency and requests/s;
-# 3. peak memory of the server and of its worker (VmHWM).
+# 3. peak memory of the server and of its worker (VmHWM);
+# 4. batch predict one pair at a time, forced tokens fed one pass each (`forced_runs = false`)
+#    and together (the default): what decoding alone costs per pair, and what the runs save.
 # Targets (issue #22): p50 <= 20 ms at concurrency 1; at 16, >= half of batch predict's pairs/s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +23,15 @@ info=$("$BIN" inspect "$EXP" --step "$CELL/predict")
 batch=$(awk '/pairs_per_second/ {print $2}' <<<"$info")
 key=$(sed -n 's/.*key \([0-9a-f]*\)).*/\1/p' <<<"$info" | head -1)
 predictions=$(ls "${TRACELAB_CACHE:-cache}"/"$key"*/out/predictions.jsonl | head -1)
+# Batch predict at batch size 1, with forced runs off and on (run twice each, alternating: the
+# second of each is reported, so both see a warm page cache and the same machine load).
+single() {
+  local set=(--set predict.batch_size=1 --set "predict.forced_runs=$1")
+  "$BIN" run "$EXP" --quiet --only "$CELL/predict" --force "$CELL/predict" "${set[@]}" >/dev/null
+  "$BIN" inspect "$EXP" --step "$CELL/predict" "${set[@]}" | awk '/pairs_per_second/ {print $2}'
+}
+single false >/dev/null; single true >/dev/null
+one_by_one=$(single false); runs=$(single true)
 PORT=${PORT:-8765}
 "$BIN" serve "$EXP" --cell "$CELL" --port "$PORT" --name bench ${THREADS:+--threads $THREADS} ${WORKERS:+--workers $WORKERS} 2>/tmp/tracelab-bench-serve.log &
 SERVER=$!
@@ -29,11 +40,15 @@ for _ in $(seq 100); do
   grep -q "serving" /tmp/tracelab-bench-serve.log && break
   sleep 0.2
 done
-"$PY" - "$PORT" "$REQUESTS" "$batch" "$SERVER" "$predictions" <<'PY'
+"$PY" - "$PORT" "$REQUESTS" "$batch" "$SERVER" "$predictions" "$one_by_one" "$runs" <<'PY'
 import json, subprocess, sys, threading, time
 from openai import OpenAI
 
 port, n, batch, server, predictions = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
+one_by_one, runs = float(sys.argv[6]), float(sys.argv[7])
+print(f"batch predict, one pair at a time: {one_by_one:.1f} pairs/s one pass per token, "
+      f"{runs:.1f} pairs/s with forced runs ({runs / one_by_one:.2f}x); "
+      f"{batch:.1f} pairs/s in batches")
 client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
 # The cell's evaluation prefixes (from its predictions), as an agent sends them: replies as text,
 # with every service function the reference calls name offered (the server checks names only).

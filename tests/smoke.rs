@@ -283,7 +283,7 @@ const SIMD_FLAGS: &[&str] = &[
 ];
 
 /// Steps whose output carries the student's floats (and those computed from them).
-const FLOAT_KINDS: &[&str] = &["train", "predict", "judge", "report"];
+const FLOAT_KINDS: &[&str] = &["pretrain", "train", "predict", "judge", "report"];
 
 /// Compares each recorded step's output hash and version with this run's manifests.
 /// `TRACELAB_RECORD_STEP_OUTPUTS=1` writes the record instead.

@@ -564,6 +564,10 @@ pub struct PredictParams {
     pub max_new_tokens: usize,
     /// Span decoding's bonuses (the tiny student).
     pub decoding: DecodeParams,
+    /// Feed the tokens the schema constraints force (the rest of a function's name or key,
+    /// `<|val|>` after a key) in one forward pass with the token before them (the tiny
+    /// student). The same calls come out either way; `false` only measures what it saves.
+    pub forced_runs: bool,
 }
 
 /// Log-probability bonuses of the tiny student's span decoding (`[predict.decoding]`). Each is
@@ -603,6 +607,7 @@ impl Default for PredictParams {
             max_value_tokens: 40,
             max_new_tokens: 64,
             decoding: DecodeParams::default(),
+            forced_runs: true,
         }
     }
 }

@@ -745,6 +745,29 @@ pub(crate) fn trie_next<'a, T: Copy + PartialEq + 'a>(
     (next, complete)
 }
 
+impl Allowed {
+    /// The one token allowed, where the constraints leave no choice (a function name's or key's
+    /// remaining tokens, `<|val|>` after a key, the only continuation of a span): any choice,
+    /// greedy or drawn, takes it whatever the scores.
+    pub fn forced(&self) -> Option<u32> {
+        let one = |list: &[u32]| {
+            list.first()
+                .copied()
+                .filter(|&t| list.iter().all(|&u| u == t))
+        };
+        match self {
+            Allowed::Only(list) => one(list),
+            Allowed::Span {
+                continuations,
+                closers,
+                free: false,
+                ..
+            } if closers.is_empty() => one(continuations),
+            _ => None,
+        }
+    }
+}
+
 /// Limits that keep a call short enough to finish within the token budget.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -752,6 +775,10 @@ pub struct Limits {
     pub max_value_tokens: usize,
     /// Most tokens after `<|call|>` in all.
     pub max_new_tokens: usize,
+    /// Feed the tokens the constraints force (see [`Allowed::forced`]) together with the token
+    /// before them, in one forward pass; the same tokens come out either way (false only to
+    /// measure what it saves).
+    pub forced_runs: bool,
 }
 
 impl Default for CallState {

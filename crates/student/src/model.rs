@@ -73,20 +73,46 @@ fn buckets(dist: &Tensor) -> Tensor {
 pub struct StepOutput {
     /// Log-probabilities from the vocabulary head, `(B, V)`.
     pub vocab: Tensor,
-    /// Log-probabilities with the copy head mixed in, `(B, V)` (equal to `vocab` without one).
+    /// Log-probabilities with the copy head mixed in, `(B, V)` (equal to `vocab` without one,
+    /// or where no sequence needed it).
     pub mixed: Tensor,
 }
 
-/// Per-sequence decoding state: attention keys/values, copy keys and the tokens seen.
+/// Per-sequence decoding state: attention keys/values, what the copy head needs of each position,
+/// and the tokens seen.
 pub struct Cache {
     kv: Vec<(Tensor, Tensor)>,
-    copy_keys: Option<Tensor>,
-    hidden: Option<Tensor>,
+    copy: Option<CopyCache>,
     tokens: Tensor,
     valid: Tensor,
-    copyable: Tensor,
     pos: Tensor,
     next_pos: Tensor,
+}
+
+/// What the copy head needs of every cached position, computed once, when the position enters
+/// the cache (a decoding step is bound by the number of operations, not by their size).
+struct CopyCache {
+    /// Copy keys, `(B, T, C)`.
+    keys: Tensor,
+    /// May be pointed at: an ordinary token of the prompt that is not padding, `(B, T)`.
+    candidate: Tensor,
+    /// Log stop probabilities `(log s, log(1 − s))`, each `(B, T)` (see [`Tiny::stop_logs`]).
+    log_stop: Tensor,
+    log_go: Tensor,
+    /// Token embeddings in `f32`, `(B, T, D)`.
+    embedded: Tensor,
+}
+
+impl CopyCache {
+    /// Appends the positions of `more`.
+    fn extend(&mut self, more: CopyCache) {
+        let cat = |a: &Tensor, b: &Tensor| Tensor::cat(&[a, b], 1);
+        self.keys = cat(&self.keys, &more.keys);
+        self.candidate = cat(&self.candidate, &more.candidate);
+        self.log_stop = cat(&self.log_stop, &more.log_stop);
+        self.log_go = cat(&self.log_go, &more.log_go);
+        self.embedded = cat(&self.embedded, &more.embedded);
+    }
 }
 
 /// The tiny transformer. Build it inside a `VarStore` so it can be trained and saved.
@@ -102,6 +128,8 @@ pub struct Tiny {
     special: Tensor,
     arg_id: i64,
     end_id: i64,
+    /// `[arg_id, end_id]` on the model's device.
+    closers: Tensor,
 }
 
 fn rms_norm(x: &Tensor, w: &Tensor) -> Tensor {
@@ -145,21 +173,26 @@ fn shift(x: &Tensor, n: i64) -> Tensor {
     )
 }
 
-/// Applies rotary positions to `x (B, H, T, D)` at positions `pos (B, T)`.
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, pos: &Tensor) -> Tensor {
-    let (b, _, t, d) = x.size4().expect("4-d");
+/// The rotary tables' rows at positions `pos (B, T)`, as `(cos, sin)`, each `(B, 1, T, D/2)`.
+fn rotary_at(cos: &Tensor, sin: &Tensor, pos: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+    let (b, t) = pos.size2().expect("2-d positions");
     let flat = pos.reshape([-1]);
-    let c = cos
-        .index_select(0, &flat)
-        .reshape([b, 1, t, d / 2])
-        .to_kind(x.kind());
-    let s = sin
-        .index_select(0, &flat)
-        .reshape([b, 1, t, d / 2])
-        .to_kind(x.kind());
+    let at = |table: &Tensor| {
+        table
+            .index_select(0, &flat)
+            .reshape([b, 1, t, -1])
+            .to_kind(kind)
+    };
+    (at(cos), at(sin))
+}
+
+/// Applies rotary positions to `x (…, B, H, T, D)` with the tables' rows `c`, `s` (`(B, 1, T,
+/// D/2)`, from [`rotary_at`]).
+fn rope(x: &Tensor, c: &Tensor, s: &Tensor) -> Tensor {
+    let d = *x.size().last().expect("a last dimension");
     let x1 = x.narrow(-1, 0, d / 2);
     let x2 = x.narrow(-1, d / 2, d / 2);
-    Tensor::cat(&[&x1 * &c - &x2 * &s, &x1 * &s + &x2 * &c], -1)
+    Tensor::cat(&[&x1 * c - &x2 * s, &x1 * s + &x2 * c], -1)
 }
 
 impl Tiny {
@@ -205,6 +238,8 @@ impl Tiny {
         });
         let (cos, sin) = rotary(cfg.context, d / cfg.heads, p.device());
         let special = Tensor::from_slice(special).to_device(p.device());
+        let closers_t =
+            Tensor::from_slice(&[closers[0] as i64, closers[1] as i64]).to_device(p.device());
         Tiny {
             cfg,
             emb,
@@ -216,6 +251,7 @@ impl Tiny {
             special,
             arg_id: closers[0] as i64,
             end_id: closers[1] as i64,
+            closers: closers_t,
         }
     }
 
@@ -241,14 +277,17 @@ impl Tiny {
         let hd = d / h;
         let p = if train { self.cfg.dropout } else { 0.0 };
         let mut x = self.embed(tokens).dropout(p, train);
+        let (c, s) = rotary_at(&self.cos, &self.sin, pos, x.kind());
         for (i, blk) in self.blocks.iter().enumerate() {
             let n = rms_norm(&x, &blk.attn_norm);
             let qkv = n
                 .apply(&blk.qkv)
                 .reshape([b, t, 3, h, hd])
                 .permute([2, 0, 3, 1, 4]);
-            let q = rope(&qkv.get(0), &self.cos, &self.sin, pos);
-            let mut k = rope(&qkv.get(1), &self.cos, &self.sin, pos);
+            // Queries and keys rotated together: `(2, B, H, T, hd)`.
+            let qk = rope(&qkv.narrow(0, 0, 2), &c, &s);
+            let q = qk.get(0);
+            let mut k = qk.get(1);
             let mut v = qkv.get(2);
             if let Some(c) = cache.as_deref_mut() {
                 if let Some((pk, pv)) = c.get(i) {
@@ -284,6 +323,26 @@ impl Tiny {
     /// Copy keys `(B, T, C)` for positions holding `tokens`, each seeing the token before it.
     fn copy_keys(&self, head: &CopyHead, h: &Tensor, prev: &Tensor) -> Tensor {
         Tensor::cat(&[h, &self.embed(prev)], -1).apply(&head.key)
+    }
+
+    /// The copy head's view of positions holding `tokens (B, K)` with hidden states `h` and the
+    /// tokens before them `prev`; `candidate` marks those it may point at.
+    fn copy_cache(
+        &self,
+        head: &CopyHead,
+        h: &Tensor,
+        tokens: &Tensor,
+        prev: &Tensor,
+        candidate: Tensor,
+    ) -> CopyCache {
+        let (log_stop, log_go) = self.stop_logs(head, h, tokens);
+        CopyCache {
+            keys: self.copy_keys(head, h, prev),
+            candidate,
+            log_stop,
+            log_go,
+            embedded: self.embed(tokens).to_kind(Kind::Float),
+        }
     }
 
     fn copy_queries(&self, head: &CopyHead, h: &Tensor, current: &Tensor) -> Tensor {
@@ -406,8 +465,7 @@ impl Tiny {
             .gt(0.5)
             .logical_and(&allowed_rows);
         let lp_all = logits.log_softmax(-1, Kind::Float);
-        let closers = Tensor::from_slice(&[self.arg_id, self.end_id]).to_device(dev);
-        let split = &lp_vocab - lp_all.index_select(1, &closers).logsumexp([-1], false);
+        let split = &lp_vocab - lp_all.index_select(1, &self.closers).logsumexp([-1], false);
         let copy_stop = (&lp_point + log_stop.index_select(0, &row_b))
             .masked_fill(&stop_hit.logical_not(), -1e9)
             .logsumexp([-1], false)
@@ -428,10 +486,12 @@ impl Tiny {
         -lp.mean(Kind::Float)
     }
 
-    fn outputs(&self, h_last: &Tensor, cache: &Cache, last_tok: &Tensor) -> StepOutput {
+    /// The distributions after `h_last`; the copy head is mixed in only when `mix` asks for it
+    /// (a sequence of the batch is writing a value), else `mixed` is `vocab`.
+    fn outputs(&self, h_last: &Tensor, cache: &Cache, last_tok: &Tensor, mix: bool) -> StepOutput {
         let logits = h_last.matmul(&self.emb.tr()).to_kind(Kind::Float);
         let vocab = logits.log_softmax(-1, Kind::Float);
-        let (Some(head), Some(keys)) = (&self.copy, &cache.copy_keys) else {
+        let (Some(head), Some(cc), true) = (&self.copy, &cache.copy, mix) else {
             return StepOutput {
                 mixed: vocab.shallow_clone(),
                 vocab,
@@ -445,113 +505,120 @@ impl Tiny {
             &h_last.unsqueeze(1),
             &last_tok.unsqueeze(1),
             &q_prev,
-            keys,
+            &cc.keys,
             &cache.tokens,
             &dist,
         );
-        let scores = scores.squeeze_dim(1);
-        let cand = self
-            .special
-            .index_select(0, &cache.tokens.reshape([-1]))
-            .reshape(cache.tokens.size())
-            .logical_not()
-            .logical_and(&cache.valid)
-            .logical_and(&cache.copyable);
         let w = scores
-            .masked_fill(&cand.logical_not(), -1e9)
+            .squeeze_dim(1)
+            .masked_fill(&cc.candidate.logical_not(), -1e9)
             .softmax(-1, Kind::Float);
-        let h_keys = cache
-            .hidden
-            .as_ref()
-            .expect("copy head caches hidden states");
-        let (log_stop, log_go) = self.stop_logs(head, h_keys, &cache.tokens);
-        let p_copy = Tensor::zeros_like(&vocab).scatter_add(1, &cache.tokens, &(&w * log_go.exp()));
-        let p_stop = (&w * log_stop.exp()).sum_dim_intlist(-1, true, Kind::Float);
-        let closers = Tensor::from_slice(&[self.arg_id, self.end_id]).to_device(vocab.device());
-        let closer_p = vocab.exp().index_select(1, &closers);
+        let p_copy =
+            Tensor::zeros_like(&vocab).scatter_add(1, &cache.tokens, &(&w * cc.log_go.exp()));
+        let p_stop = (&w * cc.log_stop.exp()).sum_dim_intlist(-1, true, Kind::Float);
+        let p_vocab = vocab.exp();
+        let closer_p = p_vocab.index_select(1, &self.closers);
         let split = &closer_p / (closer_p.sum_dim_intlist(-1, true, Kind::Float) + 1e-30);
-        let p_copy = p_copy.index_add(1, &closers, &(split * p_stop));
-        let expected = w
-            .unsqueeze(1)
-            .matmul(&self.embed(&cache.tokens).to_kind(Kind::Float))
-            .squeeze_dim(1);
+        let p_copy = p_copy.index_add(1, &self.closers, &(split * p_stop));
+        let expected = w.unsqueeze(1).matmul(&cc.embedded).squeeze_dim(1);
         let gate_in = Tensor::cat(&[h_last.to_kind(Kind::Float), expected], -1);
         let z = gate_in
             .to_kind(h_last.kind())
             .apply(&head.gate)
             .to_kind(Kind::Float);
-        let mixed = (z.sigmoid() * vocab.exp() + (-z).sigmoid() * p_copy + 1e-30).log();
+        let mixed = (z.sigmoid() * p_vocab + (-z).sigmoid() * p_copy + 1e-30).log();
         StepOutput { vocab, mixed }
     }
 
     /// Runs left-padded prompts `tokens (B, T)` (`pad[b]` leading pad tokens each; `copyable`
     /// marks what the copy head may point at) and returns the cache and the distributions for
-    /// the next token.
-    pub fn prefill(&self, tokens: &Tensor, copyable: &Tensor, pad: &[i64]) -> (Cache, StepOutput) {
+    /// the next token (`mix`: with the copy head mixed in).
+    pub fn prefill(
+        &self,
+        tokens: &Tensor,
+        copyable: &Tensor,
+        pad: &[i64],
+        mix: bool,
+    ) -> (Cache, StepOutput) {
         let (b, t) = tokens.size2().expect("2-d tokens");
         let dev = tokens.device();
         let pad_t = Tensor::from_slice(pad).to_device(dev).unsqueeze(1);
         let idx = Tensor::arange(t, (Kind::Int64, dev)).unsqueeze(0);
         let pos = (&idx - &pad_t).clamp_min(0);
         let valid = idx.ge_tensor(&pad_t).expand([b, t], false).contiguous();
-        let qi = Tensor::arange(t, (Kind::Int64, dev)).unsqueeze(1);
-        let ki = Tensor::arange(t, (Kind::Int64, dev)).unsqueeze(0);
-        let causal = ki.le_tensor(&qi).unsqueeze(0);
-        let diag = ki.eq_tensor(&qi).unsqueeze(0);
-        // Pad queries attend to themselves only, so no row is empty (an empty row gives NaN).
-        let mask = causal
-            .logical_and(&valid.unsqueeze(1))
-            .logical_or(&diag)
-            .unsqueeze(1);
+        // Without padding the attention is plainly causal, which needs no mask (and takes
+        // libtorch's fused path).
+        let mask = pad.iter().any(|&p| p > 0).then(|| {
+            let qi = Tensor::arange(t, (Kind::Int64, dev)).unsqueeze(1);
+            let ki = Tensor::arange(t, (Kind::Int64, dev)).unsqueeze(0);
+            let causal = ki.le_tensor(&qi).unsqueeze(0);
+            let diag = ki.eq_tensor(&qi).unsqueeze(0);
+            // Pad queries attend to themselves only, so no row is empty (an empty row gives NaN).
+            causal
+                .logical_and(&valid.unsqueeze(1))
+                .logical_or(&diag)
+                .unsqueeze(1)
+        });
         let mut kv = Vec::new();
-        let h = self.hidden(tokens, &pos, Some(&mask), Some(&mut kv), false);
-        let copy_keys = self
-            .copy
-            .as_ref()
-            .map(|head| self.copy_keys(head, &h, &shift(tokens, 1)));
+        let h = self.hidden(tokens, &pos, mask.as_ref(), Some(&mut kv), false);
+        let copy = self.copy.as_ref().map(|head| {
+            let ordinary = self
+                .special
+                .index_select(0, &tokens.reshape([-1]))
+                .reshape([b, t])
+                .logical_not();
+            let candidate = ordinary.logical_and(&valid).logical_and(copyable);
+            self.copy_cache(head, &h, tokens, &shift(tokens, 1), candidate)
+        });
         let cache = Cache {
             kv,
-            hidden: copy_keys.as_ref().map(|_| h.shallow_clone()),
-            copy_keys,
+            copy,
             tokens: tokens.shallow_clone(),
-            copyable: copyable.shallow_clone(),
             valid,
             next_pos: pos.select(1, t - 1) + 1,
             pos: pos.expand([b, t], false).contiguous(),
         };
         let last = h.select(1, t - 1);
-        let out = self.outputs(&last, &cache, &tokens.select(1, t - 1));
+        let out = self.outputs(&last, &cache, &tokens.select(1, t - 1), mix);
         (cache, out)
     }
 
-    /// Feeds one token per sequence `next (B)` and returns the distributions for the following one.
-    pub fn step(&self, cache: &mut Cache, next: &Tensor) -> StepOutput {
-        let b = next.size()[0];
+    /// Feeds `next (B, K)`, K ≥ 1 tokens per sequence (a decoded token and, where the
+    /// constraints force what follows, the forced ones: one forward pass instead of K), and
+    /// returns the distributions for the token after the last (`mix`: with the copy head mixed
+    /// in, see [`StepOutput::mixed`]).
+    pub fn step(&self, cache: &mut Cache, next: &Tensor, mix: bool) -> StepOutput {
+        let (b, k) = next.size2().expect("2-d tokens");
         let dev = next.device();
-        let tok = next.reshape([b, 1]);
-        let pos = cache.next_pos.reshape([b, 1]);
-        let valid = Tensor::cat(&[&cache.valid, &Tensor::ones([b, 1], (Kind::Bool, dev))], 1);
-        let mask = valid.unsqueeze(1).unsqueeze(1);
-        let h = self.hidden(&tok, &pos, Some(&mask), Some(&mut cache.kv), false);
-        if let (Some(head), Some(keys)) = (&self.copy, &cache.copy_keys) {
-            let t = cache.tokens.size()[1];
-            let prev = cache.tokens.narrow(1, t - 1, 1);
-            let k = self.copy_keys(head, &h, &prev);
-            cache.copy_keys = Some(Tensor::cat(&[keys, &k], 1));
-            let prev_h = cache.hidden.as_ref().expect("cached with the keys");
-            cache.hidden = Some(Tensor::cat(&[prev_h, &h], 1));
+        let t = cache.tokens.size()[1];
+        let pos = cache.next_pos.unsqueeze(1) + Tensor::arange(k, (Kind::Int64, dev)).unsqueeze(0);
+        let valid = Tensor::cat(&[&cache.valid, &Tensor::ones([b, k], (Kind::Bool, dev))], 1);
+        // (B, 1, K, T + K): every valid cached position, and the new tokens causally.
+        let mask = if k == 1 {
+            valid.unsqueeze(1).unsqueeze(1)
+        } else {
+            let qi = Tensor::arange(k, (Kind::Int64, dev)).unsqueeze(1);
+            let ki = Tensor::arange(k, (Kind::Int64, dev)).unsqueeze(0);
+            let causal = ki.le_tensor(&qi).unsqueeze(0).expand([b, k, k], false);
+            let old = cache.valid.unsqueeze(1).expand([b, k, t], false);
+            Tensor::cat(&[old, causal], 2).unsqueeze(1)
+        };
+        let h = self.hidden(next, &pos, Some(&mask), Some(&mut cache.kv), false);
+        if let (Some(head), Some(cc)) = (&self.copy, &mut cache.copy) {
+            let prev = Tensor::cat(
+                &[cache.tokens.narrow(1, t - 1, 1), next.narrow(1, 0, k - 1)],
+                1,
+            );
+            // Generated tokens are not copy sources.
+            let candidate = Tensor::zeros([b, k], (Kind::Bool, dev));
+            cc.extend(self.copy_cache(head, &h, next, &prev, candidate));
         }
-        cache.tokens = Tensor::cat(&[&cache.tokens, &tok], 1);
-        // Generated tokens are not copy sources.
-        cache.copyable = Tensor::cat(
-            &[&cache.copyable, &Tensor::zeros([b, 1], (Kind::Bool, dev))],
-            1,
-        );
+        cache.tokens = Tensor::cat(&[&cache.tokens, next], 1);
         cache.pos = Tensor::cat(&[&cache.pos, &pos], 1);
         cache.valid = valid;
-        cache.next_pos = &cache.next_pos + 1;
-        let last = h.select(1, 0);
-        self.outputs(&last, cache, next)
+        cache.next_pos = &cache.next_pos + k;
+        let last = h.select(1, k - 1);
+        self.outputs(&last, cache, &next.select(1, k - 1), mix)
     }
 
     /// Number of trainable parameters.

@@ -28,6 +28,7 @@ pub fn predict(
     let lim = Limits {
         max_value_tokens: p.max_value_tokens.max(1),
         max_new_tokens: p.max_new_tokens.max(8),
+        forced_runs: p.forced_runs,
     };
     let context = model.cfg.context as usize;
     let prompts: Vec<Prompt> = pairs
@@ -150,7 +151,8 @@ pub fn decode_states(
     let tokens = Tensor::from_slice(&flat)
         .reshape([b as i64, t as i64])
         .to_device(dev);
-    let (mut cache, mut outp) = model.prefill(&tokens, &copyable, &pad);
+    // A call starts with its function's name, never inside a value: no copy head yet.
+    let (mut cache, mut outp) = model.prefill(&tokens, &copyable, &pad, false);
     let mut states: Vec<CallState> = prompts
         .iter()
         .enumerate()
@@ -168,7 +170,11 @@ pub fn decode_states(
     let v = tpl.vocab;
     // Without span decoding (the tests' plain decoding) the default bonuses apply.
     let decoding = spans.map(|s| s.decoding().clone()).unwrap_or_default();
-    for _ in 0..lim.max_new_tokens + 1 {
+    let pad = tpl.sp.pad as i64;
+    // The prompt left room for this many tokens after it (`ChatTemplate::prompt`).
+    let room = lim.max_new_tokens + 1;
+    let mut fed = 0;
+    while fed < room {
         if states.iter().all(CallState::done) {
             break;
         }
@@ -176,10 +182,10 @@ pub fn decode_states(
             Vec::try_from(outp.vocab.to_kind(Kind::Float).reshape([-1])).expect("float scores");
         let mixed: Vec<f32> =
             Vec::try_from(outp.mixed.to_kind(Kind::Float).reshape([-1])).expect("float scores");
-        let mut next = Vec::with_capacity(b);
+        let mut runs: Vec<Vec<i64>> = Vec::with_capacity(b);
         for (i, st) in states.iter_mut().enumerate() {
             if st.done() {
-                next.push(tpl.sp.pad as i64);
+                runs.push(vec![pad]);
                 continue;
             }
             let scores = if st.in_value() { &mixed } else { &vocab };
@@ -190,12 +196,55 @@ pub fn decode_states(
                 None => pick(&allowed, row, tpl, digits, &decoding),
             };
             st.push(tpl, tok);
-            next.push(tok as i64);
+            runs.push(vec![tok as i64]);
         }
         if states.iter().all(CallState::done) {
             break;
         }
-        outp = model.step(&mut cache, &Tensor::from_slice(&next).to_device(dev));
+        if lim.forced_runs {
+            extend_forced(&mut states, &mut runs, tpl, lim, pad, room - fed);
+        }
+        fed += runs[0].len();
+        let k = runs[0].len() as i64;
+        let next = Tensor::from_slice(&runs.concat()).reshape([b as i64, k]);
+        // The copy head only matters where a value is being written.
+        let mix = states.iter().any(|s| !s.done() && s.in_value());
+        outp = model.step(&mut cache, &next.to_device(dev), mix);
     }
     states
+}
+
+/// Appends to every sequence's run the tokens its constraints force next, in lock-step: while
+/// each unfinished sequence has exactly one allowed token, each takes it (finished ones take
+/// padding), so the batch feeds them in the next forward pass; runs stay within `room` tokens.
+/// Alone in its batch (a served request), a sequence skips every forced token's pass.
+fn extend_forced(
+    states: &mut [CallState],
+    runs: &mut [Vec<i64>],
+    tpl: &ChatTemplate,
+    lim: &Limits,
+    pad: i64,
+    room: usize,
+) {
+    while runs[0].len() < room {
+        let forced: Option<Vec<Option<u32>>> = states
+            .iter()
+            .map(|st| match st.done() {
+                true => Some(None),
+                false => st.allowed(tpl, lim).forced().map(Some),
+            })
+            .collect();
+        let Some(forced) = forced.filter(|f| f.iter().any(Option::is_some)) else {
+            return;
+        };
+        for ((st, run), tok) in states.iter_mut().zip(runs.iter_mut()).zip(forced) {
+            match tok {
+                Some(t) => {
+                    st.push(tpl, t);
+                    run.push(t as i64);
+                }
+                None => run.push(pad),
+            }
+        }
+    }
 }

@@ -85,6 +85,7 @@ impl Answerer for Served {
         let lim = Limits {
             max_value_tokens: self.params.max_value_tokens.max(1),
             max_new_tokens: self.params.max_new_tokens.max(8),
+            forced_runs: self.params.forced_runs,
         };
         let context = self.model.cfg.context as usize;
         let mut answers = Vec::with_capacity(batch.len());

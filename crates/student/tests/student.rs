@@ -167,9 +167,21 @@ fn params(seed: u64, epochs: f64) -> TrainParams {
 }
 
 fn decode_all(model: &Tiny, tpl: &ChatTemplate, pairs: &[EvalPair]) -> Vec<ToolCall> {
+    decode_with(model, tpl, pairs, 16, true)
+}
+
+/// Decodes `pairs` in batches of `batch`, feeding forced tokens together or one by one.
+fn decode_with(
+    model: &Tiny,
+    tpl: &ChatTemplate,
+    pairs: &[EvalPair],
+    batch: usize,
+    forced_runs: bool,
+) -> Vec<ToolCall> {
     let lim = Limits {
         max_value_tokens: 12,
         max_new_tokens: 40,
+        forced_runs,
     };
     let digits = digit_tokens(tpl);
     let prompts: Vec<Prompt> = pairs
@@ -183,7 +195,7 @@ fn decode_all(model: &Tiny, tpl: &ChatTemplate, pairs: &[EvalPair]) -> Vec<ToolC
         })
         .collect();
     let mut out = Vec::new();
-    for chunk in prompts.chunks(16) {
+    for chunk in prompts.chunks(batch) {
         let refs: Vec<&Prompt> = chunk.iter().collect();
         out.extend(tch::no_grad(|| {
             decode_batch(model, tpl, &refs, &lim, &digits, None, Device::Cpu)
@@ -224,6 +236,10 @@ fn learns_the_rule_and_copies_unseen_values() {
     let test = corpus(99, 24, NEW_CITIES);
     let ps = pairs(&test);
     let got = decode_all(&model, &tpl, &ps);
+    // Forced tokens fed in one pass, alone or in a batch, decode what one pass per token does.
+    assert_eq!(decode_with(&model, &tpl, &ps, 1, true), got);
+    assert_eq!(decode_with(&model, &tpl, &ps, 1, false), got);
+    assert_eq!(decode_with(&model, &tpl, &ps, 16, false), got);
     let right_fn = ps
         .iter()
         .zip(&got)

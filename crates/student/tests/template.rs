@@ -125,6 +125,7 @@ fn decode_call(
     let lim = Limits {
         max_value_tokens: 12,
         max_new_tokens: 40,
+        forced_runs: false, // not read here: this loop feeds no model
     };
     let digits = digit_tokens(tpl);
     while !st.done() {
