@@ -566,7 +566,8 @@ pub struct PredictParams {
     pub decoding: DecodeParams,
     /// Feed the tokens the schema constraints force (the rest of a function's name or key,
     /// `<|val|>` after a key) in one forward pass with the token before them (the tiny
-    /// student). The same calls come out either way; `false` only measures what it saves.
+    /// student). The same calls come out either way, greedy or sampled; `false` only measures
+    /// what it saves.
     pub forced_runs: bool,
 }
 

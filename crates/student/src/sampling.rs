@@ -28,13 +28,18 @@ impl Sampler {
     /// Draws one of `candidates` (token, log-score), each with probability proportional to
     /// `exp(score / temperature)`, among the most likely ones whose probabilities reach `top_p`.
     /// A token listed twice counts once, at its best score. `None` when there is no candidate
-    /// with a finite score.
+    /// with a finite score; a single candidate is taken without drawing.
     pub fn draw(&mut self, candidates: &mut Vec<(u32, f32)>) -> Option<u32> {
         candidates.retain(|(_, s)| s.is_finite());
         // Best score first; among equal scores the lower token, so the order is reproducible.
         candidates.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         let mut seen = std::collections::HashSet::new();
         candidates.retain(|(t, _)| seen.insert(*t));
+        // One candidate is no draw: taking no randomness keeps the stream of later draws the
+        // same whether forced tokens are decoded one by one or fed together.
+        if let [(only, _)] = candidates[..] {
+            return Some(only);
+        }
         let top = candidates.first()?.1;
         let weights: Vec<f64> = candidates
             .iter()
@@ -117,5 +122,17 @@ mod tests {
         assert!((ones - 0.5).abs() < 0.04, "share {ones}");
         assert_eq!(s.draw(&mut vec![(3, f32::NEG_INFINITY)]), None);
         assert_eq!(s.draw(&mut Vec::new()), None);
+    }
+
+    #[test]
+    fn a_single_candidate_takes_no_randomness() {
+        let (mut a, mut b) = (sampler(1.0, 1.0, 7), sampler(1.0, 1.0, 7));
+        let two = [(1, 0.0), (2, 0.0)];
+        let mut from_a = Vec::new();
+        for _ in 0..20 {
+            assert_eq!(a.draw(&mut vec![(5, -3.0)]), Some(5));
+            from_a.extend(draws(&mut a, &two, 1));
+        }
+        assert_eq!(from_a, draws(&mut b, &two, 20));
     }
 }
