@@ -7,11 +7,12 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Map, Value};
 use tch::Device;
 use tracelab_core::conversation::{Conversation, EvalPair, Message, ToolCall};
-use tracelab_core::job::{DeviceChoice, TrainParams};
+use tracelab_core::job::{DeviceChoice, Sampling, TrainParams};
 use tracelab_core::tools::{ToolSet, DEFAULT_RESPOND};
 use tracelab_student::grammar::{digit_tokens, Limits};
 use tracelab_student::model::{Tiny, TinyConfig};
-use tracelab_student::predict::decode_batch;
+use tracelab_student::predict::decode_states;
+use tracelab_student::sampling::Sampler;
 use tracelab_student::template::{ChatTemplate, Prompt};
 use tracelab_student::{corpus_texts, tokenizer, train};
 
@@ -167,16 +168,18 @@ fn params(seed: u64, epochs: f64) -> TrainParams {
 }
 
 fn decode_all(model: &Tiny, tpl: &ChatTemplate, pairs: &[EvalPair]) -> Vec<ToolCall> {
-    decode_with(model, tpl, pairs, 16, true)
+    decode_with(model, tpl, pairs, 16, true, None)
 }
 
-/// Decodes `pairs` in batches of `batch`, feeding forced tokens together or one by one.
+/// Decodes `pairs` in batches of `batch`, feeding forced tokens together or one by one; with
+/// `sampling`, each pair draws its tokens with its own generator (seeded by its index).
 fn decode_with(
     model: &Tiny,
     tpl: &ChatTemplate,
     pairs: &[EvalPair],
     batch: usize,
     forced_runs: bool,
+    sampling: Option<(f32, f32)>,
 ) -> Vec<ToolCall> {
     let lim = Limits {
         max_value_tokens: 12,
@@ -195,10 +198,34 @@ fn decode_with(
         })
         .collect();
     let mut out = Vec::new();
-    for chunk in prompts.chunks(batch) {
+    for (c, chunk) in prompts.chunks(batch).enumerate() {
         let refs: Vec<&Prompt> = chunk.iter().collect();
+        let mut samplers: Vec<Option<Sampler>> = match sampling {
+            Some((temperature, top_p)) => (0..chunk.len())
+                .map(|i| {
+                    let seed = (c * batch + i) as u64;
+                    Some(Sampler::new(&Sampling {
+                        temperature,
+                        top_p,
+                        seed,
+                    }))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         out.extend(tch::no_grad(|| {
-            decode_batch(model, tpl, &refs, &lim, &digits, None, Device::Cpu)
+            let states = decode_states(
+                model,
+                tpl,
+                &refs,
+                None,
+                &mut samplers,
+                &lim,
+                &digits,
+                None,
+                Device::Cpu,
+            );
+            states.iter().map(|s| s.call(tpl)).collect::<Vec<_>>()
         }));
     }
     out
@@ -236,10 +263,14 @@ fn learns_the_rule_and_copies_unseen_values() {
     let test = corpus(99, 24, NEW_CITIES);
     let ps = pairs(&test);
     let got = decode_all(&model, &tpl, &ps);
-    // Forced tokens fed in one pass, alone or in a batch, decode what one pass per token does.
-    assert_eq!(decode_with(&model, &tpl, &ps, 1, true), got);
-    assert_eq!(decode_with(&model, &tpl, &ps, 1, false), got);
-    assert_eq!(decode_with(&model, &tpl, &ps, 16, false), got);
+    // Forced tokens fed in one pass, alone or in a batch, decode what one pass per token does,
+    // greedy or drawn (a draw among a single candidate takes no randomness).
+    assert_eq!(decode_with(&model, &tpl, &ps, 1, true, None), got);
+    assert_eq!(decode_with(&model, &tpl, &ps, 1, false, None), got);
+    assert_eq!(decode_with(&model, &tpl, &ps, 16, false, None), got);
+    let hot = Some((1.5, 1.0));
+    let drawn = decode_with(&model, &tpl, &ps, 1, true, hot);
+    assert_eq!(decode_with(&model, &tpl, &ps, 1, false, hot), drawn);
     let right_fn = ps
         .iter()
         .zip(&got)
