@@ -83,6 +83,9 @@ pub struct StepOutput {
 pub struct Cache {
     kv: Vec<(Tensor, Tensor)>,
     copy: Option<CopyCache>,
+    /// The copy head's recency bias of every distance back, `(context)`, in `f32`: read at each
+    /// pass instead of bucketing every distance again.
+    recency_by_distance: Option<Tensor>,
     tokens: Tensor,
     valid: Tensor,
     pos: Tensor,
@@ -351,8 +354,8 @@ impl Tiny {
 
     /// Pointer scores `(B, Tq, Tk)` of queries (hidden `h_q`, current tokens `q_tok`, the tokens
     /// before them `q_prev`) over keys (`keys`, the tokens before each key `k_prev1`, the key
-    /// tokens `k_tok`), `dist` = query position − key position. Besides the learned dot product
-    /// and recency bias, two exact-match features make span continuation trivial: the key's
+    /// tokens `k_tok`), `bias` the recency bias of each pair ([`Tiny::recency_bias`]). Besides
+    /// the learned dot product and recency bias, two exact-match features make span continuation trivial: the key's
     /// previous token equals the query's current token, and additionally the token before that
     /// equals the query's previous token (a bigram match), each weighted per query.
     #[allow(clippy::too_many_arguments)]
@@ -364,7 +367,7 @@ impl Tiny {
         q_prev: &Tensor,
         keys: &Tensor,
         k_tok: &Tensor,
-        dist: &Tensor,
+        bias: &Tensor,
     ) -> (Tensor, Tensor) {
         let queries = self.copy_queries(head, h_q, q_tok);
         let k_prev1 = shift(k_tok, 1);
@@ -372,11 +375,6 @@ impl Tiny {
         let m1 = k_prev1.unsqueeze(1).eq_tensor(&q_tok.unsqueeze(2));
         let m2 = m1.logical_and(&k_prev2.unsqueeze(1).eq_tensor(&q_prev.unsqueeze(2)));
         let w = h_q.apply(&head.span).to_kind(Kind::Float);
-        let bias = head
-            .recency
-            .index_select(0, &buckets(dist).reshape([-1]))
-            .reshape(dist.size())
-            .to_kind(Kind::Float);
         let scores = queries
             .matmul(&keys.transpose(1, 2))
             .to_kind(Kind::Float)
@@ -385,6 +383,15 @@ impl Tiny {
             + m1.to_kind(Kind::Float) * w.narrow(2, 0, 1)
             + m2.to_kind(Kind::Float) * w.narrow(2, 1, 1);
         (scores, m1)
+    }
+
+    /// The copy head's learned recency bias for each distance in `dist` (query position − key
+    /// position), in `f32`.
+    fn recency_bias(head: &CopyHead, dist: &Tensor) -> Tensor {
+        head.recency
+            .index_select(0, &buckets(dist).reshape([-1]))
+            .reshape(dist.size())
+            .to_kind(Kind::Float)
     }
 
     /// Log stop probabilities `(log s, log(1 − s))`, each `(B, T)`, of every key position.
@@ -427,7 +434,8 @@ impl Tiny {
         let keys = self.copy_keys(head, &h, &prev1);
         let idx = Tensor::arange(t, (Kind::Int64, dev));
         let dist = (idx.unsqueeze(1) - idx.unsqueeze(0)).unsqueeze(0);
-        let (scores, m1) = self.copy_scores(head, &h, tokens, &prev1, &keys, tokens, &dist);
+        let bias = Self::recency_bias(head, &dist);
+        let (scores, m1) = self.copy_scores(head, &h, tokens, &prev1, &keys, tokens, &bias);
         let (log_stop, log_go) = self.stop_logs(head, &h, tokens);
         let cand = self
             .special
@@ -499,7 +507,14 @@ impl Tiny {
         };
         let tk = cache.tokens.size()[1];
         let q_prev = cache.tokens.narrow(1, tk - 2, 1);
-        let dist = (cache.next_pos.unsqueeze(1) - 1 - &cache.pos).unsqueeze(1);
+        // Distances back from the query, at most the context's (pad positions count from 0).
+        let dist = (cache.next_pos.unsqueeze(1) - 1 - &cache.pos).clamp(0, self.cfg.context - 1);
+        let bias = cache
+            .recency_by_distance
+            .as_ref()
+            .expect("made with the copy cache")
+            .index_select(0, &dist.reshape([-1]))
+            .reshape([dist.size()[0], 1, -1]);
         let (scores, _) = self.copy_scores(
             head,
             &h_last.unsqueeze(1),
@@ -507,7 +522,7 @@ impl Tiny {
             &q_prev,
             &cc.keys,
             &cache.tokens,
-            &dist,
+            &bias,
         );
         let w = scores
             .squeeze_dim(1)
@@ -570,9 +585,14 @@ impl Tiny {
             let candidate = ordinary.logical_and(&valid).logical_and(copyable);
             self.copy_cache(head, &h, tokens, &shift(tokens, 1), candidate)
         });
+        let recency_by_distance = self.copy.as_ref().map(|head| {
+            let every = Tensor::arange(self.cfg.context, (Kind::Int64, dev));
+            Self::recency_bias(head, &every)
+        });
         let cache = Cache {
             kv,
             copy,
+            recency_by_distance,
             tokens: tokens.shallow_clone(),
             valid,
             next_pos: pos.select(1, t - 1) + 1,
