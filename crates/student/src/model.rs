@@ -355,9 +355,10 @@ impl Tiny {
     /// Pointer scores `(B, Tq, Tk)` of queries (hidden `h_q`, current tokens `q_tok`, the tokens
     /// before them `q_prev`) over keys (`keys`, the tokens before each key `k_prev1`, the key
     /// tokens `k_tok`), `bias` the recency bias of each pair ([`Tiny::recency_bias`]). Besides
-    /// the learned dot product and recency bias, two exact-match features make span continuation trivial: the key's
-    /// previous token equals the query's current token, and additionally the token before that
-    /// equals the query's previous token (a bigram match), each weighted per query.
+    /// the learned dot product and recency bias, two exact-match features make span
+    /// continuation trivial: the key's previous token equals the query's current token, and
+    /// additionally the token before that equals the query's previous token (a bigram match),
+    /// each weighted per query.
     #[allow(clippy::too_many_arguments)]
     fn copy_scores(
         &self,
@@ -499,7 +500,9 @@ impl Tiny {
     fn outputs(&self, h_last: &Tensor, cache: &Cache, last_tok: &Tensor, mix: bool) -> StepOutput {
         let logits = h_last.matmul(&self.emb.tr()).to_kind(Kind::Float);
         let vocab = logits.log_softmax(-1, Kind::Float);
-        let (Some(head), Some(cc), true) = (&self.copy, &cache.copy, mix) else {
+        let (Some(head), Some(cc), Some(recency), true) =
+            (&self.copy, &cache.copy, &cache.recency_by_distance, mix)
+        else {
             return StepOutput {
                 mixed: vocab.shallow_clone(),
                 vocab,
@@ -509,10 +512,7 @@ impl Tiny {
         let q_prev = cache.tokens.narrow(1, tk - 2, 1);
         // Distances back from the query, at most the context's (pad positions count from 0).
         let dist = (cache.next_pos.unsqueeze(1) - 1 - &cache.pos).clamp(0, self.cfg.context - 1);
-        let bias = cache
-            .recency_by_distance
-            .as_ref()
-            .expect("made with the copy cache")
+        let bias = recency
             .index_select(0, &dist.reshape([-1]))
             .reshape([dist.size()[0], 1, -1]);
         let (scores, _) = self.copy_scores(

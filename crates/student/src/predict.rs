@@ -8,7 +8,7 @@ use tch::{Device, Kind, Tensor};
 use tracelab_core::conversation::{EvalPair, ToolCall};
 use tracelab_core::job::PredictParams;
 
-use crate::grammar::{digit_tokens, pick, pick_sampled, CallState, Limits, SpanSetup};
+use crate::grammar::{digit_tokens, pick, pick_sampled, Allowed, CallState, Limits, SpanSetup};
 use crate::model::Tiny;
 use crate::sampling::Sampler;
 use crate::template::{ChatTemplate, Prompt};
@@ -174,6 +174,8 @@ pub fn decode_states(
     // The prompt left room for this many tokens after it (`ChatTemplate::prompt`).
     let room = lim.max_new_tokens + 1;
     let mut fed = 0;
+    // What each sequence may take next, where the last forced-run check already asked.
+    let mut known: Vec<Allowed> = Vec::new();
     while fed < room {
         if states.iter().all(CallState::done) {
             break;
@@ -183,13 +185,15 @@ pub fn decode_states(
         let mixed: Vec<f32> =
             Vec::try_from(outp.mixed.to_kind(Kind::Float).reshape([-1])).expect("float scores");
         let mut runs: Vec<Vec<i64>> = Vec::with_capacity(b);
+        let mut known_now = std::mem::take(&mut known).into_iter();
         for (i, st) in states.iter_mut().enumerate() {
+            let given = known_now.next();
             if st.done() {
                 runs.push(vec![pad]);
                 continue;
             }
             let scores = if st.in_value() { &mixed } else { &vocab };
-            let allowed = st.allowed(tpl, lim);
+            let allowed = given.unwrap_or_else(|| st.allowed(tpl, lim));
             let row = &scores[i * v..(i + 1) * v];
             let tok = match samplers.get_mut(i).and_then(Option::as_mut) {
                 Some(sampler) => pick_sampled(&allowed, row, tpl, digits, &decoding, sampler),
@@ -202,13 +206,13 @@ pub fn decode_states(
             break;
         }
         if lim.forced_runs {
-            extend_forced(&mut states, &mut runs, tpl, lim, pad, room - fed);
+            known = extend_forced(&mut states, &mut runs, tpl, lim, pad, room - fed);
         }
         fed += runs[0].len();
         let k = runs[0].len() as i64;
         let next = Tensor::from_slice(&runs.concat()).reshape([b as i64, k]);
         // The copy head only matters where a value is being written.
-        let mix = states.iter().any(|s| !s.done() && s.in_value());
+        let mix = states.iter().any(CallState::in_value);
         outp = model.step(&mut cache, &next.to_device(dev), mix);
     }
     states
@@ -217,7 +221,8 @@ pub fn decode_states(
 /// Appends to every sequence's run the tokens its constraints force next, in lock-step: while
 /// each unfinished sequence has exactly one allowed token, each takes it (finished ones take
 /// padding), so the batch feeds them in the next forward pass; runs stay within `room` tokens.
-/// Alone in its batch (a served request), a sequence skips every forced token's pass.
+/// Alone in its batch (a served request), a sequence skips every forced token's pass. Returns
+/// what each sequence may take after its run, for the next choice.
 fn extend_forced(
     states: &mut [CallState],
     runs: &mut [Vec<i64>],
@@ -225,17 +230,20 @@ fn extend_forced(
     lim: &Limits,
     pad: i64,
     room: usize,
-) {
-    while runs[0].len() < room {
+) -> Vec<Allowed> {
+    loop {
+        let allowed: Vec<Allowed> = states.iter().map(|st| st.allowed(tpl, lim)).collect();
         let forced: Option<Vec<Option<u32>>> = states
             .iter()
-            .map(|st| match st.done() {
+            .zip(&allowed)
+            .map(|(st, a)| match st.done() {
                 true => Some(None),
-                false => st.allowed(tpl, lim).forced().map(Some),
+                false => a.forced().map(Some),
             })
             .collect();
-        let Some(forced) = forced.filter(|f| f.iter().any(Option::is_some)) else {
-            return;
+        let Some(forced) = forced.filter(|f| runs[0].len() < room && f.iter().any(Option::is_some))
+        else {
+            return allowed;
         };
         for ((st, run), tok) in states.iter_mut().zip(runs.iter_mut()).zip(forced) {
             match tok {
