@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Serving latency and throughput of a trained student (`tracelab serve`), next to batch predict's
 # pairs/s measured in the same run on the same pairs.
-#   [THREADS=N] [WORKERS=N] bench/serve.sh [EXPERIMENT] [CELL] [REQUESTS]
+#   [THREADS=N] [WORKERS=N] [PREFIX_CACHE=N] bench/serve.sh [EXPERIMENT] [CELL] [REQUESTS]
 # default: experiments/sgd-restaurants-dev.toml clean/direct/s1 200 (the cell must have been run).
 # 1. batch predict of the cell, forced: pairs/s from its manifest;
 # 2. `tracelab serve` of the cell; the cell's evaluation pairs sent as requests (the official
 #    openai client, one per thread) at concurrency 1, 4 and 16: p50/p99 latency and requests/s;
+#    the pairs go in conversation order, as agents send them, so a request's prompt begins with
+#    an earlier one's (the share of prompt tokens whose cache was reused is printed);
+#    PREFIX_CACHE=0 measures cold prompts (no reuse);
 # 3. peak memory of the server and of its worker (VmHWM);
 # 4. batch predict one pair at a time, forced tokens fed one pass each (`forced_runs = false`)
 #    and together (the default): what decoding alone costs per pair, and what the runs save.
@@ -33,7 +36,7 @@ single() {
 single false >/dev/null; single true >/dev/null
 one_by_one=$(single false); runs=$(single true)
 PORT=${PORT:-8765}
-"$BIN" serve "$EXP" --cell "$CELL" --port "$PORT" --name bench ${THREADS:+--threads $THREADS} ${WORKERS:+--workers $WORKERS} 2>/tmp/tracelab-bench-serve.log &
+"$BIN" serve "$EXP" --cell "$CELL" --port "$PORT" --name bench ${THREADS:+--threads $THREADS} ${WORKERS:+--workers $WORKERS} ${PREFIX_CACHE:+--prefix-cache $PREFIX_CACHE} 2>/tmp/tracelab-bench-serve.log &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
@@ -68,13 +71,19 @@ def as_openai(question):
 
 prompts = [as_openai(r["question"]) for r in rows]
 
+tokens = {"prompt": 0, "cached": 0}
+
 def one(messages):
     t = time.perf_counter()
-    client.chat.completions.create(model="bench", messages=messages, tools=tools)
-    return time.perf_counter() - t
+    r = client.chat.completions.create(model="bench", messages=messages, tools=tools)
+    took = time.perf_counter() - t
+    tokens["prompt"] += r.usage.prompt_tokens
+    tokens["cached"] += r.usage.prompt_tokens_details.cached_tokens
+    return took
 
 one(prompts[0])  # warm-up
 for conc in (1, 4, 16):
+    tokens.update(prompt=0, cached=0)
     lat, lock = [], threading.Lock()
     todo = iter(range(n))
     def worker():
@@ -95,7 +104,8 @@ for conc in (1, 4, 16):
     p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
     rps = n / wall
     print(f"concurrency {conc:2d}: p50 {p50*1000:6.1f} ms  p99 {p99*1000:6.1f} ms  {rps:6.1f} req/s"
-          f"  ({rps / batch:.2f}x batch predict's {batch:.1f} pairs/s)")
+          f"  ({rps / batch:.2f}x batch predict's {batch:.1f} pairs/s)"
+          f"  {tokens['cached'] / max(1, tokens['prompt']):.0%} of prompt tokens reused")
 
 def hwm(pid):
     for line in open(f"/proc/{pid}/status"):

@@ -155,6 +155,11 @@ enum Command {
         /// Most requests decoded together in one batch.
         #[arg(long, default_value_t = 16)]
         batch: usize,
+        /// Prompts whose attention caches each worker keeps: a request that begins as a kept
+        /// prompt does (the conversation's previous turn, the same tools) feeds only the rest.
+        /// 0 turns reuse off. The tiny family only.
+        #[arg(long, default_value_t = 16, value_name = "PROMPTS")]
+        prefix_cache: usize,
     },
     /// Copy a cell's trained student (model, tokenizer, tools, decoding settings) into a new
     /// directory that `tracelab serve --model DIR` serves, anywhere.
@@ -442,6 +447,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             workers,
             threads,
             batch,
+            prefix_cache,
         } => {
             let (target, default_name) = match (experiment, model) {
                 (_, Some(dir)) => (
@@ -469,7 +475,15 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 }
                 (None, None) => bail!("give an experiment and --cell, or --model DIR"),
             };
-            let pool = tracelab::serve::Pool::start(&target, *workers, *threads, *batch)?;
+            let pool = tracelab::serve::Pool::start(
+                &target,
+                &tracelab::serve::PoolOptions {
+                    workers: *workers,
+                    threads: *threads,
+                    batch: *batch,
+                    prefix_cache: *prefix_cache,
+                },
+            )?;
             let name = name.clone().unwrap_or(default_name);
             let max_call = target.params["max_new_tokens"].as_u64().unwrap_or(64) as usize;
             let rt = tokio::runtime::Builder::new_multi_thread()

@@ -77,6 +77,9 @@ follow = ASK + [
 ]
 r2 = client.chat.completions.create(model=model, messages=follow, tools=tools)
 m2 = r2.choices[0].message
+# The follow-up begins with the first request's whole prompt: its cache is reused, and the usage
+# says so as OpenAI's does.
+assert r2.usage.prompt_tokens_details.cached_tokens == r.usage.prompt_tokens, (r.usage, r2.usage)
 assert m2.content or m2.tool_calls, r2
 for c in m2.tool_calls or []:
     check_call(c)

@@ -323,12 +323,15 @@ pub struct Answer {
     pub prompt_tokens: usize,
     /// Generated tokens.
     pub completion_tokens: usize,
+    /// Prompt tokens whose cache an earlier request's served.
+    pub cached_tokens: usize,
 }
 
 impl Answer {
     fn usage(&self) -> Value {
         json!({"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-               "total_tokens": self.prompt_tokens + self.completion_tokens})
+               "total_tokens": self.prompt_tokens + self.completion_tokens,
+               "prompt_tokens_details": {"cached_tokens": self.cached_tokens}})
     }
 
     /// The reply text, for a reply call.
@@ -575,6 +578,7 @@ mod tests {
             is_reply: false,
             prompt_tokens: 10,
             completion_tokens: 7,
+            cached_tokens: 4,
         };
         let chunks = a.chunks(true);
         let first = &chunks[0]["choices"][0]["delta"]["tool_calls"][0];

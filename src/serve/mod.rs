@@ -179,6 +179,19 @@ struct Pending {
     reply: oneshot::Sender<Result<ServeAnswer, String>>,
 }
 
+/// How many workers serve, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolOptions {
+    /// Worker processes, each holding the model.
+    pub workers: usize,
+    /// CPU threads per worker.
+    pub threads: usize,
+    /// Most queued queries a worker takes at a time (decoded as one batch).
+    pub batch: usize,
+    /// Prompts whose caches each worker keeps for reuse (`ServeParams::prefix_cache`).
+    pub prefix_cache: usize,
+}
+
 /// Long-lived workers fed from one queue; what they can call.
 pub struct Pool {
     queue: mpsc::UnboundedSender<Pending>,
@@ -277,17 +290,17 @@ impl Drop for Worker {
 }
 
 impl Pool {
-    /// Starts `workers` workers for `target` (each with `threads` CPU threads); each takes up
-    /// to `batch` queued queries at a time.
-    pub fn start(
-        target: &Target,
-        workers: usize,
-        threads: usize,
-        batch: usize,
-    ) -> Result<Pool, ServeError> {
+    /// Starts the workers for `target` as `opts` says.
+    pub fn start(target: &Target, opts: &PoolOptions) -> Result<Pool, ServeError> {
+        let PoolOptions {
+            workers,
+            threads,
+            batch,
+            prefix_cache,
+        } = *opts;
         let job = WorkerJob {
             task: "serve".into(),
-            params: target.params.clone(),
+            params: json!({"predict": target.params, "prefix_cache": prefix_cache}),
             inputs: [
                 ("model".to_string(), target.model.clone()),
                 ("tokenizer".to_string(), target.tokenizer.clone()),
@@ -505,6 +518,7 @@ async fn completions(State(s): State<Arc<Served>>, body: Bytes) -> Response {
         arguments: call["arguments"].as_object().cloned().unwrap_or_default(),
         prompt_tokens: answer.prompt_tokens,
         completion_tokens: answer.completion_tokens,
+        cached_tokens: answer.cached_tokens,
     };
     if req.stream {
         let body = api::sse_body(&a.chunks(req.include_usage));

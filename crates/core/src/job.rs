@@ -676,6 +676,23 @@ pub struct Sampling {
     pub seed: u64,
 }
 
+/// The parameters of a `serve` job: how its student decodes, and what serving adds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeParams {
+    /// The decoding settings of the predict step whose student is served.
+    pub predict: PredictParams,
+    /// Prompts whose attention caches a worker keeps, so that a prompt beginning as a kept one
+    /// does (a conversation's next turn, the same tool header) feeds only what follows; 0
+    /// reuses nothing. The tiny family only.
+    #[serde(default = "default_prefix_cache")]
+    pub prefix_cache: usize,
+}
+
+fn default_prefix_cache() -> usize {
+    16
+}
+
 /// One line a `serve` worker writes back per batch (after `{"ready": …}` once at start).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServeAnswers {
@@ -696,6 +713,9 @@ pub struct ServeAnswer {
     pub error: Option<String>,
     /// Tokens of the prompt the model saw.
     pub prompt_tokens: usize,
+    /// Of those, the tokens whose cache an earlier prompt's served (none were fed again).
+    #[serde(default)]
+    pub cached_tokens: usize,
     /// Tokens the model generated.
     pub completion_tokens: usize,
 }

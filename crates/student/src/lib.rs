@@ -19,6 +19,7 @@ pub mod lora;
 pub mod model;
 pub mod normalize;
 pub mod predict;
+pub mod prefix;
 pub mod pretrain;
 pub mod qwen3;
 pub mod qwen3_student;

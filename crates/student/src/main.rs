@@ -17,7 +17,7 @@
 //! | `train` | `traces`, `tools`, `tokenizer`, optional `task` (reference date), `base_model` (qwen3's checkpoint, or tiny's pretrained `model/`) | `model/` | `TrainParams` |
 //! | `pretrain` | `corpus` (a directory of `<service>.jsonl` and `<service>.tools.json`) | `tokenizer.json` and `model/` in the output directory | `PretrainParams` |
 //! | `predict` | `model`, `tokenizer`, `pairs`, `tools` | `predictions.jsonl` | `PredictParams` |
-//! | `serve` | `model`, `tokenizer`, `tools` | none | `PredictParams` |
+//! | `serve` | `model`, `tokenizer`, `tools` | none | `ServeParams` |
 //!
 //! `serve` (either family) prints `{"ready": {"functions": […], "respond": name}}` once the model
 //! is loaded, then
@@ -50,13 +50,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use tracelab_core::job::PredictParams;
 use tracelab_core::job::TokenizerParams;
+use tracelab_core::job::{PredictParams, ServeParams};
 use tracelab_core::job::{PretrainParams, TrainParams, WorkerJob};
 use tracelab_core::tools::{ToolSet, DEFAULT_RESPOND};
 use tracelab_student::{
-    corpus_texts, data, grammar, predict, pretrain, qwen3_student, serve, template::ChatTemplate,
-    tokenizer, train, Progress, WorkerError,
+    corpus_texts, data, grammar, predict, prefix, pretrain, qwen3_student, serve,
+    template::ChatTemplate, tokenizer, train, Progress, WorkerError,
 };
 
 /// Writes one line to the orchestrator. A failed write means it is gone (EPIPE: Rust ignores
@@ -122,6 +122,7 @@ fn load_tiny(job: &WorkerJob, p: PredictParams) -> Result<serve::Served, WorkerE
         spans,
         params: p,
         dev,
+        prefixes: std::cell::RefCell::new(prefix::PrefixCache::new(0)),
     })
 }
 
@@ -252,7 +253,10 @@ fn run(job: &WorkerJob) -> Result<Value, WorkerError> {
             Ok(stats)
         }
         "serve" => {
-            let p: PredictParams = params(job)?;
+            let ServeParams {
+                predict: p,
+                prefix_cache,
+            } = params(job)?;
             let model_dir = input(job, "model")?;
             let served: Box<dyn serve::Answerer> = match qwen3_student::read_sidecar(model_dir)? {
                 Some(sidecar) => Box::new(qwen3_student::Qwen3Served::load(
@@ -262,7 +266,7 @@ fn run(job: &WorkerJob) -> Result<Value, WorkerError> {
                     &p,
                     &sidecar,
                 )?),
-                None => Box::new(load_tiny(job, p)?),
+                None => Box::new(load_tiny(job, p)?.with_prefix_cache(prefix_cache)),
             };
             emit(&json!({"ready": {
                 "functions": served.functions(),

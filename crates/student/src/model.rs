@@ -106,6 +106,43 @@ struct CopyCache {
     embedded: Tensor,
 }
 
+impl Cache {
+    /// The cache of the first `n` positions alone (`0 < n ≤` its length): what a prompt that
+    /// begins with those tokens would have cached after them. The tensors are views; feeding
+    /// more tokens to either cache leaves the other as it was.
+    pub fn prefix(&self, n: usize) -> Cache {
+        let n = n as i64;
+        let cut = |x: &Tensor| x.narrow(1, 0, n);
+        Cache {
+            kv: (self.kv.iter())
+                .map(|(k, v)| (k.narrow(2, 0, n), v.narrow(2, 0, n)))
+                .collect(),
+            copy: self.copy.as_ref().map(|c| CopyCache {
+                keys: cut(&c.keys),
+                candidate: cut(&c.candidate),
+                log_stop: cut(&c.log_stop),
+                log_go: cut(&c.log_go),
+                embedded: cut(&c.embedded),
+            }),
+            recency_by_distance: self.recency_by_distance.as_ref().map(Tensor::shallow_clone),
+            tokens: cut(&self.tokens),
+            valid: cut(&self.valid),
+            next_pos: self.pos.select(1, n - 1) + 1,
+            pos: cut(&self.pos),
+        }
+    }
+
+    /// Number of positions cached.
+    pub fn len(&self) -> usize {
+        self.tokens.size()[1] as usize
+    }
+
+    /// Whether nothing is cached (never, after a prefill).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 impl CopyCache {
     /// Appends the positions of `more`.
     fn extend(&mut self, more: CopyCache) {
@@ -608,6 +645,29 @@ impl Tiny {
     /// returns the distributions for the token after the last (`mix`: with the copy head mixed
     /// in, see [`StepOutput::mixed`]).
     pub fn step(&self, cache: &mut Cache, next: &Tensor, mix: bool) -> StepOutput {
+        // Generated tokens are not copy sources.
+        let (b, k) = next.size2().expect("2-d tokens");
+        let candidate = Tensor::zeros([b, k], (Kind::Bool, next.device()));
+        self.feed(cache, next, candidate, mix)
+    }
+
+    /// Feeds the rest of a prompt, `more (B, K)`, after a cache of its beginning (see
+    /// [`Cache::prefix`]); `copyable` marks what the copy head may point at, as in
+    /// [`Tiny::prefill`]. Returns the distributions for the token after the prompt (vocabulary
+    /// only, as `prefill` with `mix` false: a call starts with its function's name).
+    pub fn extend_prompt(&self, cache: &mut Cache, more: &Tensor, copyable: &Tensor) -> StepOutput {
+        let (b, k) = more.size2().expect("2-d tokens");
+        let ordinary = self
+            .special
+            .index_select(0, &more.reshape([-1]))
+            .reshape([b, k])
+            .logical_not();
+        self.feed(cache, more, ordinary.logical_and(copyable), false)
+    }
+
+    /// Feeds `next (B, K)` after the cache; `candidate` marks which of them the copy head may
+    /// point at later.
+    fn feed(&self, cache: &mut Cache, next: &Tensor, candidate: Tensor, mix: bool) -> StepOutput {
         let (b, k) = next.size2().expect("2-d tokens");
         let dev = next.device();
         let t = cache.tokens.size()[1];
@@ -629,8 +689,6 @@ impl Tiny {
                 &[cache.tokens.narrow(1, t - 1, 1), next.narrow(1, 0, k - 1)],
                 1,
             );
-            // Generated tokens are not copy sources.
-            let candidate = Tensor::zeros([b, k], (Kind::Bool, dev));
             cc.extend(self.copy_cache(head, &h, next, &prev, candidate));
         }
         cache.tokens = Tensor::cat(&[&cache.tokens, next], 1);

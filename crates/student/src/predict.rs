@@ -9,7 +9,7 @@ use tracelab_core::conversation::{EvalPair, ToolCall};
 use tracelab_core::job::PredictParams;
 
 use crate::grammar::{digit_tokens, pick, pick_sampled, Allowed, CallState, Limits, SpanSetup};
-use crate::model::Tiny;
+use crate::model::{Cache, StepOutput, Tiny};
 use crate::sampling::Sampler;
 use crate::template::{ChatTemplate, Prompt};
 use crate::Progress;
@@ -132,6 +132,20 @@ pub fn decode_states(
     spans: Option<&SpanSetup>,
     dev: Device,
 ) -> Vec<CallState> {
+    let started = prefill_batch(model, tpl, prompts, dev);
+    decode_from(
+        model, tpl, prompts, started, callable, samplers, lim, digits, spans, dev,
+    )
+}
+
+/// Prefills `prompts` as one left-padded batch: the cache and the distributions of each
+/// prompt's first generated token.
+pub fn prefill_batch(
+    model: &Tiny,
+    tpl: &ChatTemplate,
+    prompts: &[&Prompt],
+    dev: Device,
+) -> (Cache, StepOutput) {
     let b = prompts.len();
     let t = prompts.iter().map(|p| p.tokens.len()).max().unwrap_or(1);
     let mut flat = vec![tpl.sp.pad as i64; b * t];
@@ -152,7 +166,27 @@ pub fn decode_states(
         .reshape([b as i64, t as i64])
         .to_device(dev);
     // A call starts with its function's name, never inside a value: no copy head yet.
-    let (mut cache, mut outp) = model.prefill(&tokens, &copyable, &pad, false);
+    model.prefill(&tokens, &copyable, &pad, false)
+}
+
+/// Decodes the calls of `prompts` from their prefilled cache and first distributions (`started`,
+/// from [`prefill_batch`] or a [`crate::prefix::PrefixCache`]); the other arguments as in
+/// [`decode_states`].
+#[allow(clippy::too_many_arguments)]
+pub fn decode_from(
+    model: &Tiny,
+    tpl: &ChatTemplate,
+    prompts: &[&Prompt],
+    started: (Cache, StepOutput),
+    callable: Option<&[Vec<bool>]>,
+    samplers: &mut [Option<Sampler>],
+    lim: &Limits,
+    digits: &[bool],
+    spans: Option<&SpanSetup>,
+    dev: Device,
+) -> Vec<CallState> {
+    let b = prompts.len();
+    let (mut cache, mut outp) = started;
     let mut states: Vec<CallState> = prompts
         .iter()
         .enumerate()

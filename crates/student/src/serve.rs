@@ -3,6 +3,7 @@
 //! to one [`ServeAnswers`] line on stdout, until stdin closes. `tracelab serve` batches the HTTP
 //! requests that arrive together into one line, so they are decoded as one batch.
 
+use std::cell::RefCell;
 use std::io::BufRead;
 
 use serde_json::Value;
@@ -13,8 +14,9 @@ use tracelab_core::job::{
 };
 
 use crate::grammar::{Limits, SpanSetup};
-use crate::model::Tiny;
-use crate::predict::decode_states;
+use crate::model::{Cache, StepOutput, Tiny};
+use crate::predict::{decode_from, prefill_batch};
+use crate::prefix::PrefixCache;
 use crate::qwen3_student::Qwen3Served;
 use crate::sampling::Sampler;
 use crate::template::{ChatTemplate, Prompt};
@@ -37,6 +39,7 @@ fn refused(id: u64, error: String) -> ServeAnswer {
         call: None,
         error: Some(error),
         prompt_tokens: 0,
+        cached_tokens: 0,
         completion_tokens: 0,
     }
 }
@@ -70,6 +73,8 @@ pub struct Served {
     pub dev: Device,
     /// Which tokens are digits (`grammar::digit_tokens`), computed once.
     pub digits: Vec<bool>,
+    /// The caches of recent prompts, reused by a request decoded alone.
+    pub prefixes: RefCell<PrefixCache>,
 }
 
 impl Answerer for Served {
@@ -103,18 +108,21 @@ impl Answerer for Served {
                 .iter()
                 .map(|(_, _, _, s)| s.as_ref().map(Sampler::new))
                 .collect();
-            let states = tch::no_grad(|| {
-                decode_states(
+            let (states, cached) = tch::no_grad(|| {
+                let (started, cached) = self.prefill(&prompts);
+                let states = decode_from(
                     &self.model,
                     &self.tpl,
                     &prompts,
+                    started,
                     Some(&callable),
                     &mut samplers,
                     &lim,
                     &self.digits,
                     Some(&self.spans),
                     self.dev,
-                )
+                );
+                (states, cached)
             });
             for ((id, prompt, _, _), st) in chunk.iter().zip(states) {
                 answers.push(ServeAnswer {
@@ -122,6 +130,7 @@ impl Answerer for Served {
                     call: Some(st.call(&self.tpl).to_plain_json()),
                     error: None,
                     prompt_tokens: prompt.tokens.len(),
+                    cached_tokens: cached,
                     completion_tokens: st.generated(),
                 });
             }
@@ -131,6 +140,28 @@ impl Answerer for Served {
 }
 
 impl Served {
+    /// Keeps the caches of up to `prompts` recent prompts for reuse ([`PrefixCache`]).
+    pub fn with_prefix_cache(self, prompts: usize) -> Served {
+        Served {
+            prefixes: RefCell::new(PrefixCache::new(prompts)),
+            ..self
+        }
+    }
+
+    /// Prefills a batch: a prompt alone from the prefix cache, a batch of several in full (their
+    /// prefixes would need aligning). Returns the start and, for a prompt alone, how many of its
+    /// tokens were reused.
+    fn prefill(&self, prompts: &[&Prompt]) -> ((Cache, StepOutput), usize) {
+        match prompts {
+            [one] => {
+                let mut prefixes = self.prefixes.borrow_mut();
+                let (cache, out, reuse) = prefixes.prefill(&self.model, &self.tpl, one, self.dev);
+                ((cache, out), reuse.reused)
+            }
+            _ => (prefill_batch(&self.model, &self.tpl, prompts, self.dev), 0),
+        }
+    }
+
     /// A query's prompt and which functions it may call.
     fn prepare(
         &self,
@@ -217,6 +248,7 @@ impl Answerer for Qwen3Served {
                             call: Some(call.to_plain_json()),
                             error: None,
                             prompt_tokens: prompt,
+                            cached_tokens: 0,
                             completion_tokens: generated,
                         });
                     }

@@ -11,7 +11,8 @@ use tracelab_core::job::{DeviceChoice, Sampling, TrainParams};
 use tracelab_core::tools::{ToolSet, DEFAULT_RESPOND};
 use tracelab_student::grammar::{digit_tokens, Limits};
 use tracelab_student::model::{Tiny, TinyConfig};
-use tracelab_student::predict::decode_states;
+use tracelab_student::predict::{decode_from, decode_states, prefill_batch};
+use tracelab_student::prefix::PrefixCache;
 use tracelab_student::sampling::Sampler;
 use tracelab_student::template::{ChatTemplate, Prompt};
 use tracelab_student::{corpus_texts, tokenizer, train};
@@ -231,6 +232,49 @@ fn decode_with(
     out
 }
 
+/// Decodes `pairs` one at a time (in conversation order, as an agent sends them), each prefilled
+/// from the caches of the prompts before it; returns the calls and the tokens reused in all.
+fn decode_prefixed(model: &Tiny, tpl: &ChatTemplate, pairs: &[EvalPair]) -> (Vec<ToolCall>, usize) {
+    let lim = Limits {
+        max_value_tokens: 12,
+        max_new_tokens: 40,
+        forced_runs: true,
+    };
+    let digits = digit_tokens(tpl);
+    let mut prefixes = PrefixCache::new(4);
+    let mut reused = 0;
+    let calls = pairs
+        .iter()
+        .map(|p| {
+            let context = model.cfg.context as usize;
+            let prompt = tpl.prompt(&p.question, context, lim.max_new_tokens + 1);
+            tch::no_grad(|| {
+                let (cache, out, reuse) = prefixes.prefill(model, tpl, &prompt, Device::Cpu);
+                assert_eq!(reuse.reused + reuse.fed, prompt.tokens.len());
+                reused += reuse.reused;
+                // The distributions after a reused prefix are a fresh prefill's.
+                let (_, fresh) = prefill_batch(model, tpl, &[&prompt], Device::Cpu);
+                let diff = f64::try_from((&out.vocab - &fresh.vocab).abs().max()).unwrap();
+                assert!(diff < 1e-4, "{}: log-probabilities differ by {diff}", p.id);
+                let states = decode_from(
+                    model,
+                    tpl,
+                    &[&prompt],
+                    (cache, out),
+                    None,
+                    &mut [],
+                    &lim,
+                    &digits,
+                    None,
+                    Device::Cpu,
+                );
+                states[0].call(tpl)
+            })
+        })
+        .collect();
+    (calls, reused)
+}
+
 #[test]
 fn learns_the_rule_and_copies_unseen_values() {
     let _guard = TORCH.lock().unwrap_or_else(|e| e.into_inner());
@@ -271,6 +315,16 @@ fn learns_the_rule_and_copies_unseen_values() {
     let hot = Some((1.5, 1.0));
     let drawn = decode_with(&model, &tpl, &ps, 1, true, hot);
     assert_eq!(decode_with(&model, &tpl, &ps, 1, false, hot), drawn);
+    // Prompts prefilled from their conversation's previous turn decode the same calls; every
+    // pair after a conversation's first reuses more than the tool header.
+    let (prefixed, reused) = decode_prefixed(&model, &tpl, &ps);
+    assert_eq!(prefixed, got);
+    let header = tpl.prompt(&[], model.cfg.context as usize, 41).tokens.len() - 1;
+    assert!(
+        reused > ps.len() * header + (ps.len() - test.len()) * 4,
+        "{reused} tokens reused over {} pairs (a header is {header})",
+        ps.len()
+    );
     let right_fn = ps
         .iter()
         .zip(&got)
