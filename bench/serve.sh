@@ -8,7 +8,8 @@
 #    openai client, one per thread) at concurrency 1, 4 and 16: p50/p99 latency and requests/s;
 #    the pairs go in conversation order, as agents send them, so a request's prompt begins with
 #    an earlier one's (the share of prompt tokens whose cache was reused is printed);
-#    PREFIX_CACHE=0 measures cold prompts (no reuse);
+#    PREFIX_CACHE=0 measures cold prompts (no reuse), ORDER=shuffled the pairs in a random order
+#    (a conversation's turns apart: mostly the tool header reused);
 # 3. peak memory of the server and of its worker (VmHWM);
 # 4. batch predict one pair at a time, forced tokens fed one pass each (`forced_runs = false`)
 #    and together (the default): what decoding alone costs per pair, and what the runs save.
@@ -44,7 +45,7 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 "$PY" - "$PORT" "$REQUESTS" "$batch" "$SERVER" "$predictions" "$one_by_one" "$runs" <<'PY'
-import json, subprocess, sys, threading, time
+import json, os, random, subprocess, sys, threading, time
 from openai import OpenAI
 
 port, n, batch, server, predictions = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
@@ -70,6 +71,8 @@ def as_openai(question):
     return out
 
 prompts = [as_openai(r["question"]) for r in rows]
+if os.environ.get("ORDER") == "shuffled":
+    random.Random(0).shuffle(prompts)
 
 tokens = {"prompt": 0, "cached": 0}
 
