@@ -50,7 +50,7 @@ fn main() {
     let prompt_len = 300;
     let tokens = Tensor::randint_low(16, 2048, [1, prompt_len], (Kind::Int64, Device::Cpu));
     let copyable = Tensor::ones([1, prompt_len], (Kind::Bool, Device::Cpu));
-    let prefill = || model.prefill(&tokens, &copyable, &[0], false).0;
+    let prefill = || model.prefill(&tokens, &copyable, &[0], false, 65).0;
     tch::no_grad(|| {
         let n = 200;
         let pre = median_us(n, || {

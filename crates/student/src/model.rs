@@ -78,23 +78,85 @@ pub struct StepOutput {
     pub mixed: Tensor,
 }
 
+/// A tensor that grows along one dimension into room allocated ahead: appending copies only the
+/// new positions (growing by `cat` copied the whole cache at every pass, most of a pass's
+/// memory traffic at a few hundred positions).
+struct Grown {
+    buf: Tensor,
+    dim: i64,
+    len: i64,
+    /// A snapshot sharing another's buffer ([`Grown::shared`]): never appended to.
+    frozen: bool,
+}
+
+impl Grown {
+    /// `init`, with room for `room` more positions along `dim`.
+    fn new(init: &Tensor, dim: i64, room: i64) -> Grown {
+        let mut size = init.size();
+        let len = size[dim as usize];
+        size[dim as usize] = len + room.max(1);
+        let buf = Tensor::empty(size.as_slice(), (init.kind(), init.device()));
+        buf.narrow(dim, 0, len).copy_(init);
+        Grown {
+            buf,
+            dim,
+            len,
+            frozen: false,
+        }
+    }
+
+    /// The positions so far (a view).
+    fn view(&self) -> Tensor {
+        self.buf.narrow(self.dim, 0, self.len)
+    }
+
+    /// Appends `more`'s positions (making twice the room when there is too little).
+    fn push(&mut self, more: &Tensor) {
+        assert!(!self.frozen, "a shared snapshot is never appended to");
+        let k = more.size()[self.dim as usize];
+        if self.len + k > self.buf.size()[self.dim as usize] {
+            *self = Grown::new(&self.view(), self.dim, self.len + k);
+        }
+        self.buf.narrow(self.dim, self.len, k).copy_(more);
+        self.len += k;
+    }
+
+    /// The positions so far, sharing the buffer: appends to `self` only write past them, so the
+    /// snapshot stays as it is.
+    fn shared(&self) -> Grown {
+        Grown {
+            buf: self.buf.shallow_clone(),
+            dim: self.dim,
+            len: self.len,
+            frozen: true,
+        }
+    }
+
+    /// The first `n` positions in a buffer of their own, with `room` to grow.
+    fn copied(&self, n: i64, room: i64) -> Grown {
+        Grown::new(&self.buf.narrow(self.dim, 0, n), self.dim, room)
+    }
+}
+
 /// Per-sequence decoding state: attention keys/values, what the copy head needs of each position,
-/// and the tokens seen.
+/// and the tokens seen; every per-position tensor has room for the tokens a call may generate.
 pub struct Cache {
-    kv: Vec<(Tensor, Tensor)>,
+    /// Keys and values of each block, `(B, H, T, hd)` each.
+    kv: Vec<(Grown, Grown)>,
     copy: Option<CopyCache>,
     /// The copy head's recency bias of every distance back, `(context)`, in `f32`: read at each
     /// pass instead of bucketing every distance again.
     recency_by_distance: Option<Tensor>,
-    tokens: Tensor,
-    valid: Tensor,
-    pos: Tensor,
+    /// `(B, T)` each.
+    tokens: Grown,
+    valid: Grown,
+    pos: Grown,
     next_pos: Tensor,
 }
 
-/// What the copy head needs of every cached position, computed once, when the position enters
-/// the cache (a decoding step is bound by the number of operations, not by their size).
-struct CopyCache {
+/// What the copy head needs of positions, computed once, when a position enters the cache (a
+/// decoding step is bound by the number of operations, not by their size).
+struct CopyRows {
     /// Copy keys, `(B, T, C)`.
     keys: Tensor,
     /// May be pointed at: an ordinary token of the prompt that is not padding, `(B, T)`.
@@ -106,52 +168,82 @@ struct CopyCache {
     embedded: Tensor,
 }
 
-impl Cache {
-    /// The cache of the first `n` positions alone (`0 < n ≤` its length): what a prompt that
-    /// begins with those tokens would have cached after them. The tensors are views; feeding
-    /// more tokens to either cache leaves the other as it was.
-    pub fn prefix(&self, n: usize) -> Cache {
-        let n = n as i64;
-        let cut = |x: &Tensor| x.narrow(1, 0, n);
-        Cache {
-            kv: (self.kv.iter())
-                .map(|(k, v)| (k.narrow(2, 0, n), v.narrow(2, 0, n)))
-                .collect(),
-            copy: self.copy.as_ref().map(|c| CopyCache {
-                keys: cut(&c.keys),
-                candidate: cut(&c.candidate),
-                log_stop: cut(&c.log_stop),
-                log_go: cut(&c.log_go),
-                embedded: cut(&c.embedded),
-            }),
-            recency_by_distance: self.recency_by_distance.as_ref().map(Tensor::shallow_clone),
-            tokens: cut(&self.tokens),
-            valid: cut(&self.valid),
-            next_pos: self.pos.select(1, n - 1) + 1,
-            pos: cut(&self.pos),
+/// [`CopyRows`] of every cached position.
+struct CopyCache {
+    keys: Grown,
+    candidate: Grown,
+    log_stop: Grown,
+    log_go: Grown,
+    embedded: Grown,
+}
+
+impl CopyCache {
+    fn new(rows: &CopyRows, room: i64) -> CopyCache {
+        CopyCache {
+            keys: Grown::new(&rows.keys, 1, room),
+            candidate: Grown::new(&rows.candidate, 1, room),
+            log_stop: Grown::new(&rows.log_stop, 1, room),
+            log_go: Grown::new(&rows.log_go, 1, room),
+            embedded: Grown::new(&rows.embedded, 1, room),
         }
+    }
+
+    /// Appends the positions of `more`.
+    fn push(&mut self, more: &CopyRows) {
+        self.keys.push(&more.keys);
+        self.candidate.push(&more.candidate);
+        self.log_stop.push(&more.log_stop);
+        self.log_go.push(&more.log_go);
+        self.embedded.push(&more.embedded);
+    }
+
+    /// Every part, transformed alike.
+    fn map(&self, f: impl Fn(&Grown) -> Grown) -> CopyCache {
+        CopyCache {
+            keys: f(&self.keys),
+            candidate: f(&self.candidate),
+            log_stop: f(&self.log_stop),
+            log_go: f(&self.log_go),
+            embedded: f(&self.embedded),
+        }
+    }
+}
+
+impl Cache {
+    /// Every per-position tensor, transformed alike; `next_pos` follows the last position kept.
+    fn map(&self, f: impl Fn(&Grown) -> Grown) -> Cache {
+        let pos = f(&self.pos);
+        Cache {
+            kv: (self.kv.iter()).map(|(k, v)| (f(k), f(v))).collect(),
+            copy: self.copy.as_ref().map(|c| c.map(&f)),
+            recency_by_distance: self.recency_by_distance.as_ref().map(Tensor::shallow_clone),
+            tokens: f(&self.tokens),
+            valid: f(&self.valid),
+            next_pos: pos.view().select(1, pos.len - 1) + 1,
+            pos,
+        }
+    }
+
+    /// The cache of the first `n` positions alone (`0 < n ≤` its length), copied, with room for
+    /// `room` more: what a prompt that begins with those tokens would have cached after them.
+    pub fn prefix(&self, n: usize, room: usize) -> Cache {
+        self.map(|g| g.copied(n as i64, room as i64))
+    }
+
+    /// The cache as it is now, sharing its tensors (feeding more tokens to this cache leaves the
+    /// snapshot as it was); only [`Cache::prefix`] of it may be fed.
+    pub fn snapshot(&self) -> Cache {
+        self.map(Grown::shared)
     }
 
     /// Number of positions cached.
     pub fn len(&self) -> usize {
-        self.tokens.size()[1] as usize
+        self.tokens.len as usize
     }
 
     /// Whether nothing is cached (never, after a prefill).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-impl CopyCache {
-    /// Appends the positions of `more`.
-    fn extend(&mut self, more: CopyCache) {
-        let cat = |a: &Tensor, b: &Tensor| Tensor::cat(&[a, b], 1);
-        self.keys = cat(&self.keys, &more.keys);
-        self.candidate = cat(&self.candidate, &more.candidate);
-        self.log_stop = cat(&self.log_stop, &more.log_stop);
-        self.log_go = cat(&self.log_go, &more.log_go);
-        self.embedded = cat(&self.embedded, &more.embedded);
     }
 }
 
@@ -300,7 +392,8 @@ impl Tiny {
     }
 
     /// Runs the blocks. `mask` is a boolean attention mask (true = attend); without one the
-    /// attention is causal. With `cache`, keys/values are appended to it.
+    /// attention is causal. With `cache`, keys/values are appended to it (a new cache gets room
+    /// for `room` more positions).
     // `x = x + y` on purpose: tch's `+=` is an in-place add, which autograd rejects here.
     #[allow(clippy::assign_op_pattern)]
     fn hidden(
@@ -308,7 +401,7 @@ impl Tiny {
         tokens: &Tensor,
         pos: &Tensor,
         mask: Option<&Tensor>,
-        mut cache: Option<&mut Vec<(Tensor, Tensor)>>,
+        mut cache: Option<(&mut Vec<(Grown, Grown)>, i64)>,
         train: bool,
     ) -> Tensor {
         let (b, t) = tokens.size2().expect("2-d tokens");
@@ -329,15 +422,15 @@ impl Tiny {
             let q = qk.get(0);
             let mut k = qk.get(1);
             let mut v = qkv.get(2);
-            if let Some(c) = cache.as_deref_mut() {
-                if let Some((pk, pv)) = c.get(i) {
-                    k = Tensor::cat(&[pk, &k], 2);
-                    v = Tensor::cat(&[pv, &v], 2);
-                }
-                if c.len() > i {
-                    c[i] = (k.shallow_clone(), v.shallow_clone());
-                } else {
-                    c.push((k.shallow_clone(), v.shallow_clone()));
+            if let Some((c, room)) = cache.as_mut() {
+                match c.get_mut(i) {
+                    Some((pk, pv)) => {
+                        pk.push(&k);
+                        pv.push(&v);
+                        k = pk.view();
+                        v = pv.view();
+                    }
+                    None => c.push((Grown::new(&k, 2, *room), Grown::new(&v, 2, *room))),
                 }
             }
             let y = Tensor::scaled_dot_product_attention(
@@ -374,9 +467,9 @@ impl Tiny {
         tokens: &Tensor,
         prev: &Tensor,
         candidate: Tensor,
-    ) -> CopyCache {
+    ) -> CopyRows {
         let (log_stop, log_go) = self.stop_logs(head, h, tokens);
-        CopyCache {
+        CopyRows {
             keys: self.copy_keys(head, h, prev),
             candidate,
             log_stop,
@@ -545,10 +638,11 @@ impl Tiny {
                 vocab,
             };
         };
-        let tk = cache.tokens.size()[1];
-        let q_prev = cache.tokens.narrow(1, tk - 2, 1);
+        let tokens = cache.tokens.view();
+        let q_prev = tokens.narrow(1, cache.tokens.len - 2, 1);
         // Distances back from the query, at most the context's (pad positions count from 0).
-        let dist = (cache.next_pos.unsqueeze(1) - 1 - &cache.pos).clamp(0, self.cfg.context - 1);
+        let dist =
+            (cache.next_pos.unsqueeze(1) - 1 - cache.pos.view()).clamp(0, self.cfg.context - 1);
         let bias = recency
             .index_select(0, &dist.reshape([-1]))
             .reshape([dist.size()[0], 1, -1]);
@@ -557,22 +651,22 @@ impl Tiny {
             &h_last.unsqueeze(1),
             &last_tok.unsqueeze(1),
             &q_prev,
-            &cc.keys,
-            &cache.tokens,
+            &cc.keys.view(),
+            &tokens,
             &bias,
         );
         let w = scores
             .squeeze_dim(1)
-            .masked_fill(&cc.candidate.logical_not(), -1e9)
+            .masked_fill(&cc.candidate.view().logical_not(), -1e9)
             .softmax(-1, Kind::Float);
         let p_copy =
-            Tensor::zeros_like(&vocab).scatter_add(1, &cache.tokens, &(&w * cc.log_go.exp()));
-        let p_stop = (&w * cc.log_stop.exp()).sum_dim_intlist(-1, true, Kind::Float);
+            Tensor::zeros_like(&vocab).scatter_add(1, &tokens, &(&w * cc.log_go.view().exp()));
+        let p_stop = (&w * cc.log_stop.view().exp()).sum_dim_intlist(-1, true, Kind::Float);
         let p_vocab = vocab.exp();
         let closer_p = p_vocab.index_select(1, &self.closers);
         let split = &closer_p / (closer_p.sum_dim_intlist(-1, true, Kind::Float) + 1e-30);
         let p_copy = p_copy.index_add(1, &self.closers, &(split * p_stop));
-        let expected = w.unsqueeze(1).matmul(&cc.embedded).squeeze_dim(1);
+        let expected = w.unsqueeze(1).matmul(&cc.embedded.view()).squeeze_dim(1);
         let gate_in = Tensor::cat(&[h_last.to_kind(Kind::Float), expected], -1);
         let z = gate_in
             .to_kind(h_last.kind())
@@ -583,15 +677,17 @@ impl Tiny {
     }
 
     /// Runs left-padded prompts `tokens (B, T)` (`pad[b]` leading pad tokens each; `copyable`
-    /// marks what the copy head may point at) and returns the cache and the distributions for
-    /// the next token (`mix`: with the copy head mixed in).
+    /// marks what the copy head may point at) and returns the cache, with room for `room` more
+    /// positions, and the distributions for the next token (`mix`: with the copy head mixed in).
     pub fn prefill(
         &self,
         tokens: &Tensor,
         copyable: &Tensor,
         pad: &[i64],
         mix: bool,
+        room: usize,
     ) -> (Cache, StepOutput) {
+        let room = room as i64;
         let (b, t) = tokens.size2().expect("2-d tokens");
         let dev = tokens.device();
         let pad_t = Tensor::from_slice(pad).to_device(dev).unsqueeze(1);
@@ -612,7 +708,7 @@ impl Tiny {
                 .unsqueeze(1)
         });
         let mut kv = Vec::new();
-        let h = self.hidden(tokens, &pos, mask.as_ref(), Some(&mut kv), false);
+        let h = self.hidden(tokens, &pos, mask.as_ref(), Some((&mut kv, room)), false);
         let copy = self.copy.as_ref().map(|head| {
             let ordinary = self
                 .special
@@ -620,7 +716,8 @@ impl Tiny {
                 .reshape([b, t])
                 .logical_not();
             let candidate = ordinary.logical_and(&valid).logical_and(copyable);
-            self.copy_cache(head, &h, tokens, &shift(tokens, 1), candidate)
+            let rows = self.copy_cache(head, &h, tokens, &shift(tokens, 1), candidate);
+            CopyCache::new(&rows, room)
         });
         let recency_by_distance = self.copy.as_ref().map(|head| {
             let every = Tensor::arange(self.cfg.context, (Kind::Int64, dev));
@@ -630,10 +727,10 @@ impl Tiny {
             kv,
             copy,
             recency_by_distance,
-            tokens: tokens.shallow_clone(),
-            valid,
+            tokens: Grown::new(tokens, 1, room),
+            valid: Grown::new(&valid, 1, room),
             next_pos: pos.select(1, t - 1) + 1,
-            pos: pos.expand([b, t], false).contiguous(),
+            pos: Grown::new(&pos.expand([b, t], false), 1, room),
         };
         let last = h.select(1, t - 1);
         let out = self.outputs(&last, &cache, &tokens.select(1, t - 1), mix);
@@ -670,30 +767,33 @@ impl Tiny {
     fn feed(&self, cache: &mut Cache, next: &Tensor, candidate: Tensor, mix: bool) -> StepOutput {
         let (b, k) = next.size2().expect("2-d tokens");
         let dev = next.device();
-        let t = cache.tokens.size()[1];
+        let t = cache.tokens.len;
         let pos = cache.next_pos.unsqueeze(1) + Tensor::arange(k, (Kind::Int64, dev)).unsqueeze(0);
-        let valid = Tensor::cat(&[&cache.valid, &Tensor::ones([b, k], (Kind::Bool, dev))], 1);
+        let old_valid = cache.valid.view();
+        cache.valid.push(&Tensor::ones([b, k], (Kind::Bool, dev)));
         // (B, 1, K, T + K): every valid cached position, and the new tokens causally.
         let mask = if k == 1 {
-            valid.unsqueeze(1).unsqueeze(1)
+            cache.valid.view().unsqueeze(1).unsqueeze(1)
         } else {
             let qi = Tensor::arange(k, (Kind::Int64, dev)).unsqueeze(1);
             let ki = Tensor::arange(k, (Kind::Int64, dev)).unsqueeze(0);
             let causal = ki.le_tensor(&qi).unsqueeze(0).expand([b, k, k], false);
-            let old = cache.valid.unsqueeze(1).expand([b, k, t], false);
+            let old = old_valid.unsqueeze(1).expand([b, k, t], false);
             Tensor::cat(&[old, causal], 2).unsqueeze(1)
         };
-        let h = self.hidden(next, &pos, Some(&mask), Some(&mut cache.kv), false);
+        let h = self.hidden(next, &pos, Some(&mask), Some((&mut cache.kv, k)), false);
         if let (Some(head), Some(cc)) = (&self.copy, &mut cache.copy) {
             let prev = Tensor::cat(
-                &[cache.tokens.narrow(1, t - 1, 1), next.narrow(1, 0, k - 1)],
+                &[
+                    cache.tokens.view().narrow(1, t - 1, 1),
+                    next.narrow(1, 0, k - 1),
+                ],
                 1,
             );
-            cc.extend(self.copy_cache(head, &h, next, &prev, candidate));
+            cc.push(&self.copy_cache(head, &h, next, &prev, candidate));
         }
-        cache.tokens = Tensor::cat(&[&cache.tokens, next], 1);
-        cache.pos = Tensor::cat(&[&cache.pos, &pos], 1);
-        cache.valid = valid;
+        cache.tokens.push(next);
+        cache.pos.push(&pos);
         cache.next_pos = &cache.next_pos + k;
         let last = h.select(1, k - 1);
         self.outputs(&last, cache, &next.select(1, k - 1), mix)

@@ -132,18 +132,20 @@ pub fn decode_states(
     spans: Option<&SpanSetup>,
     dev: Device,
 ) -> Vec<CallState> {
-    let started = prefill_batch(model, tpl, prompts, dev);
+    // The prompt left room for this many tokens after it (`ChatTemplate::prompt`).
+    let started = prefill_batch(model, tpl, prompts, lim.max_new_tokens + 1, dev);
     decode_from(
         model, tpl, prompts, started, callable, samplers, lim, digits, spans, dev,
     )
 }
 
-/// Prefills `prompts` as one left-padded batch: the cache and the distributions of each
-/// prompt's first generated token.
+/// Prefills `prompts` as one left-padded batch: the cache (with room for `room` generated
+/// tokens) and the distributions of each prompt's first generated token.
 pub fn prefill_batch(
     model: &Tiny,
     tpl: &ChatTemplate,
     prompts: &[&Prompt],
+    room: usize,
     dev: Device,
 ) -> (Cache, StepOutput) {
     let b = prompts.len();
@@ -166,7 +168,7 @@ pub fn prefill_batch(
         .reshape([b as i64, t as i64])
         .to_device(dev);
     // A call starts with its function's name, never inside a value: no copy head yet.
-    model.prefill(&tokens, &copyable, &pad, false)
+    model.prefill(&tokens, &copyable, &pad, false, room)
 }
 
 /// Decodes the calls of `prompts` from their prefilled cache and first distributions (`started`,

@@ -55,13 +55,15 @@ impl PrefixCache {
     }
 
     /// Prefills `prompt` alone (a batch of one), from the longest beginning it shares with a
-    /// kept prompt; keeps its cache for the prompts after it. Returns what
+    /// kept prompt, with room for `room` generated tokens; keeps its cache for the prompts after
+    /// it. Returns what
     /// [`prefill_batch`] returns, and how much was reused.
     pub fn prefill(
         &mut self,
         model: &Tiny,
         tpl: &ChatTemplate,
         prompt: &Prompt,
+        room: usize,
         dev: Device,
     ) -> (Cache, StepOutput, Reuse) {
         let n = prompt.tokens.len();
@@ -71,7 +73,8 @@ impl PrefixCache {
             .max_by_key(|&(len, i)| (len, std::cmp::Reverse(i)));
         let (cache, out, reused) = match best {
             Some((len, i)) if len > 0 => {
-                let mut cache = self.entries[i].cache.prefix(len);
+                let rest = n - len;
+                let mut cache = self.entries[i].cache.prefix(len, rest + room);
                 let row = |x: Tensor| x.reshape([1, -1]).to_device(dev);
                 let more = row(Tensor::from_slice(
                     &(prompt.tokens[len..].iter().map(|&t| t as i64)).collect::<Vec<_>>(),
@@ -81,7 +84,7 @@ impl PrefixCache {
                 (cache, out, len)
             }
             _ => {
-                let (cache, out) = prefill_batch(model, tpl, &[prompt], dev);
+                let (cache, out) = prefill_batch(model, tpl, &[prompt], room, dev);
                 (cache, out, 0)
             }
         };
@@ -106,7 +109,7 @@ impl PrefixCache {
         self.entries.push_front(Entry {
             tokens: prompt.tokens.clone(),
             copyable: prompt.copyable.clone(),
-            cache: cache.prefix(cache.len()),
+            cache: cache.snapshot(),
         });
         self.entries.truncate(self.capacity);
     }

@@ -109,7 +109,7 @@ impl Answerer for Served {
                 .map(|(_, _, _, s)| s.as_ref().map(Sampler::new))
                 .collect();
             let (states, cached) = tch::no_grad(|| {
-                let (started, cached) = self.prefill(&prompts);
+                let (started, cached) = self.prefill(&prompts, lim.max_new_tokens + 1);
                 let states = decode_from(
                     &self.model,
                     &self.tpl,
@@ -151,14 +151,18 @@ impl Served {
     /// Prefills a batch: a prompt alone from the prefix cache, a batch of several in full (their
     /// prefixes would need aligning). Returns the start and, for a prompt alone, how many of its
     /// tokens were reused.
-    fn prefill(&self, prompts: &[&Prompt]) -> ((Cache, StepOutput), usize) {
+    fn prefill(&self, prompts: &[&Prompt], room: usize) -> ((Cache, StepOutput), usize) {
         match prompts {
             [one] => {
                 let mut prefixes = self.prefixes.borrow_mut();
-                let (cache, out, reuse) = prefixes.prefill(&self.model, &self.tpl, one, self.dev);
+                let (cache, out, reuse) =
+                    prefixes.prefill(&self.model, &self.tpl, one, room, self.dev);
                 ((cache, out), reuse.reused)
             }
-            _ => (prefill_batch(&self.model, &self.tpl, prompts, self.dev), 0),
+            _ => (
+                prefill_batch(&self.model, &self.tpl, prompts, room, self.dev),
+                0,
+            ),
         }
     }
 
