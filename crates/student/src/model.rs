@@ -807,3 +807,79 @@ impl Tiny {
             .sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small random model and a prompt of `t` tokens.
+    fn model_and_prompt(t: i64) -> (nn::VarStore, Tiny, Tensor, Tensor) {
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = TinyConfig {
+            vocab: 64,
+            layers: 2,
+            width: 32,
+            heads: 2,
+            ffn: 48,
+            context: 64,
+            dropout: 0.0,
+            copy_dim: 16,
+        };
+        let mut special = vec![false; 64];
+        special[..4].iter_mut().for_each(|s| *s = true);
+        let model = Tiny::new(&vs.root(), cfg, &special, [2, 3]);
+        let tokens = Tensor::randint_low(4, 64, [1, t], (Kind::Int64, Device::Cpu));
+        let copyable = Tensor::ones([1, t], (Kind::Bool, Device::Cpu));
+        (vs, model, tokens, copyable)
+    }
+
+    fn same(a: &StepOutput, b: &StepOutput) -> bool {
+        a.vocab.equal(&b.vocab) && a.mixed.equal(&b.mixed)
+    }
+
+    #[test]
+    fn a_cache_that_outgrows_its_room_decodes_as_one_with_room() {
+        let (_vs, model, tokens, copyable) = model_and_prompt(12);
+        tch::no_grad(|| {
+            let (mut tight, _) = model.prefill(&tokens, &copyable, &[0], false, 1);
+            let (mut roomy, _) = model.prefill(&tokens, &copyable, &[0], false, 40);
+            for (i, k) in [1, 3, 1, 2].into_iter().enumerate() {
+                let next = Tensor::full([1, k], 5 + i as i64, (Kind::Int64, Device::Cpu));
+                let a = model.step(&mut tight, &next, true);
+                let b = model.step(&mut roomy, &next, true);
+                assert!(same(&a, &b), "pass {i}");
+            }
+            assert_eq!(tight.len(), 12 + 7);
+        });
+    }
+
+    #[test]
+    fn a_snapshot_stays_as_it_was_while_its_cache_and_a_prefix_of_it_are_fed() {
+        let (_vs, model, tokens, copyable) = model_and_prompt(10);
+        tch::no_grad(|| {
+            let (mut cache, _) = model.prefill(&tokens, &copyable, &[0], false, 8);
+            let snapshot = cache.snapshot();
+            // The live cache goes on past the snapshot's positions...
+            let next = Tensor::full([1, 2], 7, (Kind::Int64, Device::Cpu));
+            model.step(&mut cache, &next, true);
+            // ...and prefixes of the snapshot are fed other prompts' tokens (each prefix is a
+            // buffer of its own: feeding one overwrites nothing the snapshot holds).
+            let (_, fresh) = model.prefill(&tokens, &copyable, &[0], false, 8);
+            for n in [6i64, 9, 6] {
+                let mut other = snapshot.prefix(n as usize, 8);
+                let junk = Tensor::full([1, 10 - n], 9, (Kind::Int64, Device::Cpu));
+                model.extend_prompt(&mut other, &junk, &copyable.narrow(1, n, 10 - n));
+                model.step(&mut other, &junk.narrow(1, 0, 1), true);
+                // The snapshot still gives the prompt's own output.
+                let mut again = snapshot.prefix(9, 8);
+                let last = (tokens.narrow(1, 9, 1), copyable.narrow(1, 9, 1));
+                let out = model.extend_prompt(&mut again, &last.0, &last.1);
+                let diff = f64::try_from((&out.vocab - &fresh.vocab).abs().max()).unwrap();
+                assert!(diff < 1e-5, "after a prefix of {n} was fed: {diff}");
+            }
+            assert!(snapshot.tokens.view().equal(&tokens));
+            assert_eq!(snapshot.len(), 10);
+        });
+    }
+}
