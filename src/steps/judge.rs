@@ -82,7 +82,9 @@ impl Step for Judge {
         // 10: the same result again after the user asked for another; a clock time whose hour
         // is a word.
         // 11: a request to confirm that states nothing to confirm.
-        11
+        // 12: a question asked in the turn that confirmed a transaction is answered by the
+        // reply that reports it.
+        12
     }
 
     fn about(&self) -> &'static str {
