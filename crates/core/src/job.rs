@@ -684,13 +684,9 @@ pub struct ServeParams {
     pub predict: PredictParams,
     /// Prompts whose attention caches a worker keeps, so that a prompt beginning as a kept one
     /// does (a conversation's next turn, the same tool header) feeds only what follows; 0
-    /// reuses nothing. The tiny family only.
-    #[serde(default = "default_prefix_cache")]
+    /// reuses nothing (`tracelab serve --prefix-cache`, which sets the default). The tiny
+    /// family only.
     pub prefix_cache: usize,
-}
-
-fn default_prefix_cache() -> usize {
-    16
 }
 
 /// One line a `serve` worker writes back per batch (after `{"ready": …}` once at start).

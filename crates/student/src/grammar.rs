@@ -781,6 +781,14 @@ pub struct Limits {
     pub forced_runs: bool,
 }
 
+impl Limits {
+    /// The room a prompt leaves after it: a whole call and its `<|call|>`-closing token
+    /// (`ChatTemplate::prompt`'s reserve, and the positions a decoding cache makes room for).
+    pub fn room(&self) -> usize {
+        self.max_new_tokens + 1
+    }
+}
+
 impl Default for CallState {
     fn default() -> Self {
         Self::new()

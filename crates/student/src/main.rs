@@ -95,8 +95,13 @@ fn tools(job: &WorkerJob) -> Result<ToolSet, WorkerError> {
         .map_err(|e| WorkerError::Invalid(e.to_string()))
 }
 
-/// A tiny student from the job's `model`, `tokenizer` and `tools`, ready to decode with `p`.
-fn load_tiny(job: &WorkerJob, p: PredictParams) -> Result<serve::Served, WorkerError> {
+/// A tiny student from the job's `model`, `tokenizer` and `tools`, ready to decode with `p`,
+/// keeping the caches of `prefix_cache` recent prompts for reuse (served requests only).
+fn load_tiny(
+    job: &WorkerJob,
+    p: PredictParams,
+    prefix_cache: usize,
+) -> Result<serve::Served, WorkerError> {
     let tools = tools(job)?;
     let tok = tokenizer::load(input(job, "tokenizer")?)?;
     let dev = train::device(p.device)?;
@@ -122,7 +127,7 @@ fn load_tiny(job: &WorkerJob, p: PredictParams) -> Result<serve::Served, WorkerE
         spans,
         params: p,
         dev,
-        prefixes: std::cell::RefCell::new(prefix::PrefixCache::new(0)),
+        prefixes: std::cell::RefCell::new(prefix::PrefixCache::new(prefix_cache)),
     })
 }
 
@@ -238,7 +243,7 @@ fn run(job: &WorkerJob) -> Result<Value, WorkerError> {
                 data::write_predictions(&job.output, &pairs, &calls)?;
                 return Ok(stats);
             }
-            let served = load_tiny(job, p)?;
+            let served = load_tiny(job, p, 0)?;
             let pairs = data::read_pairs(input(job, "pairs")?)?;
             let (calls, stats) = predict::predict(
                 &served.model,
@@ -266,7 +271,7 @@ fn run(job: &WorkerJob) -> Result<Value, WorkerError> {
                     &p,
                     &sidecar,
                 )?),
-                None => Box::new(load_tiny(job, p)?.with_prefix_cache(prefix_cache)),
+                None => Box::new(load_tiny(job, p, prefix_cache)?),
             };
             emit(&json!({"ready": {
                 "functions": served.functions(),

@@ -33,7 +33,7 @@ pub fn predict(
     let context = model.cfg.context as usize;
     let prompts: Vec<Prompt> = pairs
         .iter()
-        .map(|pair| tpl.prompt(&pair.question, context, lim.max_new_tokens + 1))
+        .map(|pair| tpl.prompt(&pair.question, context, lim.room()))
         .collect();
     let mut order: Vec<usize> = (0..pairs.len()).collect();
     order.sort_by_key(|&i| prompts[i].tokens.len());
@@ -132,8 +132,7 @@ pub fn decode_states(
     spans: Option<&SpanSetup>,
     dev: Device,
 ) -> Vec<CallState> {
-    // The prompt left room for this many tokens after it (`ChatTemplate::prompt`).
-    let started = prefill_batch(model, tpl, prompts, lim.max_new_tokens + 1, dev);
+    let started = prefill_batch(model, tpl, prompts, lim.room(), dev);
     decode_from(
         model, tpl, prompts, started, callable, samplers, lim, digits, spans, dev,
     )
@@ -208,7 +207,7 @@ pub fn decode_from(
     let decoding = spans.map(|s| s.decoding().clone()).unwrap_or_default();
     let pad = tpl.sp.pad as i64;
     // The prompt left room for this many tokens after it (`ChatTemplate::prompt`).
-    let room = lim.max_new_tokens + 1;
+    let room = lim.room();
     let mut fed = 0;
     // What each sequence may take next, where the last forced-run check already asked.
     let mut known: Vec<Allowed> = Vec::new();

@@ -36,15 +36,6 @@ impl Entry {
     }
 }
 
-/// How a prompt was prefilled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reuse {
-    /// Tokens of the prompt whose cache came from an earlier prompt.
-    pub reused: usize,
-    /// Tokens fed.
-    pub fed: usize,
-}
-
 impl PrefixCache {
     /// Keeps the caches of up to `capacity` prompts (0: reuse nothing).
     pub fn new(capacity: usize) -> PrefixCache {
@@ -56,8 +47,8 @@ impl PrefixCache {
 
     /// Prefills `prompt` alone (a batch of one), from the longest beginning it shares with a
     /// kept prompt, with room for `room` generated tokens; keeps its cache for the prompts after
-    /// it. Returns what
-    /// [`prefill_batch`] returns, and how much was reused.
+    /// it. Returns what [`prefill_batch`] returns, and how many of the prompt's tokens had their
+    /// cache from an earlier prompt (not fed).
     pub fn prefill(
         &mut self,
         model: &Tiny,
@@ -65,7 +56,7 @@ impl PrefixCache {
         prompt: &Prompt,
         room: usize,
         dev: Device,
-    ) -> (Cache, StepOutput, Reuse) {
+    ) -> (Cache, StepOutput, usize) {
         let n = prompt.tokens.len();
         // At least the last token is fed: its output is the first choice's distribution.
         let best = (self.entries.iter().enumerate())
@@ -89,14 +80,7 @@ impl PrefixCache {
             }
         };
         self.keep(prompt, &cache);
-        (
-            cache,
-            out,
-            Reuse {
-                reused,
-                fed: n - reused,
-            },
-        )
+        (cache, out, reused)
     }
 
     /// Keeps `cache` (at the end of `prompt`) as the most recent entry; a kept prompt that this

@@ -109,7 +109,7 @@ impl Answerer for Served {
                 .map(|(_, _, _, s)| s.as_ref().map(Sampler::new))
                 .collect();
             let (states, cached) = tch::no_grad(|| {
-                let (started, cached) = self.prefill(&prompts, lim.max_new_tokens + 1);
+                let (started, cached) = self.prefill(&prompts, lim.room());
                 let states = decode_from(
                     &self.model,
                     &self.tpl,
@@ -140,14 +140,6 @@ impl Answerer for Served {
 }
 
 impl Served {
-    /// Keeps the caches of up to `prompts` recent prompts for reuse ([`PrefixCache`]).
-    pub fn with_prefix_cache(self, prompts: usize) -> Served {
-        Served {
-            prefixes: RefCell::new(PrefixCache::new(prompts)),
-            ..self
-        }
-    }
-
     /// Prefills a batch: a prompt alone from the prefix cache, a batch of several in full (their
     /// prefixes would need aligning). Returns the start and, for a prompt alone, how many of its
     /// tokens were reused.
@@ -155,9 +147,9 @@ impl Served {
         match prompts {
             [one] => {
                 let mut prefixes = self.prefixes.borrow_mut();
-                let (cache, out, reuse) =
+                let (cache, out, reused) =
                     prefixes.prefill(&self.model, &self.tpl, one, room, self.dev);
-                ((cache, out), reuse.reused)
+                ((cache, out), reused)
             }
             _ => (
                 prefill_batch(&self.model, &self.tpl, prompts, room, self.dev),
@@ -176,10 +168,7 @@ impl Served {
         let known = self.functions();
         let messages = read_query(q, &known)?;
         let callable: Vec<bool> = known.iter().map(|f| q.functions.contains(f)).collect();
-        Ok((
-            self.tpl.prompt(&messages, context, lim.max_new_tokens + 1),
-            callable,
-        ))
+        Ok((self.tpl.prompt(&messages, context, lim.room()), callable))
     }
 }
 
