@@ -1002,21 +1002,15 @@ impl Rubric<'_> {
     /// When the user's latest turn asks for a field of the results ("what is their phone
     /// number?"), the reply must give it, talk about it, or say it cannot.
     fn check_answers_request(&self, ctx: &Context, message: &str) -> Option<(Fault, String)> {
-        // The user's latest turn, also when it confirmed a transaction that ran since: "Yes,
-        // book it. Do they serve alcohol?" is answered by the reply that reports the booking
-        // (the labelling guide's rule since session 35).
-        let last = match ctx.turns.as_slice() {
-            [.., u, a, t]
-                if u.speaker == Speaker::User
-                    && a.speaker == Speaker::Assistant
-                    && a.call.is_some()
-                    && t.speaker == Speaker::Tool =>
-            {
-                u
-            }
-            [.., u] if u.speaker == Speaker::User => u,
-            _ => return None,
-        };
+        // The user's latest turn, past the service calls and results since: "Yes, book it. Do
+        // they serve alcohol?" is answered by the reply that reports the booking (the labelling
+        // guide's rule since session 35).
+        let last = ctx.turns.iter().rev().find(|t| {
+            !(t.speaker == Speaker::Tool || t.speaker == Speaker::Assistant && t.call.is_some())
+        })?;
+        if last.speaker != Speaker::User {
+            return None;
+        }
         let questions = questions_of(&last.text);
         if questions.is_empty() {
             return None;
