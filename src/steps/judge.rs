@@ -84,7 +84,9 @@ impl Step for Judge {
         // 11: a request to confirm that states nothing to confirm.
         // 12: a question asked in the turn that confirmed a transaction is answered by the
         // reply that reports it.
-        12
+        // 13: ... even when the question names no field of the record ("their contact
+        // number?", "is a band playing?"): the reply must talk about one of its facts.
+        13
     }
 
     fn about(&self) -> &'static str {

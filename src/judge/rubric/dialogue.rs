@@ -19,6 +19,7 @@ use super::{
     find_phrase, find_words, Clause, Fault, Rubric, CONFIRMATION_CUES, FAILURE_PHRASES,
     FIELD_VERBS, NEGATIONS, SUCCESS_PHRASES,
 };
+use crate::conversation::ToolCall;
 use crate::judge::context::{Context, ResultBlock, Speaker};
 use crate::judge::normalize::{fold, parse_date, parse_number, parse_time, value_text, ValueKind};
 use crate::tools::FunctionKind;
@@ -1026,6 +1027,7 @@ impl Rubric<'_> {
         let stated = self.stated_in(message, &BTreeSet::new());
         let (fields, all_fields) = self.askable_fields(ctx);
         let mut asked: Vec<(String, &String)> = Vec::new();
+        let mut named_a_field = false;
         for field in &fields {
             let phrases = self.field_phrases(field, &all_fields);
             // "Where is it?" asks for a field that says where.
@@ -1040,6 +1042,7 @@ impl Rubric<'_> {
             if !in_question {
                 continue;
             }
+            named_a_field = true;
             let mentioned = phrases.iter().any(|p| find_phrase(&rw, p).is_some());
             let values: Vec<String> = ctx
                 .records()
@@ -1084,12 +1087,58 @@ impl Rubric<'_> {
         if gives_other {
             return None;
         }
-        asked.first().map(|(phrase, field)| {
-            (
+        if let Some((phrase, field)) = asked.first() {
+            return Some((
                 Fault::IgnoresRequest,
                 format!("does not answer the user's question about the {phrase} ({field})"),
+            ));
+        }
+        // A question asked with the confirmation of a transaction that then returned its record
+        // is a question about what was booked, even in words no field has ("Can I have their
+        // contact number?", "Is a band playing that night?"): the reply reporting the booking
+        // must talk about one of the record's facts the confirmation did not fix (by value or
+        // by its field's words) or say it cannot.
+        let call = self.confirmed_transaction_returned(ctx)?;
+        if named_a_field {
+            return None;
+        }
+        let answered = fields
+            .iter()
+            .filter(|f| !call.arguments.contains_key(f.as_str()))
+            .any(|f| {
+                let mut values = ctx.records().filter_map(|r| r.get(f.as_str()));
+                values.any(|v| self.reply_gives(v, f, &rw, &numbers, &stated))
+                    || self
+                        .field_phrases(f, &all_fields)
+                        .iter()
+                        .any(|p| find_phrase(&rw, p).is_some())
+            });
+        (!answered).then(|| {
+            (
+                Fault::IgnoresRequest,
+                format!(
+                    "reports the {} but not what was asked with its confirmation ({:?})",
+                    call.name, questions[0]
+                ),
             )
         })
+    }
+
+    /// The transaction whose result, holding a record, ends the prefix, when it was called
+    /// right after the user's latest turn (the turn that confirmed it).
+    fn confirmed_transaction_returned<'c>(&self, ctx: &'c Context) -> Option<&'c ToolCall> {
+        let block = ctx.results.last()?;
+        let call = block.call.as_ref()?;
+        let called_after_user = ctx.turns[..block.turn]
+            .iter()
+            .rev()
+            .find(|t| t.speaker != Speaker::Tool && t.call.is_none())
+            .is_some_and(|t| t.speaker == Speaker::User);
+        (ctx.ends_with_result()
+            && !block.records.is_empty()
+            && called_after_user
+            && self.is_transaction(&call.name))
+        .then_some(call)
     }
 
     /// Whether a reply (folded words `rw`, its digit numbers and stated values) gives the
