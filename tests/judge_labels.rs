@@ -19,7 +19,7 @@ use tracelab::judge::{judge_rows, parse_call, JudgeOptions, JudgeSetup, Row};
 use tracelab::task::Task;
 use tracelab::tools::ToolSet;
 
-/// Agreement floors: a change that lowers agreement below them fails here. Constructed: all 52
+/// Agreement floors: a change that lowers agreement below them fails here. Constructed: all 54
 /// agree. Drawn: just under what the judge reached on each half when the labels were recorded
 /// (see the README), so a change that costs more than a pair or two fails.
 const CONSTRUCTED_FLOOR: f64 = 1.0;
@@ -28,7 +28,7 @@ const DRAWN_TEST_FLOOR: f64 = DRAWN_TEST_MEASURED - 0.015;
 const DRAWN_DEV_MEASURED: f64 = 0.969;
 const DRAWN_TEST_MEASURED: f64 = 0.925;
 const PRETRAINED_FLOOR: f64 = PRETRAINED_MEASURED - 0.015;
-const PRETRAINED_MEASURED: f64 = 0.956;
+const PRETRAINED_MEASURED: f64 = 0.962;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/judge-labels")

@@ -85,7 +85,8 @@ impl Step for Judge {
         // 12: a question asked in the turn that confirmed a transaction is answered by the
         // reply that reports it.
         // 13: ... even when the question names no field of the record ("their contact
-        // number?", "is a band playing?"): the reply must talk about one of its facts.
+        // number?", "is a band playing?"): the reply must talk about one of its facts; a
+        // reply that proposes again only values of a proposal the user just declined.
         13
     }
 

@@ -209,7 +209,48 @@ impl Rubric<'_> {
         out.extend(self.check_repeats(ctx, message));
         out.extend(self.check_takes_given_values(ctx, message, &timeline));
         out.extend(self.check_takes_transaction_request(ctx, message));
+        out.extend(self.check_proposes_declined(ctx, message));
         out
+    }
+
+    /// The user just declined what the previous reply proposed ("No, I don't want that.") and
+    /// gave no value of their own: a reply that proposes or asks to confirm again only times,
+    /// dates or counts of the declined proposal contradicts them ("Please confirm: 17:30" after
+    /// "how about 5:30 pm instead?" was refused). A new value, or none, is not this fault.
+    fn check_proposes_declined(&self, ctx: &Context, message: &str) -> Option<(Fault, String)> {
+        let (user, earlier) = ctx.turns.split_last()?;
+        let first = fold(&user.text);
+        let first = first.split(' ').next().unwrap_or("");
+        if user.speaker != Speaker::User || !matches!(first, "no" | "nope" | "nah") {
+            return None;
+        }
+        let nouns = self.count_nouns();
+        if !self.stated_in(&user.text, &nouns).is_empty() {
+            return None;
+        }
+        let proposal = earlier
+            .iter()
+            .rev()
+            .find(|t| t.speaker != Speaker::Tool)
+            .filter(|t| t.speaker == Speaker::Assistant && t.call.is_none())?;
+        let declined = self.stated_in(&proposal.text, &nouns);
+        let stated = self.stated_in(message, &nouns);
+        let reply_words = fold(message);
+        let proposes = message.contains('?')
+            || reply_words
+                .split(' ')
+                .any(|w| CONFIRMATION_CUES.contains(&w));
+        let again =
+            !stated.is_empty() && stated.iter().all(|s| declined.iter().any(|d| s.matches(d)));
+        (proposes && again).then(|| {
+            (
+                Fault::ContradictsUser,
+                format!(
+                    "proposes again {:?}, which the user just declined",
+                    stated[0].text
+                ),
+            )
+        })
     }
 
     /// A reply that gives two of the user's values each the other's place: where the reference
