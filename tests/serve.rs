@@ -171,6 +171,16 @@ fn a_served_student_answers_the_openai_client_and_matches_its_own_predictions() 
         ],
         Some(&packed),
     );
+    // The value rules predict learned travel in the packed model's config (train saves none).
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(packed.join("model/config.json")).unwrap())
+            .unwrap();
+    assert!(
+        config["span_params"]
+            .as_object()
+            .is_some_and(|m| !m.is_empty()),
+        "the packed config holds the cell's rules: {config}"
+    );
     let (_copy, copy_url) = serve(exe, elsewhere.path(), &["--model", "my-student"]);
     let ask = r#"{"model": "student", "tool_choice": "required",
         "messages": [{"role": "user", "content": "I want Mexican food in Oakland."}],

@@ -1,10 +1,10 @@
 //! `tracelab serve`: a trained student behind the OpenAI Chat Completions API.
 //!
-//! Three parts: [`resolve_cell`] finds a cell's trained model, tokenizer and tools in the cache
-//! (or [`student_dir`] reads them from a directory [`pack`] wrote);
-//! a [`Pool`] keeps long-lived `tracelab-student` workers (the model loaded once; libtorch stays
-//! out of this process) and batches the requests that arrive together into one line per worker;
-//! [`serve`] answers HTTP with [`api`]'s protocol.
+//! Three parts: [`resolve_cell`] finds a cell's trained model, tokenizer, tools and the value
+//! rules its predict step learned in the cache (or [`student_dir`] reads them from a directory
+//! [`pack`] wrote); a [`Pool`] keeps long-lived `tracelab-student` workers (the model loaded
+//! once; libtorch stays out of this process) and batches the requests that arrive together into
+//! one line per worker; [`serve`] answers HTTP with [`api`]'s protocol.
 
 pub mod api;
 
@@ -51,6 +51,9 @@ pub struct Target {
     pub tokenizer: PathBuf,
     /// The tools file.
     pub tools: PathBuf,
+    /// The value rules predict learned and decoded with (`rules.json`, a tiny student's); none
+    /// for a packed student (its `model/config.json` holds them) or a qwen3 one.
+    pub rules: Option<PathBuf>,
     /// The predict step's canonical parameters (decoding settings).
     pub params: Value,
 }
@@ -104,10 +107,23 @@ pub fn resolve_cell(
             .cloned()
             .ok_or_else(|| ServeError::Setup(format!("{label} has no {}", a.noun())))
     };
+    // The rules the cell's predictions were decoded with: served the same way.
+    let predicted = plan
+        .iter()
+        .find(|l| l.label == label)
+        .and_then(|l| l.cached.clone())
+        .ok_or_else(|| {
+            ServeError::Setup(format!(
+                "{label} is not in the cache (it learns the student's value rules): run \
+                 `tracelab run EXP --only '{cell}/*'` first"
+            ))
+        })?;
+    let rules = cache.out_dir(&predicted).join(RULES_FILE);
     Ok(Target {
         model: take(Artifact::Model)?,
         tokenizer: take(Artifact::Tokenizer)?,
         tools: take(Artifact::Tools)?,
+        rules: rules.is_file().then_some(rules),
         params: dag.graph[node].params.clone(),
     })
 }
@@ -117,6 +133,8 @@ const STUDENT_MODEL: &str = "model";
 const STUDENT_TOKENIZER: &str = "tokenizer.json";
 const STUDENT_TOOLS: &str = "tools.json";
 const STUDENT_PARAMS: &str = "predict.json";
+/// What the predict worker writes beside its predictions: a tiny student's value rules.
+const RULES_FILE: &str = "rules.json";
 
 /// Copies a target's files into `dir` (which must not exist yet) as a student directory:
 /// `model/`, `tokenizer.json`, `tools.json` and `predict.json` (the decoding parameters). The
@@ -136,6 +154,9 @@ pub fn pack(target: &Target, dir: &Path) -> Result<(), ServeError> {
             let e = e?;
             std::fs::copy(e.path(), tmp.join(STUDENT_MODEL).join(e.file_name()))?;
         }
+        if let Some(rules) = &target.rules {
+            with_rules(&tmp.join(STUDENT_MODEL).join("config.json"), rules)?;
+        }
         std::fs::copy(&target.tokenizer, tmp.join(STUDENT_TOKENIZER))?;
         std::fs::copy(&target.tools, tmp.join(STUDENT_TOOLS))?;
         let params = serde_json::to_string_pretty(&target.params).expect("params serialize");
@@ -146,6 +167,24 @@ pub fn pack(target: &Target, dir: &Path) -> Result<(), ServeError> {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     Ok(result?)
+}
+
+/// Puts the value rules of `rules` (a `rules.json`) into the model's `config.json`, where a
+/// packed student keeps them (their keys are the config's top-level rule keys).
+fn with_rules(config: &Path, rules: &Path) -> std::io::Result<()> {
+    let read = |p: &Path| -> std::io::Result<serde_json::Map<String, Value>> {
+        match serde_json::from_str(&std::fs::read_to_string(p)?) {
+            Ok(Value::Object(m)) => Ok(m),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: not a JSON object", p.display()),
+            )),
+        }
+    };
+    let mut merged = read(config)?;
+    merged.extend(read(rules)?);
+    let text = serde_json::to_string_pretty(&Value::Object(merged)).expect("JSON serializes");
+    std::fs::write(config, text)
 }
 
 /// A student directory's files (see [`pack`]); a missing one is named.
@@ -169,6 +208,7 @@ pub fn student_dir(dir: &Path) -> Result<Target, ServeError> {
         model: need(STUDENT_MODEL)?,
         tokenizer: need(STUDENT_TOKENIZER)?,
         tools: need(STUDENT_TOOLS)?,
+        rules: None,
         params,
     })
 }
@@ -306,7 +346,9 @@ impl Pool {
                 ("tokenizer".to_string(), target.tokenizer.clone()),
                 ("tools".to_string(), target.tools.clone()),
             ]
-            .into(),
+            .into_iter()
+            .chain(target.rules.clone().map(|r| ("rules".to_string(), r)))
+            .collect(),
             // `serve` writes nothing.
             output: PathBuf::new(),
             threads: threads.max(1),

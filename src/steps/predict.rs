@@ -1,7 +1,11 @@
 //! `predict`: the trained student answers every evaluation pair with one schema-valid call
 //! (constrained greedy decoding in the `tracelab-student` worker), or, with `model = "http"`, any
 //! OpenAI-compatible endpoint does (see [`crate::http_predictor`]), so a teacher or a deployed
-//! model becomes a row of the table.
+//! model becomes a row of the table. The tiny student's value rules (which arguments are copied
+//! spans, their vocabularies, the words that are evidence for an optional argument) are learned
+//! here from the cell's training conversations, not in `train`: a change to them, or to
+//! `[predict.rules]`, reruns predict and judge only. The worker writes them beside the
+//! predictions (`rules.json`), where `tracelab serve --cell` and `tracelab pack` find them.
 
 use std::sync::Arc;
 
@@ -56,12 +60,20 @@ fn http_params(params: &Value) -> Result<Value, ParamError> {
     Ok(v)
 }
 
+/// The canonical parameters of the cell's student, its rule thresholds checked.
+fn student_params(params: &Value) -> Result<Value, ParamError> {
+    let v = canonicalize::<PredictParams>(params)?;
+    let p: PredictParams = serde_json::from_value(v.clone()).expect("canonical");
+    p.rules.check()?;
+    Ok(v)
+}
+
 /// The `predict` step.
 pub struct Predict;
 
 /// Revision of the worker's decoding alone on top of [`super::train::WORKER_VERSION`] (which
 /// covers what all three worker steps share): bumped for a decoding change that needs no
-/// retraining. Since version 10: none yet.
+/// retraining. Since version 11: none yet.
 const DECODE_REVISION: u32 = 0;
 
 impl Step for Predict {
@@ -81,6 +93,7 @@ impl Step for Predict {
             Artifact::Tokenizer,
             Artifact::Pairs,
             Artifact::Tools,
+            Artifact::Traces,
         ]
     }
     fn produces(&self) -> &'static [Artifact] {
@@ -97,11 +110,11 @@ impl Step for Predict {
         match params.get("model") {
             Some(_) if is_http(params) => http_params(params),
             // The student is the default: naming it leaves the cache key as it was.
-            None => canonicalize::<PredictParams>(params),
+            None => student_params(params),
             Some(Value::String(s)) if s == "student" => {
                 let mut rest = params.clone();
                 rest.as_object_mut().expect("a table").remove("model");
-                canonicalize::<PredictParams>(&rest)
+                student_params(&rest)
             }
             Some(other) => Err(ParamError {
                 path: "model".into(),
@@ -129,6 +142,7 @@ impl Step for Predict {
                 ("tokenizer", Artifact::Tokenizer),
                 ("pairs", Artifact::Pairs),
                 ("tools", Artifact::Tools),
+                ("traces", Artifact::Traces),
             ],
             &out,
         )?;

@@ -343,7 +343,9 @@ pub(crate) fn worker_resource(params: &Value, jobs: usize) -> Resource {
 /// a number after a part of the day that counts the word after it stays as said by a language
 /// rule, not a list of head-count words ("evening 2 tickets" used to become a clock time); "evening 7
 /// pm" is one time; a date inside a rewritten time is left alone.
-pub const WORKER_VERSION: u32 = 10;
+/// 11: the value rules are learned by predict (and serve) from the training conversations, not
+/// by train: `model/config.json` holds none, predict writes `rules.json` beside its predictions.
+pub const WORKER_VERSION: u32 = 11;
 
 /// The `train` step.
 pub struct Train;

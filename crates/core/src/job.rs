@@ -154,8 +154,6 @@ pub struct TrainParams {
     pub threads: usize,
     /// Seed (weights, dropout, batch order).
     pub seed: u64,
-    /// Thresholds of the value rules learned from the training calls (`tiny`).
-    pub rules: RuleParams,
     /// Where the weights start (`tiny`): `none` (random, today's default) or `pretrained` (the
     /// weights of the cell's `pretrain` step, which must come before `train` in the pipeline
     /// and whose tokenizer the cell then uses). Left out of the canonical form when `none`, so
@@ -239,9 +237,11 @@ impl Default for CorpusParams {
     }
 }
 
-/// Thresholds of the value rules the tiny student learns from its training calls after training
-/// (`[train.rules]`). Each is explained where it is applied, in the student's `train` module;
-/// `crates/student/MEASUREMENTS.md` says on what split each default was chosen.
+/// Thresholds of the value rules the tiny student's decoding learns from the cell's training
+/// conversations (`[predict.rules]`): learned by `predict` (and `serve`), not `train`, so a
+/// change to them, or to how they are learned, reruns no training. Each is explained where it
+/// is applied, in the student's `train` module; `crates/student/MEASUREMENTS.md` says on what
+/// split each default was chosen.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuleParams {
@@ -279,7 +279,7 @@ impl Default for RuleParams {
 
 impl RuleParams {
     /// Rates and shares in [0, 1], a positive lift.
-    fn check(&self) -> Result<(), ParamError> {
+    pub fn check(&self) -> Result<(), ParamError> {
         for (key, v) in [
             ("keyed_rate", self.keyed_rate),
             ("span_rate", self.span_rate),
@@ -331,7 +331,6 @@ impl Default for TrainParams {
             lora: LoraParams::default(),
             gradient_checkpointing: false,
             save: SaveMode::Merged,
-            rules: RuleParams::default(),
             base: Base::None,
         }
     }
@@ -357,6 +356,15 @@ impl TrainParams {
     pub fn canonical(params: &Value) -> Result<Value, ParamError> {
         let mut raw = params.clone();
         if let Some(table) = raw.as_object_mut() {
+            if table.contains_key("rules") {
+                return Err(ParamError {
+                    path: "rules".into(),
+                    message: "the value rules' thresholds are [predict.rules]: predict learns \
+                              the rules from the training conversations, so changing one reruns \
+                              no training"
+                        .into(),
+                });
+            }
             if table.get("family").and_then(Value::as_str) == Some("qwen3") {
                 for (key, value) in qwen3_defaults() {
                     table.entry(key).or_insert(value);
@@ -400,7 +408,6 @@ impl TrainParams {
                     ));
                 }
                 self.check_tiny_shape()?;
-                self.rules.check()?;
             }
             "qwen3" => {
                 if self.model_dir.as_deref().is_none_or(str::is_empty) {
@@ -421,7 +428,6 @@ impl TrainParams {
                     ("dropout", self.dropout != d.dropout),
                     ("copy_dim", self.copy_dim != d.copy_dim),
                     ("max_records", self.max_records != d.max_records),
-                    ("rules", self.rules != d.rules),
                 ];
                 if let Some((key, _)) = tiny_only.iter().find(|(_, set)| *set) {
                     return Err(err(
@@ -564,6 +570,9 @@ pub struct PredictParams {
     pub max_new_tokens: usize,
     /// Span decoding's bonuses (the tiny student).
     pub decoding: DecodeParams,
+    /// Thresholds of the value rules decoding learns from the training conversations (the
+    /// tiny student).
+    pub rules: RuleParams,
     /// Feed the tokens the schema constraints force (the rest of a function's name or key,
     /// `<|val|>` after a key) in one forward pass with the token before them (the tiny
     /// student). The same calls come out either way, greedy or sampled; `false` only measures
@@ -608,6 +617,7 @@ impl Default for PredictParams {
             max_value_tokens: 40,
             max_new_tokens: 64,
             decoding: DecodeParams::default(),
+            rules: RuleParams::default(),
             forced_runs: true,
         }
     }
@@ -720,38 +730,37 @@ pub struct ServeAnswer {
 mod tests {
     use super::*;
 
-    fn parsed(toml_like: Value) -> TrainParams {
+    fn parsed(toml_like: Value) -> PredictParams {
         serde_json::from_value(toml_like).expect("parses")
     }
 
     #[test]
-    fn rule_thresholds_are_checked_and_belong_to_the_tiny_family() {
+    fn rule_thresholds_are_checked_and_belong_to_predict() {
         let ok = parsed(serde_json::json!({"rules": {"evidence_lift": 3.0}}));
         assert_eq!(ok.rules.evidence_lift, 3.0);
         assert_eq!(ok.rules.keyed_rate, RuleParams::default().keyed_rate);
-        ok.check().expect("a tiny student takes rule thresholds");
+        ok.rules.check().expect("valid thresholds");
 
         let e = parsed(serde_json::json!({"rules": {"span_rate": 1.5}}))
+            .rules
             .check()
             .unwrap_err();
         assert_eq!(e.path, "rules.span_rate");
         assert!(e.message.contains("[0, 1]"), "{}", e.message);
         let e = parsed(serde_json::json!({"rules": {"evidence_lift": 0.0}}))
+            .rules
             .check()
             .unwrap_err();
         assert_eq!(e.path, "rules.evidence_lift");
-
-        let e = parsed(serde_json::json!({
-            "family": "qwen3", "model_dir": "m", "rules": {"vocab_rate": 0.5}
-        }))
-        .check()
-        .unwrap_err();
-        assert_eq!(e.path, "rules", "{e:?}");
         assert!(
-            serde_json::from_value::<TrainParams>(serde_json::json!({"rules": {"bonus": 1}}))
+            serde_json::from_value::<PredictParams>(serde_json::json!({"rules": {"bonus": 1}}))
                 .is_err(),
             "unknown rule keys are refused"
         );
+        let e =
+            TrainParams::canonical(&serde_json::json!({"rules": {"span_rate": 0.4}})).unwrap_err();
+        assert_eq!(e.path, "rules");
+        assert!(e.message.contains("[predict.rules]"), "{}", e.message);
     }
 
     #[test]

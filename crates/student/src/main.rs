@@ -16,8 +16,8 @@
 //! | `tokenizer` | `traces`, `tools`, optional `user_tokenizer` or `checkpoint_tokenizer` | `tokenizer.json` | `TokenizerParams` |
 //! | `train` | `traces`, `tools`, `tokenizer`, optional `task` (reference date), `base_model` (qwen3's checkpoint, or tiny's pretrained `model/`) | `model/` | `TrainParams` |
 //! | `pretrain` | `corpus` (a directory of `<service>.jsonl` and `<service>.tools.json`) | `tokenizer.json` and `model/` in the output directory | `PretrainParams` |
-//! | `predict` | `model`, `tokenizer`, `pairs`, `tools` | `predictions.jsonl` | `PredictParams` |
-//! | `serve` | `model`, `tokenizer`, `tools` | none | `ServeParams` |
+//! | `predict` | `model`, `tokenizer`, `pairs`, `tools`, `traces` (the training conversations the tiny student's value rules are learned from) | `predictions.jsonl`, and `rules.json` beside it (tiny: the rules it decoded with) | `PredictParams` |
+//! | `serve` | `model`, `tokenizer`, `tools`, optional `rules` (a `rules.json` predict wrote; without it, those in `model/config.json`, where `tracelab pack` puts them) | none | `ServeParams` |
 //!
 //! `serve` (either family) prints `{"ready": {"functions": […], "respond": name}}` once the model
 //! is loaded, then
@@ -95,6 +95,29 @@ fn tools(job: &WorkerJob) -> Result<ToolSet, WorkerError> {
         .map_err(|e| WorkerError::Invalid(e.to_string()))
 }
 
+/// The value rules a tiny student decodes with: learned from the job's `traces` (the training
+/// conversations) with `p.rules`' thresholds, read from its `rules` file, or, for a packed
+/// student, those of `model/config.json`.
+fn value_rules(
+    job: &WorkerJob,
+    tpl: &ChatTemplate,
+    p: &PredictParams,
+    saved: train::ValueRules,
+) -> Result<train::ValueRules, WorkerError> {
+    if let Some(path) = job.inputs.get("traces") {
+        let convs = data::read_conversations(path)?;
+        return Ok(train::ValueRules::learn(tpl, &convs, &p.rules));
+    }
+    match job.inputs.get("rules") {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| WorkerError::io(path, e))?;
+            serde_json::from_str(&text)
+                .map_err(|e| WorkerError::Invalid(format!("{}: {e}", path.display())))
+        }
+        None => Ok(saved),
+    }
+}
+
 /// A tiny student from the job's `model`, `tokenizer` and `tools`, ready to decode with `p`,
 /// keeping the caches of `prefix_cache` recent prompts for reuse (served requests only).
 fn load_tiny(
@@ -119,8 +142,10 @@ fn load_tiny(
         saved.reference_date.as_deref(),
     )
     .map_err(WorkerError::Invalid)?;
-    let spans = grammar::SpanSetup::new(&tpl, &saved.rules, &p.decoding);
+    let rules = value_rules(job, &tpl, &p, saved.rules)?;
+    let spans = grammar::SpanSetup::new(&tpl, &rules, &p.decoding);
     Ok(serve::Served {
+        rules,
         digits: grammar::digit_tokens(&tpl),
         model,
         tpl,
@@ -255,6 +280,14 @@ fn run(job: &WorkerJob) -> Result<Value, WorkerError> {
                 &mut report,
             );
             data::write_predictions(&job.output, &pairs, &calls)?;
+            // The rules beside the predictions: what `tracelab serve --cell` and `pack` use.
+            let rules_path = job.output.with_file_name("rules.json");
+            let text = serde_json::to_string_pretty(&served.rules).expect("rules serialize");
+            std::fs::write(&rules_path, text).map_err(|e| WorkerError::io(&rules_path, e))?;
+            let mut stats = stats;
+            if let Value::Object(m) = &mut stats {
+                m.insert("rules".into(), Value::Object(served.rules.stats()));
+            }
             Ok(stats)
         }
         "serve" => {

@@ -20,6 +20,7 @@ use crate::prefix::PrefixCache;
 use crate::qwen3_student::Qwen3Served;
 use crate::sampling::Sampler;
 use crate::template::{ChatTemplate, Prompt};
+use crate::train::ValueRules;
 use crate::WorkerError;
 
 /// A loaded student that answers served queries.
@@ -65,6 +66,8 @@ pub struct Served {
     pub model: Tiny,
     /// Its template (tools, tokenizer).
     pub tpl: ChatTemplate,
+    /// The value rules it decodes with (learned from the training conversations).
+    pub rules: ValueRules,
     /// Its span rules with the decoding bonuses.
     pub spans: SpanSetup,
     /// Decoding settings.

@@ -64,6 +64,38 @@ pub struct ValueRules {
 }
 
 impl ValueRules {
+    /// What the manifest records of the rules: the span and keyed arguments, and the sizes of
+    /// the word and value lists (so it stays readable).
+    pub fn stats(&self) -> serde_json::Map<String, Value> {
+        fn sizes<C>(
+            rule: &BTreeMap<String, BTreeMap<String, C>>,
+            len: impl Fn(&C) -> usize,
+        ) -> BTreeMap<&str, BTreeMap<&str, usize>> {
+            rule.iter()
+                .map(|(f, args)| {
+                    let n = args.iter().map(|(k, v)| (k.as_str(), len(v)));
+                    (f.as_str(), n.collect())
+                })
+                .collect()
+        }
+        let mut stats = serde_json::Map::new();
+        stats.insert("span_params".into(), json!(self.span_params));
+        stats.insert("keyed_params".into(), json!(self.keyed_params));
+        stats.insert(
+            "evidence_params".into(),
+            json!(sizes(&self.evidence_params, BTreeSet::len)),
+        );
+        stats.insert(
+            "vocab_params".into(),
+            json!(sizes(&self.vocab_params, Vec::len)),
+        );
+        stats.insert(
+            "alias_params".into(),
+            json!(sizes(&self.alias_params, BTreeMap::len)),
+        );
+        stats
+    }
+
     /// Learns every rule from the training conversations. A categorical argument is decoded as
     /// a span too (its vocabulary is a source besides the conversation), so it joins the span
     /// arguments before the keyed ones are chosen.
@@ -788,7 +820,8 @@ fn load_base(vs: &mut nn::VarStore, cfg: &TinyConfig, dir: &Path) -> Result<(), 
 }
 
 /// Trains the tiny student on the cell's conversations (from `base`'s weights when given) and
-/// saves it with the value rules learned from the same conversations.
+/// saves it, with no value rules: `predict` and `serve` learn those from the same conversations
+/// ([`ValueRules::learn`]), so a change to them retrains nothing.
 pub fn train(
     p: &TrainParams,
     tpl: &ChatTemplate,
@@ -804,35 +837,15 @@ pub fn train(
         .flat_map(|c| tpl.windows(&tpl.render(&c.messages), p.context as usize))
         .collect();
     let Fitted { vs, mut stats } = fit(p, &cfg, tpl, &windows, base, progress)?;
-    let rules = ValueRules::learn(tpl, conversations, &p.rules);
-    save(&vs, &cfg, p.max_records, reference_date, &rules, out)?;
+    save(
+        &vs,
+        &cfg,
+        p.max_records,
+        reference_date,
+        &ValueRules::default(),
+        out,
+    )?;
     stats.insert("base".into(), json!(base.is_some()));
-    stats.insert("span_params".into(), json!(rules.span_params));
-    stats.insert("keyed_params".into(), json!(rules.keyed_params));
-    // Word and value lists by their sizes: the manifest stays readable.
-    fn sizes<C>(
-        rule: &BTreeMap<String, BTreeMap<String, C>>,
-        len: impl Fn(&C) -> usize,
-    ) -> BTreeMap<&str, BTreeMap<&str, usize>> {
-        rule.iter()
-            .map(|(f, args)| {
-                let n = args.iter().map(|(k, v)| (k.as_str(), len(v)));
-                (f.as_str(), n.collect())
-            })
-            .collect()
-    }
-    stats.insert(
-        "evidence_params".into(),
-        json!(sizes(&rules.evidence_params, BTreeSet::len)),
-    );
-    stats.insert(
-        "vocab_params".into(),
-        json!(sizes(&rules.vocab_params, Vec::len)),
-    );
-    stats.insert(
-        "alias_params".into(),
-        json!(sizes(&rules.alias_params, BTreeMap::len)),
-    );
     Ok(Value::Object(stats))
 }
 

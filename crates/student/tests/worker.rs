@@ -100,10 +100,23 @@ fn tokenizer_train_predict_through_job_files() {
         d,
         json!({"task": "predict", "params": predict,
             "inputs": {"model": p("model"), "tokenizer": p("tokenizer.json"),
-                       "pairs": p("pairs.jsonl"), "tools": p("tools.json")},
+                       "pairs": p("pairs.jsonl"), "tools": p("tools.json"),
+                       "traces": p("traces.jsonl")},
             "output": p("predictions.jsonl"), "threads": 1}),
     );
     assert!(ok, "{err}");
+    // The value rules are learned at predict time from the training conversations, written
+    // beside the predictions and summarized in the stats; the model holds none.
+    let rules: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("rules.json")).unwrap()).unwrap();
+    assert!(
+        rules["span_params"]["FindRestaurants"].is_object(),
+        "{rules}"
+    );
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("model/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["span_params"], json!({}), "{config}");
     let rows: Vec<Value> = std::fs::read_to_string(d.join("predictions.jsonl"))
         .unwrap()
         .lines()
