@@ -116,6 +116,36 @@ fn smoke_experiment_runs_end_to_end_and_reruns_nothing() {
 
     concurrent_noop_runs_all_succeed(root, &sgd);
     a_noop_run_needs_no_write_access_to_the_cache(root, &sgd, &table);
+    a_rule_threshold_reruns_no_training(root, &sgd);
+}
+
+/// The student's value rules are learned by predict: a threshold of `[predict.rules]` reruns
+/// predict, judge and the report, and no training.
+fn a_rule_threshold_reruns_no_training(root: &Path, sgd: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tracelab"))
+        .args(["run", "experiments/smoke.toml", "--set"])
+        .arg(format!("data.path={}", sgd.display()))
+        .args(["--set", "predict.rules.evidence_lift=3"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let started: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("start"))
+        .map(str::trim)
+        .collect();
+    assert!(
+        started.iter().any(|l| l.ends_with("/predict")),
+        "predict reruns: {started:?}"
+    );
+    assert!(
+        started
+            .iter()
+            .all(|l| l.ends_with("/predict") || l.ends_with("/judge") || *l == "report"),
+        "only predict, judge and the report rerun: {started:?}"
+    );
 }
 
 /// One clean cell of a student trained from scratch with its own tokenizer (`base = "none"`,
