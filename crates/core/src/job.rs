@@ -261,6 +261,16 @@ pub struct RuleParams {
     /// Share of the calls passing an optional argument that must hold evidence for decoding to
     /// require some.
     pub evidence_coverage: f64,
+    /// How much more often a word must come before one span argument's values than before
+    /// each other span argument's of the function to be its cue ("from" for an origin, "to"
+    /// for a destination); 0 learns no cues. Left out of the canonical form when 0, so that
+    /// cache keys from before the rule existed stay valid.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cue_lift: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 impl Default for RuleParams {
@@ -273,6 +283,7 @@ impl Default for RuleParams {
             alias_share: 0.75,
             evidence_lift: 5.0,
             evidence_coverage: 0.9,
+            cue_lift: 0.0,
         }
     }
 }
@@ -293,6 +304,12 @@ impl RuleParams {
                     message: format!("must be in [0, 1], got {v}"),
                 });
             }
+        }
+        if !self.cue_lift.is_finite() || self.cue_lift < 0.0 {
+            return Err(ParamError {
+                path: "rules.cue_lift".into(),
+                message: format!("must be 0 (off) or positive, got {}", self.cue_lift),
+            });
         }
         if self.evidence_lift.is_nan() || self.evidence_lift <= 0.0 {
             return Err(ParamError {

@@ -125,6 +125,22 @@ pub struct Lexicon {
 }
 
 impl Lexicon {
+    /// The folded word right before position `j` of `run` (the tokens back to the one that
+    /// starts it); none at the run's start.
+    fn word_before(&self, run: &[u32], j: usize) -> Option<String> {
+        let mut k = j;
+        let mut text = String::new();
+        while k > 0 {
+            k -= 1;
+            let t = run[k] as usize;
+            text.insert_str(0, &self.texts[t]);
+            if self.starts_word[t] && self.lettered[t] {
+                break;
+            }
+        }
+        folded(&text).split_whitespace().last().map(str::to_string)
+    }
+
     /// Classifies every token of the template's vocabulary.
     pub fn new(tpl: &ChatTemplate) -> Lexicon {
         let texts: Vec<String> = (0..tpl.vocab)
@@ -193,6 +209,10 @@ pub struct SpanSetup {
     /// Per function, per parameter: the words that must occur in the user's messages for it
     /// to be passed (see [`crate::train::evidence_params`]).
     evidence: Arc<Vec<Vec<Option<BTreeSet<String>>>>>,
+    /// Per function, per parameter: the words after which its value does not start, the cues
+    /// of the function's other span arguments that are not its own (see
+    /// [`crate::train::cue_params`]).
+    not_after: Arc<Vec<Vec<BTreeSet<String>>>>,
     decoding: DecodeParams,
 }
 
@@ -356,8 +376,33 @@ impl SpanSetup {
             })
             .collect();
         let evidence = per_param(tpl, &rules.evidence_params, |words| words.cloned());
+        // An argument's value does not start after a cue of another of the function's span
+        // arguments, unless that word is its own cue too.
+        let not_after: Vec<Vec<BTreeSet<String>>> = tpl
+            .functions
+            .iter()
+            .map(|f| {
+                let cues = rules.cue_params.get(&f.name);
+                f.params
+                    .iter()
+                    .map(|p| {
+                        let Some(cues) = cues else {
+                            return BTreeSet::new();
+                        };
+                        let own = cues.get(&p.key);
+                        cues.iter()
+                            .filter(|(k, _)| *k != &p.key)
+                            .flat_map(|(_, words)| words)
+                            .filter(|w| own.is_none_or(|o| !o.contains(*w)))
+                            .cloned()
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
         SpanSetup {
             evidence: Arc::new(evidence),
+            not_after: Arc::new(not_after),
             lexicon: Arc::new(Lexicon::new(tpl)),
             params: Arc::new(params),
             labels: Arc::new(Labels::new(tpl, &rules.keyed_params)),
@@ -403,6 +448,8 @@ pub struct SpanSource {
     /// Per function, per parameter: whether it may be passed (it needs no evidence, or the
     /// user's messages have some).
     evident: Vec<Vec<bool>>,
+    /// Per function, per parameter: the words after which its value does not start.
+    not_after: Arc<Vec<Vec<BTreeSet<String>>>>,
     /// The bonuses of span decoding.
     decoding: DecodeParams,
 }
@@ -417,6 +464,7 @@ impl SpanSource {
             vocab,
             roles,
             evidence,
+            not_after,
             decoding,
         } = setup;
         let mut runs = Vec::new();
@@ -511,8 +559,14 @@ impl SpanSource {
             vocab: vocab.clone(),
             said,
             evident,
+            not_after: not_after.clone(),
             decoding: decoding.clone(),
         }
+    }
+
+    /// The words after which a value of the function's parameter does not start.
+    fn not_after(&self, func: usize, param: usize) -> &BTreeSet<String> {
+        &self.not_after[func][param]
     }
 
     /// The vocabulary of a function's parameter (none for most) and which of its values the
@@ -563,6 +617,7 @@ impl SpanSource {
         shape: SpanShape,
         key: Option<usize>,
         (vocab, said): (&[LearnedValue], &[bool]),
+        not_after: &BTreeSet<String>,
     ) -> Next {
         let lx = &self.lexicon;
         // Digits-shaped values take no token with a letter; word-shaped ones may end only once
@@ -618,11 +673,20 @@ impl SpanSource {
                 }
                 continue;
             }
+            // Not after another argument's cue ("to Denver" is no origin).
+            let cued_away = |j: usize| {
+                !not_after.is_empty()
+                    && lx
+                        .word_before(run, j)
+                        .is_some_and(|w| not_after.contains(&w))
+            };
             if prefix.is_empty() {
-                let starts = run.iter().filter(|&&t| {
-                    self.can_start(t, shape) && !(letters_first && lx.starts_digit[t as usize])
+                let starts = run.iter().enumerate().filter(|&(j, &t)| {
+                    self.can_start(t, shape)
+                        && !(letters_first && lx.starts_digit[t as usize])
+                        && !cued_away(j)
                 });
-                for &t in starts {
+                for (_, &t) in starts {
                     next.push(t);
                     // Only the value's first word starts it: a bonus for any word of a long
                     // labelled value would favour starting in its middle.
@@ -641,7 +705,7 @@ impl SpanSource {
                 run.len() - prefix.len()
             };
             for i in 0..=last_start {
-                if run[i..i + prefix.len()] != *prefix {
+                if run[i..i + prefix.len()] != *prefix || cued_away(i) {
                     continue;
                 }
                 let end = i + prefix.len();
@@ -974,7 +1038,13 @@ impl CallState {
                             mut preferred,
                             can_end,
                             whole,
-                        } = spans.next(&self.item, shape, key, spans.vocab_of(func, *p));
+                        } = spans.next(
+                            &self.item,
+                            shape,
+                            key,
+                            spans.vocab_of(func, *p),
+                            spans.not_after(func, *p),
+                        );
                         let full = self.item.len() >= lim.max_value_tokens || wrap_up;
                         if full {
                             continuations.clear();

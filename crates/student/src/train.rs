@@ -61,6 +61,10 @@ pub struct ValueRules {
     /// without saying it (see [`alias_params`]).
     #[serde(default)]
     pub alias_params: AliasParams,
+    /// Per function, per span argument: the words that, said right before a value in the
+    /// user's messages, mark it as this argument's and not another's (see [`cue_params`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cue_params: CueParams,
 }
 
 impl ValueRules {
@@ -93,6 +97,7 @@ impl ValueRules {
             "alias_params".into(),
             json!(sizes(&self.alias_params, BTreeMap::len)),
         );
+        stats.insert("cue_params".into(), json!(self.cue_params));
         stats
     }
 
@@ -113,6 +118,7 @@ impl ValueRules {
         }
         let keyed_params = keyed_params(tpl, conversations, &span_params, r.keyed_rate);
         ValueRules {
+            cue_params: cue_params(tpl, conversations, &span_params, r.cue_lift),
             alias_params: alias_params(tpl, conversations, &vocab_params, r),
             span_params,
             keyed_params,
@@ -128,6 +134,103 @@ fn normalized(tpl: &ChatTemplate, v: &Value) -> String {
     tpl.normalize(&match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    })
+}
+
+/// Per function, per span argument, its cue words (see [`cue_params`]).
+pub type CueParams = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;
+
+/// Cue words of span arguments: where a function has several span arguments, the word the user
+/// said right before an argument's value (its latest mention in the user's messages before the
+/// call) tells which argument the value is for: "from Boston" is an origin, "to Denver" a
+/// destination, in any language the traces use. A word is a cue of an argument when it came
+/// before at least 3 of its values and at least `cue_lift` ([`RuleParams`]) times as often as
+/// before the values of each other span argument of the function (once when never). Decoding
+/// then does not start an argument's value after another argument's cue (see
+/// [`crate::grammar`]). `cue_lift` 0 learns none.
+pub fn cue_params(
+    tpl: &ChatTemplate,
+    conversations: &[Conversation],
+    spans: &SpanParams,
+    cue_lift: f64,
+) -> CueParams {
+    let mut out = CueParams::new();
+    if cue_lift <= 0.0 {
+        return out;
+    }
+    // Per function, per span argument, per word before its value: how often.
+    let mut counts: BTreeMap<&str, BTreeMap<&str, BTreeMap<String, usize>>> = BTreeMap::new();
+    for c in conversations {
+        let mut said: Vec<Vec<String>> = Vec::new();
+        for m in &c.messages {
+            match m {
+                Message::User { content } => {
+                    let text = folded(&tpl.normalize(content));
+                    said.push(text.split_whitespace().map(str::to_string).collect());
+                }
+                Message::Assistant { tool_calls, .. } => {
+                    for call in tool_calls {
+                        let Some((f, args)) = spans.get_key_value(&call.name) else {
+                            continue;
+                        };
+                        if args.len() < 2 {
+                            continue;
+                        }
+                        for (k, v) in &call.arguments {
+                            let Some((k, _)) = args.get_key_value(k) else {
+                                continue;
+                            };
+                            let value = folded(&normalized(tpl, v));
+                            let value: Vec<&str> = value.split_whitespace().collect();
+                            if let Some(w) = word_before(&said, &value) {
+                                *counts
+                                    .entry(f)
+                                    .or_default()
+                                    .entry(k)
+                                    .or_default()
+                                    .entry(w)
+                                    .or_default() += 1;
+                            }
+                        }
+                    }
+                }
+                Message::Tool { .. } | Message::System { .. } => {}
+            }
+        }
+    }
+    for (f, per_arg) in &counts {
+        for (k, words) in per_arg {
+            let cues: BTreeSet<String> = words
+                .iter()
+                .filter(|(w, &n)| {
+                    n >= 3
+                        && per_arg.iter().filter(|(o, _)| o != &k).all(|(_, other)| {
+                            n as f64 >= cue_lift * other.get(*w).copied().unwrap_or(1) as f64
+                        })
+                })
+                .map(|(w, _)| w.clone())
+                .collect();
+            if !cues.is_empty() {
+                out.entry(f.to_string())
+                    .or_default()
+                    .insert(k.to_string(), cues);
+            }
+        }
+    }
+    out
+}
+
+/// The word right before the latest mention of `value` (folded words) in the user's messages
+/// `said` (each a list of folded words); none when no message says it or it opens one.
+fn word_before(said: &[Vec<String>], value: &[&str]) -> Option<String> {
+    if value.is_empty() {
+        return None;
+    }
+    said.iter().rev().find_map(|m| {
+        (1..m.len().saturating_sub(value.len() - 1))
+            .rev()
+            .find(|&i| m[i..i + value.len()].iter().zip(value).all(|(a, b)| a == b))
+            .map(|i| m[i - 1].clone())
     })
 }
 

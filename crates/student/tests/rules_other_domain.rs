@@ -133,3 +133,104 @@ fn rules_learned_on_house_rentals() {
     let evidence = &rules.evidence_params["SearchHouse"]["has_laundry_service"];
     assert!(evidence.contains("laundry"), "{evidence:?}");
 }
+
+/// Decodes one call greedily from fixed scores: `name_scores` outside values, `value_scores`
+/// inside them (no model: what the grammar allows decides).
+fn decode_call(
+    tpl: &ChatTemplate,
+    mut st: tracelab_student::grammar::CallState,
+    name_scores: &[f32],
+    value_scores: &[f32],
+) -> ToolCall {
+    use tracelab_core::job::DecodeParams;
+    use tracelab_student::grammar::{digit_tokens, pick, Limits};
+    let lim = Limits {
+        max_value_tokens: 12,
+        max_new_tokens: 60,
+        forced_runs: false,
+    };
+    let digits = digit_tokens(tpl);
+    while !st.done() {
+        let scores = if st.in_value() {
+            value_scores
+        } else {
+            name_scores
+        };
+        let t = pick(
+            &st.allowed(tpl, &lim),
+            scores,
+            tpl,
+            &digits,
+            &DecodeParams::default(),
+        );
+        st.push(tpl, t);
+    }
+    st.call(tpl)
+}
+
+/// Two arguments of one kind (check-in and check-out dates): the word the users say before each
+/// value ("from", "to") is learned as its cue, and a value does not start after the other
+/// argument's cue, so a model that likes one date for both still gets them apart.
+#[test]
+fn cue_words_keep_two_arguments_of_one_kind_apart() {
+    use tracelab_core::job::DecodeParams;
+    use tracelab_student::grammar::{CallState, SpanSetup};
+
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let convs: Vec<Conversation> = (0..60).map(|i| conversation(&mut rng, i)).collect();
+    let tools = tools();
+    let tok = tokenizer::train_bpe(&corpus_texts(&convs, &tools), 400, 2).unwrap();
+    let tpl = ChatTemplate::new(tok, &tools, 2, Some("2019-03-01")).unwrap();
+    let with = |cue_lift: f64| {
+        let r = RuleParams {
+            cue_lift,
+            ..RuleParams::default()
+        };
+        ValueRules::learn(&tpl, &convs, &r)
+    };
+    let rules = with(5.0);
+    let book = &rules.cue_params["BookHouse"];
+    assert!(book["check_in_date"].contains("from"), "{book:?}");
+    assert!(book["check_out_date"].contains("to"), "{book:?}");
+    assert!(with(0.0).cue_params.is_empty(), "cue_lift 0 learns none");
+
+    let prompt_messages = [
+        user("I need a house in Velkorin for 2 people."),
+        call(
+            "SearchHouse",
+            json!({"where_to": "Velkorin", "number_of_adults": 2}),
+        ),
+        Message::Tool {
+            tool_call_id: String::new(),
+            content: json!([{"address": "12 Elm Road", "rating": "4.5"}]).to_string(),
+        },
+        call(
+            DEFAULT_RESPOND,
+            json!({"message": "12 Elm Road is rated 4.5. Shall I book it?"}),
+        ),
+        user("Yes, from March 6 to March 21 please."),
+    ];
+    let prompt = tpl.prompt(&prompt_messages, 512, 64);
+    // The model wants BookHouse, and in every value the check-out date's last digits.
+    let mut name_scores = vec![0f32; tpl.vocab];
+    for t in tpl.encode(" BookHouse") {
+        name_scores[t as usize] = 5.0;
+    }
+    let mut value_scores = vec![0f32; tpl.vocab];
+    for t in tpl.encode(" 2019-03-21") {
+        value_scores[t as usize] = 1.0;
+    }
+    value_scores[tpl.sp.end as usize] = 0.5;
+    let decode = |rules: &ValueRules| {
+        let setup = SpanSetup::new(&tpl, rules, &DecodeParams::default());
+        let st = CallState::with_spans(setup.source(&prompt.tokens, &prompt.copyable));
+        decode_call(&tpl, st, &name_scores, &value_scores)
+    };
+    let call = decode(&rules);
+    assert_eq!(call.name, "BookHouse");
+    assert_eq!(call.arguments["check_in_date"], "2019-03-06", "{call:?}");
+    assert_eq!(call.arguments["check_out_date"], "2019-03-21", "{call:?}");
+    // Without cues the model's liking wins: both dates are the check-out.
+    let call = decode(&with(0.0));
+    assert_eq!(call.arguments["check_in_date"], "2019-03-21", "{call:?}");
+}
