@@ -12,6 +12,8 @@ use tracelab_student::template::ChatTemplate;
 use tracelab_student::train::{SpanShape, ValueRules};
 use tracelab_student::{corpus_texts, tokenizer};
 
+use crate::common::decode_call;
+
 fn tools() -> ToolSet {
     let s = json!({"type": "string"});
     ToolSet::from_openai(
@@ -134,40 +136,6 @@ fn rules_learned_on_house_rentals() {
     assert!(evidence.contains("laundry"), "{evidence:?}");
 }
 
-/// Decodes one call greedily from fixed scores: `name_scores` outside values, `value_scores`
-/// inside them (no model: what the grammar allows decides).
-fn decode_call(
-    tpl: &ChatTemplate,
-    mut st: tracelab_student::grammar::CallState,
-    name_scores: &[f32],
-    value_scores: &[f32],
-) -> ToolCall {
-    use tracelab_core::job::DecodeParams;
-    use tracelab_student::grammar::{digit_tokens, pick, Limits};
-    let lim = Limits {
-        max_value_tokens: 12,
-        max_new_tokens: 60,
-        forced_runs: false,
-    };
-    let digits = digit_tokens(tpl);
-    while !st.done() {
-        let scores = if st.in_value() {
-            value_scores
-        } else {
-            name_scores
-        };
-        let t = pick(
-            &st.allowed(tpl, &lim),
-            scores,
-            tpl,
-            &digits,
-            &DecodeParams::default(),
-        );
-        st.push(tpl, t);
-    }
-    st.call(tpl)
-}
-
 /// Two arguments of one kind (check-in and check-out dates): the word the users say before each
 /// value ("from", "to") is learned as its cue, and a value does not start after the other
 /// argument's cue, so a model that likes one date for both still gets them apart.
@@ -194,30 +162,25 @@ fn cue_words_keep_two_arguments_of_one_kind_apart() {
     assert!(book["check_out_date"].contains("to"), "{book:?}");
     assert!(with(0.0).cue_params.is_empty(), "cue_lift 0 learns none");
 
-    let prompt_messages = [
-        user("I need a house in Velkorin for 2 people."),
-        call(
-            "SearchHouse",
-            json!({"where_to": "Velkorin", "number_of_adults": 2}),
-        ),
-        Message::Tool {
-            tool_call_id: String::new(),
-            content: json!([{"address": "12 Elm Road", "rating": "4.5"}]).to_string(),
-        },
-        call(
-            DEFAULT_RESPOND,
-            json!({"message": "12 Elm Road is rated 4.5. Shall I book it?"}),
-        ),
-        user("Yes, from March 6 to March 21 please."),
-    ];
-    let prompt = tpl.prompt(&prompt_messages, 512, 64);
-    // The model wants BookHouse, and in every value the check-out date's last digits.
+    // A stay of the same kind: the prompt ends with the user's "from <in> to <out>".
+    let stay = conversation(&mut rng, 60);
+    let booked = stay.messages.last().unwrap();
+    let Message::Assistant { tool_calls, .. } = booked else {
+        panic!("the stay ends with the booking")
+    };
+    let (d_in, d_out) = (
+        &tool_calls[0].arguments["check_in_date"],
+        &tool_calls[0].arguments["check_out_date"],
+    );
+    let prompt_messages = &stay.messages[..stay.messages.len() - 1];
+    let prompt = tpl.prompt(prompt_messages, 512, 64);
+    // The model wants BookHouse, and in every value the check-out date's tokens.
     let mut name_scores = vec![0f32; tpl.vocab];
     for t in tpl.encode(" BookHouse") {
         name_scores[t as usize] = 5.0;
     }
     let mut value_scores = vec![0f32; tpl.vocab];
-    for t in tpl.encode(" 2019-03-21") {
+    for t in tpl.encode(&format!(" {}", d_out.as_str().unwrap())) {
         value_scores[t as usize] = 1.0;
     }
     value_scores[tpl.sp.end as usize] = 0.5;
@@ -228,9 +191,9 @@ fn cue_words_keep_two_arguments_of_one_kind_apart() {
     };
     let call = decode(&rules);
     assert_eq!(call.name, "BookHouse");
-    assert_eq!(call.arguments["check_in_date"], "2019-03-06", "{call:?}");
-    assert_eq!(call.arguments["check_out_date"], "2019-03-21", "{call:?}");
+    assert_eq!(&call.arguments["check_in_date"], d_in, "{call:?}");
+    assert_eq!(&call.arguments["check_out_date"], d_out, "{call:?}");
     // Without cues the model's liking wins: both dates are the check-out.
     let call = decode(&with(0.0));
-    assert_eq!(call.arguments["check_in_date"], "2019-03-21", "{call:?}");
+    assert_eq!(&call.arguments["check_in_date"], d_out, "{call:?}");
 }

@@ -9,6 +9,8 @@ use tracelab_core::tools::{ToolSet, DEFAULT_RESPOND};
 use tracelab_student::template::{ChatTemplate, Target};
 use tracelab_student::tokenizer;
 
+use crate::common::decode_call;
+
 fn setup() -> (ChatTemplate, Vec<Message>) {
     setup_with(&[])
 }
@@ -111,39 +113,6 @@ fn windows_keep_the_header_and_cover_every_call_once() {
     assert!(p.tokens.len() <= context - 8);
     assert_eq!(p.tokens.last(), Some(&tpl.sp.call));
     assert_eq!(&p.tokens[..r.header_len], header);
-}
-
-/// Decodes one call greedily from `st` with fixed log-probabilities: `value_scores` inside
-/// argument values, `name_scores` elsewhere.
-fn decode_call(
-    tpl: &ChatTemplate,
-    mut st: tracelab_student::grammar::CallState,
-    name_scores: &[f32],
-    value_scores: &[f32],
-) -> ToolCall {
-    use tracelab_student::grammar::{digit_tokens, pick, Limits};
-    let lim = Limits {
-        max_value_tokens: 12,
-        max_new_tokens: 40,
-        forced_runs: false, // not read here: this loop feeds no model
-    };
-    let digits = digit_tokens(tpl);
-    while !st.done() {
-        let scores = if st.in_value() {
-            value_scores
-        } else {
-            name_scores
-        };
-        let t = pick(
-            &st.allowed(tpl, &lim),
-            scores,
-            tpl,
-            &digits,
-            &DecodeParams::default(),
-        );
-        st.push(tpl, t);
-    }
-    st.call(tpl)
 }
 
 #[test]

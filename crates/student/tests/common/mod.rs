@@ -33,3 +33,38 @@ pub fn run_worker(dir: &Path, job: Value) -> (bool, Vec<Value>, String) {
         String::from_utf8_lossy(&out.stderr).into(),
     )
 }
+
+/// Decodes one call greedily from fixed scores, no model: `name_scores` outside values,
+/// `value_scores` inside them, so what the grammar allows decides.
+pub fn decode_call(
+    tpl: &tracelab_student::template::ChatTemplate,
+    mut st: tracelab_student::grammar::CallState,
+    name_scores: &[f32],
+    value_scores: &[f32],
+) -> tracelab_core::conversation::ToolCall {
+    use tracelab_core::job::DecodeParams;
+    use tracelab_student::grammar::{digit_tokens, pick, Limits};
+    let lim = Limits {
+        max_value_tokens: 12,
+        // Room for a call of four arguments (BookHouse's); nothing here is cut by it.
+        max_new_tokens: 60,
+        forced_runs: false, // not read here: this loop feeds no model
+    };
+    let digits = digit_tokens(tpl);
+    while !st.done() {
+        let scores = if st.in_value() {
+            value_scores
+        } else {
+            name_scores
+        };
+        let t = pick(
+            &st.allowed(tpl, &lim),
+            scores,
+            tpl,
+            &digits,
+            &DecodeParams::default(),
+        );
+        st.push(tpl, t);
+    }
+    st.call(tpl)
+}
