@@ -22,7 +22,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
-use tracelab_core::job::{Sampling, ServeAnswer, ServeAnswers, ServeBatch, ServeQuery, WorkerJob};
+use tracelab_core::job::{
+    Sampling, ServeAnswer, ServeAnswers, ServeBatch, ServeQuery, WorkerJob, RULES_FILE,
+};
 
 use crate::cache::Cache;
 use crate::dag::{Dag, InputRole};
@@ -133,8 +135,6 @@ const STUDENT_MODEL: &str = "model";
 const STUDENT_TOKENIZER: &str = "tokenizer.json";
 const STUDENT_TOOLS: &str = "tools.json";
 const STUDENT_PARAMS: &str = "predict.json";
-/// What the predict worker writes beside its predictions: a tiny student's value rules.
-const RULES_FILE: &str = "rules.json";
 
 /// Copies a target's files into `dir` (which must not exist yet) as a student directory:
 /// `model/`, `tokenizer.json`, `tools.json` and `predict.json` (the decoding parameters). The

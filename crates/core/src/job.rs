@@ -558,6 +558,10 @@ impl TrainParams {
     }
 }
 
+/// The file a tiny student's `predict` job writes beside its predictions: the value rules it
+/// learned and decoded with, which `tracelab serve --cell` and `tracelab pack` read.
+pub const RULES_FILE: &str = "rules.json";
+
 /// What the orchestrator hands the worker: one JSON file, path given as the only argument.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerJob {

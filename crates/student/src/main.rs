@@ -51,7 +51,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 use tracelab_core::job::TokenizerParams;
-use tracelab_core::job::{PredictParams, ServeParams};
+use tracelab_core::job::{PredictParams, ServeParams, RULES_FILE};
 use tracelab_core::job::{PretrainParams, TrainParams, WorkerJob};
 use tracelab_core::tools::{ToolSet, DEFAULT_RESPOND};
 use tracelab_student::{
@@ -281,7 +281,7 @@ fn run(job: &WorkerJob) -> Result<Value, WorkerError> {
             );
             data::write_predictions(&job.output, &pairs, &calls)?;
             // The rules beside the predictions: what `tracelab serve --cell` and `pack` use.
-            let rules_path = job.output.with_file_name("rules.json");
+            let rules_path = job.output.with_file_name(RULES_FILE);
             let text = serde_json::to_string_pretty(&served.rules).expect("rules serialize");
             std::fs::write(&rules_path, text).map_err(|e| WorkerError::io(&rules_path, e))?;
             let mut stats = stats;
