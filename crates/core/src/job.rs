@@ -617,6 +617,15 @@ pub struct DecodeParams {
     /// How much likelier the best free-text token must be than the best span start for a span
     /// argument to be written freely.
     pub free_margin: f32,
+    /// Replies state only numbers and names their prompt holds (the student's `ground`
+    /// module). Left out of the canonical form when off, so that cache keys from before the
+    /// rule existed stay valid.
+    #[serde(skip_serializing_if = "is_false")]
+    pub ground_replies: bool,
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 impl Default for DecodeParams {
@@ -626,6 +635,7 @@ impl Default for DecodeParams {
             label_bonus: 2.0,
             said_bonus: 5.0,
             free_margin: 2.0,
+            ground_replies: false,
         }
     }
 }

@@ -50,6 +50,7 @@ use serde_json::{Map, Value};
 use tracelab_core::conversation::ToolCall;
 use tracelab_core::job::DecodeParams;
 
+use crate::ground::Grounds;
 use crate::normalize::folded;
 use crate::sampling::Sampler;
 use crate::template::{ChatTemplate, FnSpec, ValueKind};
@@ -64,7 +65,9 @@ pub enum Allowed {
     Text {
         /// Closers allowed now.
         closers: Vec<u32>,
-        /// Tokens that would repeat a bigram of the value (copy loops such as `Zabu Zabu Zabu`).
+        /// Sorted: tokens that would repeat a bigram of the value (copy loops such as `Zabu Zabu
+        /// Zabu`) and, in a grounded reply, tokens towards a number or name the prompt does
+        /// not hold ([`crate::ground`]).
         banned: Vec<u32>,
     },
     /// A token of digits, or one of these.
@@ -105,6 +108,18 @@ fn prefer(preferred: &mut Vec<(u32, f32)>, t: u32, bonus: f32) {
         Some((_, b)) => *b = b.max(bonus),
         None => preferred.push((t, bonus)),
     }
+}
+
+/// The text of a prompt, a space where a special token stands (so that `key:` and a value
+/// around a `<|val|>` stay apart).
+fn prompt_text(tokens: &[u32], lexicon: &Lexicon) -> String {
+    tokens
+        .iter()
+        .map(|&t| match lexicon.texts[t as usize].as_str() {
+            "" => " ",
+            text => text,
+        })
+        .collect()
 }
 
 /// Per-token facts span decoding needs, computed once per vocabulary.
@@ -214,6 +229,8 @@ pub struct SpanSetup {
     /// [`crate::train::cue_params`]).
     not_after: Arc<Vec<Vec<BTreeSet<String>>>>,
     decoding: DecodeParams,
+    /// The reply function's index, when the tools have one.
+    reply: Option<usize>,
 }
 
 /// The special tokens that start a message or the tool header, and which of them starts a user
@@ -401,6 +418,10 @@ impl SpanSetup {
             })
             .collect();
         SpanSetup {
+            reply: tpl
+                .functions
+                .iter()
+                .position(|f| f.name == tpl.respond_name()),
             evidence: Arc::new(evidence),
             not_after: Arc::new(not_after),
             lexicon: Arc::new(Lexicon::new(tpl)),
@@ -452,6 +473,8 @@ pub struct SpanSource {
     not_after: Arc<Vec<Vec<BTreeSet<String>>>>,
     /// The bonuses of span decoding.
     decoding: DecodeParams,
+    /// What a reply may state (`ground_replies`), and the reply function's index.
+    grounds: Option<(Grounds, usize)>,
 }
 
 impl SpanSource {
@@ -466,6 +489,7 @@ impl SpanSource {
             evidence,
             not_after,
             decoding,
+            reply,
         } = setup;
         let mut runs = Vec::new();
         let mut run_keys = Vec::new();
@@ -561,7 +585,30 @@ impl SpanSource {
             evident,
             not_after: not_after.clone(),
             decoding: decoding.clone(),
+            grounds: reply
+                .filter(|_| decoding.ground_replies)
+                .map(|r| (Grounds::new(&prompt_text(tokens, lexicon)), r)),
         }
+    }
+
+    /// Tokens a reply's value so far (`item`) may not go on with, and whether it may end now
+    /// (see [`crate::ground`]); `None` unless `func` is the reply and replies are grounded.
+    fn ungrounded(&self, func: usize, item: &[u32]) -> Option<(Vec<u32>, bool)> {
+        let (grounds, reply) = self.grounds.as_ref()?;
+        if func != *reply {
+            return None;
+        }
+        let texts = &self.lexicon.texts;
+        let value: String = item.iter().map(|&t| texts[t as usize].as_str()).collect();
+        let every = grounds.open_matters(&value);
+        let banned: Vec<u32> = texts
+            .iter()
+            .enumerate()
+            .filter(|(_, piece)| !piece.is_empty() && (every || Grounds::may_matter(piece)))
+            .filter(|(_, piece)| !grounds.allows(&value, piece))
+            .map(|(t, _)| t as u32)
+            .collect();
+        Some((banned, grounds.may_end(&value)))
     }
 
     /// The words after which a value of the function's parameter does not start.
@@ -1077,20 +1124,31 @@ impl CallState {
                     ValueKind::Free | ValueKind::Integer => {
                         let has_text = !tpl.decode(&self.item).trim().is_empty();
                         let full = self.item.len() >= lim.max_value_tokens || wrap_up;
-                        let closers = if has_text || full {
+                        let mut closers = if has_text || full {
                             self.closers(tpl, f, wrap_up)
                         } else {
                             Vec::new()
                         };
+                        let mut banned = self.repeat_banned();
+                        let func = self.func.expect("function chosen");
+                        let grounding = self
+                            .spans
+                            .as_ref()
+                            .and_then(|s| s.ungrounded(func, &self.item));
+                        if let Some((ungrounded, may_end)) = grounding.filter(|_| !full) {
+                            if !may_end {
+                                closers.clear();
+                            }
+                            banned = with_grounding(tpl, banned, ungrounded, !closers.is_empty());
+                        }
+                        banned.sort_unstable();
+                        banned.dedup();
                         if full {
                             Allowed::Only(closers)
                         } else if matches!(f.params[*p].kind, ValueKind::Integer) {
                             Allowed::Digits(closers)
                         } else {
-                            Allowed::Text {
-                                closers,
-                                banned: self.repeat_banned(),
-                            }
+                            Allowed::Text { closers, banned }
                         }
                     }
                 }
@@ -1098,7 +1156,8 @@ impl CallState {
         }
     }
 
-    /// Tokens that, after the value's last token, would form a bigram the value already has.
+    /// Tokens that, after the value's last token, would form a bigram the value already has
+    /// (sorted).
     fn repeat_banned(&self) -> Vec<u32> {
         let Some(&last) = self.item.last() else {
             return Vec::new();
@@ -1211,6 +1270,28 @@ fn choice_len(kind: &ValueKind) -> usize {
     }
 }
 
+/// The tokens a grounded reply may not take next: the `ungrounded` ones and those that would
+/// repeat a bigram (`repeated`), unless together they leave nothing to write and no closer
+/// (`can_close`): a grounded reply may have to repeat itself (`06:00 … 06:00`), and the repeat
+/// ban then gives way.
+fn with_grounding(
+    tpl: &ChatTemplate,
+    repeated: Vec<u32>,
+    ungrounded: Vec<u32>,
+    can_close: bool,
+) -> Vec<u32> {
+    let mut banned = vec![false; tpl.vocab];
+    for &t in repeated.iter().chain(&ungrounded) {
+        banned[t as usize] = true;
+    }
+    let left = (0..tpl.vocab).any(|t| !tpl.is_special[t] && !banned[t]);
+    if left || can_close {
+        repeated.into_iter().chain(ungrounded).collect()
+    } else {
+        ungrounded
+    }
+}
+
 /// Picks the best allowed token from log-probabilities `scores` (one row of length V).
 pub fn pick(
     allowed: &Allowed,
@@ -1269,7 +1350,7 @@ fn visit(
 ) {
     let text = |f: &mut dyn FnMut(u32, f32, bool), free: bool, banned: &[u32]| {
         (0..scores.len())
-            .filter(|&t| !tpl.is_special[t] && !banned.contains(&(t as u32)))
+            .filter(|&t| !tpl.is_special[t] && banned.binary_search(&(t as u32)).is_err())
             .for_each(|t| f(t as u32, scores[t], free));
     };
     match allowed {

@@ -13,6 +13,7 @@
 pub mod chat_template;
 pub mod data;
 pub mod grammar;
+pub mod ground;
 pub mod hf;
 pub mod json_call;
 pub mod lora;

@@ -197,3 +197,66 @@ fn cue_words_keep_two_arguments_of_one_kind_apart() {
     let call = decode(&with(0.0));
     assert_eq!(&call.arguments["check_in_date"], d_out, "{call:?}");
 }
+
+/// A grounded reply (`ground_replies`) states only numbers and names its prompt holds: a model
+/// that likes a number it memorized and a word nobody in this conversation said ("Yes",
+/// capitalized mid-sentence) writes the result's rating instead, and no unsaid name. (The
+/// prompt holds no date: "2019" stands for a number it memorized.)
+#[test]
+fn grounded_replies_state_only_what_the_prompt_holds() {
+    use tracelab_core::job::DecodeParams;
+    use tracelab_student::grammar::{CallState, SpanSetup};
+
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let convs: Vec<Conversation> = (0..60).map(|i| conversation(&mut rng, i)).collect();
+    let tools = tools();
+    let tok = tokenizer::train_bpe(&corpus_texts(&convs, &tools), 400, 2).unwrap();
+    let tpl = ChatTemplate::new(tok, &tools, 2, Some("2019-03-01")).unwrap();
+    let rules = ValueRules::learn(&tpl, &convs, &RuleParams::default());
+    // The prompt ends with the search's result (rated 4.5); the reply is due.
+    let stay = conversation(&mut rng, 60);
+    let prompt = tpl.prompt(&stay.messages[..3], 512, 64);
+    let prompt_text = tpl.decode(&prompt.tokens);
+
+    let mut name_scores = vec![0f32; tpl.vocab];
+    for t in tpl.encode(&format!(" {DEFAULT_RESPOND}")) {
+        name_scores[t as usize] = 5.0;
+    }
+    let single = |text: &str| {
+        let t = tpl.encode(text);
+        assert_eq!(t.len(), 1, "{text:?} is one token of this tokenizer: {t:?}");
+        t[0] as usize
+    };
+    let mut value_scores = vec![0f32; tpl.vocab];
+    value_scores[single(" rated")] = 3.0;
+    value_scores[single(" Yes")] = 2.6;
+    value_scores[single(" 2019")] = 2.5;
+    value_scores[single(" 4")] = 1.0;
+    value_scores[single(".")] = 0.9;
+    value_scores[single("5")] = 0.8;
+    value_scores[tpl.sp.end as usize] = 0.5;
+    let reply = |ground_replies: bool| {
+        let decoding = DecodeParams {
+            ground_replies,
+            ..DecodeParams::default()
+        };
+        let setup = SpanSetup::new(&tpl, &rules, &decoding);
+        let st = CallState::with_spans(setup.source(&prompt.tokens, &prompt.copyable));
+        let call = decode_call(&tpl, st, &name_scores, &value_scores);
+        assert_eq!(call.name, DEFAULT_RESPOND);
+        call.arguments["message"].as_str().unwrap().to_string()
+    };
+    let free = reply(false);
+    assert!(free.contains("Yes") && free.contains("2019"), "{free:?}");
+    let grounded = reply(true);
+    assert!(!grounded.contains("Yes") && !grounded.contains("2019"), "{grounded:?}");
+    assert!(grounded.contains("4.5"), "{grounded:?}");
+    // Every number it states is one the prompt holds.
+    for n in grounded
+        .split(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|n| n.trim_matches('.'))
+        .filter(|n| !n.is_empty())
+    {
+        assert!(prompt_text.contains(n), "{n:?} of {grounded:?} is in the prompt");
+    }
+}
