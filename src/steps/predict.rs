@@ -73,8 +73,9 @@ pub struct Predict;
 
 /// Revision of the worker's decoding alone on top of [`super::train::WORKER_VERSION`] (which
 /// covers what all three worker steps share): bumped for a decoding change that needs no
-/// retraining. Since version 11: none yet.
-const DECODE_REVISION: u32 = 0;
+/// retraining. Since version 11: 1, evidence words are the fewest likeliest that cover the
+/// calls (`fewest_covering`), and grounded replies.
+const DECODE_REVISION: u32 = 1;
 
 impl Step for Predict {
     fn kind(&self) -> &'static str {

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use tch::{nn, nn::OptimizerConfig, Device, Tensor};
 use tracelab_core::conversation::{Conversation, Message};
 use tracelab_core::job::{RuleParams, TrainParams};
+use tracelab_core::text::identifier_words;
 
 use crate::model::{Tiny, TinyConfig};
 use crate::normalize::folded;
@@ -535,11 +536,12 @@ pub type EvidenceParams = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;
 
 /// The optional arguments (of functions other than the reply) that training passed only when
 /// the user's words asked for them, with those words. Per optional argument passed in at least
-/// 5 training calls and left out in at least 10: a word of the user's messages so far is
+/// 5 training calls and left out in at least 10: a word of the user's messages so far may be
 /// evidence when at least 3 calls passing the argument had it and it is `evidence_lift` times
 /// as frequent before those calls as before the others ("pricey", "affordable", "moderate" for
-/// a search's `price_range`). The argument needs evidence when at least `evidence_coverage`
-/// of the calls passing it had some. Decoding then opens the argument only after a user's
+/// a search's `price_range`); of those, the likeliest words that together cover
+/// `evidence_coverage` of the calls passing it are ([`fewest_covering`]). Without such words
+/// the argument needs no evidence. Decoding then opens the argument only after a user's
 /// message with an evidence word: the student, having seen the price range in a third of the
 /// searches, otherwise adds one to searches where nobody mentioned a price.
 pub fn evidence_params(
@@ -600,26 +602,85 @@ pub fn evidence_params(
         if with < 5 || without < 10 {
             continue;
         }
-        let evidence: BTreeSet<String> = t
+        let lift = |(a, b): (usize, usize)| {
+            (a as f64 / with as f64) / ((b as f64 + 1.0) / (without as f64 + 1.0))
+        };
+        let mut candidates: Vec<(String, f64)> = t
             .per_word
             .into_iter()
-            .filter(|(_, (a, b))| {
-                *a >= 3
-                    && *a as f64 / with as f64
-                        >= r.evidence_lift * (*b as f64 + 1.0) / (without as f64 + 1.0)
-            })
-            .map(|(w, _)| w)
+            .filter(|(_, (a, _))| *a >= 3)
+            .map(|(w, n)| (w, lift(n)))
+            .filter(|(_, l)| *l >= r.evidence_lift)
             .collect();
-        let covered = t
-            .passing
-            .iter()
-            .filter(|words| words.iter().any(|w| evidence.contains(w)))
-            .count();
-        if covered as f64 >= r.evidence_coverage * with as f64 {
+        // The schema's own words for the argument come first: a synthetic pool's users may
+        // ask for it always with one phrasing ("it has to be refundable"), whose other words
+        // are then as good predictors there, and junk with real users.
+        let own = schema_words(tpl, &f, &k);
+        candidates.sort_by(|x, y| {
+            own.contains(&y.0)
+                .cmp(&own.contains(&x.0))
+                .then_with(|| y.1.total_cmp(&x.1))
+                .then_with(|| x.0.cmp(&y.0))
+        });
+        if let Some(evidence) = fewest_covering(candidates, &t.passing, r.evidence_coverage) {
             out.entry(f).or_default().insert(k, evidence);
         }
     }
     out
+}
+
+/// The words the schema has for a function's argument: its name's ("seating", "class") and its
+/// enumerated values' ("economy", "business").
+fn schema_words(tpl: &ChatTemplate, func: &str, key: &str) -> BTreeSet<String> {
+    let Some(p) = tpl
+        .functions
+        .iter()
+        .find(|f| f.name == func)
+        .and_then(|f| f.params.iter().find(|p| p.key == key))
+    else {
+        return BTreeSet::new();
+    };
+    let mut words: BTreeSet<String> = identifier_words(key).into_iter().collect();
+    if let ValueKind::Choice(values) = &p.kind {
+        for v in values.iter().filter_map(|(_, v)| v.as_str()) {
+            words.extend(folded(v).split_whitespace().map(str::to_string));
+        }
+    }
+    words
+}
+
+/// The evidence words: `candidates` in order (the schema's words first, then by lift), each kept only where it covers a call
+/// passing the argument that no likelier word covers, until `coverage` of the `passing` calls
+/// (each the user's words before it) is covered; `None` when all of them cover less. Words that
+/// merely pass the lift by chance (the 3 calls of "one" in "one way", "has", "should": a
+/// synthetic flight pool, MEASUREMENTS.md session 37) then stay out where a real cue word
+/// ("refundable") already covers their calls, and cannot open the argument elsewhere.
+fn fewest_covering(
+    candidates: Vec<(String, f64)>,
+    passing: &[BTreeSet<String>],
+    coverage: f64,
+) -> Option<BTreeSet<String>> {
+    let mut covered = vec![false; passing.len()];
+    let mut evidence = BTreeSet::new();
+    let enough = |covered: &[bool]| {
+        covered.iter().filter(|&&c| c).count() as f64 >= coverage * passing.len() as f64
+    };
+    for (w, _) in candidates {
+        if enough(&covered) {
+            break;
+        }
+        let mut new = false;
+        for (c, words) in covered.iter_mut().zip(passing) {
+            if !*c && words.contains(&w) {
+                *c = true;
+                new = true;
+            }
+        }
+        if new {
+            evidence.insert(w);
+        }
+    }
+    enough(&covered).then_some(evidence)
 }
 
 /// File names inside `model/`.

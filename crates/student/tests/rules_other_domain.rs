@@ -249,7 +249,10 @@ fn grounded_replies_state_only_what_the_prompt_holds() {
     let free = reply(false);
     assert!(free.contains("Yes") && free.contains("2019"), "{free:?}");
     let grounded = reply(true);
-    assert!(!grounded.contains("Yes") && !grounded.contains("2019"), "{grounded:?}");
+    assert!(
+        !grounded.contains("Yes") && !grounded.contains("2019"),
+        "{grounded:?}"
+    );
     assert!(grounded.contains("4.5"), "{grounded:?}");
     // Every number it states is one the prompt holds.
     for n in grounded
@@ -257,6 +260,48 @@ fn grounded_replies_state_only_what_the_prompt_holds() {
         .map(|n| n.trim_matches('.'))
         .filter(|n| !n.is_empty())
     {
-        assert!(prompt_text.contains(n), "{n:?} of {grounded:?} is in the prompt");
+        assert!(
+            prompt_text.contains(n),
+            "{n:?} of {grounded:?} is in the prompt"
+        );
     }
+}
+
+/// Evidence words are the fewest that cover the calls, the schema's own words first: where every
+/// user who wants laundry says "ideally … laundry", and a few who do not want it say "no
+/// laundry", "ideally" predicts the flag better in these conversations, but it is the word
+/// "laundry" (of `has_laundry_service`) that real users share, and it alone covers the calls.
+#[test]
+fn evidence_is_the_schemas_word_where_it_covers_the_calls() {
+    use tracelab_student::train::evidence_params;
+
+    let tools = tools();
+    let search = |i: usize, text: &str, laundry: bool| {
+        let mut args = json!({"where_to": format!("Town{i}")});
+        if laundry {
+            args["has_laundry_service"] = json!("True");
+        }
+        Conversation {
+            id: format!("c{i}"),
+            messages: vec![user(text), call("SearchHouse", args)],
+            meta: Map::new(),
+        }
+    };
+    let mut convs = Vec::new();
+    for i in 0..40 {
+        let (text, laundry) = match i % 8 {
+            0 | 4 => ("A house, ideally one with laundry.", true),
+            1 => ("A house please, no laundry needed.", false),
+            _ => ("A house please.", false),
+        };
+        convs.push(search(i, text, laundry));
+    }
+    let tok = tokenizer::train_bpe(&corpus_texts(&convs, &tools), 300, 2).unwrap();
+    let tpl = ChatTemplate::new(tok, &tools, 2, None).unwrap();
+    let evidence = evidence_params(&tpl, &convs, &RuleParams::default());
+    let words = &evidence["SearchHouse"]["has_laundry_service"];
+    assert_eq!(
+        words.iter().map(String::as_str).collect::<Vec<_>>(),
+        ["laundry"]
+    );
 }
