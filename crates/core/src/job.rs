@@ -622,6 +622,11 @@ pub struct DecodeParams {
     /// rule existed stay valid.
     #[serde(skip_serializing_if = "is_false")]
     pub ground_replies: bool,
+    /// A function with a required digits-shaped span argument (a date, a time) is not called
+    /// where the prompt has no digits to copy it from (the student's `grammar`). Left out of
+    /// the canonical form when off.
+    #[serde(skip_serializing_if = "is_false")]
+    pub feasible_calls: bool,
 }
 
 fn is_false(v: &bool) -> bool {
@@ -636,6 +641,7 @@ impl Default for DecodeParams {
             said_bonus: 5.0,
             free_margin: 2.0,
             ground_replies: false,
+            feasible_calls: false,
         }
     }
 }

@@ -231,6 +231,8 @@ pub struct SpanSetup {
     decoding: DecodeParams,
     /// The reply function's index, when the tools have one.
     reply: Option<usize>,
+    /// Per function: it has a required digits-shaped span argument (`feasible_calls`).
+    needs_digits: Arc<Vec<bool>>,
 }
 
 /// The special tokens that start a message or the tool header, and which of them starts a user
@@ -417,11 +419,22 @@ impl SpanSetup {
                     .collect()
             })
             .collect();
+        let needs_digits = tpl
+            .functions
+            .iter()
+            .zip(&params)
+            .map(|(f, shapes)| {
+                f.required
+                    .iter()
+                    .any(|&p| shapes.get(p).copied().flatten() == Some(SpanShape::Digits))
+            })
+            .collect();
         SpanSetup {
             reply: tpl
                 .functions
                 .iter()
                 .position(|f| f.name == tpl.respond_name()),
+            needs_digits: Arc::new(needs_digits),
             evidence: Arc::new(evidence),
             not_after: Arc::new(not_after),
             lexicon: Arc::new(Lexicon::new(tpl)),
@@ -475,6 +488,9 @@ pub struct SpanSource {
     decoding: DecodeParams,
     /// What a reply may state (`ground_replies`), and the reply function's index.
     grounds: Option<(Grounds, usize)>,
+    /// Per function: whether the prompt can give its required digits-shaped arguments a value
+    /// (`feasible_calls`; all true when off).
+    feasible: Vec<bool>,
 }
 
 impl SpanSource {
@@ -490,6 +506,7 @@ impl SpanSource {
             not_after,
             decoding,
             reply,
+            needs_digits,
         } = setup;
         let mut runs = Vec::new();
         let mut run_keys = Vec::new();
@@ -573,6 +590,20 @@ impl SpanSource {
                     .collect()
             })
             .collect();
+        let feasible = {
+            // A digits-shaped value starts with a word-starting digit token of a run.
+            let digits = runs.iter().flatten().any(|&t| {
+                let t = t as usize;
+                lexicon.starts_word[t]
+                    && lexicon.starts_digit[t]
+                    && !lexicon.lettered[t]
+                    && !lexicon.breaks[t]
+            });
+            needs_digits
+                .iter()
+                .map(|&needs| !decoding.feasible_calls || !needs || digits)
+                .collect()
+        };
         SpanSource {
             runs,
             run_keys,
@@ -585,6 +616,7 @@ impl SpanSource {
             evident,
             not_after: not_after.clone(),
             decoding: decoding.clone(),
+            feasible,
             grounds: reply
                 .filter(|_| decoding.ground_replies)
                 .map(|r| (Grounds::new(&prompt_text(tokens, lexicon)), r)),
@@ -1027,11 +1059,19 @@ impl CallState {
         match &self.phase {
             Phase::Done => Allowed::Only(vec![tpl.sp.pad]),
             Phase::Name => {
+                // A function the prompt cannot give its required values is not named, unless
+                // no callable one can be.
+                let feasible = |i: usize| {
+                    self.spans
+                        .as_ref()
+                        .is_none_or(|s| s.feasible.get(i).copied().unwrap_or(true))
+                };
+                let any = (0..tpl.functions.len()).any(|i| self.may_call(i) && feasible(i));
                 let callable = || {
                     tpl.functions
                         .iter()
                         .enumerate()
-                        .filter(|(i, _)| self.may_call(*i))
+                        .filter(|(i, _)| self.may_call(*i) && (!any || feasible(*i)))
                         .map(|(_, f)| f)
                 };
                 let (mut next, complete) =

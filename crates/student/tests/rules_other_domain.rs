@@ -305,3 +305,43 @@ fn evidence_is_the_schemas_word_where_it_covers_the_calls() {
         ["laundry"]
     );
 }
+
+/// A function whose required date (a digits-shaped span argument) has nothing in the prompt to
+/// be copied from is not called (`feasible_calls`): the booking waits for the user's dates.
+#[test]
+fn a_call_waits_for_the_digits_its_required_arguments_copy() {
+    use tracelab_core::job::DecodeParams;
+    use tracelab_student::grammar::{CallState, SpanSetup};
+
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let convs: Vec<Conversation> = (0..60).map(|i| conversation(&mut rng, i)).collect();
+    let tools = tools();
+    let tok = tokenizer::train_bpe(&corpus_texts(&convs, &tools), 400, 2).unwrap();
+    let tpl = ChatTemplate::new(tok, &tools, 2, Some("2019-03-01")).unwrap();
+    let rules = ValueRules::learn(&tpl, &convs, &RuleParams::default());
+    assert_eq!(
+        rules.span_params["BookHouse"].get("check_in_date"),
+        Some(&SpanShape::Digits)
+    );
+    // A model that wants to book.
+    let mut name_scores = vec![0f32; tpl.vocab];
+    for t in tpl.encode(" BookHouse") {
+        name_scores[t as usize] = 5.0;
+    }
+    let value_scores = vec![0f32; tpl.vocab];
+    let first = |messages: &[Message], feasible_calls: bool| {
+        let decoding = DecodeParams {
+            feasible_calls,
+            ..DecodeParams::default()
+        };
+        let prompt = tpl.prompt(messages, 512, 64);
+        let setup = SpanSetup::new(&tpl, &rules, &decoding);
+        let st = CallState::with_spans(setup.source(&prompt.tokens, &prompt.copyable));
+        decode_call(&tpl, st, &name_scores, &value_scores).name
+    };
+    let undated = [user("I want to book a house in Kovel.")];
+    assert_eq!(first(&undated, false), "BookHouse");
+    assert_ne!(first(&undated, true), "BookHouse");
+    let dated = [user("I want to book a house in Kovel from March 5 to March 9.")];
+    assert_eq!(first(&dated, true), "BookHouse");
+}
