@@ -233,6 +233,8 @@ pub struct SpanSetup {
     reply: Option<usize>,
     /// Per function: it has a required digits-shaped span argument (`feasible_calls`).
     needs_digits: Arc<Vec<bool>>,
+    /// The words of the training replies (see [`crate::train::ValueRules::reply_words`]).
+    reply_words: Arc<BTreeSet<String>>,
 }
 
 /// The special tokens that start a message or the tool header, and which of them starts a user
@@ -435,6 +437,7 @@ impl SpanSetup {
                 .iter()
                 .position(|f| f.name == tpl.respond_name()),
             needs_digits: Arc::new(needs_digits),
+            reply_words: Arc::new(rules.reply_words.clone()),
             evidence: Arc::new(evidence),
             not_after: Arc::new(not_after),
             lexicon: Arc::new(Lexicon::new(tpl)),
@@ -507,6 +510,7 @@ impl SpanSource {
             decoding,
             reply,
             needs_digits,
+            reply_words,
         } = setup;
         let mut runs = Vec::new();
         let mut run_keys = Vec::new();
@@ -617,9 +621,10 @@ impl SpanSource {
             not_after: not_after.clone(),
             decoding: decoding.clone(),
             feasible,
-            grounds: reply
-                .filter(|_| decoding.ground_replies)
-                .map(|r| (Grounds::new(&prompt_text(tokens, lexicon)), r)),
+            grounds: reply.filter(|_| decoding.ground_replies).map(|r| {
+                let text = prompt_text(tokens, lexicon);
+                (Grounds::new(&text, reply_words.clone()), r)
+            }),
         }
     }
 
@@ -636,7 +641,7 @@ impl SpanSource {
         let banned: Vec<u32> = texts
             .iter()
             .enumerate()
-            .filter(|(_, piece)| !piece.is_empty() && (every || Grounds::may_matter(piece)))
+            .filter(|(_, piece)| !piece.is_empty() && (every || grounds.may_matter(piece)))
             .filter(|(_, piece)| !grounds.allows(&value, piece))
             .map(|(t, _)| t as u32)
             .collect();

@@ -10,16 +10,17 @@
 //!
 //! [`Grounds`] holds the numbers (`08:40`, `2019-03-09`, `226`, and `2` for a spoken "two") and
 //! the words of one prompt. While a reply is decoded, a token may extend a number only towards
-//! one the prompt holds, and a capitalized word that does not start a sentence only towards a
+//! one the prompt holds (a count said in a word, "six people", is a number too), and a capitalized word that does not start a sentence only towards a
 //! word the prompt holds; the value may end only where its last number or name is whole. The
 //! model still chooses among the grounded values (and the copy head points at them): the rule
 //! only removes the ungrounded ones. Mechanism only: no word list of any domain; the calendar's
 //! names and a few capitalized function words ("I", "OK", "PM") are language-level.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use tracelab_core::dates::{MONTHS, WEEKDAYS};
-use tracelab_core::text::number::UNITS;
+use tracelab_core::text::number::{TENS, UNITS};
 
 /// Apostrophes, which a word goes on across and which are no part of it ("Chili's" is the word
 /// `chilis`, as the judge reads it: `H'H` is no way around a name nobody said).
@@ -39,11 +40,45 @@ fn common_capital(w: &str) -> bool {
         .any(|m| m.eq_ignore_ascii_case(w))
 }
 
+/// The value of a count said in a word ("six", "twenty"); not "zero" nor "one", which say no
+/// count as often as they say one ("one of them").
+fn count_word(w: &str) -> Option<usize> {
+    match UNITS.iter().position(|u| *u == w) {
+        Some(n) if n >= 2 => Some(n),
+        Some(_) => None,
+        None => TENS.iter().position(|t| *t == w).map(|i| 20 + 10 * i),
+    }
+}
+
+/// Whether `w` may still become a count word.
+fn count_word_prefix(w: &str) -> bool {
+    UNITS[2..]
+        .iter()
+        .chain(TENS.iter())
+        .any(|c| c.starts_with(w))
+}
+
+/// The words of `text` as the rule compares them: runs of letters, lower-cased, apostrophes
+/// dropped (`Chili's` is `chilis`).
+pub fn words_of(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphabetic() && !APOSTROPHES.contains(&c))
+        .map(|w| {
+            w.chars()
+                .filter(|c| !APOSTROPHES.contains(c))
+                .flat_map(char::to_lowercase)
+                .collect::<String>()
+        })
+        .filter(|w| !w.is_empty())
+}
+
 /// The numbers and words of one prompt that a reply may state.
 #[derive(Debug, Clone, Default)]
 pub struct Grounds {
     numbers: BTreeSet<String>,
     words: BTreeSet<String>,
+    /// The words of the training replies: a lower-case word of a reply is one of them or of
+    /// the prompt (none: any).
+    known: Arc<BTreeSet<String>>,
 }
 
 /// One piece of a reply the rule looks at.
@@ -54,12 +89,15 @@ enum Piece<'a> {
     Number { text: &'a str, open: bool },
     /// A capitalized word that starts no sentence (lower-cased).
     Name(String),
+    /// A lower-case word: a known one, and a count word ("six") only for a number the prompt
+    /// holds.
+    Word(String),
 }
 
 impl Grounds {
     /// The grounds of a prompt whose text is `text` (every message, result and earlier call
-    /// the window holds, and the tool header).
-    pub fn new(text: &str) -> Grounds {
+    /// the window holds, and the tool header); `known`, the words of the training replies.
+    pub fn new(text: &str, known: Arc<BTreeSet<String>>) -> Grounds {
         let mut numbers = BTreeSet::new();
         let mut words = BTreeSet::new();
         for (piece, _) in scan(text, true) {
@@ -67,18 +105,17 @@ impl Grounds {
                 numbers.insert(text.trim_end_matches(JOINERS).to_string());
             }
         }
-        let text: String = text.chars().filter(|c| !APOSTROPHES.contains(c)).collect();
-        for w in text
-            .split(|c: char| !c.is_alphabetic())
-            .filter(|w| !w.is_empty())
-        {
-            let w = w.to_lowercase();
+        for w in words_of(text) {
             if let Some(n) = UNITS.iter().position(|u| *u == w) {
                 numbers.insert(n.to_string());
             }
             words.insert(w);
         }
-        Grounds { numbers, words }
+        Grounds {
+            numbers,
+            words,
+            known,
+        }
     }
 
     /// Whether a reply whose text so far is `value` may go on with `piece` (a token's text):
@@ -97,21 +134,22 @@ impl Grounds {
         self.grounded(&value[..from], &value[from..], true)
     }
 
-    /// Whether the piece `value` ends with is one the rule looks at (a number or a capitalized
-    /// word), so that every token must be checked, not only those [`Self::may_matter`] marks.
+    /// Whether the piece `value` ends with is one the rule looks at (a number, a capitalized
+    /// word, a word where words are checked, or what may become a count word), so that every
+    /// token must be checked, not only those [`Self::may_matter`] marks.
     pub fn open_matters(&self, value: &str) -> bool {
-        value[open_start(value)..]
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_digit() || c.is_uppercase())
+        let open = &value[open_start(value)..];
+        open.chars().next().is_some_and(|c| {
+            c.is_ascii_digit() || c.is_uppercase() || (c.is_alphabetic() && !self.known.is_empty())
+        }) || count_word_prefix(open)
     }
 
     /// Whether a token's text needs checking when nothing is open: it holds a digit or a
-    /// capital letter.
-    pub fn may_matter(piece: &str) -> bool {
-        piece
-            .chars()
-            .any(|c| c.is_ascii_digit() || c.is_uppercase())
+    /// capital letter, or (where words are checked) any letter.
+    pub fn may_matter(&self, piece: &str) -> bool {
+        piece.chars().any(|c| {
+            c.is_ascii_digit() || c.is_uppercase() || (c.is_alphabetic() && !self.known.is_empty())
+        })
     }
 
     fn grounded(&self, before: &str, text: &str, end: bool) -> bool {
@@ -128,6 +166,15 @@ impl Grounds {
                         has_prefix(&self.numbers, text) || (*open && self.numbers.contains(whole))
                     } else {
                         self.numbers.contains(whole)
+                    }
+                }
+                Piece::Word(w) => {
+                    let checked = !self.known.is_empty();
+                    if growing {
+                        !checked || has_prefix(&self.known, w) || has_prefix(&self.words, w)
+                    } else {
+                        (!checked || self.known.contains(w) || self.words.contains(w))
+                            && count_word(w).is_none_or(|n| self.numbers.contains(&n.to_string()))
                     }
                 }
                 Piece::Name(w) => {
@@ -242,6 +289,9 @@ fn scan(text: &str, starts_sentence: bool) -> Vec<(Piece<'_>, bool)> {
                     .flat_map(char::to_lowercase)
                     .collect();
                 out.push((Piece::Name(word), end == text.len()));
+            } else if !c.is_uppercase() {
+                let word = words_of(&text[at..end]).collect::<String>();
+                out.push((Piece::Word(word), end == text.len()));
             }
             sentence = false;
             in_token = true;
@@ -265,6 +315,13 @@ mod tests {
             " I need a flight on 2019-03-09 for two. <|result|> airlines: Delta Airlines, \
              outbound_departure_time: 08:40, price: 226, destination_airport: Seattle-Tacoma \
              International Airport",
+            Arc::new(
+                words_of(
+                    "it leaves at costs on for people found a flight lands is with there one \
+                     of them often sixth six four four's",
+                )
+                .collect(),
+            ),
         )
     }
 
@@ -295,6 +352,13 @@ mod tests {
         assert!(!writes(&g, &[" It", " leaves", " at", " 04", ":", "45"]));
         assert!(!writes(&g, &[" It", " leaves", " at", " 08", ":", "45"]));
         assert!(!writes(&g, &[" It", " costs", " $", "2", "-", "04"]));
+        // A count said in a word is a number too.
+        assert!(writes(&g, &[" for", " two", " people"]));
+        assert!(!writes(&g, &[" for", " six", " people"]));
+        assert!(writes(
+            &g,
+            &[" one", " of", " them", " is", " often", " sixth"]
+        ));
         // A number cut short is no number the prompt holds.
         assert!(!writes(&g, &[" It", " costs", " $", "22"]));
         assert!(!g.allows(" It leaves at 08:4", " am"));
@@ -335,6 +399,23 @@ mod tests {
         ));
         // Letters joined by apostrophes are one word, as the judge reads them.
         assert!(!writes(&g, &[" It", " is", " H", "'", "H", "."]));
+    }
+
+    #[test]
+    fn lower_case_words_are_the_training_replies_or_the_prompts() {
+        let g = grounds();
+        // "airlines" and "time" are the prompt's, the rest the training replies'.
+        assert!(writes(
+            &g,
+            &[" it", " is", " a", " flight", " with", " airlines", "."]
+        ));
+        assert!(!writes(&g, &[" it", " lands", "ing", "ing", "."]));
+        assert!(!writes(&g, &[" for", " four", "ix", " people"]));
+        assert!(!writes(&g, &[" for", " six", "ix", " people"]));
+        // Without training words, any lower-case word.
+        let free = Grounds::new(" Delta", Arc::default());
+        assert!(writes(&free, &[" it", " lands", "ing", "ing", "."]));
+        assert!(!writes(&free, &[" for", " six", " people"]));
     }
 
     #[test]

@@ -66,6 +66,11 @@ pub struct ValueRules {
     /// user's messages, mark it as this argument's and not another's (see [`cue_params`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub cue_params: CueParams,
+    /// The words of the training conversations' replies (lower-cased, apostrophes dropped):
+    /// besides its prompt's, the only lower-case words a grounded reply writes (see
+    /// [`crate::ground`]), so none is garbled ("landinging", "sixix").
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub reply_words: BTreeSet<String>,
 }
 
 impl ValueRules {
@@ -99,6 +104,7 @@ impl ValueRules {
             json!(sizes(&self.alias_params, BTreeMap::len)),
         );
         stats.insert("cue_params".into(), json!(self.cue_params));
+        stats.insert("reply_words".into(), json!(self.reply_words.len()));
         stats
     }
 
@@ -125,8 +131,27 @@ impl ValueRules {
             keyed_params,
             vocab_params,
             evidence_params: evidence_params(tpl, conversations, r),
+            reply_words: reply_words(tpl, conversations),
         }
     }
+}
+
+/// The words of the replies of `conversations`, as [`crate::ground::words_of`] reads them.
+fn reply_words(tpl: &ChatTemplate, conversations: &[Conversation]) -> BTreeSet<String> {
+    let mut words = BTreeSet::new();
+    for c in conversations {
+        for m in &c.messages {
+            let Message::Assistant { tool_calls, .. } = m else {
+                continue;
+            };
+            for call in tool_calls.iter().filter(|c| c.name == tpl.respond_name()) {
+                for text in call.arguments.values().filter_map(Value::as_str) {
+                    words.extend(crate::ground::words_of(text));
+                }
+            }
+        }
+    }
+    words
 }
 
 /// An argument value as the template normalizes text (strings as they are, other JSON as

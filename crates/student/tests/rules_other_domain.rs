@@ -342,6 +342,8 @@ fn a_call_waits_for_the_digits_its_required_arguments_copy() {
     let undated = [user("I want to book a house in Kovel.")];
     assert_eq!(first(&undated, false), "BookHouse");
     assert_ne!(first(&undated, true), "BookHouse");
-    let dated = [user("I want to book a house in Kovel from March 5 to March 9.")];
+    let dated = [user(
+        "I want to book a house in Kovel from March 5 to March 9.",
+    )];
     assert_eq!(first(&dated, true), "BookHouse");
 }
