@@ -74,8 +74,8 @@ pub struct Predict;
 /// Revision of the worker's decoding alone on top of [`super::train::WORKER_VERSION`] (which
 /// covers what all three worker steps share): bumped for a decoding change that needs no
 /// retraining. Since version 11: 1, evidence words are the fewest likeliest that cover the
-/// calls (`fewest_covering`), and grounded replies.
-const DECODE_REVISION: u32 = 1;
+/// calls (`fewest_covering`); 2, grounded replies and feasible calls on by default.
+const DECODE_REVISION: u32 = 2;
 
 impl Step for Predict {
     fn kind(&self) -> &'static str {

@@ -617,20 +617,12 @@ pub struct DecodeParams {
     /// How much likelier the best free-text token must be than the best span start for a span
     /// argument to be written freely.
     pub free_margin: f32,
-    /// Replies state only numbers and names their prompt holds (the student's `ground`
-    /// module). Left out of the canonical form when off, so that cache keys from before the
-    /// rule existed stay valid.
-    #[serde(skip_serializing_if = "is_false")]
+    /// Replies state only numbers, names and words their prompt or the training replies hold
+    /// (the tiny student's `ground` module).
     pub ground_replies: bool,
     /// A function with a required digits-shaped span argument (a date, a time) is not called
-    /// where the prompt has no digits to copy it from (the student's `grammar`). Left out of
-    /// the canonical form when off.
-    #[serde(skip_serializing_if = "is_false")]
+    /// where the prompt has no digits to copy it from (the tiny student's `grammar`).
     pub feasible_calls: bool,
-}
-
-fn is_false(v: &bool) -> bool {
-    !*v
 }
 
 impl Default for DecodeParams {
@@ -640,8 +632,8 @@ impl Default for DecodeParams {
             label_bonus: 2.0,
             said_bonus: 5.0,
             free_margin: 2.0,
-            ground_replies: false,
-            feasible_calls: false,
+            ground_replies: true,
+            feasible_calls: true,
         }
     }
 }
