@@ -135,6 +135,8 @@ pub struct Lexicon {
     lettered: Vec<bool>,
     /// Its first character after an optional leading space is a digit.
     starts_digit: Vec<bool>,
+    /// Its first character after an optional leading space is a lower-case letter.
+    starts_lower: Vec<bool>,
     /// Contains a question or exclamation mark or a comma: a span never includes one.
     breaks: Vec<bool>,
 }
@@ -177,6 +179,14 @@ impl Lexicon {
             lettered: texts
                 .iter()
                 .map(|s| s.chars().any(char::is_alphabetic))
+                .collect(),
+            starts_lower: texts
+                .iter()
+                .map(|s| {
+                    s.strip_prefix(' ')
+                        .unwrap_or(s)
+                        .starts_with(char::is_lowercase)
+                })
                 .collect(),
             starts_digit: texts
                 .iter()
@@ -235,6 +245,9 @@ pub struct SpanSetup {
     needs_digits: Arc<Vec<bool>>,
     /// The words of the training replies (see [`crate::train::ValueRules::reply_words`]).
     reply_words: Arc<BTreeSet<String>>,
+    /// Per function, per parameter: its value takes no word in lower case (see
+    /// [`crate::train::cased_params`]).
+    cased: Arc<Vec<Vec<bool>>>,
 }
 
 /// The special tokens that start a message or the tool header, and which of them starts a user
@@ -438,6 +451,18 @@ impl SpanSetup {
                 .position(|f| f.name == tpl.respond_name()),
             needs_digits: Arc::new(needs_digits),
             reply_words: Arc::new(rules.reply_words.clone()),
+            cased: Arc::new(
+                tpl.functions
+                    .iter()
+                    .map(|f| {
+                        let cased = rules.cased_params.get(&f.name);
+                        f.params
+                            .iter()
+                            .map(|p| cased.is_some_and(|c| c.contains(&p.key)))
+                            .collect()
+                    })
+                    .collect(),
+            ),
             evidence: Arc::new(evidence),
             not_after: Arc::new(not_after),
             lexicon: Arc::new(Lexicon::new(tpl)),
@@ -494,6 +519,8 @@ pub struct SpanSource {
     /// Per function: whether the prompt can give its required digits-shaped arguments a value
     /// (`feasible_calls`; all true when off).
     feasible: Vec<bool>,
+    /// Per function, per parameter: its value takes no word in lower case.
+    cased: Arc<Vec<Vec<bool>>>,
 }
 
 impl SpanSource {
@@ -511,6 +538,7 @@ impl SpanSource {
             reply,
             needs_digits,
             reply_words,
+            cased,
         } = setup;
         let mut runs = Vec::new();
         let mut run_keys = Vec::new();
@@ -621,6 +649,7 @@ impl SpanSource {
             not_after: not_after.clone(),
             decoding: decoding.clone(),
             feasible,
+            cased: cased.clone(),
             grounds: reply.filter(|_| decoding.ground_replies).map(|r| {
                 let text = prompt_text(tokens, lexicon);
                 (Grounds::new(&text, reply_words.clone()), r)
@@ -646,6 +675,15 @@ impl SpanSource {
             .map(|(t, _)| t as u32)
             .collect();
         Some((banned, grounds.may_end(&value)))
+    }
+
+    /// Whether a value of the function's parameter takes no word in lower case.
+    fn cased(&self, func: usize, param: usize) -> bool {
+        self.cased
+            .get(func)
+            .and_then(|p| p.get(param))
+            .copied()
+            .unwrap_or(false)
     }
 
     /// The words after which a value of the function's parameter does not start.
@@ -695,6 +733,8 @@ impl SpanSource {
     /// assistant's sentences). `vocab`: the argument's vocabulary, whole
     /// values that are runs too (a value starts only at their start), and which of them the
     /// prompt says: those are preferred like a value labelled with the argument's key.
+    /// `not_after`: the words after which the value does not start (other arguments' cues);
+    /// `cased`: the value's words do not begin in lower case.
     fn next(
         &self,
         prefix: &[u32],
@@ -702,8 +742,18 @@ impl SpanSource {
         key: Option<usize>,
         (vocab, said): (&[LearnedValue], &[bool]),
         not_after: &BTreeSet<String>,
+        cased: bool,
     ) -> Next {
         let lx = &self.lexicon;
+        // A cased value's words do not begin in lower case ("Foster city is" is no city),
+        // whether the token brings its word's space or follows one.
+        let after_space = prefix
+            .last()
+            .is_some_and(|&t| lx.texts[t as usize].ends_with(' '));
+        let lower_word = |t: u32| {
+            let t = t as usize;
+            cased && lx.starts_lower[t] && (lx.starts_word[t] || after_space)
+        };
         // Digits-shaped values take no token with a letter; word-shaped ones may end only once
         // they have a letter.
         let shaped_end =
@@ -768,6 +818,7 @@ impl SpanSource {
                 let starts = run.iter().enumerate().filter(|&(j, &t)| {
                     self.can_start(t, shape)
                         && !(letters_first && lx.starts_digit[t as usize])
+                        && !lower_word(t)
                         && !cued_away(j)
                 });
                 for (_, &t) in starts {
@@ -808,7 +859,8 @@ impl SpanSource {
                             || lx.texts[t_us].ends_with('.')
                                 && lx.ends_sentence(&[prefix, &[t]].concat());
                         let fits = (shape != SpanShape::Digits || !lx.lettered[t_us])
-                            && !(letters_first && blank && lx.starts_digit[t_us]);
+                            && !(letters_first && blank && lx.starts_digit[t_us])
+                            && !lower_word(t);
                         if !lx.breaks[t_us] && !crosses_sentence && fits {
                             next.push(t);
                             if let (Some(b), 0) = (bonus, i) {
@@ -1136,6 +1188,7 @@ impl CallState {
                             key,
                             spans.vocab_of(func, *p),
                             spans.not_after(func, *p),
+                            spans.cased(func, *p),
                         );
                         let full = self.item.len() >= lim.max_value_tokens || wrap_up;
                         if full {

@@ -347,3 +347,64 @@ fn a_call_waits_for_the_digits_its_required_arguments_copy() {
     )];
     assert_eq!(first(&dated, true), "BookHouse");
 }
+
+/// A place's value takes no word in lower case where training's never did (`cased_rate`): the
+/// copy of "Kovel city is lovely" stops at "Kovel".
+#[test]
+fn a_cased_value_stops_before_a_word_in_lower_case() {
+    use tracelab_core::job::DecodeParams;
+    use tracelab_student::grammar::{CallState, SpanSetup};
+
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let convs: Vec<Conversation> = (0..60).map(|i| conversation(&mut rng, i)).collect();
+    let tools = tools();
+    let tok = tokenizer::train_bpe(&corpus_texts(&convs, &tools), 400, 2).unwrap();
+    let tpl = ChatTemplate::new(tok, &tools, 2, Some("2019-03-01")).unwrap();
+    let with = |cased_rate: f64| {
+        let r = RuleParams {
+            cased_rate,
+            ..RuleParams::default()
+        };
+        ValueRules::learn(&tpl, &convs, &r)
+    };
+    let rules = with(0.02);
+    assert!(
+        rules.cased_params["SearchHouse"].contains("where_to"),
+        "{:?}",
+        rules.cased_params
+    );
+    assert!(
+        with(0.0).cased_params.is_empty(),
+        "cased_rate 0 learns none"
+    );
+
+    let prompt = tpl.prompt(&[user("A house in Kovel city is what I need.")], 512, 64);
+    let mut name_scores = vec![0f32; tpl.vocab];
+    for t in tpl.encode(" SearchHouse") {
+        name_scores[t as usize] = 5.0;
+    }
+    // The model likes every word of the sentence in the value, and ending it little.
+    let mut value_scores = vec![0f32; tpl.vocab];
+    for t in tpl.encode(" Kovel city is what I need") {
+        value_scores[t as usize] = 1.0;
+    }
+    let place = |rules: &ValueRules| {
+        let setup = SpanSetup::new(&tpl, rules, &DecodeParams::default());
+        let st = CallState::with_spans(setup.source(&prompt.tokens, &prompt.copyable));
+        let call = decode_call(&tpl, st, &name_scores, &value_scores);
+        call.arguments["where_to"].as_str().unwrap().to_string()
+    };
+    eprintln!(
+        "TOKENS {:?}",
+        tpl.encode(" Kovel city is what I need")
+            .iter()
+            .map(|t| tpl.decode(&[*t]))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(place(&rules), "Kovel");
+    assert!(
+        place(&with(0.0)).starts_with("Kovel city"),
+        "{}",
+        place(&with(0.0))
+    );
+}
