@@ -816,8 +816,9 @@ impl SpanSource {
             };
             if prefix.is_empty() {
                 let starts = run.iter().enumerate().filter(|&(j, &t)| {
+                    let digit_for_letters = letters_first && lx.starts_digit[t as usize];
                     self.can_start(t, shape)
-                        && !(letters_first && lx.starts_digit[t as usize])
+                        && !digit_for_letters
                         && !lower_word(t)
                         && !cued_away(j)
                 });
@@ -858,9 +859,9 @@ impl SpanSource {
                         let crosses_sentence = sentence_end && lx.starts_word[t_us]
                             || lx.texts[t_us].ends_with('.')
                                 && lx.ends_sentence(&[prefix, &[t]].concat());
-                        let fits = (shape != SpanShape::Digits || !lx.lettered[t_us])
-                            && !(letters_first && blank && lx.starts_digit[t_us])
-                            && !lower_word(t);
+                        let wrong_kind = (shape == SpanShape::Digits && lx.lettered[t_us])
+                            || (letters_first && blank && lx.starts_digit[t_us]);
+                        let fits = !wrong_kind && !lower_word(t);
                         if !lx.breaks[t_us] && !crosses_sentence && fits {
                             next.push(t);
                             if let (Some(b), 0) = (bonus, i) {
