@@ -1,4 +1,5 @@
-//! Grounded replies: every number and every name a reply writes must be one its prompt holds.
+//! Grounded replies: every number, name and word a reply writes must be one its prompt, or
+//! for words the training replies, hold.
 //!
 //! The student writes a reply token by token, and where it has learned the *shape* of a reply
 //! ("There is a flight with … that leaves at … with … stops.") it fills the slots with values it
@@ -9,12 +10,15 @@
 //! serious reader rejects those, and so does the judge.
 //!
 //! [`Grounds`] holds the numbers (`08:40`, `2019-03-09`, `226`, and `2` for a spoken "two") and
-//! the words of one prompt. While a reply is decoded, a token may extend a number only towards
-//! one the prompt holds (a count said in a word, "six people", is a number too), and a capitalized word that does not start a sentence only towards a
-//! word the prompt holds; the value may end only where its last number or name is whole. The
+//! the words of one prompt, and the words of the training replies. While a reply is decoded, a
+//! token may extend a number only towards one the prompt holds (a count said in a word, "six
+//! people", is a number too), a capitalized word that does not start a sentence only towards a
+//! word the prompt holds, and a lower-case word only towards a word of the training replies or
+//! the prompt (so no "landinging"); the value may end only where its last piece is whole. The
 //! model still chooses among the grounded values (and the copy head points at them): the rule
 //! only removes the ungrounded ones. Mechanism only: no word list of any domain; the calendar's
-//! names and a few capitalized function words ("I", "OK", "PM") are language-level.
+//! names, the number words and a few capitalized function words ("I", "OK", "PM") are
+//! language-level.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -128,7 +132,7 @@ impl Grounds {
         self.grounded(before, &text, false)
     }
 
-    /// Whether a reply may end after `value`: its last number or name is whole.
+    /// Whether a reply may end after `value`: its last number, name or word is whole.
     pub fn may_end(&self, value: &str) -> bool {
         let from = open_start(value);
         self.grounded(&value[..from], &value[from..], true)
@@ -152,6 +156,8 @@ impl Grounds {
         })
     }
 
+    /// Whether every piece of `text` (which follows `before`) is grounded; the last may still
+    /// grow unless the value `end`s there.
     fn grounded(&self, before: &str, text: &str, end: bool) -> bool {
         let starts_sentence = sentence_starts(before);
         let pieces = scan(text, starts_sentence);
@@ -225,7 +231,8 @@ fn open_start(value: &str) -> usize {
     i
 }
 
-/// The numbers and names of `text`, each with whether it reaches the end of the text;
+/// The numbers, names and lower-case words of `text`, each with whether it reaches the end of
+/// the text;
 /// `starts_sentence` says whether the text starts a sentence.
 fn scan(text: &str, starts_sentence: bool) -> Vec<(Piece<'_>, bool)> {
     let mut out = Vec::new();
