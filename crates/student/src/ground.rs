@@ -232,11 +232,11 @@ fn open_start(value: &str) -> usize {
 }
 
 /// The numbers, names and lower-case words of `text`, each with whether it reaches the end of
-/// the text;
-/// `starts_sentence` says whether the text starts a sentence.
+/// the text; `starts_sentence` says whether the text starts a sentence.
 fn scan(text: &str, starts_sentence: bool) -> Vec<(Piece<'_>, bool)> {
     let mut out = Vec::new();
     let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let byte = |j: usize| chars.get(j).map_or(text.len(), |&(b, _)| b);
     let mut sentence = starts_sentence;
     // Whether the current whitespace-separated token has had a letter-or-digit run already.
     let mut in_token = false;
@@ -246,71 +246,55 @@ fn scan(text: &str, starts_sentence: bool) -> Vec<(Piece<'_>, bool)> {
         if c.is_whitespace() {
             in_token = false;
             i += 1;
-            continue;
-        }
-        if c.is_ascii_digit() {
-            let mut j = i;
-            let mut open = false;
-            loop {
-                while j < chars.len() && chars[j].1.is_ascii_digit() {
-                    j += 1;
-                }
-                if j < chars.len() && JOINERS.contains(&chars[j].1) {
-                    if j + 1 < chars.len() && chars[j + 1].1.is_ascii_digit() {
-                        j += 1;
-                        continue;
-                    }
-                    open = j + 1 == chars.len();
-                    if open {
-                        j += 1;
-                    }
-                }
-                break;
+        } else if c.is_ascii_digit() {
+            let (j, open) = number_end(&chars, i);
+            let end = byte(j);
+            let text = &text[at..end];
+            out.push((Piece::Number { text, open }, end == byte(chars.len())));
+            (sentence, in_token, i) = (false, true, j);
+        } else if c.is_alphabetic() {
+            let j = (i..chars.len())
+                .find(|&j| !(chars[j].1.is_alphabetic() || APOSTROPHES.contains(&chars[j].1)))
+                .unwrap_or(chars.len());
+            let end = byte(j);
+            // A capitalized word is a name unless it starts a sentence.
+            let first_of_sentence = sentence && !in_token;
+            let word = words_of(&text[at..end]).collect::<String>();
+            let reaches_end = end == text.len();
+            if !c.is_uppercase() {
+                out.push((Piece::Word(word), reaches_end));
+            } else if !first_of_sentence {
+                out.push((Piece::Name(word), reaches_end));
             }
-            let end = chars.get(j).map_or(text.len(), |&(b, _)| b);
-            out.push((
-                Piece::Number {
-                    text: &text[at..end],
-                    open,
-                },
-                end == text.len(),
-            ));
-            sentence = false;
-            in_token = true;
-            i = j;
-            continue;
+            (sentence, in_token, i) = (false, true, j);
+        } else {
+            sentence |= ".!?:".contains(c);
+            i += 1;
         }
-        if c.is_alphabetic() {
-            let mut j = i;
-            while j < chars.len()
-                && (chars[j].1.is_alphabetic() || APOSTROPHES.contains(&chars[j].1))
-            {
-                j += 1;
-            }
-            let end = chars.get(j).map_or(text.len(), |&(b, _)| b);
-            let exempt = sentence && !in_token;
-            if c.is_uppercase() && !exempt {
-                let word: String = text[at..end]
-                    .chars()
-                    .filter(|c| !APOSTROPHES.contains(c))
-                    .flat_map(char::to_lowercase)
-                    .collect();
-                out.push((Piece::Name(word), end == text.len()));
-            } else if !c.is_uppercase() {
-                let word = words_of(&text[at..end]).collect::<String>();
-                out.push((Piece::Word(word), end == text.len()));
-            }
-            sentence = false;
-            in_token = true;
-            i = j;
-            continue;
-        }
-        if ".!?:".contains(c) {
-            sentence = true;
-        }
-        i += 1;
     }
     out
+}
+
+/// Where the number starting at `chars[i]` ends: digit groups joined by single [`JOINERS`], and
+/// whether a joiner that ends the text is taken along (the number may go on: `226.`).
+fn number_end(chars: &[(usize, char)], i: usize) -> (usize, bool) {
+    let digit = |j: usize| chars.get(j).is_some_and(|&(_, c)| c.is_ascii_digit());
+    let mut j = i;
+    loop {
+        while digit(j) {
+            j += 1;
+        }
+        if chars.get(j).is_some_and(|&(_, c)| JOINERS.contains(&c)) {
+            if digit(j + 1) {
+                j += 1;
+                continue;
+            }
+            if j + 1 == chars.len() {
+                return (j + 1, true);
+            }
+        }
+        return (j, false);
+    }
 }
 
 #[cfg(test)]
