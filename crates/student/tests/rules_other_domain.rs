@@ -103,13 +103,20 @@ fn conversation(rng: &mut ChaCha8Rng, id: usize) -> Conversation {
     }
 }
 
-#[test]
-fn rules_learned_on_house_rentals() {
+/// Sixty stays, and the template with a tokenizer trained on them; the generator goes on to draw
+/// more stays of the same kind.
+fn houses() -> (ChaCha8Rng, Vec<Conversation>, ChatTemplate) {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let convs: Vec<Conversation> = (0..60).map(|i| conversation(&mut rng, i)).collect();
     let tools = tools();
     let tok = tokenizer::train_bpe(&corpus_texts(&convs, &tools), 400, 2).unwrap();
     let tpl = ChatTemplate::new(tok, &tools, 2, Some("2019-03-01")).unwrap();
+    (rng, convs, tpl)
+}
+
+#[test]
+fn rules_learned_on_house_rentals() {
+    let (_, convs, tpl) = houses();
     let rules = ValueRules::learn(&tpl, &convs, &RuleParams::default());
 
     // Both dates are copies of what the user said, once the template has read "March 5" as
@@ -144,11 +151,7 @@ fn cue_words_keep_two_arguments_of_one_kind_apart() {
     use tracelab_core::job::DecodeParams;
     use tracelab_student::grammar::{CallState, SpanSetup};
 
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let convs: Vec<Conversation> = (0..60).map(|i| conversation(&mut rng, i)).collect();
-    let tools = tools();
-    let tok = tokenizer::train_bpe(&corpus_texts(&convs, &tools), 400, 2).unwrap();
-    let tpl = ChatTemplate::new(tok, &tools, 2, Some("2019-03-01")).unwrap();
+    let (mut rng, convs, tpl) = houses();
     let with = |cue_lift: f64| {
         let r = RuleParams {
             cue_lift,
@@ -207,11 +210,7 @@ fn grounded_replies_state_only_what_the_prompt_holds() {
     use tracelab_core::job::DecodeParams;
     use tracelab_student::grammar::{CallState, SpanSetup};
 
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let convs: Vec<Conversation> = (0..60).map(|i| conversation(&mut rng, i)).collect();
-    let tools = tools();
-    let tok = tokenizer::train_bpe(&corpus_texts(&convs, &tools), 400, 2).unwrap();
-    let tpl = ChatTemplate::new(tok, &tools, 2, Some("2019-03-01")).unwrap();
+    let (mut rng, convs, tpl) = houses();
     let rules = ValueRules::learn(&tpl, &convs, &RuleParams::default());
     // The prompt ends with the search's result (rated 4.5); the reply is due.
     let stay = conversation(&mut rng, 60);
@@ -313,11 +312,7 @@ fn a_call_waits_for_the_digits_its_required_arguments_copy() {
     use tracelab_core::job::DecodeParams;
     use tracelab_student::grammar::{CallState, SpanSetup};
 
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let convs: Vec<Conversation> = (0..60).map(|i| conversation(&mut rng, i)).collect();
-    let tools = tools();
-    let tok = tokenizer::train_bpe(&corpus_texts(&convs, &tools), 400, 2).unwrap();
-    let tpl = ChatTemplate::new(tok, &tools, 2, Some("2019-03-01")).unwrap();
+    let (_, convs, tpl) = houses();
     let rules = ValueRules::learn(&tpl, &convs, &RuleParams::default());
     assert_eq!(
         rules.span_params["BookHouse"].get("check_in_date"),
@@ -355,11 +350,7 @@ fn a_cased_value_stops_before_a_word_in_lower_case() {
     use tracelab_core::job::DecodeParams;
     use tracelab_student::grammar::{CallState, SpanSetup};
 
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let convs: Vec<Conversation> = (0..60).map(|i| conversation(&mut rng, i)).collect();
-    let tools = tools();
-    let tok = tokenizer::train_bpe(&corpus_texts(&convs, &tools), 400, 2).unwrap();
-    let tpl = ChatTemplate::new(tok, &tools, 2, Some("2019-03-01")).unwrap();
+    let (_, convs, tpl) = houses();
     let with = |cased_rate: f64| {
         let r = RuleParams {
             cased_rate,
